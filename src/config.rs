@@ -1,0 +1,508 @@
+//! Configuration: the YAML file's shape, its validation, and the embedded
+//! default.
+//!
+//! Loading is `parse` (serde, unknown fields are errors, syntax and type
+//! errors carry a line) followed by `validate` (cross-field rules and files
+//! the config points at). Nothing here does network I/O.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The configuration `serve` uses without `--config`: the same text as
+/// `config/portcullis.yaml`.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/portcullis.yaml");
+
+/// A configuration that failed to load, naming the field and, where it can
+/// be known, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{location}{message}")]
+    Parse { location: String, message: String },
+    #[error("{}{field}: {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Invalid {
+        field: String,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// Address the registry API and health endpoints listen on.
+    pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The registries this proxy fronts.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Upstream and shutdown timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// PEM files for serving HTTPS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One upstream registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamConfig {
+    /// Canonical registry host (`docker.io`, `ghcr.io`, `127.0.0.1:5001`):
+    /// what image references, policies and signatures name.
+    pub registry: String,
+    /// Where to reach it; defaults to `https://<registry>`
+    /// (`https://registry-1.docker.io` for `docker.io`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Optional first path component routing `/v2/<prefix>/<repo>` here.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Requests that name no prefix and no `?ns=` go to the default upstream.
+    #[serde(default)]
+    pub default: bool,
+    /// Credentials for Basic auth and for bearer-token endpoints.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Extra CA certificates (PEM) trusted for this upstream, in addition to
+    /// the webpki roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Upstream credentials. The password lives in a file so it never sits in
+/// the config itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthConfig {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+/// Timeouts, written as `500ms`, `10s`, `2m` or `1h`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Timeouts {
+    /// Establishing a TCP (and TLS) connection to an upstream.
+    #[serde(deserialize_with = "duration")]
+    pub connect: Duration,
+    /// Waiting for an upstream's response headers, and the longest silence
+    /// tolerated while reading an upstream body.
+    #[serde(deserialize_with = "duration")]
+    pub read: Duration,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(60),
+            shutdown: Duration::from_secs(30),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 10s, 5m, 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "invalid duration {text:?}: unit must be ms, s, m or h"
+        )),
+    }
+}
+
+impl UpstreamConfig {
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> String {
+        match &self.url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None if self.registry == "docker.io" => "https://registry-1.docker.io".to_owned(),
+            None => format!("https://{}", self.registry),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_yaml(&text, base)
+    }
+
+    /// Parses and validates config text; relative file paths in it are
+    /// resolved against `base`.
+    pub fn from_yaml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            location: e
+                .location()
+                .map(|l| format!("line {} column {}: ", l.line(), l.column()))
+                .unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        config.resolve_paths(base);
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
+        for upstream in &mut self.upstreams {
+            if let Some(auth) = &mut upstream.auth {
+                fix(&mut auth.password_file);
+            }
+            if let Some(ca) = &mut upstream.ca_file {
+                fix(ca);
+            }
+        }
+    }
+
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let invalid =
+            |field: String, key: &str, value: &str, message: String| ConfigError::Invalid {
+                line: line_of(text, key, value),
+                field,
+                message,
+            };
+        if self.upstreams.is_empty() {
+            return Err(invalid(
+                "upstreams".into(),
+                "upstreams",
+                "",
+                "at least one upstream is required".into(),
+            ));
+        }
+        let mut registries = HashSet::new();
+        let mut prefixes = HashSet::new();
+        let mut defaults = 0;
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let field = |name: &str| format!("upstreams[{i}].{name}");
+            if !valid_registry_host(&u.registry) {
+                return Err(invalid(
+                    field("registry"),
+                    "registry",
+                    &u.registry,
+                    format!(
+                        "{:?} is not a registry host name (expected e.g. ghcr.io or 127.0.0.1:5001)",
+                        u.registry
+                    ),
+                ));
+            }
+            if !registries.insert(u.registry.as_str()) {
+                return Err(invalid(
+                    field("registry"),
+                    "registry",
+                    &u.registry,
+                    format!("registry {:?} is configured twice", u.registry),
+                ));
+            }
+            if let Some(url) = &u.url {
+                if let Err(message) = check_upstream_url(url) {
+                    return Err(invalid(field("url"), "url", url, message));
+                }
+            }
+            if let Some(prefix) = &u.prefix {
+                if crate::oci::validate_name(prefix).is_err() || prefix.contains('/') {
+                    return Err(invalid(
+                        field("prefix"),
+                        "prefix",
+                        prefix,
+                        format!("{prefix:?} must be one lowercase repository path component"),
+                    ));
+                }
+                if !prefixes.insert(prefix.as_str()) {
+                    return Err(invalid(
+                        field("prefix"),
+                        "prefix",
+                        prefix,
+                        format!("prefix {prefix:?} is used by two upstreams"),
+                    ));
+                }
+            }
+            if u.default {
+                defaults += 1;
+                if defaults > 1 {
+                    return Err(invalid(
+                        field("default"),
+                        "default",
+                        "",
+                        "only one upstream can be the default".into(),
+                    ));
+                }
+            }
+            if let Some(auth) = &u.auth {
+                if let Err(e) = std::fs::metadata(&auth.password_file) {
+                    return Err(invalid(
+                        field("auth.passwordFile"),
+                        "passwordFile",
+                        "",
+                        format!("cannot read {}: {e}", auth.password_file.display()),
+                    ));
+                }
+            }
+            if let Some(ca) = &u.ca_file {
+                if let Err(e) = std::fs::metadata(ca) {
+                    return Err(invalid(
+                        field("caFile"),
+                        "caFile",
+                        "",
+                        format!("cannot read {}: {e}", ca.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for (name, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(invalid(
+                        name.into(),
+                        name.trim_start_matches("tls."),
+                        "",
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+        let t = &self.timeouts;
+        for (name, value) in [
+            ("connect", t.connect),
+            ("read", t.read),
+            ("shutdown", t.shutdown),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(
+                    format!("timeouts.{name}"),
+                    name,
+                    "",
+                    "must be greater than zero".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream requests go to when they name no prefix and no `?ns=`:
+    /// the one marked `default`, or the only one.
+    pub fn default_upstream(&self) -> Option<usize> {
+        self.upstreams
+            .iter()
+            .position(|u| u.default)
+            .or((self.upstreams.len() == 1).then_some(0))
+    }
+
+    /// A human summary for `portcullis check` and the startup log.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "listen: {} ({})\n",
+            self.listen,
+            if self.tls.is_some() { "https" } else { "http" }
+        );
+        let default = self.default_upstream();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            out.push_str(&format!(
+                "upstream {}: {}{}{}{}\n",
+                u.registry,
+                u.base_url(),
+                u.prefix
+                    .as_deref()
+                    .map(|p| format!(", prefix /v2/{p}/"))
+                    .unwrap_or_default(),
+                if default == Some(i) { ", default" } else { "" },
+                match &u.auth {
+                    Some(a) => format!(", auth as {}", a.username),
+                    None => ", anonymous".to_owned(),
+                },
+            ));
+        }
+        out.push_str(&format!(
+            "timeouts: connect {:?}, read {:?}, shutdown {:?}\n",
+            self.timeouts.connect, self.timeouts.read, self.timeouts.shutdown
+        ));
+        out
+    }
+}
+
+/// `host`, `host:port`, IPv4 or `[v6]:port`; lowercase, no scheme or path.
+fn valid_registry_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.contains("://")
+        && !s.contains('/')
+        && s.parse::<http::uri::Authority>().is_ok()
+        && !s.contains('@')
+        && s == s.to_ascii_lowercase()
+}
+
+fn check_upstream_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{url:?} must be a bare scheme://host[:port]; registries serve /v2/ at the root"
+        ));
+    }
+    Ok(())
+}
+
+/// Best-effort line number of `key: value` in the config text, so semantic
+/// errors point where the user should look.
+fn line_of(text: &str, key: &str, value: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let l = line.trim_start().trim_start_matches("- ");
+            let after_key = l.strip_prefix(key).and_then(|r| r.strip_prefix(':'));
+            after_key.is_some_and(|rest| value.is_empty() || rest.contains(value))
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, Path::new("/"))
+    }
+
+    #[test]
+    fn embedded_default_loads() {
+        let c = load(DEFAULT_CONFIG).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.upstreams[0].registry, "docker.io");
+        assert_eq!(c.default_upstream(), Some(0));
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_with_line() {
+        let e = load("listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n    bogus: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_field_and_line() {
+        let text = "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n    prefix: x\n  - registry: b.io\n    prefix: x\n";
+        let e = load(text).unwrap_err().to_string();
+        assert!(e.contains("upstreams[1].prefix"), "{e}");
+        assert!(e.contains("line 4") || e.contains("line 6"), "{e}");
+
+        let e = load("listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n    url: ftp://x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstreams[0].url") && e.contains("line 4"),
+            "{e}"
+        );
+
+        let e = load("listen: 127.0.0.1:1\nupstreams: []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least one upstream"), "{e}");
+
+        let e = load("listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n    default: true\n  - registry: b.io\n    default: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstreams[1].default"), "{e}");
+
+        let e = load("listen: 127.0.0.1:1\nupstreams:\n  - registry: A.io\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstreams[0].registry"), "{e}");
+
+        let e = load("listen: nope\nupstreams:\n  - registry: a.io\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1"), "{e}");
+
+        let e = load(
+            "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n    auth: {username: u, passwordFile: /nonexistent/pw}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstreams[0].auth.passwordFile"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1d").is_err());
+        let c = load("listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\ntimeouts: {read: 3s}\n")
+            .unwrap();
+        assert_eq!(c.timeouts.read, Duration::from_secs(3));
+        assert_eq!(c.timeouts.connect, Duration::from_secs(10));
+        assert!(load(
+            "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\ntimeouts: {read: 0s}\n"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn base_urls() {
+        let c = load("listen: 127.0.0.1:1\nupstreams:\n  - registry: docker.io\n  - registry: ghcr.io\n  - registry: r.local:5000\n    url: http://127.0.0.1:5001/\n").unwrap();
+        assert_eq!(c.upstreams[0].base_url(), "https://registry-1.docker.io");
+        assert_eq!(c.upstreams[1].base_url(), "https://ghcr.io");
+        assert_eq!(c.upstreams[2].base_url(), "http://127.0.0.1:5001");
+        assert_eq!(c.default_upstream(), None);
+    }
+}

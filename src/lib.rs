@@ -1,0 +1,36 @@
+//! Portcullis: a pull-through OCI registry proxy that only serves images a
+//! policy trusts.
+//!
+//! # Layout
+//!
+//! Modules follow a request's path through the proxy. Each layer only calls
+//! the layers below it in this list; errors are typed per layer and turned
+//! into OCI error responses in exactly one place ([`error::ApiError`]).
+//!
+//! - [`config`]: the YAML configuration: parsing, validation, defaults. Owns
+//!   nothing at run time; everything else is built from a [`config::Config`].
+//! - [`server`]: listeners (plain or TLS), HTTP/1.1 + HTTP/2 connections,
+//!   graceful shutdown, `/healthz` and `/readyz`.
+//! - [`routing`]: turns a request into a [`routing::Route`]: which endpoint,
+//!   which upstream, which repository. Validates names, tags and digests so
+//!   malformed input never reaches an upstream.
+//! - [`upstream`]: the client side: pooled connections, timeouts, redirects,
+//!   Basic and bearer-token authentication, one [`upstream::Upstream`] per
+//!   configured registry.
+//! - [`serve`]: the pull endpoints: manifests (read whole, hashed, bounded),
+//!   blobs (streamed, hashed while streaming), tag lists, referrers.
+//! - [`oci`]: the vocabulary shared by all layers: digests, repository names,
+//!   tags, media types.
+//! - [`error`]: OCI error codes and the wire envelope.
+//! - [`telemetry`]: logging setup.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod oci;
+pub mod routing;
+pub mod serve;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,144 @@
+//! Manifests: fetched whole from the upstream (bounded), hashed over the
+//! exact bytes, checked against a requested digest, then served with
+//! `Docker-Content-Digest`, `Content-Type` and `Content-Length`.
+//!
+//! The bytes served are the bytes hashed: a [`Manifest`] is only built by
+//! [`fetch`], and [`respond`] sends exactly its bytes.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Response};
+use http_body_util::{BodyExt, Limited};
+
+use super::{body_from, upstream_failure, ProxyBody, ServeError, MAX_MANIFEST_BYTES};
+use crate::error::ErrorCode;
+use crate::oci::{Digest, Reference};
+use crate::routing::Route;
+use crate::upstream::Upstream;
+
+/// A manifest as the upstream sent it, with the digest of its bytes.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Bytes,
+    pub digest: Digest,
+    pub media_type: HeaderValue,
+}
+
+/// `GET|HEAD /v2/<name>/manifests/<reference>`.
+pub async fn serve(
+    upstream: &Upstream,
+    route: &Route,
+    reference: &Reference,
+    client_headers: &HeaderMap,
+    head: bool,
+) -> Result<Response<ProxyBody>, ServeError> {
+    let manifest = fetch(upstream, route, reference, client_headers).await?;
+    Ok(respond(&manifest, head))
+}
+
+/// Fetches a manifest with the client's `Accept` header passed through
+/// unchanged, so index/list negotiation is the client's own.
+pub async fn fetch(
+    upstream: &Upstream,
+    route: &Route,
+    reference: &Reference,
+    client_headers: &HeaderMap,
+) -> Result<Manifest, ServeError> {
+    let what = format!("manifest {}:{reference}", route.canonical());
+    let mut headers = HeaderMap::new();
+    for accept in client_headers.get_all(header::ACCEPT) {
+        headers.append(header::ACCEPT, accept.clone());
+    }
+    let path = format!("/v2/{}/manifests/{reference}", route.repository);
+    // Always GET: even a HEAD needs the bytes to know their digest.
+    let response = upstream
+        .fetch(Method::GET, &path, &route.repository, &headers)
+        .await?;
+    if !response.status().is_success() {
+        return Err(upstream_failure(route, response, what, ErrorCode::ManifestUnknown).await);
+    }
+    let declared_len = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|len| len > MAX_MANIFEST_BYTES as u64) {
+        return Err(ServeError::ManifestTooLarge {
+            limit: MAX_MANIFEST_BYTES,
+        });
+    }
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = Limited::new(response.into_body(), MAX_MANIFEST_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ServeError::ManifestTooLarge {
+                    limit: MAX_MANIFEST_BYTES,
+                }
+            } else {
+                ServeError::UpstreamInvalid {
+                    what: what.clone(),
+                    reason: e.to_string(),
+                }
+            }
+        })?
+        .to_bytes();
+    let digest = match reference {
+        Reference::Digest(requested) => {
+            let actual = requested.same_algorithm_of(&bytes);
+            if &actual != requested {
+                return Err(ServeError::DigestMismatch {
+                    requested: requested.clone(),
+                    actual,
+                });
+            }
+            actual
+        }
+        Reference::Tag(_) => Digest::sha256_of(&bytes),
+    };
+    let media_type = match content_type {
+        Some(ct) => ct,
+        None => media_type_field(&bytes).ok_or_else(|| ServeError::UpstreamInvalid {
+            what: what.clone(),
+            reason: "no Content-Type and no mediaType field".into(),
+        })?,
+    };
+    Ok(Manifest {
+        bytes,
+        digest,
+        media_type,
+    })
+}
+
+/// Serves exactly the fetched bytes.
+pub fn respond(manifest: &Manifest, head: bool) -> Response<ProxyBody> {
+    let len = manifest.bytes.len();
+    let body = if head {
+        Bytes::new()
+    } else {
+        manifest.bytes.clone()
+    };
+    let mut response = Response::new(body_from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, manifest.media_type.clone());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(digest) = HeaderValue::from_str(&manifest.digest.to_string()) {
+        headers.insert("docker-content-digest", digest.clone());
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", manifest.digest)) {
+            headers.insert(header::ETAG, etag);
+        }
+    }
+    response
+}
+
+/// The manifest's own `mediaType` field, for upstreams that send no
+/// `Content-Type`.
+fn media_type_field(bytes: &[u8]) -> Option<HeaderValue> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).ok()?;
+    HeaderValue::from_str(&probe.media_type?).ok()
+}

@@ -1,0 +1,269 @@
+//! The pull endpoints. [`App::handle`] routes a `/v2/` request and runs the
+//! endpoint's handler:
+//!
+//! - [`manifest`]: fetched whole (bounded), hashed over the exact bytes,
+//!   checked against a requested digest, then served. Nothing is sent
+//!   before the whole manifest is checked.
+//! - [`blob`]: streamed with flat memory, hashed while streaming; a
+//!   mismatch aborts the response before its last bytes.
+//! - [`listing`]: tag lists (links rewritten to point back at the proxy)
+//!   and referrers (with the tag-schema fallback).
+//!
+//! Handlers return [`ServeError`]; [`crate::error`] turns it into the OCI
+//! error response.
+
+pub mod blob;
+pub mod listing;
+pub mod manifest;
+pub mod verifying;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+
+use crate::config::Config;
+use crate::error::{ApiError, ErrorCode};
+use crate::oci::Digest;
+use crate::routing::{Endpoint, Route, RouteError, Routed, Router};
+use crate::upstream::{SetupError, Upstream, UpstreamBody, UpstreamError};
+
+/// The error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body the proxy sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Largest manifest accepted from an upstream (the distribution spec's
+/// recommended limit; registries reject larger pushes too).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Largest upstream error body read to pass its OCI error on.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// How long `/readyz` waits for an upstream that has been quiet.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// An upstream that answered within this window counts as reachable
+/// without a probe.
+const READY_WINDOW: Duration = Duration::from_secs(30);
+
+/// A body holding `bytes`.
+pub fn body_from(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Why a pull request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("manifest is larger than the {limit}-byte limit")]
+    ManifestTooLarge { limit: usize },
+    #[error(
+        "upstream returned content for {requested} whose digest is {actual}; refusing to serve it"
+    )]
+    DigestMismatch { requested: Digest, actual: Digest },
+    #[error("{0}")]
+    BadRange(String),
+    #[error("upstream answered {status} for {what}")]
+    UpstreamStatus {
+        status: StatusCode,
+        code: ErrorCode,
+        upstream_message: Option<String>,
+        detail: serde_json::Value,
+        what: String,
+    },
+    #[error("upstream sent an invalid response for {what}: {reason}")]
+    UpstreamInvalid { what: String, reason: String },
+}
+
+/// The proxy: routing plus one client per upstream.
+#[derive(Debug)]
+pub struct App {
+    router: Router,
+    upstreams: Vec<Arc<Upstream>>,
+}
+
+impl App {
+    pub fn new(config: &Config) -> Result<App, SetupError> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u, config.timeouts).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(App {
+            router: Router::new(config),
+            upstreams,
+        })
+    }
+
+    /// Answers one `/v2/` request. The canonical reference of the request
+    /// is recorded in the current tracing span.
+    pub async fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
+        let head = request.method() == Method::HEAD;
+        let routed = self.router.route(
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+        );
+        let route = match routed {
+            Ok(Routed::Base) => return base_response(head),
+            Ok(Routed::Repository(route)) => route,
+            Err(e) => return reject(e, head),
+        };
+        let span = tracing::Span::current();
+        span.record("reference", route.canonical());
+        let upstream = &self.upstreams[route.upstream];
+        let result = match &route.endpoint {
+            Endpoint::Base => return base_response(head),
+            Endpoint::Manifest(reference) => {
+                manifest::serve(upstream, &route, reference, request.headers(), head).await
+            }
+            Endpoint::Blob(digest) => {
+                blob::serve(upstream, &route, digest, request.headers(), head).await
+            }
+            Endpoint::TagsList { n, last } => {
+                listing::tags(upstream, &route, *n, last.as_deref(), head).await
+            }
+            Endpoint::Referrers {
+                digest,
+                artifact_type,
+            } => listing::referrers(upstream, &route, digest, artifact_type.as_deref(), head).await,
+        };
+        result.unwrap_or_else(|e| {
+            tracing::warn!(reference = %route.canonical(), error = %e, "request failed");
+            ApiError::from(e).into_response(head)
+        })
+    }
+
+    /// `/readyz`: every upstream answered recently, or answers a probe now.
+    pub async fn readiness(&self) -> (bool, serde_json::Value) {
+        let mut probes = tokio::task::JoinSet::new();
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let upstream = Arc::clone(upstream);
+            probes.spawn(async move {
+                let state = if upstream.answered_within(READY_WINDOW) {
+                    Ok(())
+                } else {
+                    upstream.probe(READY_PROBE_TIMEOUT).await
+                };
+                (i, state)
+            });
+        }
+        let mut ready = true;
+        let mut upstreams = serde_json::Map::new();
+        while let Some(joined) = probes.join_next().await {
+            let Ok((i, state)) = joined else {
+                ready = false;
+                continue;
+            };
+            let text = match state {
+                Ok(()) => "reachable".to_owned(),
+                Err(e) => {
+                    ready = false;
+                    e.to_string()
+                }
+            };
+            upstreams.insert(
+                self.upstreams[i].registry.clone(),
+                serde_json::Value::String(text),
+            );
+        }
+        (
+            ready,
+            serde_json::json!({"ready": ready, "upstreams": upstreams}),
+        )
+    }
+}
+
+fn base_response(head: bool) -> Response<ProxyBody> {
+    let body = Bytes::from_static(b"{}");
+    let mut response = Response::new(body_from(if head { Bytes::new() } else { body }));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(2));
+    response
+}
+
+fn reject(e: RouteError, head: bool) -> Response<ProxyBody> {
+    tracing::info!(error = %e, "rejected request");
+    ApiError::from(e).into_response(head)
+}
+
+/// What an upstream's error response means for the client: its OCI error
+/// when it sent one, else a code chosen by status.
+pub(crate) async fn upstream_failure(
+    route: &Route,
+    response: Response<UpstreamBody>,
+    what: String,
+    not_found: ErrorCode,
+) -> ServeError {
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: serde_json::Value,
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        detail: serde_json::Value,
+    }
+    let first = serde_json::from_slice::<Envelope>(&body)
+        .ok()
+        .and_then(|e| e.errors.into_iter().next());
+    let default_code = match status.as_u16() {
+        404 => not_found,
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Denied,
+        429 => ErrorCode::Toomanyrequests,
+        500..=599 => ErrorCode::Unavailable,
+        _ => ErrorCode::Unknown,
+    };
+    if status == StatusCode::UNAUTHORIZED {
+        return ServeError::UpstreamStatus {
+            status,
+            code: ErrorCode::Unauthorized,
+            upstream_message: Some(format!(
+                "upstream {} refused the proxy's credentials for {}",
+                route.registry, route.repository
+            )),
+            detail: serde_json::Value::Null,
+            what,
+        };
+    }
+    let (code, upstream_message, detail) = match first {
+        Some(entry) => (
+            serde_json::from_value(entry.code).unwrap_or(default_code),
+            entry.message,
+            entry.detail,
+        ),
+        None => (default_code, None, serde_json::Value::Null),
+    };
+    let upstream_message = match (status.is_server_error(), upstream_message) {
+        (true, m) => Some(format!(
+            "upstream {} failed with {status}{}",
+            route.registry,
+            m.map(|m| format!(": {m}")).unwrap_or_default()
+        )),
+        (false, m) => m,
+    };
+    ServeError::UpstreamStatus {
+        status,
+        code,
+        upstream_message,
+        detail,
+        what,
+    }
+}

@@ -1,0 +1,320 @@
+//! The serving side: accept loop, optional TLS, HTTP/1.1 and HTTP/2 on one
+//! port, per-request logging, `/healthz` and `/readyz`, graceful shutdown.
+//!
+//! [`run`] takes an already-bound listener and a shutdown future, so tests
+//! bind `127.0.0.1:0` and drive the real server.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::config::TlsConfig;
+use crate::serve::{body_from, App, BoxError, ProxyBody};
+
+/// Concurrent client connections; past it new connections are closed at
+/// once rather than queued without bound.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A client must send its request headers within this time (slow-loris
+/// protection for HTTP/1).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS handshake must finish within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 streams per connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Could not set up serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Builds the TLS acceptor from the configured PEM files (ALPN h2 and
+/// http/1.1).
+pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ServerError> {
+    let certs = read_certs(&config.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&config.key)
+        .map_err(|e| ServerError::Tls(format!("key {}: {e}", config.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
+    let err = |e: String| ServerError::Tls(format!("certificate {}: {e}", path.display()));
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no certificates in file".into()));
+    }
+    Ok(certs)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops
+/// accepting and lets in-flight requests finish for up to `grace`.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<TlsAcceptor>,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection limit reached; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let service = service_fn(move |request: Request<Incoming>| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, Infallible>(handle(&app, request, peer).await) }
+        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(grace = ?grace, "shutting down: finishing in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(grace = ?grace, "grace period over; dropping remaining connections");
+        }
+    }
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// One request: health endpoints here, `/v2/` to the app, all in a span
+/// that logs the outcome when the response body is done.
+async fn handle(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!(
+        "request",
+        id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        peer = %peer,
+        reference = tracing::field::Empty,
+    );
+    let start = Instant::now();
+    let response = async {
+        let path = request.uri().path();
+        if path == "/v2" || path.starts_with("/v2/") {
+            app.handle(&request).await
+        } else {
+            match path {
+                "/healthz" => text(StatusCode::OK, "ok\n"),
+                "/readyz" => {
+                    let (ready, detail) = app.readiness().await;
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    json(status, detail.to_string())
+                }
+                _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let (mut parts, body) = response.into_parts();
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        parts.headers.insert("x-request-id", v);
+    }
+    parts.headers.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    let logged = LoggedBody {
+        inner: body,
+        span,
+        status: parts.status,
+        bytes: 0,
+        start,
+        outcome: Outcome::Incomplete,
+    };
+    Response::from_parts(parts, logged.boxed_unsync())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(body_from(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(body_from(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Outcome {
+    Incomplete,
+    Complete,
+    Failed,
+}
+
+/// Counts the bytes sent and logs the request when the body is finished
+/// or dropped (a client that hangs up is logged as incomplete).
+struct LoggedBody {
+    inner: ProxyBody,
+    span: tracing::Span,
+    status: StatusCode,
+    bytes: u64,
+    start: Instant,
+    outcome: Outcome,
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.outcome = Outcome::Failed;
+                this.span
+                    .in_scope(|| tracing::warn!(error = %e, "response body aborted"));
+            }
+            Poll::Ready(None) => {
+                if this.outcome == Outcome::Incomplete {
+                    this.outcome = Outcome::Complete;
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if self.outcome == Outcome::Incomplete && self.inner.is_end_stream() {
+            self.outcome = Outcome::Complete;
+        }
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        self.span.in_scope(|| {
+            tracing::info!(
+                status = self.status.as_u16(),
+                bytes = self.bytes,
+                duration_ms,
+                outcome = ?self.outcome,
+                "response"
+            )
+        });
+    }
+}

@@ -1,0 +1,309 @@
+//! Upstream authentication: HTTP Basic and the bearer-token challenge flow
+//! (`WWW-Authenticate: Bearer realm=…,service=…,scope=…` → token endpoint →
+//! `Authorization: Bearer`), with tokens cached per scope until they expire.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use http::HeaderValue;
+use tokio::sync::Mutex;
+
+/// At most this many scopes keep a cached token; past it, expired tokens are
+/// dropped and, if that is not enough, the cache starts over. One scope is
+/// one repository, so this covers far more repositories than a proxy sees
+/// in a token lifetime.
+pub const MAX_CACHED_TOKENS: usize = 4096;
+/// Tokens without `expires_in` live 60 s (the token spec's default).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Refresh a token this long before the upstream says it expires, so a
+/// request never races the expiry (capped at half the lifetime).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+
+/// A credential header. Its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct Secret(HeaderValue);
+
+impl Secret {
+    fn new(mut value: HeaderValue) -> Secret {
+        value.set_sensitive(true);
+        Secret(value)
+    }
+
+    pub fn header(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Username and password for Basic auth and token endpoints.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    password: String,
+}
+
+impl Credentials {
+    pub fn new(username: String, password: String) -> Credentials {
+        Credentials { username, password }
+    }
+
+    pub fn basic_header(&self) -> Secret {
+        let raw = format!("{}:{}", self.username, self.password);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+        // Base64 output is always a valid header value.
+        let value = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+        Secret::new(value)
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+impl Challenge {
+    /// Parses `Basic realm="x"` or `Bearer realm="…",service="…",scope="…"`.
+    /// Parameters may come in any order, with spaces after commas, and
+    /// quoted values may contain commas.
+    pub fn parse(header: &str) -> Option<Challenge> {
+        let header = header.trim();
+        let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some(Challenge::Basic);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let params = parse_params(rest);
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+        };
+        Some(Challenge::Bearer {
+            realm: get("realm")?,
+            service: get("service"),
+            scope: get("scope"),
+        })
+    }
+}
+
+fn parse_params(mut s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    loop {
+        s = s.trim_start_matches([' ', ',']);
+        let Some(eq) = s.find('=') else { break };
+        let key = s[..eq].trim().to_owned();
+        s = &s[eq + 1..];
+        let value;
+        if let Some(quoted) = s.strip_prefix('"') {
+            let mut v = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, next)) = chars.next() {
+                            v.push(next);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => v.push(c),
+                }
+            }
+            value = v;
+            s = &quoted[end.min(quoted.len())..];
+        } else {
+            let end = s.find(',').unwrap_or(s.len());
+            value = s[..end].trim().to_owned();
+            s = &s[end..];
+        }
+        out.push((key, value));
+    }
+    out
+}
+
+/// What the upstream told us about how it wants to be authenticated.
+#[derive(Debug, Clone)]
+pub enum Scheme {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+struct CachedToken {
+    token: Secret,
+    refresh_at: Instant,
+}
+
+/// Per-upstream authentication state: the scheme learned from the first
+/// challenge, and the token cache.
+pub struct AuthState {
+    pub credentials: Option<Credentials>,
+    scheme: std::sync::Mutex<Option<Scheme>>,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+impl fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthState")
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthState {
+    pub fn new(credentials: Option<Credentials>) -> AuthState {
+        AuthState {
+            credentials,
+            scheme: std::sync::Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn scheme(&self) -> Option<Scheme> {
+        self.scheme.lock().map(|s| s.clone()).unwrap_or(None)
+    }
+
+    pub fn learn(&self, scheme: Scheme) {
+        if let Ok(mut s) = self.scheme.lock() {
+            *s = Some(scheme);
+        }
+    }
+
+    /// A cached, unexpired token for `scope`.
+    pub async fn cached_token(&self, scope: &str) -> Option<Secret> {
+        let tokens = self.tokens.lock().await;
+        tokens
+            .get(scope)
+            .filter(|t| t.refresh_at > Instant::now())
+            .map(|t| t.token.clone())
+    }
+
+    /// Remembers a token for `scope` for `lifetime` (less a margin).
+    pub async fn store_token(
+        &self,
+        scope: &str,
+        token: &str,
+        lifetime: Option<Duration>,
+    ) -> Option<Secret> {
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+        let secret = Secret::new(value);
+        let lifetime = lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        let margin = EXPIRY_MARGIN.min(lifetime / 2);
+        let refresh_at = Instant::now() + (lifetime - margin);
+        let mut tokens = self.tokens.lock().await;
+        if tokens.len() >= MAX_CACHED_TOKENS {
+            let now = Instant::now();
+            tokens.retain(|_, t| t.refresh_at > now);
+            if tokens.len() >= MAX_CACHED_TOKENS {
+                tokens.clear();
+            }
+        }
+        tokens.insert(
+            scope.to_owned(),
+            CachedToken {
+                token: secret.clone(),
+                refresh_at,
+            },
+        );
+        Some(secret)
+    }
+}
+
+/// The token endpoint's answer; either field name occurs in the wild.
+#[derive(serde::Deserialize)]
+pub struct TokenResponse {
+    pub token: Option<String>,
+    pub access_token: Option<String>,
+    pub expires_in: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        assert_eq!(
+            Challenge::parse(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull".into()),
+            })
+        );
+        // Any order, spaces, commas inside quotes, extra error param.
+        assert_eq!(
+            Challenge::parse(
+                r#"bearer scope="repository:a:pull,push", realm="http://x/t" ,error="insufficient_scope""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "http://x/t".into(),
+                service: None,
+                scope: Some("repository:a:pull,push".into()),
+            })
+        );
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(Challenge::parse("Bearer service=x"), None);
+        assert_eq!(Challenge::parse("Negotiate"), None);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Credentials::new("user".into(), "hunter2".into());
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let header = c.basic_header();
+        assert!(!format!("{header:?}").contains("aHVudGVy"));
+        assert!(header.header().is_sensitive());
+        assert_eq!(header.header().to_str().unwrap(), "Basic dXNlcjpodW50ZXIy");
+    }
+
+    #[tokio::test]
+    async fn token_cache_expires() {
+        let auth = AuthState::new(None);
+        auth.store_token("s", "t", Some(Duration::from_secs(300)))
+            .await
+            .unwrap();
+        assert!(auth.cached_token("s").await.is_some());
+        assert!(auth.cached_token("other").await.is_none());
+        auth.store_token("short", "t", Some(Duration::ZERO))
+            .await
+            .unwrap();
+        assert!(auth.cached_token("short").await.is_none());
+    }
+}

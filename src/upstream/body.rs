@@ -1,0 +1,82 @@
+//! Upstream response bodies with an idle-read timeout: a stalled upstream
+//! fails the request instead of hanging it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+/// Why reading an upstream body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream {upstream} stopped sending for {after:?}")]
+    IdleTimeout { upstream: String, after: Duration },
+    #[error("upstream {upstream} connection failed mid-body: {source}")]
+    Upstream {
+        upstream: String,
+        source: hyper::Error,
+    },
+}
+
+/// An upstream body that errors if no frame arrives for `idle`.
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    upstream: String,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, idle: Duration, upstream: String) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            upstream,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let idle = this.idle;
+                this.deadline.as_mut().reset(Instant::now() + idle);
+                Poll::Ready(frame.map(|r| {
+                    r.map_err(|source| BodyError::Upstream {
+                        upstream: this.upstream.clone(),
+                        source,
+                    })
+                }))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::IdleTimeout {
+                    upstream: this.upstream.clone(),
+                    after: this.idle,
+                }))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,500 @@
+//! The client side: one [`Upstream`] per configured registry, with pooled
+//! keep-alive connections (HTTP/1.1, HTTP/2 over TLS by ALPN), connect and
+//! read timeouts, redirect following, and authentication.
+//!
+//! This layer knows the registry protocol only as far as authentication
+//! needs it; what the responses mean is the [`crate::serve`] layer's job.
+
+pub mod auth;
+pub mod body;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::{Timeouts, UpstreamConfig};
+use auth::{AuthState, Challenge, Credentials, Scheme, Secret, TokenResponse};
+pub use body::{BodyError, UpstreamBody};
+
+/// Redirects followed per request (registries redirect blobs to storage
+/// once; more than a few hops is a loop or a hostile upstream).
+pub const MAX_REDIRECTS: usize = 5;
+/// Idle pooled connections kept per upstream host.
+pub const MAX_IDLE_PER_HOST: usize = 32;
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Largest token-endpoint response read.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Why a request to an upstream failed before it produced a response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot reach upstream {upstream}: {reason}")]
+    Connect { upstream: String, reason: String },
+    #[error("upstream {upstream} did not answer within {after:?}")]
+    Timeout { upstream: String, after: Duration },
+    #[error("upstream {upstream} failed: {reason}")]
+    Protocol { upstream: String, reason: String },
+    #[error("cannot authenticate to upstream {upstream}: {reason}")]
+    Auth { upstream: String, reason: String },
+    #[error("upstream {upstream} redirect failed: {reason}")]
+    Redirect { upstream: String, reason: String },
+}
+
+/// Could not build an upstream client from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("upstream {registry}: cannot read CA file {path}: {reason}")]
+    CaFile {
+        registry: String,
+        path: String,
+        reason: String,
+    },
+    #[error("upstream {registry}: cannot read password file {path}: {reason}")]
+    PasswordFile {
+        registry: String,
+        path: String,
+        reason: String,
+    },
+    #[error("upstream {registry}: TLS setup failed: {reason}")]
+    Tls { registry: String, reason: String },
+    #[error("upstream {registry}: invalid url {url}")]
+    Url { registry: String, url: String },
+}
+
+/// One upstream registry and the means to talk to it.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Canonical registry host, as configured.
+    pub registry: String,
+    base: Uri,
+    client: HttpClient,
+    auth: AuthState,
+    timeouts: Timeouts,
+    /// Milliseconds since `epoch` at which the upstream last answered
+    /// anything (0: never). Drives `/readyz`.
+    last_answer_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig, timeouts: Timeouts) -> Result<Upstream, SetupError> {
+        let registry = config.registry.clone();
+        let base_url = config.base_url();
+        let base: Uri = base_url.parse().map_err(|_| SetupError::Url {
+            registry: registry.clone(),
+            url: base_url.clone(),
+        })?;
+        let credentials = match &config.auth {
+            None => None,
+            Some(auth) => {
+                let password = std::fs::read_to_string(&auth.password_file).map_err(|e| {
+                    SetupError::PasswordFile {
+                        registry: registry.clone(),
+                        path: auth.password_file.display().to_string(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                let password = password.trim_end_matches(['\n', '\r']).to_owned();
+                Some(Credentials::new(auth.username.clone(), password))
+            }
+        };
+        let client = build_client(config, &timeouts)?;
+        Ok(Upstream {
+            registry,
+            base,
+            client,
+            auth: AuthState::new(credentials),
+            timeouts,
+            last_answer_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Sends `method path_and_query` for `repository` and returns the final
+    /// response: after authenticating if challenged and following
+    /// redirects. Any status is returned as a response; only transport
+    /// failures are errors.
+    pub async fn fetch(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        repository: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let scope = format!("repository:{repository}:pull");
+        let mut uri = self.uri_for(path_and_query)?;
+        let mut authorization = self.proactive_authorization(&scope).await?;
+        let mut challenged = false;
+        let mut redirects = 0;
+        loop {
+            let response = self
+                .send(method.clone(), uri.clone(), headers, authorization.as_ref())
+                .await?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && !challenged && self.is_own_host(&uri) {
+                challenged = true;
+                let challenge = response
+                    .headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(Challenge::parse);
+                if let Some(challenge) = challenge {
+                    if let Some(auth) = self.answer_challenge(challenge, &scope).await? {
+                        authorization = Some(auth);
+                        continue;
+                    }
+                }
+            }
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(self.redirect_error(format!("more than {MAX_REDIRECTS} redirects")));
+                }
+                let location = response
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| self.redirect_error("redirect without Location".into()))?;
+                uri = resolve_location(&uri, location)
+                    .ok_or_else(|| self.redirect_error(format!("bad Location {location:?}")))?;
+                if !self.is_own_host(&uri) {
+                    // Credentials for the registry never go to storage hosts.
+                    authorization = None;
+                }
+                continue;
+            }
+            let (parts, body) = response.into_parts();
+            let body = UpstreamBody::new(body, self.timeouts.read, self.registry.clone());
+            return Ok(Response::from_parts(parts, body));
+        }
+    }
+
+    /// Whether the upstream answered anything within `window`.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        let last = self.last_answer_ms.load(Ordering::Relaxed);
+        last != 0 && self.epoch.elapsed().as_millis() as u64 - last <= window.as_millis() as u64
+    }
+
+    /// Asks the upstream's `/v2/` once; any HTTP answer means reachable.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), UpstreamError> {
+        let uri = self.uri_for("/v2/")?;
+        let headers = HeaderMap::new();
+        let request = tokio::time::timeout(timeout, self.send(Method::GET, uri, &headers, None));
+        match request.await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.registry.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
+    fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query =
+            Some(
+                path_and_query
+                    .parse()
+                    .map_err(|_| UpstreamError::Protocol {
+                        upstream: self.registry.clone(),
+                        reason: format!("cannot build a request for {path_and_query:?}"),
+                    })?,
+            );
+        Uri::from_parts(parts).map_err(|e| UpstreamError::Protocol {
+            upstream: self.registry.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn is_own_host(&self, uri: &Uri) -> bool {
+        uri.authority() == self.base.authority() && uri.scheme() == self.base.scheme()
+    }
+
+    fn redirect_error(&self, reason: String) -> UpstreamError {
+        UpstreamError::Redirect {
+            upstream: self.registry.clone(),
+            reason,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        uri: Uri,
+        headers: &HeaderMap,
+        authorization: Option<&Secret>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(h) = request.headers_mut() {
+            h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+            h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+            if let Some(auth) = authorization {
+                h.insert(header::AUTHORIZATION, auth.header().clone());
+            }
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| UpstreamError::Protocol {
+                upstream: self.registry.clone(),
+                reason: e.to_string(),
+            })?;
+        let after = self.timeouts.read;
+        match tokio::time::timeout(after, self.client.request(request)).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.registry.clone(),
+                after,
+            }),
+            Ok(Err(e)) => {
+                let reason = error_chain(&e);
+                if e.is_connect() {
+                    if reason.contains("timed out") {
+                        return Err(UpstreamError::Timeout {
+                            upstream: self.registry.clone(),
+                            after: self.timeouts.connect,
+                        });
+                    }
+                    Err(UpstreamError::Connect {
+                        upstream: self.registry.clone(),
+                        reason,
+                    })
+                } else {
+                    Err(UpstreamError::Protocol {
+                        upstream: self.registry.clone(),
+                        reason,
+                    })
+                }
+            }
+            Ok(Ok(response)) => {
+                let now = self.epoch.elapsed().as_millis() as u64;
+                self.last_answer_ms.store(now.max(1), Ordering::Relaxed);
+                Ok(response)
+            }
+        }
+    }
+
+    /// The `Authorization` to send before any challenge, when an earlier
+    /// challenge told us the scheme.
+    async fn proactive_authorization(&self, scope: &str) -> Result<Option<Secret>, UpstreamError> {
+        match self.auth.scheme() {
+            None => Ok(None),
+            Some(Scheme::Basic) => Ok(self.auth.credentials.as_ref().map(|c| c.basic_header())),
+            Some(Scheme::Bearer { realm, service }) => {
+                if let Some(token) = self.auth.cached_token(scope).await {
+                    return Ok(Some(token));
+                }
+                self.fetch_token(&realm, service.as_deref(), scope, scope)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    /// Answers a 401 challenge; `None` when we have nothing to answer with.
+    async fn answer_challenge(
+        &self,
+        challenge: Challenge,
+        scope: &str,
+    ) -> Result<Option<Secret>, UpstreamError> {
+        match challenge {
+            Challenge::Basic => {
+                let Some(credentials) = &self.auth.credentials else {
+                    return Ok(None);
+                };
+                self.auth.learn(Scheme::Basic);
+                Ok(Some(credentials.basic_header()))
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope: asked,
+            } => {
+                self.auth.learn(Scheme::Bearer {
+                    realm: realm.clone(),
+                    service: service.clone(),
+                });
+                let asked = asked.unwrap_or_else(|| scope.to_owned());
+                self.fetch_token(&realm, service.as_deref(), &asked, scope)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    /// Gets a token for `scope` from the token endpoint and caches it under
+    /// `cache_key`.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        cache_key: &str,
+    ) -> Result<Secret, UpstreamError> {
+        let auth_error = |reason: String| UpstreamError::Auth {
+            upstream: self.registry.clone(),
+            reason,
+        };
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", scope);
+            query.finish()
+        };
+        let separator = if realm.contains('?') { '&' } else { '?' };
+        let uri: Uri = format!("{realm}{separator}{query}")
+            .parse()
+            .map_err(|_| auth_error(format!("token realm {realm:?} is not a URL")))?;
+        let basic = self.auth.credentials.as_ref().map(|c| c.basic_header());
+        let response = self
+            .send(Method::GET, uri, &HeaderMap::new(), basic.as_ref())
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(auth_error(format!("token endpoint answered {status}")));
+        }
+        let body = UpstreamBody::new(
+            response.into_body(),
+            self.timeouts.read,
+            self.registry.clone(),
+        );
+        let bytes = Limited::new(body, MAX_TOKEN_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| auth_error(format!("reading token response: {e}")))?
+            .to_bytes();
+        let parsed: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| auth_error(format!("token response is not JSON: {e}")))?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| auth_error("token response has no token".into()))?;
+        self.auth
+            .store_token(
+                cache_key,
+                &token,
+                parsed.expires_in.map(Duration::from_secs),
+            )
+            .await
+            .ok_or_else(|| auth_error("token is not a valid header value".into()))
+    }
+}
+
+const USER_AGENT: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
+
+fn build_client(config: &UpstreamConfig, timeouts: &Timeouts) -> Result<HttpClient, SetupError> {
+    let registry = &config.registry;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &config.ca_file {
+        let ca_error = |reason: String| SetupError::CaFile {
+            registry: registry.clone(),
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_error(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ca_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("no PEM certificates in file".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SetupError::Tls {
+            registry: registry.clone(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeouts.connect));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https))
+}
+
+/// Resolves a `Location` header against the request URI.
+fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.parse().ok();
+    }
+    let mut parts = base.clone().into_parts();
+    let path = if location.starts_with('/') {
+        location.to_owned()
+    } else {
+        let dir = base.path().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        format!("{dir}/{location}")
+    };
+    parts.path_and_query = Some(path.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// An error and its sources, joined, for messages.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let base: Uri = "http://r:5000/v2/a/blobs/sha256:x".parse().unwrap();
+        assert_eq!(
+            resolve_location(&base, "https://s3/x?sig=1")
+                .unwrap()
+                .to_string(),
+            "https://s3/x?sig=1"
+        );
+        assert_eq!(
+            resolve_location(&base, "/other?q").unwrap().to_string(),
+            "http://r:5000/other?q"
+        );
+        assert_eq!(
+            resolve_location(&base, "rel").unwrap().to_string(),
+            "http://r:5000/v2/a/blobs/rel"
+        );
+    }
+}
