@@ -27,8 +27,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod oci;
+pub mod policy;
 pub mod routing;
 pub mod serve;
 pub mod server;

@@ -132,8 +132,13 @@ impl App {
             } => listing::referrers(upstream, &route, digest, artifact_type.as_deref(), head).await,
         };
         result.unwrap_or_else(|e| {
-            tracing::warn!(reference = %route.canonical(), error = %e, "request failed");
-            ApiError::from(e).into_response(head)
+            let error = ApiError::from(e);
+            if error.status.is_server_error() {
+                tracing::warn!(code = ?error.code, error = %error.message, "request failed");
+            } else {
+                tracing::info!(code = ?error.code, error = %error.message, "request refused");
+            }
+            error.into_response(head)
         })
     }
 

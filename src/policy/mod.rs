@@ -1,0 +1,729 @@
+//! The admission policy, in Binary Authorization's vocabulary, and its
+//! evaluation. Pure: no I/O, so every mode and combination is unit-tested.
+//!
+//! - [`PolicyDoc`] / [`AttestorDoc`]: the YAML as written (BinAuthz field
+//!   names and enum values; an exported BinAuthz policy loads unchanged).
+//! - [`Policy`]: the compiled form: patterns parsed, rules ordered by
+//!   specificity, keys parsed. Built once per (re)load.
+//! - [`Policy::rule_for`] picks the rule for a canonical name;
+//!   [`evaluate`] turns the rule and the per-attestor evidence into a
+//!   [`Decision`].
+
+pub mod pattern;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::crypto::{self, PublicKey};
+pub use pattern::Pattern;
+
+/// `policy:` as written.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyDoc {
+    /// BinAuthz metadata, accepted so exported policies load.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub update_time: Option<String>,
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub global_policy_evaluation_mode: Option<GlobalMode>,
+    #[serde(default)]
+    pub admission_whitelist_patterns: Vec<NamePatternDoc>,
+    pub default_admission_rule: RuleDoc,
+    /// Portcullis' scope map: namePattern → rule.
+    #[serde(default)]
+    pub repository_admission_rules: BTreeMap<String, RuleDoc>,
+    /// BinAuthz scopes that have no meaning at pull time: accepted and
+    /// reported as ignored.
+    #[serde(default)]
+    pub cluster_admission_rules: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub kubernetes_namespace_admission_rules: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub kubernetes_service_account_admission_rules: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub istio_service_identity_admission_rules: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GlobalMode {
+    GlobalPolicyEvaluationModeUnspecified,
+    Enable,
+    Disable,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NamePatternDoc {
+    pub name_pattern: String,
+}
+
+/// An admission rule as written.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleDoc {
+    pub evaluation_mode: EvaluationMode,
+    #[serde(default)]
+    pub enforcement_mode: Option<EnforcementMode>,
+    #[serde(default)]
+    pub require_attestations_by: Vec<String>,
+    /// How the signed `docker-reference` must relate to the request.
+    #[serde(default)]
+    pub signed_identity: SignedIdentity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EvaluationMode {
+    AlwaysAllow,
+    AlwaysDeny,
+    RequireAttestation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EnforcementMode {
+    EnforcedBlockAndAuditLog,
+    DryrunAuditLogOnly,
+}
+
+impl fmt::Display for EnforcementMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EnforcementMode::EnforcedBlockAndAuditLog => "ENFORCED_BLOCK_AND_AUDIT_LOG",
+            EnforcementMode::DryrunAuditLogOnly => "DRYRUN_AUDIT_LOG_ONLY",
+        })
+    }
+}
+
+/// How a signature's `critical.identity.docker-reference` must relate to
+/// the repository being pulled (containers/image's `signedIdentity`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum SignedIdentity {
+    /// The signed repository equals the pulled one (tag ignored).
+    #[default]
+    MatchRepository,
+    /// The signed repository must be exactly this one.
+    ExactRepository(String),
+    /// Pulled names under `prefix` were signed under `signedPrefix`
+    /// (mirrors, relocated images).
+    RemapIdentity {
+        prefix: String,
+        #[serde(rename = "signedPrefix")]
+        signed_prefix: String,
+    },
+    /// The signed identity is not checked (the digest still is).
+    Ignore,
+}
+
+/// An attestor as written under `attestors:`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AttestorDoc {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub public_keys: Vec<PublicKeyDoc>,
+    /// Where `.sig` artifacts live, like `COSIGN_REPOSITORY`.
+    #[serde(default)]
+    pub signature_repository: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PublicKeyDoc {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub pkix_public_key: Option<PkixKeyDoc>,
+    #[serde(default)]
+    pub ascii_armored_pgp_public_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PkixKeyDoc {
+    pub public_key_pem: String,
+    pub signature_algorithm: String,
+}
+
+/// Which rule decided.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RuleSource {
+    Allowlist(String),
+    Default,
+    Repository(String),
+    /// No `policy:` configured: everything is served.
+    NoPolicy,
+}
+
+impl fmt::Display for RuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleSource::Allowlist(p) => write!(f, "admission allowlist pattern {p}"),
+            RuleSource::Default => f.write_str("default admission rule"),
+            RuleSource::Repository(p) => write!(f, "repository admission rule {p}"),
+            RuleSource::NoPolicy => f.write_str("no policy configured (ALWAYS_ALLOW)"),
+        }
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub source: RuleSource,
+    pub evaluation: EvaluationMode,
+    pub enforcement: EnforcementMode,
+    pub attestors: Vec<String>,
+    pub signed_identity: SignedIdentity,
+}
+
+/// A compiled attestor key.
+#[derive(Debug)]
+pub struct AttestorKey {
+    /// The key id (`publicKeyId` in BinAuthz attestations); generated from
+    /// the key's digest when the config gives none.
+    pub id: String,
+    pub key: PublicKey,
+}
+
+/// A compiled attestor.
+#[derive(Debug)]
+pub struct Attestor {
+    pub name: String,
+    pub keys: Vec<AttestorKey>,
+    pub signature_repository: Option<String>,
+}
+
+/// The compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    /// Changes whenever the policy or any key changes; part of every
+    /// verdict cache key.
+    pub revision: String,
+    allowlist: Vec<Pattern>,
+    default_rule: Rule,
+    /// Most specific first.
+    repository_rules: Vec<(Pattern, Rule)>,
+    pub attestors: HashMap<String, Attestor>,
+    /// Human notes about accepted-but-ignored BinAuthz fields.
+    pub ignored: Vec<String>,
+    /// Whether a `policy:` was configured at all.
+    pub configured: bool,
+}
+
+/// What a policy load rejected, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PolicyError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
+    PolicyError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// `projects/<p>/attestors/<name>` → `<name>`.
+pub fn attestor_short_name(name: &str) -> &str {
+    name.rsplit_once("/attestors/")
+        .map(|(_, n)| n)
+        .unwrap_or(name)
+}
+
+impl Policy {
+    /// The policy used when no `policy:` is configured: serve everything.
+    pub fn allow_all() -> Policy {
+        Policy {
+            revision: "none".into(),
+            allowlist: Vec::new(),
+            default_rule: Rule {
+                source: RuleSource::NoPolicy,
+                evaluation: EvaluationMode::AlwaysAllow,
+                enforcement: EnforcementMode::EnforcedBlockAndAuditLog,
+                attestors: Vec::new(),
+                signed_identity: SignedIdentity::MatchRepository,
+            },
+            repository_rules: Vec::new(),
+            attestors: HashMap::new(),
+            ignored: Vec::new(),
+            configured: false,
+        }
+    }
+
+    /// Compiles a policy and its attestors; every problem names its field.
+    pub fn compile(doc: &PolicyDoc, attestor_docs: &[AttestorDoc]) -> Result<Policy, PolicyError> {
+        let mut attestors = HashMap::new();
+        for (i, a) in attestor_docs.iter().enumerate() {
+            let attestor = compile_attestor(a, i)?;
+            if attestors.insert(attestor.name.clone(), attestor).is_some() {
+                return Err(err(
+                    format!("attestors[{i}].name"),
+                    format!("attestor {:?} is defined twice", a.name),
+                ));
+            }
+        }
+        let compile_rule = |field: &str, source: RuleSource, rule: &RuleDoc| {
+            let attestor_names: Vec<String> = rule
+                .require_attestations_by
+                .iter()
+                .map(|n| attestor_short_name(n).to_owned())
+                .collect();
+            if rule.evaluation_mode == EvaluationMode::RequireAttestation {
+                if attestor_names.is_empty() {
+                    return Err(err(
+                        format!("{field}.requireAttestationsBy"),
+                        "REQUIRE_ATTESTATION needs at least one attestor",
+                    ));
+                }
+                for name in &attestor_names {
+                    if !attestors.contains_key(name) {
+                        return Err(err(
+                            format!("{field}.requireAttestationsBy"),
+                            format!("attestor {name:?} is not defined under attestors:"),
+                        ));
+                    }
+                }
+            }
+            if let SignedIdentity::RemapIdentity { prefix, .. } = &rule.signed_identity {
+                if prefix.is_empty() {
+                    return Err(err(
+                        format!("{field}.signedIdentity.remapIdentity.prefix"),
+                        "must not be empty",
+                    ));
+                }
+            }
+            Ok(Rule {
+                source,
+                evaluation: rule.evaluation_mode,
+                enforcement: rule
+                    .enforcement_mode
+                    .unwrap_or(EnforcementMode::EnforcedBlockAndAuditLog),
+                attestors: attestor_names,
+                signed_identity: rule.signed_identity.clone(),
+            })
+        };
+        let default_rule = compile_rule(
+            "policy.defaultAdmissionRule",
+            RuleSource::Default,
+            &doc.default_admission_rule,
+        )?;
+        let mut repository_rules = Vec::new();
+        for (key, rule) in &doc.repository_admission_rules {
+            let field = format!("policy.repositoryAdmissionRules[{key:?}]");
+            let pattern = Pattern::new(key).map_err(|m| err(&field, m))?;
+            let rule = compile_rule(&field, RuleSource::Repository(key.clone()), rule)?;
+            repository_rules.push((pattern, rule));
+        }
+        repository_rules.sort_by(|(a, _), (b, _)| Pattern::specificity_order(a, b));
+        let allowlist = doc
+            .admission_whitelist_patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Pattern::new(&p.name_pattern)
+                    .map_err(|m| err(format!("policy.admissionWhitelistPatterns[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ignored = Vec::new();
+        if doc.global_policy_evaluation_mode == Some(GlobalMode::Enable) {
+            ignored.push(
+                "globalPolicyEvaluationMode: ENABLE exempts Google-maintained GKE system images; \
+                 Portcullis has no such list and ignores it (list exemptions under admissionWhitelistPatterns)"
+                    .to_owned(),
+            );
+        }
+        for (field, value) in [
+            ("clusterAdmissionRules", &doc.cluster_admission_rules),
+            (
+                "kubernetesNamespaceAdmissionRules",
+                &doc.kubernetes_namespace_admission_rules,
+            ),
+            (
+                "kubernetesServiceAccountAdmissionRules",
+                &doc.kubernetes_service_account_admission_rules,
+            ),
+            (
+                "istioServiceIdentityAdmissionRules",
+                &doc.istio_service_identity_admission_rules,
+            ),
+        ] {
+            if value.is_some() {
+                ignored.push(format!(
+                    "{field} is a Kubernetes/GKE scope with no meaning at pull time: ignored \
+                     (use repositoryAdmissionRules to scope rules by image name)"
+                ));
+            }
+        }
+        let revision = revision_of(doc, attestor_docs);
+        Ok(Policy {
+            revision,
+            allowlist,
+            default_rule,
+            repository_rules,
+            attestors,
+            ignored,
+            configured: true,
+        })
+    }
+
+    /// The rule that applies to `name` (`<registry>/<repository>`): an
+    /// allowlist match exempts; else the most specific repository rule;
+    /// else the default rule.
+    pub fn rule_for(&self, name: &str) -> Rule {
+        if let Some(p) = self.allowlist.iter().find(|p| p.matches(name)) {
+            return Rule {
+                source: RuleSource::Allowlist(p.as_str().to_owned()),
+                evaluation: EvaluationMode::AlwaysAllow,
+                enforcement: EnforcementMode::EnforcedBlockAndAuditLog,
+                attestors: Vec::new(),
+                signed_identity: SignedIdentity::Ignore,
+            };
+        }
+        self.repository_rules
+            .iter()
+            .find(|(p, _)| p.matches(name))
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| self.default_rule.clone())
+    }
+
+    /// A summary for `portcullis check` and startup logs.
+    pub fn summary(&self) -> String {
+        if !self.configured {
+            return "policy: NONE — every image is served unchecked (ALWAYS_ALLOW). \
+                    Add a policy: section to enforce signatures.\n"
+                .to_owned();
+        }
+        let mut out = format!("policy revision {}\n", self.revision);
+        for p in &self.allowlist {
+            out.push_str(&format!("  allowlist: {}\n", p.as_str()));
+        }
+        let describe = |r: &Rule| {
+            let mut s = format!("{:?} / {}", r.evaluation, r.enforcement);
+            if !r.attestors.is_empty() {
+                s.push_str(&format!(" by [{}]", r.attestors.join(", ")));
+            }
+            s
+        };
+        for (p, r) in &self.repository_rules {
+            out.push_str(&format!("  rule {}: {}\n", p.as_str(), describe(r)));
+        }
+        out.push_str(&format!(
+            "  default rule: {}\n",
+            describe(&self.default_rule)
+        ));
+        let mut names: Vec<_> = self.attestors.keys().collect();
+        names.sort();
+        for name in names {
+            let a = &self.attestors[name];
+            let keys: Vec<String> = a
+                .keys
+                .iter()
+                .map(|k| format!("{} ({:?})", k.id, k.key.algorithm()))
+                .collect();
+            out.push_str(&format!("  attestor {name}: keys {}", keys.join(", ")));
+            if let Some(repo) = &a.signature_repository {
+                out.push_str(&format!(", signatures in {repo}"));
+            }
+            out.push('\n');
+        }
+        for note in &self.ignored {
+            out.push_str(&format!("  ignored: {note}\n"));
+        }
+        out
+    }
+}
+
+fn compile_attestor(doc: &AttestorDoc, index: usize) -> Result<Attestor, PolicyError> {
+    let field = format!("attestors[{index}]");
+    let name = attestor_short_name(&doc.name).to_owned();
+    if name.is_empty() {
+        return Err(err(format!("{field}.name"), "must not be empty"));
+    }
+    if doc.public_keys.is_empty() {
+        return Err(err(
+            format!("{field}.publicKeys"),
+            format!("attestor {name:?} has no public keys"),
+        ));
+    }
+    let mut keys = Vec::new();
+    for (k, key) in doc.public_keys.iter().enumerate() {
+        let kfield = format!("{field}.publicKeys[{k}]");
+        if key.ascii_armored_pgp_public_key.is_some() {
+            return Err(err(
+                format!("{kfield}.asciiArmoredPgpPublicKey"),
+                "PGP attestor keys are not supported; use a pkixPublicKey",
+            ));
+        }
+        let pkix = key
+            .pkix_public_key
+            .as_ref()
+            .ok_or_else(|| err(format!("{kfield}.pkixPublicKey"), "missing"))?;
+        let algorithm = crypto::Algorithm::parse(&pkix.signature_algorithm)
+            .map_err(|m| err(format!("{kfield}.pkixPublicKey.signatureAlgorithm"), m))?;
+        let public = PublicKey::from_pem(&pkix.public_key_pem, algorithm)
+            .map_err(|m| err(format!("{kfield}.pkixPublicKey.publicKeyPem"), m))?;
+        let id = match &key.id {
+            Some(id) if !id.is_empty() => id.clone(),
+            _ => {
+                let der = crypto::pem_decode(&pkix.public_key_pem)
+                    .map(|(_, d)| d)
+                    .unwrap_or_default();
+                format!("sha256:{}", hex::encode(Sha256::digest(der)))
+            }
+        };
+        keys.push(AttestorKey { id, key: public });
+    }
+    Ok(Attestor {
+        name,
+        keys,
+        signature_repository: doc.signature_repository.clone(),
+    })
+}
+
+fn revision_of(doc: &PolicyDoc, attestors: &[AttestorDoc]) -> String {
+    let text = serde_json::to_vec(&(doc, attestors)).unwrap_or_default();
+    hex::encode(&Sha256::digest(text)[..6])
+}
+
+/// The result of checking one piece of evidence (one signature) for one
+/// attestor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Verified with the attestor's key `key_id`, and binds this image.
+    Valid { key_id: String },
+    /// Does not verify with any of the attestor's keys: another key, or an
+    /// altered payload.
+    UnknownKey,
+    /// Verified, but signs another digest.
+    OtherDigest { signed: String },
+    /// Verified, but names another repository.
+    OtherRepository { signed: String },
+    /// Unusable: undecodable signature, payload not in the expected form,
+    /// unknown critical fields…
+    Malformed { reason: String },
+}
+
+impl Check {
+    fn category(&self) -> &'static str {
+        match self {
+            Check::Valid { .. } => "valid",
+            Check::UnknownKey => "by unknown key or altered",
+            Check::OtherDigest { .. } => "for another digest",
+            Check::OtherRepository { .. } => "for another repository",
+            Check::Malformed { .. } => "malformed",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Check::Valid { key_id } => format!("valid, verified with key {key_id}"),
+            Check::UnknownKey => {
+                "does not verify with any of the attestor's keys (signed by another key, or the payload was altered)".into()
+            }
+            Check::OtherDigest { signed } => format!("valid signature, but for another digest ({signed})"),
+            Check::OtherRepository { signed } => {
+                format!("valid signature, but for another repository ({signed})")
+            }
+            Check::Malformed { reason } => format!("malformed: {reason}"),
+        }
+    }
+}
+
+/// One signature looked at, where it came from, and what it showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// Where it was found, e.g. `127.0.0.1:5001/demo/app:sha256-….sig layer 2`.
+    pub source: String,
+    pub check: Check,
+}
+
+/// How one attestor fared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestorResult {
+    pub name: String,
+    pub satisfied: bool,
+    pub evidence: Vec<Evidence>,
+}
+
+impl AttestorResult {
+    /// `no valid signature (3 checked: 1 by unknown key or altered, 2 for another digest)`.
+    pub fn summary(&self) -> String {
+        if self.satisfied {
+            let key = self.evidence.iter().find_map(|e| match &e.check {
+                Check::Valid { key_id } => Some(key_id.as_str()),
+                _ => None,
+            });
+            return format!("verified (key {})", key.unwrap_or("?"));
+        }
+        if self.evidence.is_empty() {
+            return "no valid signature (no signatures found)".into();
+        }
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for e in &self.evidence {
+            let c = e.check.category();
+            match counts.iter_mut().find(|(k, _)| *k == c) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((c, 1)),
+            }
+        }
+        let parts: Vec<String> = counts.iter().map(|(c, n)| format!("{n} {c}")).collect();
+        format!(
+            "no valid signature ({} checked: {})",
+            self.evidence.len(),
+            parts.join(", ")
+        )
+    }
+}
+
+/// The policy's answer for one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Served: the rule allows it, or its attestors are satisfied.
+    Allow,
+    /// Served because it is exempt (allowlist) or no policy is configured.
+    Exempt,
+    /// Not served.
+    Deny,
+    /// Served under a dry-run rule that would have denied it.
+    DryRunDeny,
+}
+
+/// A decision with everything needed to explain it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub rule: RuleSource,
+    pub evaluation: EvaluationMode,
+    pub enforcement: EnforcementMode,
+    pub attestors: Vec<AttestorResult>,
+    /// Why, in one line (without the image name).
+    pub reason: String,
+}
+
+impl Decision {
+    /// Whether the image may be served.
+    pub fn serves(&self) -> bool {
+        self.verdict != Verdict::Deny
+    }
+
+    /// The denial message, in Binary Authorization's words.
+    pub fn message(&self, image: &str) -> String {
+        match self.verdict {
+            Verdict::Deny => format!("image {image} denied by {}: {}", self.rule, self.reason),
+            Verdict::DryRunDeny => format!(
+                "image {image} would be denied by {} (dry run, served): {}",
+                self.rule, self.reason
+            ),
+            Verdict::Allow | Verdict::Exempt => {
+                format!("image {image} allowed by {}: {}", self.rule, self.reason)
+            }
+        }
+    }
+
+    /// A short form for the HTTP/1.1 reason phrase, which is all containerd
+    /// and kubelet show of a HEAD denial.
+    pub fn short_reason(&self) -> String {
+        let failing: Vec<String> = self
+            .attestors
+            .iter()
+            .filter(|a| !a.satisfied)
+            .map(|a| {
+                let short = if a.evidence.is_empty() {
+                    "no signatures found".to_owned()
+                } else {
+                    "no valid signature".to_owned()
+                };
+                format!("attestor {}: {short}", a.name)
+            })
+            .collect();
+        if failing.is_empty() {
+            format!("denied by policy: {}", self.reason)
+        } else {
+            format!("denied by policy: {}", failing.join("; "))
+        }
+    }
+}
+
+/// Evaluates `rule` given each required attestor's evidence (pure).
+/// Attestors are ANDed; within one attestor any valid evidence suffices.
+/// An attestor with no entry in `evidence` has no evidence.
+pub fn evaluate(rule: &Rule, evidence: &HashMap<String, Vec<Evidence>>) -> Decision {
+    let decide = |denied: bool, attestors: Vec<AttestorResult>, reason: String| {
+        let verdict = match (denied, rule.enforcement) {
+            (false, _)
+                if matches!(rule.source, RuleSource::Allowlist(_) | RuleSource::NoPolicy) =>
+            {
+                Verdict::Exempt
+            }
+            (false, _) => Verdict::Allow,
+            (true, EnforcementMode::EnforcedBlockAndAuditLog) => Verdict::Deny,
+            (true, EnforcementMode::DryrunAuditLogOnly) => Verdict::DryRunDeny,
+        };
+        Decision {
+            verdict,
+            rule: rule.source.clone(),
+            evaluation: rule.evaluation,
+            enforcement: rule.enforcement,
+            attestors,
+            reason,
+        }
+    };
+    match rule.evaluation {
+        EvaluationMode::AlwaysAllow => decide(false, Vec::new(), "ALWAYS_ALLOW".into()),
+        EvaluationMode::AlwaysDeny => decide(
+            true,
+            Vec::new(),
+            "ALWAYS_DENY: no image may be pulled from here".into(),
+        ),
+        EvaluationMode::RequireAttestation => {
+            let results: Vec<AttestorResult> = rule
+                .attestors
+                .iter()
+                .map(|name| {
+                    let evidence = evidence.get(name).cloned().unwrap_or_default();
+                    let satisfied = evidence
+                        .iter()
+                        .any(|e| matches!(e.check, Check::Valid { .. }));
+                    AttestorResult {
+                        name: name.clone(),
+                        satisfied,
+                        evidence,
+                    }
+                })
+                .collect();
+            // An empty attestor list never satisfies (compile rejects it too).
+            let all = !results.is_empty() && results.iter().all(|r| r.satisfied);
+            let reason = results
+                .iter()
+                .filter(|r| all || !r.satisfied)
+                .map(|r| format!("attestor {}: {}", r.name, r.summary()))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let reason = if reason.is_empty() {
+                "no attestors required".to_owned()
+            } else {
+                reason
+            };
+            decide(!all, results, reason)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,315 @@
+use super::*;
+use p256::pkcs8::EncodePublicKey;
+
+fn key_pem() -> String {
+    p256::ecdsa::SigningKey::random(&mut rand_core::OsRng)
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap()
+}
+
+fn attestor(name: &str) -> AttestorDoc {
+    AttestorDoc {
+        name: name.into(),
+        description: None,
+        public_keys: vec![PublicKeyDoc {
+            id: Some(format!("{name}-key")),
+            comment: None,
+            pkix_public_key: Some(PkixKeyDoc {
+                public_key_pem: key_pem(),
+                signature_algorithm: "ECDSA_P256_SHA256".into(),
+            }),
+            ascii_armored_pgp_public_key: None,
+        }],
+        signature_repository: None,
+    }
+}
+
+fn policy(yaml: &str, attestors: &[AttestorDoc]) -> Result<Policy, PolicyError> {
+    let doc: PolicyDoc = serde_yaml_ng::from_str(yaml).unwrap();
+    Policy::compile(&doc, attestors)
+}
+
+/// A policy as `gcloud container binauthz policy export` prints it.
+const BINAUTHZ_EXPORT: &str = r#"
+admissionWhitelistPatterns:
+- namePattern: gcr.io/google_containers/*
+- namePattern: gcr.io/google-containers/*
+clusterAdmissionRules:
+  us-central1-a.prod-cluster:
+    enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+    evaluationMode: REQUIRE_ATTESTATION
+    requireAttestationsBy:
+    - projects/my-project/attestors/built-by-cloud-build
+defaultAdmissionRule:
+  enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+  evaluationMode: REQUIRE_ATTESTATION
+  requireAttestationsBy:
+  - projects/my-project/attestors/built-by-cloud-build
+etag: '"F3lMz7Mq2Ra3"'
+globalPolicyEvaluationMode: ENABLE
+name: projects/my-project/policy
+updateTime: '2026-01-10T12:00:00.123456Z'
+"#;
+
+#[test]
+fn binauthz_export_loads_and_reports_ignored_fields() {
+    let p = policy(BINAUTHZ_EXPORT, &[attestor("built-by-cloud-build")]).unwrap();
+    let rule = p.rule_for("gcr.io/my-project/app");
+    assert_eq!(rule.source, RuleSource::Default);
+    assert_eq!(rule.attestors, vec!["built-by-cloud-build".to_string()]);
+    assert_eq!(
+        p.rule_for("gcr.io/google_containers/pause").source,
+        RuleSource::Allowlist("gcr.io/google_containers/*".into())
+    );
+    assert_eq!(p.ignored.len(), 2, "{:?}", p.ignored);
+    assert!(p.summary().contains("clusterAdmissionRules"));
+    assert!(p.summary().contains("globalPolicyEvaluationMode"));
+}
+
+#[test]
+fn unknown_fields_and_bad_values_are_rejected() {
+    let bad_enum = "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATIONS\n";
+    assert!(serde_yaml_ng::from_str::<PolicyDoc>(bad_enum).is_err());
+    let unknown = "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n  bogus: 1\n";
+    assert!(serde_yaml_ng::from_str::<PolicyDoc>(unknown).is_err());
+    let e = policy(
+        "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATION\n  requireAttestationsBy: [nobody]\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("nobody"), "{e}");
+    let e = policy(
+        "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATION\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.field.ends_with("requireAttestationsBy"), "{e}");
+    let mut p384 = attestor("a");
+    p384.public_keys[0]
+        .pkix_public_key
+        .as_mut()
+        .unwrap()
+        .signature_algorithm = "ECDSA_P384_SHA384".into();
+    let e = policy(
+        "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n",
+        &[p384],
+    )
+    .unwrap_err();
+    assert!(e.field.contains("publicKeyPem"), "{e}");
+    let mut pgp = attestor("a");
+    pgp.public_keys[0].ascii_armored_pgp_public_key = Some("x".into());
+    let e = policy(
+        "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n",
+        &[pgp],
+    )
+    .unwrap_err();
+    assert!(e.message.contains("PGP"), "{e}");
+    let e = policy(
+        "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n",
+        &[attestor("a"), attestor("a")],
+    )
+    .unwrap_err();
+    assert!(e.message.contains("twice"), "{e}");
+}
+
+#[test]
+fn most_specific_repository_rule_wins() {
+    let p = policy(
+        r#"
+defaultAdmissionRule: {evaluationMode: ALWAYS_DENY, enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG}
+repositoryAdmissionRules:
+  "r/**": {evaluationMode: ALWAYS_ALLOW}
+  "r/team/*": {evaluationMode: REQUIRE_ATTESTATION, requireAttestationsBy: [ci]}
+  "r/team/app": {evaluationMode: ALWAYS_DENY}
+admissionWhitelistPatterns:
+  - namePattern: r/team/base
+"#,
+        &[attestor("ci")],
+    )
+    .unwrap();
+    let source = |n: &str| p.rule_for(n).source;
+    assert_eq!(
+        source("r/team/app"),
+        RuleSource::Repository("r/team/app".into())
+    );
+    assert_eq!(
+        source("r/team/web"),
+        RuleSource::Repository("r/team/*".into())
+    );
+    assert_eq!(
+        source("r/team/web/x"),
+        RuleSource::Repository("r/**".into())
+    );
+    assert_eq!(
+        source("r/team/base"),
+        RuleSource::Allowlist("r/team/base".into())
+    );
+    assert_eq!(source("other/x"), RuleSource::Default);
+}
+
+fn rule(evaluation: EvaluationMode, enforcement: EnforcementMode, attestors: &[&str]) -> Rule {
+    Rule {
+        source: RuleSource::Default,
+        evaluation,
+        enforcement,
+        attestors: attestors.iter().map(|s| s.to_string()).collect(),
+        signed_identity: SignedIdentity::MatchRepository,
+    }
+}
+
+fn ev(check: Check) -> Evidence {
+    Evidence {
+        source: "test".into(),
+        check,
+    }
+}
+
+fn valid() -> Check {
+    Check::Valid { key_id: "k".into() }
+}
+
+#[test]
+fn every_evaluation_and_enforcement_mode() {
+    use EnforcementMode::*;
+    use EvaluationMode::*;
+    let none = HashMap::new();
+    let mut good = HashMap::new();
+    good.insert("a".to_string(), vec![ev(valid())]);
+    let table = [
+        (AlwaysAllow, EnforcedBlockAndAuditLog, &none, Verdict::Allow),
+        (AlwaysAllow, DryrunAuditLogOnly, &none, Verdict::Allow),
+        (AlwaysDeny, EnforcedBlockAndAuditLog, &none, Verdict::Deny),
+        (AlwaysDeny, DryrunAuditLogOnly, &none, Verdict::DryRunDeny),
+        (
+            RequireAttestation,
+            EnforcedBlockAndAuditLog,
+            &none,
+            Verdict::Deny,
+        ),
+        (
+            RequireAttestation,
+            DryrunAuditLogOnly,
+            &none,
+            Verdict::DryRunDeny,
+        ),
+        (
+            RequireAttestation,
+            EnforcedBlockAndAuditLog,
+            &good,
+            Verdict::Allow,
+        ),
+        (
+            RequireAttestation,
+            DryrunAuditLogOnly,
+            &good,
+            Verdict::Allow,
+        ),
+    ];
+    for (evaluation, enforcement, evidence, want) in table {
+        let d = evaluate(&rule(evaluation, enforcement, &["a"]), evidence);
+        assert_eq!(d.verdict, want, "{evaluation:?} {enforcement:?}");
+        assert_eq!(d.serves(), want != Verdict::Deny);
+    }
+}
+
+#[test]
+fn attestors_are_anded_and_any_valid_signature_satisfies_one() {
+    let r = rule(
+        EvaluationMode::RequireAttestation,
+        EnforcementMode::EnforcedBlockAndAuditLog,
+        &["a", "b"],
+    );
+    let mut evidence = HashMap::new();
+    evidence.insert("a".to_string(), vec![ev(Check::UnknownKey), ev(valid())]);
+    let d = evaluate(&r, &evidence);
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(
+        d.reason,
+        "attestor b: no valid signature (no signatures found)"
+    );
+    evidence.insert("b".to_string(), vec![ev(valid())]);
+    assert_eq!(evaluate(&r, &evidence).verdict, Verdict::Allow);
+    // An attestor whose only evidence is invalid does not count.
+    evidence.insert(
+        "b".to_string(),
+        vec![ev(Check::OtherDigest {
+            signed: "sha256:x".into(),
+        })],
+    );
+    assert_eq!(evaluate(&r, &evidence).verdict, Verdict::Deny);
+    // An empty attestor list means deny, never allow.
+    let empty = rule(
+        EvaluationMode::RequireAttestation,
+        EnforcementMode::EnforcedBlockAndAuditLog,
+        &[],
+    );
+    assert_eq!(evaluate(&empty, &HashMap::new()).verdict, Verdict::Deny);
+}
+
+#[test]
+fn denial_messages_count_each_kind_of_failure() {
+    let r = rule(
+        EvaluationMode::RequireAttestation,
+        EnforcementMode::EnforcedBlockAndAuditLog,
+        &["built-by-ci"],
+    );
+    let mut evidence = HashMap::new();
+    evidence.insert(
+        "built-by-ci".to_string(),
+        vec![
+            ev(Check::UnknownKey),
+            ev(Check::OtherDigest { signed: "x".into() }),
+            ev(Check::OtherDigest { signed: "y".into() }),
+        ],
+    );
+    let d = evaluate(&r, &evidence);
+    assert_eq!(
+        d.message("r/demo/app@sha256:1"),
+        "image r/demo/app@sha256:1 denied by default admission rule: attestor built-by-ci: \
+         no valid signature (3 checked: 1 by unknown key or altered, 2 for another digest)"
+    );
+    assert_eq!(
+        d.short_reason(),
+        "denied by policy: attestor built-by-ci: no valid signature"
+    );
+}
+
+#[test]
+fn key_rotation_any_key_of_an_attestor_counts() {
+    let mut a = attestor("ci");
+    let mut second = a.public_keys[0].clone();
+    second.id = Some("ci-2027".into());
+    second.pkix_public_key.as_mut().unwrap().public_key_pem = key_pem();
+    a.public_keys.push(second);
+    let p = policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n",
+        &[a],
+    )
+    .unwrap();
+    let keys: Vec<_> = p.attestors["ci"]
+        .keys
+        .iter()
+        .map(|k| k.id.as_str())
+        .collect();
+    assert_eq!(keys, ["ci-key", "ci-2027"]);
+}
+
+#[test]
+fn revision_changes_with_keys() {
+    let yaml = "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n";
+    let a = attestor("ci");
+    let p1 = policy(yaml, std::slice::from_ref(&a)).unwrap();
+    let p2 = policy(yaml, std::slice::from_ref(&a)).unwrap();
+    assert_eq!(p1.revision, p2.revision);
+    let p3 = policy(yaml, &[attestor("ci")]).unwrap();
+    assert_ne!(p1.revision, p3.revision);
+}
+
+#[test]
+fn no_policy_is_loud() {
+    let p = Policy::allow_all();
+    assert!(p.summary().contains("NONE"));
+    let d = evaluate(&p.rule_for("x/y"), &HashMap::new());
+    assert_eq!(d.verdict, Verdict::Exempt);
+}
