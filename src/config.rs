@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::policy::{AttestorDoc, Policy, PolicyDoc};
+
 /// The configuration `serve` uses without `--config`: the same text as
 /// `config/portcullis.yaml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/portcullis.yaml");
@@ -49,6 +51,55 @@ pub struct Config {
     /// Upstream and shutdown timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// The admission policy (Binary Authorization's policy YAML). Without
+    /// it (and without `policyFile`), every image is served unchecked.
+    #[serde(default)]
+    pub policy: Option<PolicyDoc>,
+    /// A file holding the policy instead: either a bare BinAuthz policy
+    /// (as `gcloud container binauthz policy export` prints it) or a
+    /// document with `policy:` and optionally `attestors:`.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
+    /// Attestors: named holders of public keys.
+    #[serde(default)]
+    pub attestors: Vec<AttestorDoc>,
+    /// Verdict cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// Verdict cache settings.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct CacheConfig {
+    /// How long an allow verdict is reused.
+    #[serde(deserialize_with = "duration")]
+    pub allow_ttl: Duration,
+    /// How long a deny verdict is reused (short, so a newly signed image
+    /// pulls soon after signing).
+    #[serde(deserialize_with = "duration")]
+    pub deny_ttl: Duration,
+    /// Most verdicts kept; the least recently used are evicted past it.
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            allow_ttl: Duration::from_secs(600),
+            deny_ttl: Duration::from_secs(30),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// The document a `policyFile` may hold when it is not a bare policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFileDoc {
+    policy: PolicyDoc,
+    #[serde(default)]
+    attestors: Vec<AttestorDoc>,
 }
 
 /// PEM files for serving HTTPS.
@@ -180,7 +231,67 @@ impl Config {
         })?;
         config.resolve_paths(base);
         config.validate(text)?;
+        config.compile_policy()?;
         Ok(config)
+    }
+
+    /// Compiles the configured policy (inline or from `policyFile`); the
+    /// allow-all policy when none is configured.
+    pub fn compile_policy(&self) -> Result<Policy, ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            field,
+            line: None,
+            message,
+        };
+        let (doc, mut attestors) = match (&self.policy, &self.policy_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "policyFile".into(),
+                    "set either policy or policyFile, not both".into(),
+                ))
+            }
+            (None, None) => {
+                if !self.attestors.is_empty() {
+                    tracing::warn!("attestors are configured but there is no policy");
+                }
+                return Ok(Policy::allow_all());
+            }
+            (Some(doc), None) => (doc.clone(), Vec::new()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "policyFile".into(),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let parse_error = |e: serde_yaml_ng::Error| ConfigError::Parse {
+                    location: format!(
+                        "{}{}: ",
+                        path.display(),
+                        e.location()
+                            .map(|l| format!(" line {} column {}", l.line(), l.column()))
+                            .unwrap_or_default()
+                    ),
+                    message: e.to_string(),
+                };
+                let value: serde_yaml_ng::Value =
+                    serde_yaml_ng::from_str(&text).map_err(parse_error)?;
+                if value.get("policy").is_some() {
+                    let file: PolicyFileDoc =
+                        serde_yaml_ng::from_str(&text).map_err(parse_error)?;
+                    (file.policy, file.attestors)
+                } else {
+                    let doc: PolicyDoc = serde_yaml_ng::from_str(&text).map_err(parse_error)?;
+                    (doc, Vec::new())
+                }
+            }
+        };
+        attestors.extend(self.attestors.iter().cloned());
+        Policy::compile(&doc, &attestors).map_err(|e| ConfigError::Invalid {
+            field: e.field,
+            line: None,
+            message: e.message,
+        })
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -189,6 +300,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        if let Some(path) = &mut self.policy_file {
+            fix(path);
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);

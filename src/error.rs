@@ -12,6 +12,11 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::oci::InvalidReference;
+use crate::policy::Decision;
+use crate::verify::VerifyError;
+
+/// Longest reason phrase sent; status lines are read into small buffers.
+const MAX_REASON_LEN: usize = 200;
 use crate::routing::RouteError;
 use crate::serve::{body_from, ProxyBody, ServeError};
 use crate::upstream::UpstreamError;
@@ -43,6 +48,8 @@ pub enum ErrorCode {
 /// An error as the client sees it: status, OCI code, message, detail.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// HTTP/1.1 reason phrase, for clients that show only the status line.
+    pub reason: Option<String>,
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
@@ -64,6 +71,7 @@ struct EnvelopeEntry<'a> {
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
+            reason: None,
             status,
             code,
             message: message.into(),
@@ -73,6 +81,24 @@ impl ApiError {
 
     pub fn with_detail(mut self, detail: serde_json::Value) -> ApiError {
         self.detail = detail;
+        self
+    }
+
+    /// Sets the reason phrase; characters HTTP does not allow there are
+    /// replaced.
+    pub fn with_reason(mut self, reason: String) -> ApiError {
+        let clean: String = reason
+            .chars()
+            .map(|c| {
+                if c == '\t' || (' '..='~').contains(&c) {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .take(MAX_REASON_LEN)
+            .collect();
+        self.reason = Some(clean);
         self
     }
 
@@ -105,6 +131,11 @@ impl ApiError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let Some(reason) = self.reason {
+            if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason) {
+                response.extensions_mut().insert(phrase);
+            }
+        }
         response
     }
 }
@@ -191,8 +222,43 @@ impl From<ServeError> for ApiError {
             ServeError::UpstreamInvalid { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message)
             }
+            ServeError::Denied { decision, .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, message)
+                    .with_detail(decision_detail(&decision))
+                    .with_reason(format!("Forbidden: {}", decision.short_reason()))
+            }
+            ServeError::CannotVerify { source, .. } => {
+                let status = match source {
+                    VerifyError::Upstream(UpstreamError::Timeout { .. }) => {
+                        StatusCode::GATEWAY_TIMEOUT
+                    }
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                ApiError::new(
+                    status,
+                    ErrorCode::Unavailable,
+                    format!("{message}; not serving an image that could not be verified"),
+                )
+            }
         }
     }
+}
+
+/// The machine-readable explanation of a decision, in the error detail.
+fn decision_detail(decision: &Decision) -> serde_json::Value {
+    serde_json::json!({
+        "rule": decision.rule.to_string(),
+        "enforcementMode": decision.enforcement.to_string(),
+        "attestors": decision.attestors.iter().map(|a| serde_json::json!({
+            "name": a.name,
+            "satisfied": a.satisfied,
+            "summary": a.summary(),
+            "evidence": a.evidence.iter().map(|e| serde_json::json!({
+                "source": e.source,
+                "result": e.check.describe(),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Which status a client gets when the upstream answered `upstream` with an

@@ -17,6 +17,11 @@
 //! - [`upstream`]: the client side: pooled connections, timeouts, redirects,
 //!   Basic and bearer-token authentication, one [`upstream::Upstream`] per
 //!   configured registry.
+//! - [`verify`]: whether a manifest may be served: policy rule, evidence
+//!   lookup (cosign signatures), verdict cache, admitted children and
+//!   blobs. Only it can produce the `Admission` that serving requires.
+//! - [`policy`]: the Binary Authorization-style policy and its pure
+//!   evaluation; [`crypto`]: keys and signature verification (pure).
 //! - [`serve`]: the pull endpoints: manifests (read whole, hashed, bounded),
 //!   blobs (streamed, hashed while streaming), tag lists, referrers.
 //! - [`oci`]: the vocabulary shared by all layers: digests, repository names,
@@ -36,3 +41,4 @@ pub mod serve;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod verify;

@@ -167,6 +167,8 @@ pub enum RuleSource {
     Repository(String),
     /// No `policy:` configured: everything is served.
     NoPolicy,
+    /// A signature or attestation artifact (never runnable).
+    Artifact,
 }
 
 impl fmt::Display for RuleSource {
@@ -176,6 +178,7 @@ impl fmt::Display for RuleSource {
             RuleSource::Default => f.write_str("default admission rule"),
             RuleSource::Repository(p) => write!(f, "repository admission rule {p}"),
             RuleSource::NoPolicy => f.write_str("no policy configured (ALWAYS_ALLOW)"),
+            RuleSource::Artifact => f.write_str("signature artifact exemption"),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! exact bytes, checked against a requested digest, then served with
 //! `Docker-Content-Digest`, `Content-Type` and `Content-Length`.
 //!
-//! The bytes served are the bytes hashed: a [`Manifest`] is only built by
-//! [`fetch`], and [`respond`] sends exactly its bytes.
+//! The bytes served are the bytes hashed and verified: a [`Manifest`] is
+//! only built by [`fetch`], and `respond` only accepts an [`Admission`] of
+//! it, which only [`crate::verify::Verifier::admit`] can create.
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
@@ -12,8 +13,11 @@ use http_body_util::{BodyExt, Limited};
 use super::{body_from, upstream_failure, ProxyBody, ServeError, MAX_MANIFEST_BYTES};
 use crate::error::ErrorCode;
 use crate::oci::{Digest, Reference};
+use crate::policy::Verdict;
 use crate::routing::Route;
+use crate::serve::App;
 use crate::upstream::Upstream;
+use crate::verify::{Admission, Outcome};
 
 /// A manifest as the upstream sent it, with the digest of its bytes.
 #[derive(Debug, Clone)]
@@ -24,15 +28,52 @@ pub struct Manifest {
 }
 
 /// `GET|HEAD /v2/<name>/manifests/<reference>`.
+///
+/// Fetch, hash, verify, then serve the verified bytes (no second fetch).
 pub async fn serve(
-    upstream: &Upstream,
+    app: &App,
     route: &Route,
     reference: &Reference,
     client_headers: &HeaderMap,
     head: bool,
 ) -> Result<Response<ProxyBody>, ServeError> {
+    let upstream = &app.upstreams[route.upstream];
     let manifest = fetch(upstream, route, reference, client_headers).await?;
-    Ok(respond(&manifest, head))
+    let image = format!("{}@{}", route.canonical(), manifest.digest);
+    let outcome = app
+        .verifier
+        .admit(&app.upstreams, route, &manifest)
+        .await
+        .map_err(|source| ServeError::CannotVerify {
+            image: image.clone(),
+            source,
+        })?;
+    match outcome {
+        Outcome::Admitted(admission) => {
+            let decision = &admission.decision;
+            match decision.verdict {
+                Verdict::DryRunDeny => tracing::warn!(
+                    verdict = "dryrun-deny",
+                    rule = %decision.rule,
+                    cache_hit = admission.cache_hit,
+                    "{}",
+                    decision.message(&image)
+                ),
+                _ => tracing::info!(
+                    verdict = ?decision.verdict,
+                    rule = %decision.rule,
+                    cache_hit = admission.cache_hit,
+                    "{}",
+                    decision.message(&image)
+                ),
+            }
+            Ok(respond(&admission, head))
+        }
+        Outcome::Denied { image, decision } => {
+            tracing::warn!(verdict = "deny", rule = %decision.rule, "{}", decision.message(&image));
+            Err(ServeError::Denied { image, decision })
+        }
+    }
 }
 
 /// Fetches a manifest with the client's `Accept` header passed through
@@ -110,8 +151,9 @@ pub async fn fetch(
     })
 }
 
-/// Serves exactly the fetched bytes.
-pub fn respond(manifest: &Manifest, head: bool) -> Response<ProxyBody> {
+/// Serves exactly the bytes that were verified.
+fn respond(admission: &Admission<'_>, head: bool) -> Response<ProxyBody> {
+    let manifest = admission.manifest();
     let len = manifest.bytes.len();
     let body = if head {
         Bytes::new()

@@ -27,8 +27,10 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::oci::Digest;
+use crate::policy::Decision;
 use crate::routing::{Endpoint, Route, RouteError, Routed, Router};
 use crate::upstream::{SetupError, Upstream, UpstreamBody, UpstreamError};
+use crate::verify::{Verifier, VerifyError};
 
 /// The error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -76,13 +78,21 @@ pub enum ServeError {
     },
     #[error("upstream sent an invalid response for {what}: {reason}")]
     UpstreamInvalid { what: String, reason: String },
+    #[error("{}", decision.message(image))]
+    Denied {
+        image: String,
+        decision: Arc<Decision>,
+    },
+    #[error("cannot verify {image}: {source}")]
+    CannotVerify { image: String, source: VerifyError },
 }
 
 /// The proxy: routing plus one client per upstream.
 #[derive(Debug)]
 pub struct App {
     router: Router,
-    upstreams: Vec<Arc<Upstream>>,
+    pub(crate) upstreams: Vec<Arc<Upstream>>,
+    pub verifier: Verifier,
 }
 
 impl App {
@@ -92,9 +102,13 @@ impl App {
             .iter()
             .map(|u| Upstream::new(u, config.timeouts).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let policy = config
+            .compile_policy()
+            .map_err(|e| SetupError::Policy(e.to_string()))?;
         Ok(App {
             router: Router::new(config),
             upstreams,
+            verifier: Verifier::new(policy, config.cache),
         })
     }
 
@@ -118,11 +132,15 @@ impl App {
         let result = match &route.endpoint {
             Endpoint::Base => return base_response(head),
             Endpoint::Manifest(reference) => {
-                manifest::serve(upstream, &route, reference, request.headers(), head).await
+                manifest::serve(self, &route, reference, request.headers(), head).await
             }
-            Endpoint::Blob(digest) => {
-                blob::serve(upstream, &route, digest, request.headers(), head).await
-            }
+            Endpoint::Blob(digest) => match self.verifier.blob_allowed(&route, digest).await {
+                Ok(()) => blob::serve(upstream, &route, digest, request.headers(), head).await,
+                Err(decision) => Err(ServeError::Denied {
+                    image: format!("{}@{digest}", route.canonical()),
+                    decision,
+                }),
+            },
             Endpoint::TagsList { n, last } => {
                 listing::tags(upstream, &route, *n, last.as_deref(), head).await
             }

@@ -71,6 +71,8 @@ pub enum SetupError {
     Tls { registry: String, reason: String },
     #[error("upstream {registry}: invalid url {url}")]
     Url { registry: String, url: String },
+    #[error("policy: {0}")]
+    Policy(String),
 }
 
 /// One upstream registry and the means to talk to it.

@@ -1,0 +1,463 @@
+//! Verification: decides whether a fetched manifest may be served, and
+//! remembers what was admitted.
+//!
+//! [`Verifier::admit`] is the only way to obtain an [`Admission`], and the
+//! serve layer only sends a manifest through an `Admission`: a manifest
+//! that was not verified cannot be served by construction.
+//!
+//! - The policy ([`crate::policy`]) picks the rule and evaluates evidence
+//!   (pure).
+//! - Evidence comes from [`cosign`] (tag-based `.sig` signatures) and is
+//!   checked by [`simple_signing`] (pure).
+//! - Verdicts are cached by (policy revision, upstream, repository,
+//!   digest) — never by tag — with separate allow/deny TTLs; concurrent
+//!   misses for one key share one verification. Failures to check are
+//!   errors, never cached as denials.
+//! - Admitted indexes admit the child manifests they list; admitted
+//!   manifests admit their config and layer blobs ([`Verifier::blob_allowed`]).
+
+pub mod cosign;
+pub mod simple_signing;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use moka::future::Cache;
+
+use crate::config::CacheConfig;
+use crate::oci::Digest;
+use crate::policy::{
+    self, Check, Decision, EnforcementMode, EvaluationMode, Evidence, Policy, RuleSource, Verdict,
+};
+use crate::routing::Route;
+use crate::serve::manifest::Manifest;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Admitted child manifests and blobs remembered, at most. Each admitted
+/// image adds its layers; this bounds memory whatever is pulled.
+pub const MAX_ADMITTED_CONTENT: u64 = 1_000_000;
+/// Largest image config read to tell a signature artifact from an image.
+const MAX_ARTIFACT_CONFIG_BYTES: usize = 64 * 1024;
+
+/// Could not check: the image is not served, and nothing is cached.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream answered {status} for {what}")]
+    Status { what: String, status: StatusCode },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A manifest the verifier allowed to be served, with the decision.
+#[derive(Debug)]
+pub struct Admission<'m> {
+    manifest: &'m Manifest,
+    pub decision: Arc<Decision>,
+    pub cache_hit: bool,
+}
+
+impl<'m> Admission<'m> {
+    pub fn manifest(&self) -> &'m Manifest {
+        self.manifest
+    }
+}
+
+/// The verifier's answer for one manifest.
+#[derive(Debug)]
+pub enum Outcome<'m> {
+    Admitted(Admission<'m>),
+    Denied {
+        image: String,
+        decision: Arc<Decision>,
+    },
+}
+
+#[derive(Clone, Hash, PartialEq, Eq)]
+struct Key {
+    revision: Arc<str>,
+    upstream: usize,
+    repository: Arc<str>,
+    digest: Arc<str>,
+}
+
+struct VerdictExpiry {
+    allow: Duration,
+    deny: Duration,
+}
+
+impl moka::Expiry<Key, Arc<Decision>> for VerdictExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        value: &Arc<Decision>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(if value.verdict == Verdict::Deny {
+            self.deny
+        } else {
+            self.allow
+        })
+    }
+}
+
+/// Counters other layers (metrics, tests, `verify`) read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Signature lookups sent upstream (one per `.sig` manifest fetch).
+    pub signature_lookups: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+}
+
+/// Holds the current policy and the caches.
+pub struct Verifier {
+    policy: RwLock<Arc<Policy>>,
+    verdicts: Cache<Key, Arc<Decision>>,
+    /// Child manifest → the admitted index that lists it.
+    children: Cache<Key, Arc<str>>,
+    /// Blobs of admitted manifests (and of signature artifacts).
+    blobs: Cache<Key, ()>,
+    pub stats: Stats,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(policy: Policy, cache: CacheConfig) -> Verifier {
+        let verdicts = Cache::builder()
+            .max_capacity(cache.max_entries)
+            .expire_after(VerdictExpiry {
+                allow: cache.allow_ttl,
+                deny: cache.deny_ttl,
+            })
+            .build();
+        fn admitted<V: Clone + Send + Sync + 'static>(ttl: Duration) -> Cache<Key, V> {
+            Cache::builder()
+                .max_capacity(MAX_ADMITTED_CONTENT)
+                .time_to_live(ttl)
+                .build()
+        }
+        Verifier {
+            policy: RwLock::new(Arc::new(policy)),
+            verdicts,
+            children: admitted(cache.allow_ttl),
+            blobs: admitted(cache.allow_ttl),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Replaces the policy. Cached verdicts of the old revision are never
+    /// consulted again (the revision is part of every key) and are dropped.
+    pub fn set_policy(&self, policy: Policy) {
+        let changed = self.policy().revision != policy.revision;
+        match self.policy.write() {
+            Ok(mut p) => *p = Arc::new(policy),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+        }
+        if changed {
+            self.verdicts.invalidate_all();
+            self.children.invalidate_all();
+            self.blobs.invalidate_all();
+        }
+    }
+
+    /// Decides whether `manifest`, fetched for `route`, may be served.
+    pub async fn admit<'m>(
+        &self,
+        upstreams: &[Arc<Upstream>],
+        route: &Route,
+        manifest: &'m Manifest,
+    ) -> Result<Outcome<'m>, VerifyError> {
+        let policy = self.policy();
+        let image = format!("{}@{}", route.canonical(), manifest.digest);
+        if !policy.configured {
+            return Ok(Outcome::Admitted(Admission {
+                manifest,
+                decision: Arc::new(policy::evaluate(&policy.rule_for(&image), &HashMap::new())),
+                cache_hit: false,
+            }));
+        }
+        let key = Key {
+            revision: policy.revision.as_str().into(),
+            upstream: route.upstream,
+            repository: route.repository.as_str().into(),
+            digest: manifest.digest.to_string().into(),
+        };
+        let shape = cosign::shape(&manifest.bytes);
+        let (decision, cache_hit) = match self.verdicts.get(&key).await {
+            Some(d) => {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                (d, true)
+            }
+            None => {
+                self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                let upstream = Arc::clone(&upstreams[route.upstream]);
+                let decision = self
+                    .verdicts
+                    .try_get_with(
+                        key.clone(),
+                        self.decide(
+                            &policy,
+                            upstreams,
+                            upstream,
+                            route,
+                            manifest,
+                            shape.as_ref(),
+                            &key,
+                        ),
+                    )
+                    .await
+                    .map_err(|e| VerifyError::Internal(e.to_string()))?;
+                (decision, false)
+            }
+        };
+        if !decision.serves() {
+            return Ok(Outcome::Denied { image, decision });
+        }
+        if let Some(shape) = &shape {
+            self.remember_admitted(&key, shape, &manifest.media_type)
+                .await;
+        }
+        Ok(Outcome::Admitted(Admission {
+            manifest,
+            decision,
+            cache_hit,
+        }))
+    }
+
+    /// Whether a blob may be served: always without a policy, under an
+    /// ALWAYS_ALLOW or dry-run rule, or when an admitted manifest in the
+    /// same repository references it.
+    pub async fn blob_allowed(&self, route: &Route, digest: &Digest) -> Result<(), Arc<Decision>> {
+        let policy = self.policy();
+        if !policy.configured {
+            return Ok(());
+        }
+        let rule = policy.rule_for(&route.canonical());
+        if rule.evaluation == EvaluationMode::AlwaysAllow
+            || rule.enforcement == EnforcementMode::DryrunAuditLogOnly
+        {
+            return Ok(());
+        }
+        let key = Key {
+            revision: policy.revision.as_str().into(),
+            upstream: route.upstream,
+            repository: route.repository.as_str().into(),
+            digest: digest.to_string().into(),
+        };
+        if self.blobs.contains_key(&key) {
+            return Ok(());
+        }
+        Err(Arc::new(Decision {
+            verdict: Verdict::Deny,
+            rule: rule.source,
+            evaluation: rule.evaluation,
+            enforcement: rule.enforcement,
+            attestors: Vec::new(),
+            reason: "blob is not part of an admitted image".into(),
+        }))
+    }
+
+    /// Evaluates without the cache, for `portcullis verify`.
+    pub async fn explain(
+        &self,
+        upstreams: &[Arc<Upstream>],
+        route: &Route,
+        manifest: &Manifest,
+    ) -> Result<Decision, VerifyError> {
+        let policy = self.policy();
+        let key = Key {
+            revision: policy.revision.as_str().into(),
+            upstream: route.upstream,
+            repository: route.repository.as_str().into(),
+            digest: manifest.digest.to_string().into(),
+        };
+        let shape = cosign::shape(&manifest.bytes);
+        let upstream = Arc::clone(&upstreams[route.upstream]);
+        self.decide(
+            &policy,
+            upstreams,
+            upstream,
+            route,
+            manifest,
+            shape.as_ref(),
+            &key,
+        )
+        .await
+        .map(|d| (*d).clone())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn decide(
+        &self,
+        policy: &Policy,
+        upstreams: &[Arc<Upstream>],
+        upstream: Arc<Upstream>,
+        route: &Route,
+        manifest: &Manifest,
+        shape: Option<&cosign::ManifestShape>,
+        key: &Key,
+    ) -> Result<Arc<Decision>, VerifyError> {
+        let name = route.canonical();
+        let rule = policy.rule_for(&name);
+        if let Some(shape) = shape {
+            if shape.looks_like_artifact()
+                && self
+                    .artifact_config_is_inert(&upstream, route, shape)
+                    .await?
+            {
+                return Ok(Arc::new(Decision {
+                    verdict: Verdict::Exempt,
+                    rule: RuleSource::Artifact,
+                    evaluation: EvaluationMode::AlwaysAllow,
+                    enforcement: rule.enforcement,
+                    attestors: Vec::new(),
+                    reason: "signature/attestation artifact: served unverified so verifiers can read it; it cannot run".into(),
+                }));
+            }
+        }
+        if let Some(index) = self.children.get(key).await {
+            return Ok(Arc::new(Decision {
+                verdict: Verdict::Allow,
+                rule: rule.source,
+                evaluation: rule.evaluation,
+                enforcement: rule.enforcement,
+                attestors: Vec::new(),
+                reason: format!("listed by admitted index {index}"),
+            }));
+        }
+        let mut evidence: HashMap<String, Vec<Evidence>> = HashMap::new();
+        if rule.evaluation == EvaluationMode::RequireAttestation {
+            // One lookup per signature location, shared by the attestors
+            // that keep their signatures there.
+            let mut locations: HashMap<(usize, String), Vec<&str>> = HashMap::new();
+            for name in &rule.attestors {
+                let Some(attestor) = policy.attestors.get(name) else {
+                    continue;
+                };
+                let location =
+                    signature_location(upstreams, route, attestor.signature_repository.as_deref());
+                locations.entry(location).or_default().push(name);
+            }
+            let subject = simple_signing::Subject {
+                name: &name,
+                digest: &manifest.digest.to_string(),
+            };
+            for ((upstream_index, repository), attestor_names) in locations {
+                self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
+                let found = cosign::signatures(
+                    Arc::clone(&upstreams[upstream_index]),
+                    &repository,
+                    &manifest.digest,
+                )
+                .await?;
+                for attestor_name in attestor_names {
+                    let Some(attestor) = policy.attestors.get(attestor_name) else {
+                        continue;
+                    };
+                    let checks = found.iter().map(|(source, candidate)| Evidence {
+                        source: source.clone(),
+                        check: match candidate {
+                            Ok(c) => {
+                                simple_signing::check(c, attestor, &subject, &rule.signed_identity)
+                            }
+                            Err(reason) => Check::Malformed {
+                                reason: reason.clone(),
+                            },
+                        },
+                    });
+                    evidence
+                        .entry(attestor_name.to_owned())
+                        .or_default()
+                        .extend(checks);
+                }
+            }
+        }
+        Ok(Arc::new(policy::evaluate(&rule, &evidence)))
+    }
+
+    async fn artifact_config_is_inert(
+        &self,
+        upstream: &Upstream,
+        route: &Route,
+        shape: &cosign::ManifestShape,
+    ) -> Result<bool, VerifyError> {
+        let Some(config) = &shape.config else {
+            return Ok(false);
+        };
+        let Ok(digest) = config.digest.parse::<Digest>() else {
+            return Ok(false);
+        };
+        if config.size > MAX_ARTIFACT_CONFIG_BYTES as u64 {
+            return Ok(false);
+        }
+        let bytes = cosign::fetch_blob(
+            upstream,
+            &route.repository,
+            &digest,
+            MAX_ARTIFACT_CONFIG_BYTES,
+        )
+        .await?;
+        Ok(cosign::config_is_inert(&bytes))
+    }
+
+    async fn remember_admitted(
+        &self,
+        key: &Key,
+        shape: &cosign::ManifestShape,
+        media_type: &http::HeaderValue,
+    ) {
+        let with_digest = |digest: &str| Key {
+            digest: digest.into(),
+            ..key.clone()
+        };
+        let content_type = media_type.to_str().unwrap_or("");
+        if shape.is_index(content_type) {
+            for child in &shape.children {
+                self.children
+                    .insert(with_digest(child), Arc::clone(&key.digest))
+                    .await;
+            }
+        }
+        for blob in shape.config.iter().chain(shape.layers.iter()) {
+            self.blobs.insert(with_digest(&blob.digest), ()).await;
+        }
+    }
+}
+
+/// Where an attestor's signatures live: the image's repository, or its
+/// `signatureRepository` (`repo/path` on the same upstream, or
+/// `<registry>/repo/path` on the upstream with that registry).
+fn signature_location(
+    upstreams: &[Arc<Upstream>],
+    route: &Route,
+    signature_repository: Option<&str>,
+) -> (usize, String) {
+    let Some(repo) = signature_repository else {
+        return (route.upstream, route.repository.clone());
+    };
+    if let Some((first, rest)) = repo.split_once('/') {
+        if let Some(i) = upstreams.iter().position(|u| u.registry == first) {
+            return (i, rest.to_owned());
+        }
+    }
+    (route.upstream, repo.to_owned())
+}
