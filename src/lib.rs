@@ -31,11 +31,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod oci;
 pub mod policy;
+pub mod reload;
 pub mod routing;
 pub mod serve;
 pub mod server;

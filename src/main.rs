@@ -10,6 +10,7 @@ use portcullis::config::{Config, ConfigError, DEFAULT_CONFIG};
 use portcullis::serve::App;
 use portcullis::server;
 use portcullis::telemetry::{self, LogFormat};
+use portcullis::{commands, reload};
 
 /// A pull-through OCI registry proxy that only serves images your policy
 /// trusts.
@@ -37,6 +38,57 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Generate a P-256 key pair for signing (private key mode 0600).
+    Keygen {
+        /// Where to write the private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the public key (SPKI PEM), for an attestor.
+        #[arg(long = "pub")]
+        public: PathBuf,
+    },
+    /// Sign an image the way `cosign sign --key` does: resolve it at its
+    /// registry and append a signature to its sha256-<hex>.sig manifest.
+    Sign {
+        /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
+        reference: String,
+        #[arg(long)]
+        key: PathBuf,
+        /// Talk plain HTTP to the registry.
+        #[arg(long)]
+        insecure: bool,
+        /// Extra signed annotation k=v (repeatable); goes into `optional`.
+        #[arg(long = "annotation", short = 'a', value_parser = parse_annotation)]
+        annotations: Vec<(String, String)>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Evaluate the policy for an image against the live upstream and
+    /// explain the decision. Exit 0 allow, 1 deny, 2 error.
+    Verify {
+        /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
+        reference: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_annotation(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
@@ -50,8 +102,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load(config.as_ref()) {
-            Ok(config) => {
-                print!("configuration is valid\n{}", config.summary());
+            Ok(config) => match config.compile_policy() {
+                Ok(policy) => {
+                    print!(
+                        "configuration is valid\n{}{}",
+                        config.summary(),
+                        policy.summary()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keygen { key, public } => match commands::keygen(&key, &public) {
+            Ok(()) => {
+                println!(
+                    "wrote private key {} (mode 0600) and public key {}",
+                    key.display(),
+                    public.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -59,8 +135,59 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Sign {
+            reference,
+            key,
+            insecure,
+            annotations,
+            username,
+            password_file,
+            ca_file,
+        } => {
+            let options = commands::RegistryOptions {
+                insecure,
+                username,
+                password_file,
+                ca_file,
+            };
+            let result = runtime().and_then(|rt| {
+                rt.block_on(commands::sign(&reference, &key, &annotations, &options))
+            });
+            match result {
+                Ok(digest) => {
+                    println!("signed {reference} ({digest})");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Verify { reference, config } => {
+            let result = load(config.as_ref())
+                .map_err(|e| format!("invalid configuration: {e}"))
+                .and_then(|config| {
+                    runtime().and_then(|rt| rt.block_on(commands::verify(&config, &reference)))
+                });
+            match result {
+                Ok((decision, text)) => {
+                    print!("{text}");
+                    if decision.serves() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Serve { config, log_format } => {
             telemetry::init(log_format);
+            let config_path = config.clone();
             let config = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -68,17 +195,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    tracing::error!("cannot start the runtime: {e}");
+                    tracing::error!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config)) {
+            match runtime.block_on(serve(config, config_path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -89,8 +213,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
-    let app = App::new(&config).map_err(|e| e.to_string())?;
+async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), String> {
+    let app = Arc::new(App::new(&config).map_err(|e| e.to_string())?);
+    let policy = app.verifier.policy();
+    if policy.configured {
+        for line in policy.summary().lines() {
+            tracing::info!("{line}");
+        }
+    } else {
+        tracing::warn!(
+            "NO POLICY CONFIGURED: every image is served without any signature check (ALWAYS_ALLOW)"
+        );
+    }
+    if let Some(path) = config_path {
+        tokio::spawn(reload::watch(Arc::clone(&app), path));
+    }
     let tls = match &config.tls {
         Some(tls) => Some(server::tls_acceptor(tls).map_err(|e| e.to_string())?),
         None => None,
@@ -104,7 +241,7 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(listen = %config.listen, "portcullis is serving");
     server::run(
         listener,
-        Arc::new(app),
+        app,
         tls,
         config.timeouts.shutdown,
         shutdown_signal(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -35,7 +35,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Largest token-endpoint response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Why a request to an upstream failed before it produced a response.
 #[derive(Debug, thiserror::Error)]
@@ -135,14 +135,42 @@ impl Upstream {
         repository: &str,
         headers: &HeaderMap,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let scope = format!("repository:{repository}:pull");
+        self.request(
+            method,
+            path_and_query,
+            repository,
+            headers,
+            Bytes::new(),
+            Access::Pull,
+        )
+        .await
+    }
+
+    /// Like [`Upstream::fetch`], with a request body and the access the
+    /// token must grant (`portcullis sign` pushes).
+    pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        repository: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        access: Access,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let scope = format!("repository:{repository}:{}", access.actions());
         let mut uri = self.uri_for(path_and_query)?;
         let mut authorization = self.proactive_authorization(&scope).await?;
         let mut challenged = false;
         let mut redirects = 0;
         loop {
             let response = self
-                .send(method.clone(), uri.clone(), headers, authorization.as_ref())
+                .send(
+                    method.clone(),
+                    uri.clone(),
+                    headers,
+                    authorization.as_ref(),
+                    body.clone(),
+                )
                 .await?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !challenged && self.is_own_host(&uri) {
@@ -193,7 +221,10 @@ impl Upstream {
     pub async fn probe(&self, timeout: Duration) -> Result<(), UpstreamError> {
         let uri = self.uri_for("/v2/")?;
         let headers = HeaderMap::new();
-        let request = tokio::time::timeout(timeout, self.send(Method::GET, uri, &headers, None));
+        let request = tokio::time::timeout(
+            timeout,
+            self.send(Method::GET, uri, &headers, None, Bytes::new()),
+        );
         match request.await {
             Ok(result) => result.map(|_| ()),
             Err(_) => Err(UpstreamError::Timeout {
@@ -201,6 +232,17 @@ impl Upstream {
                 after: timeout,
             }),
         }
+    }
+
+    /// Turns a `Location` from this upstream into a path and query on it;
+    /// `None` if it points at another host.
+    pub fn same_host_path(&self, location: &str) -> Option<String> {
+        let base = self.uri_for("/").ok()?;
+        let uri = resolve_location(&base, location)?;
+        if !self.is_own_host(&uri) {
+            return None;
+        }
+        uri.path_and_query().map(|p| p.to_string())
     }
 
     fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
@@ -237,6 +279,7 @@ impl Upstream {
         uri: Uri,
         headers: &HeaderMap,
         authorization: Option<&Secret>,
+        body: Bytes,
     ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(h) = request.headers_mut() {
@@ -247,7 +290,7 @@ impl Upstream {
             }
         }
         let request = request
-            .body(Empty::new())
+            .body(Full::new(body))
             .map_err(|e| UpstreamError::Protocol {
                 upstream: self.registry.clone(),
                 reason: e.to_string(),
@@ -361,7 +404,13 @@ impl Upstream {
             .map_err(|_| auth_error(format!("token realm {realm:?} is not a URL")))?;
         let basic = self.auth.credentials.as_ref().map(|c| c.basic_header());
         let response = self
-            .send(Method::GET, uri, &HeaderMap::new(), basic.as_ref())
+            .send(
+                Method::GET,
+                uri,
+                &HeaderMap::new(),
+                basic.as_ref(),
+                Bytes::new(),
+            )
             .await?;
         let status = response.status();
         if !status.is_success() {
@@ -392,6 +441,22 @@ impl Upstream {
             )
             .await
             .ok_or_else(|| auth_error("token is not a valid header value".into()))
+    }
+}
+
+/// What a request needs the registry to allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Pull,
+    Push,
+}
+
+impl Access {
+    fn actions(self) -> &'static str {
+        match self {
+            Access::Pull => "pull",
+            Access::Push => "pull,push",
+        }
     }
 }
 

@@ -1,0 +1,86 @@
+//! Policy hot reload: on SIGHUP, and when the config file or the policy
+//! file changes. A configuration that does not load keeps the previous
+//! policy in force and says why. Only the policy and attestors are
+//! reloaded; listeners and upstreams need a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::Config;
+use crate::serve::App;
+
+/// How often the files are checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+type Fingerprint = Vec<Option<(SystemTime, u64)>>;
+
+fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+fn watched_paths(config_path: &Path) -> Vec<PathBuf> {
+    let mut paths = vec![config_path.to_owned()];
+    if let Ok(config) = Config::load(config_path) {
+        if let Some(policy_file) = config.policy_file {
+            paths.push(policy_file);
+        }
+    }
+    paths
+}
+
+/// Reloads the policy from `config_path` now. Returns the new revision.
+pub fn reload(app: &App, config_path: &Path, why: &str) -> Result<String, String> {
+    let previous = app.verifier.policy().revision.clone();
+    let result = Config::load(config_path)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.compile_policy().map_err(|e| e.to_string()));
+    match result {
+        Ok(policy) => {
+            let revision = policy.revision.clone();
+            app.verifier.set_policy(policy);
+            tracing::info!(%why, %previous, %revision, "policy reloaded");
+            Ok(revision)
+        }
+        Err(e) => {
+            tracing::error!(%why, kept = %previous, "policy reload failed; keeping the previous policy: {e}");
+            Err(e)
+        }
+    }
+}
+
+/// Watches for SIGHUP and file changes until the process ends.
+pub async fn watch(app: Arc<App>, config_path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot watch SIGHUP: {e}");
+            None
+        }
+    };
+    let mut paths = watched_paths(&config_path);
+    let mut seen = fingerprint(&paths);
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+            () = tokio::time::sleep(WATCH_INTERVAL) => {
+                let now = fingerprint(&paths);
+                if now == seen {
+                    continue;
+                }
+                "file change"
+            }
+        };
+        let _ = reload(&app, &config_path, why);
+        paths = watched_paths(&config_path);
+        seen = fingerprint(&paths);
+    }
+}
