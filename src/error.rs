@@ -50,6 +50,8 @@ pub enum ErrorCode {
 pub struct ApiError {
     /// HTTP/1.1 reason phrase, for clients that show only the status line.
     pub reason: Option<String>,
+    /// Extra response headers (e.g. `Content-Range` on a 416).
+    pub headers: http::HeaderMap,
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
@@ -72,6 +74,7 @@ impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             reason: None,
+            headers: http::HeaderMap::new(),
             status,
             code,
             message: message.into(),
@@ -126,6 +129,7 @@ impl ApiError {
         });
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
+        headers.extend(self.headers);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -210,6 +214,7 @@ impl From<ServeError> for ApiError {
                 message,
             ),
             ServeError::UpstreamStatus {
+                headers,
                 status,
                 code,
                 upstream_message,
@@ -217,7 +222,10 @@ impl From<ServeError> for ApiError {
                 ..
             } => {
                 let status = client_status_for_upstream(status);
-                ApiError::new(status, code, upstream_message.unwrap_or(message)).with_detail(detail)
+                let mut error = ApiError::new(status, code, upstream_message.unwrap_or(message))
+                    .with_detail(detail);
+                error.headers = headers;
+                error
             }
             ServeError::UpstreamInvalid { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, message)

@@ -70,6 +70,9 @@ pub enum ServeError {
     BadRange(String),
     #[error("upstream answered {status} for {what}")]
     UpstreamStatus {
+        /// Upstream headers worth passing on (Content-Range of a 416,
+        /// Retry-After of a 429).
+        headers: http::HeaderMap,
         status: StatusCode,
         code: ErrorCode,
         upstream_message: Option<String>,
@@ -226,6 +229,12 @@ pub(crate) async fn upstream_failure(
     not_found: ErrorCode,
 ) -> ServeError {
     let status = response.status();
+    let mut headers = http::HeaderMap::new();
+    for name in [header::CONTENT_RANGE, header::RETRY_AFTER] {
+        if let Some(value) = response.headers().get(&name) {
+            headers.insert(name, value.clone());
+        }
+    }
     let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
         .collect()
         .await
@@ -256,6 +265,7 @@ pub(crate) async fn upstream_failure(
     };
     if status == StatusCode::UNAUTHORIZED {
         return ServeError::UpstreamStatus {
+            headers,
             status,
             code: ErrorCode::Unauthorized,
             upstream_message: Some(format!(
@@ -283,6 +293,7 @@ pub(crate) async fn upstream_failure(
         (false, m) => m,
     };
     ServeError::UpstreamStatus {
+        headers,
         status,
         code,
         upstream_message,

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Portcullis: THE test command (README "Development", and .ci/run).
+#
+# On a fresh Debian 12 / Ubuntu machine, as root (or with sudo), this:
+#   1. installs the system packages the integration tests drive for real:
+#      a CNCF distribution registry (docker-registry), skopeo, podman and
+#      containerd (ctr);
+#   2. finds the Rust toolchain (it never downloads one);
+#   3. runs cargo fmt --check, cargo clippy -D warnings, cargo build --release;
+#   4. runs the whole test suite (cargo nextest if present, else cargo test).
+# It exits non-zero on the first failing stage.
+#
+# The tests start every service they need themselves (registries, containerd,
+# the proxy) on free loopback ports and stop them again, so nothing has to be
+# running beforehand.
+#
+# Environment knobs (all optional):
+#   PORTCULLIS_SKIP_APT=1        don't touch apt (non-Debian hosts, no root)
+#   PORTCULLIS_TEST_THREADS=N    test parallelism (default: number of CPUs)
+#   PORTCULLIS_TEST_FILTER=...   extra arguments passed to the test runner,
+#                                e.g. PORTCULLIS_TEST_FILTER='skopeo'
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO_ROOT=$(pwd)
+
+# ---------------------------------------------------------------- helpers --
+START_TS=$SECONDS
+stage() { printf '\n==> [%4ss] %s\n' "$((SECONDS - START_TS))" "$*"; }
+die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root (or sudo) to run: $*  (set PORTCULLIS_SKIP_APT=1 if the packages are already installed)"
+    fi
+}
+
+# ------------------------------------------------------ system packages --
+# What the integration tests run for real:
+#   docker-registry  CNCF distribution, the upstream registry
+#   skopeo           client: push fixtures, pull through the proxy
+#   podman           client: `podman pull` as root with the vfs driver
+#                    (its Depends bring conmon, crun/runc and containers-common's
+#                    policy.json; its Recommends, e.g. buildah, are not needed)
+#   containerd       the daemon and `ctr images pull`, incl. hosts.toml mirrors
+#   uidmap, iptables, slirp4netns
+#                    podman's usual companions (rootless use, `podman run`);
+#                    not needed for pulls as root, cheap to have
+#   ca-certificates, curl, jq, openssl
+#                    TLS roots, and small helpers tests and scripts use
+APT_PACKAGES=(
+    ca-certificates curl jq openssl
+    docker-registry skopeo podman containerd
+    uidmap iptables slirp4netns
+)
+
+install_packages() {
+    if [ "${PORTCULLIS_SKIP_APT:-0}" = 1 ]; then
+        stage "Skipping apt (PORTCULLIS_SKIP_APT=1)"
+        return
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        stage "No apt-get here: install these yourself: ${APT_PACKAGES[*]}"
+        return
+    fi
+    local missing=()
+    local p
+    for p in "${APT_PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "${#missing[@]}" -gt 0 ]; then
+        stage "Installing system packages: ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    else
+        stage "System packages already present (apt-get install is a no-op)"
+    fi
+    # Always run the install so a fresh machine and this one take the same path.
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+    for p in docker-registry skopeo podman ctr containerd curl; do
+        command -v "$p" >/dev/null 2>&1 || die "$p not on PATH after apt-get install"
+    done
+}
+
+# -------------------------------------------------------------- toolchain --
+find_cargo() {
+    # rustup installs put cargo in $CARGO_HOME/bin (default ~/.cargo/bin);
+    # the official Docker images use /usr/local/cargo/bin.
+    local d
+    for d in "${CARGO_HOME:+$CARGO_HOME/bin}" "${HOME:-/root}/.cargo/bin" \
+             /root/.cargo/bin /usr/local/cargo/bin /usr/local/bin; do
+        if [ -n "$d" ] && [ -x "$d/cargo" ]; then
+            case ":$PATH:" in *":$d:"*) ;; *) PATH="$d:$PATH" ;; esac
+        fi
+    done
+    export PATH
+    command -v cargo >/dev/null 2>&1 ||
+        die "cargo not found (looked on PATH, \$CARGO_HOME/bin, ~/.cargo/bin, /usr/local/cargo/bin). Install Rust >= 1.80 (rustup) and rerun."
+    cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
+    cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+}
+
+# ------------------------------------------------------------------ main --
+install_packages
+find_cargo
+
+stage "Toolchain: $(cargo --version), $(rustc --version)"
+
+stage "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+stage "cargo clippy --all-targets --locked -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+stage "cargo build --release --locked"
+cargo build --release --locked
+
+# The tests run against the release profile: that reuses the build above
+# (no second compile of every dependency) and keeps the large-blob streaming
+# and RSS tests, which hash hundreds of MiB, fast.
+THREADS=${PORTCULLIS_TEST_THREADS:-$(nproc 2>/dev/null || echo 2)}
+# shellcheck disable=SC2206  # intentional word splitting of the filter
+EXTRA=(${PORTCULLIS_TEST_FILTER:-})
+
+if cargo nextest --version >/dev/null 2>&1; then
+    # nextest does not run doctests; cargo test does, when there is a library.
+    # They go first so that nextest's summary is the run's closing line.
+    if [ -f src/lib.rs ] && [ "${#EXTRA[@]}" -eq 0 ]; then
+        stage "cargo test --doc --release"
+        cargo test --doc --release --locked
+    fi
+    stage "cargo nextest run --release (${THREADS} threads)"
+    cargo nextest run --release --locked --no-fail-fast \
+        --test-threads "$THREADS" --failure-output final "${EXTRA[@]}"
+else
+    stage "cargo test --release (${THREADS} threads; cargo-nextest not installed)"
+    cargo test --release --locked --no-fail-fast "${EXTRA[@]}" -- --test-threads "$THREADS"
+fi
+
+stage "All checks passed (${REPO_ROOT})"

@@ -1,0 +1,24 @@
+//! Shared integration-test harness.
+//!
+//! Every test binary compiles this whole module but uses only part of it, so
+//! dead-code warnings are silenced here once.
+#![allow(dead_code)]
+
+pub mod clients;
+pub mod content;
+pub mod fake;
+pub mod http;
+pub mod proxy;
+pub mod registry;
+
+#[allow(unused_imports)]
+pub use proxy::{free_port, Proxy};
+
+/// The OCI architecture name of the machine running the tests.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("unsupported test host architecture {other}"),
+    }
+}

@@ -1,0 +1,156 @@
+//! Runs the real `portcullis` binary as a child process for a test.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `portcullis serve` process. Killed (SIGKILL) and reaped on drop,
+/// including when the test panics.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+/// Picks a free loopback TCP port (bind to port 0, read it, release it).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+impl Proxy {
+    /// Writes `config_yaml` (with every `{listen}` replaced by a free
+    /// 127.0.0.1 address) to a temp file, spawns
+    /// `portcullis serve --config FILE --log-format json` with stdout and
+    /// stderr going to a log file in the temp dir, and waits until
+    /// `GET /healthz` answers 200 (20 s timeout; panics with the log).
+    pub fn start(config_yaml: &str) -> Proxy {
+        // The port can be taken by someone else between free_port() and the
+        // proxy's bind; if the process exits complaining about the address,
+        // retry with a fresh port.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let log = dir.path().join("portcullis.log");
+            let cfg = dir.path().join("portcullis.yaml");
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+                .parse()
+                .expect("socket address");
+            let text = config_yaml.replace("{listen}", &addr.to_string());
+            std::fs::write(&cfg, &text).expect("write proxy config");
+            let out = File::create(&log).expect("create proxy log");
+            let err = out.try_clone().expect("clone log fd");
+            let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--log-format")
+                .arg("json")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("spawn portcullis");
+            let mut proxy = Proxy {
+                addr,
+                child,
+                _dir: dir,
+                log,
+            };
+            let outcome = proxy.wait_healthy(Duration::from_secs(20));
+            match outcome {
+                Health::Up => return proxy,
+                Health::Exited(status) => {
+                    let logs = proxy.logs();
+                    let lower = logs.to_lowercase();
+                    let addr_in_use = lower.contains("in use") || lower.contains("addrinuse");
+                    if addr_in_use && attempt < 4 {
+                        continue; // drop kills/reaps and removes the temp dir
+                    }
+                    panic!(
+                        "portcullis exited ({status}) before becoming healthy on {addr}\n\
+                         --- config ---\n{text}\n--- log ---\n{logs}"
+                    );
+                }
+                Health::TimedOut(last) => panic!(
+                    "portcullis did not answer GET /healthz with 200 on {addr} within 20 s \
+                     (last attempt: {last})\n--- config ---\n{text}\n--- log ---\n{}",
+                    proxy.logs()
+                ),
+            }
+        }
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) -> Health {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Health::Exited(status.to_string());
+            }
+            match super::http::get(&format!("{}/healthz", self.url())) {
+                Ok(r) if r.status == 200 => return Health::Up,
+                Ok(r) => last = format!("HTTP {}", r.status),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Health::TimedOut(last);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the proxy has written to stdout/stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+enum Health {
+    Up,
+    Exited(String),
+    TimedOut(String),
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- portcullis log ({}) ---\n{}", self.addr, self.logs());
+        }
+    }
+}
+
+/// A proxy config with one plain-HTTP upstream, `registry_host`
+/// (`127.0.0.1:PORT`), as the default; `{listen}` is left for
+/// [`Proxy::start`] to fill in.
+pub fn single_upstream_config(registry_host: &str) -> String {
+    format!(
+        "listen: {{listen}}\n\
+         upstreams:\n  \
+           - registry: {registry_host}\n    \
+             url: http://{registry_host}\n    \
+             default: true\n"
+    )
+}
