@@ -224,7 +224,7 @@ impl From<ServeError> for ApiError {
                 let status = client_status_for_upstream(status);
                 let mut error = ApiError::new(status, code, upstream_message.unwrap_or(message))
                     .with_detail(detail);
-                error.headers = headers;
+                error.headers = *headers;
                 error
             }
             ServeError::UpstreamInvalid { .. } => {

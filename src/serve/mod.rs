@@ -72,7 +72,7 @@ pub enum ServeError {
     UpstreamStatus {
         /// Upstream headers worth passing on (Content-Range of a 416,
         /// Retry-After of a 429).
-        headers: http::HeaderMap,
+        headers: Box<http::HeaderMap>,
         status: StatusCode,
         code: ErrorCode,
         upstream_message: Option<String>,
@@ -229,7 +229,7 @@ pub(crate) async fn upstream_failure(
     not_found: ErrorCode,
 ) -> ServeError {
     let status = response.status();
-    let mut headers = http::HeaderMap::new();
+    let mut headers = Box::new(http::HeaderMap::new());
     for name in [header::CONTENT_RANGE, header::RETRY_AFTER] {
         if let Some(value) = response.headers().get(&name) {
             headers.insert(name, value.clone());
