@@ -420,11 +420,15 @@ pub fn explain(decision: &Decision, image: &str, requested: &Reference) -> Strin
     }
     let _ = writeln!(
         out,
-        "rule:     {} ({:?}, {})",
+        "rule:     {} ({}, {})",
         decision.rule, decision.evaluation, decision.enforcement
     );
     let _ = writeln!(out, "verdict:  {verdict}");
-    let _ = writeln!(out, "why:      {}", decision.message(image));
+    let _ = writeln!(
+        out,
+        "why:      {}",
+        decision.message(&format!("image {image}"))
+    );
     for a in &decision.attestors {
         let _ = writeln!(
             out,

@@ -96,6 +96,16 @@ pub enum EnforcementMode {
     DryrunAuditLogOnly,
 }
 
+impl fmt::Display for EvaluationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EvaluationMode::AlwaysAllow => "ALWAYS_ALLOW",
+            EvaluationMode::AlwaysDeny => "ALWAYS_DENY",
+            EvaluationMode::RequireAttestation => "REQUIRE_ATTESTATION",
+        })
+    }
+}
+
 impl fmt::Display for EnforcementMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -417,7 +427,7 @@ impl Policy {
             out.push_str(&format!("  allowlist: {}\n", p.as_str()));
         }
         let describe = |r: &Rule| {
-            let mut s = format!("{:?} / {}", r.evaluation, r.enforcement);
+            let mut s = format!("{} / {}", r.evaluation, r.enforcement);
             if !r.attestors.is_empty() {
                 s.push_str(&format!(" by [{}]", r.attestors.join(", ")));
             }
@@ -626,15 +636,17 @@ impl Decision {
     }
 
     /// The denial message, in Binary Authorization's words.
-    pub fn message(&self, image: &str) -> String {
+    /// `subject` names what was decided on: `image <name>@<digest>` or
+    /// `blob <name>@<digest>`.
+    pub fn message(&self, subject: &str) -> String {
         match self.verdict {
-            Verdict::Deny => format!("image {image} denied by {}: {}", self.rule, self.reason),
+            Verdict::Deny => format!("{subject} denied by {}: {}", self.rule, self.reason),
             Verdict::DryRunDeny => format!(
-                "image {image} would be denied by {} (dry run, served): {}",
+                "{subject} would be denied by {} (dry run, served): {}",
                 self.rule, self.reason
             ),
             Verdict::Allow | Verdict::Exempt => {
-                format!("image {image} allowed by {}: {}", self.rule, self.reason)
+                format!("{subject} allowed by {}: {}", self.rule, self.reason)
             }
         }
     }

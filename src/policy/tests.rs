@@ -265,7 +265,7 @@ fn denial_messages_count_each_kind_of_failure() {
     );
     let d = evaluate(&r, &evidence);
     assert_eq!(
-        d.message("r/demo/app@sha256:1"),
+        d.message("image r/demo/app@sha256:1"),
         "image r/demo/app@sha256:1 denied by default admission rule: attestor built-by-ci: \
          no valid signature (3 checked: 1 by unknown key or altered, 2 for another digest)"
     );

@@ -39,7 +39,7 @@ pub async fn serve(
 ) -> Result<Response<ProxyBody>, ServeError> {
     let upstream = &app.upstreams[route.upstream];
     let manifest = fetch(upstream, route, reference, client_headers).await?;
-    let image = format!("{}@{}", route.canonical(), manifest.digest);
+    let image = format!("image {}@{}", route.canonical(), manifest.digest);
     let outcome = app
         .verifier
         .admit(&app.upstreams, route, &manifest)
@@ -71,7 +71,10 @@ pub async fn serve(
         }
         Outcome::Denied { image, decision } => {
             tracing::warn!(verdict = "deny", rule = %decision.rule, "{}", decision.message(&image));
-            Err(ServeError::Denied { image, decision })
+            Err(ServeError::Denied {
+                subject: format!("image {image}"),
+                decision,
+            })
         }
     }
 }

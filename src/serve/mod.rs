@@ -81,9 +81,10 @@ pub enum ServeError {
     },
     #[error("upstream sent an invalid response for {what}: {reason}")]
     UpstreamInvalid { what: String, reason: String },
-    #[error("{}", decision.message(image))]
+    #[error("{}", decision.message(subject))]
     Denied {
-        image: String,
+        /// `image <name>@<digest>` or `blob <name>@<digest>`.
+        subject: String,
         decision: Arc<Decision>,
     },
     #[error("cannot verify {image}: {source}")]
@@ -140,7 +141,7 @@ impl App {
             Endpoint::Blob(digest) => match self.verifier.blob_allowed(&route, digest).await {
                 Ok(()) => blob::serve(upstream, &route, digest, request.headers(), head).await,
                 Err(decision) => Err(ServeError::Denied {
-                    image: format!("{}@{digest}", route.canonical()),
+                    subject: format!("blob {}@{digest}", route.canonical()),
                     decision,
                 }),
             },
