@@ -1,0 +1,368 @@
+//! The serving side: HTTPS with HTTP/2, an upstream behind a private CA
+//! (`caFile`), graceful shutdown on SIGTERM, `/readyz`, `portcullis check`
+//! and JSON request logs.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::clients::{run, run_unchecked, skopeo_copy_to_dir};
+use common::content;
+use common::fake::{Fake, FakeConfig};
+use common::proxy::single_upstream_config;
+use common::registry::Registry;
+use common::{free_port, Proxy};
+
+/// A throwaway CA and a leaf certificate for 127.0.0.1, made with openssl.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            run(
+                Command::new("openssl").args(args).current_dir(dir.path()),
+                "openssl",
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=portcullis-test-ca",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            p("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A proxy serving HTTPS, started by hand (the shared helper polls plain
+/// HTTP).
+struct TlsProxy {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> std::process::Output {
+    run_unchecked(Command::new("curl").args(args), "curl")
+}
+
+fn start_tls_proxy(certs: &Certs, registry_host: &str) -> TlsProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "listen: 127.0.0.1:{port}\ntls: {{cert: {}, key: {}}}\nupstreams:\n  - registry: {registry_host}\n    url: http://{registry_host}\n",
+        certs.path("cert.pem").display(),
+        certs.path("key.pem").display()
+    );
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proxy = TlsProxy {
+        child,
+        port,
+        _dir: dir,
+    };
+    let url = format!("https://127.0.0.1:{port}/healthz");
+    let ca = certs.path("ca.pem");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = curl(&["-sf", "--cacert", ca.to_str().unwrap(), &url]);
+        if out.status.success() {
+            return proxy;
+        }
+        assert!(Instant::now() < deadline, "TLS proxy did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn https_with_http2_and_an_upstream_behind_a_private_ca() {
+    let certs = Certs::new();
+    let registry = Registry::start();
+    let image = content::push_image(
+        &registry.url(),
+        "demo/app",
+        Some("v1"),
+        common::host_arch(),
+        7,
+        &[1024],
+    );
+    let front = start_tls_proxy(&certs, &registry.host());
+    let ca = certs.path("ca.pem");
+
+    // The client side speaks HTTP/2 over TLS (ALPN) and HTTP/1.1.
+    let base = format!("https://127.0.0.1:{}/v2/", front.port);
+    let out = curl(&[
+        "-s",
+        "--http2",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &base,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    let out = curl(&[
+        "-s",
+        "--http1.1",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &base,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1 200");
+
+    // A second proxy uses the first as an HTTPS upstream trusted through
+    // caFile, and skopeo pulls the image through both, byte for byte.
+    let chained = Proxy::start(&format!(
+        "listen: {{listen}}\nupstreams:\n  - registry: {}\n    url: https://127.0.0.1:{}\n    caFile: {}\n",
+        registry.host(),
+        front.port,
+        ca.display()
+    ));
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("img");
+    skopeo_copy_to_dir(&format!("{}/demo/app:v1", chained.host()), &dest, false);
+    assert_eq!(
+        std::fs::read(dest.join("manifest.json")).unwrap(),
+        image.manifest
+    );
+
+    // Without the CA the upstream's certificate is not trusted: fail closed.
+    let untrusting = Proxy::start(&format!(
+        "listen: {{listen}}\nupstreams:\n  - registry: {}\n    url: https://127.0.0.1:{}\n",
+        registry.host(),
+        front.port
+    ));
+    let r = common::http::get(&format!("{}/v2/demo/app/manifests/v1", untrusting.url())).unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("UNAVAILABLE"), "{}", r.text());
+}
+
+fn wait_for_exit(child_pid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if !Path::new(&format!("/proc/{child_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{child_pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits() {
+    // A live but slow upstream: 16 chunks of 64 KiB, 100 ms apart.
+    let fake = Fake::with_config(FakeConfig {
+        blob_chunk_delay: Some(Duration::from_millis(100)),
+        ..FakeConfig::default()
+    });
+    let image = fake.put_image("slow/app", Some("v1"), 3, 1024 * 1024);
+    let proxy = Proxy::start(&format!(
+        "listen: {{listen}}\nupstreams:\n  - registry: {}\n    url: {}\ntimeouts: {{shutdown: 20s}}\n",
+        fake.host(),
+        fake.url()
+    ));
+    let url = format!("{}/v2/slow/app/blobs/{}", proxy.url(), image.layer_digest);
+    let mut response = common::http::request_streaming("GET", &url, &[], None).unwrap();
+    assert_eq!(response.status, 200);
+    let mut first = [0u8; 1024];
+    response.body.read_exact(&mut first).unwrap();
+
+    // SIGTERM mid-stream.
+    run(
+        Command::new("kill").args(["-TERM", &proxy.pid().to_string()]),
+        "kill -TERM",
+    );
+    // New connections are refused promptly…
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::http::get(&format!("{}/healthz", proxy.url())).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // …while the in-flight blob completes with the right bytes.
+    let mut rest = Vec::new();
+    response.body.read_to_end(&mut rest).unwrap();
+    let mut all = first.to_vec();
+    all.extend_from_slice(&rest);
+    assert_eq!(
+        all, image.layer,
+        "the in-flight blob was cut short by shutdown"
+    );
+    assert!(
+        wait_for_exit(proxy.pid(), Duration::from_secs(10)),
+        "proxy did not exit after finishing its requests"
+    );
+    assert!(proxy.logs().contains("SIGTERM received"));
+}
+
+#[test]
+fn readyz_reports_upstream_reachability() {
+    let registry = Registry::start();
+    let proxy = Proxy::start(&single_upstream_config(&registry.host()));
+    let r = common::http::get(&format!("{}/readyz", proxy.url())).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("reachable"), "{}", r.text());
+
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxy = Proxy::start(&single_upstream_config(&dead));
+    let r = common::http::get(&format!("{}/readyz", proxy.url())).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    // Liveness is independent of upstreams.
+    let r = common::http::get(&format!("{}/healthz", proxy.url())).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+fn check(config: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, config).unwrap();
+    run_unchecked(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["check", "--config"])
+            .arg(&path),
+        "portcullis check",
+    )
+}
+
+#[test]
+fn check_names_field_and_line_and_says_when_nothing_is_enforced() {
+    let out = check("listen: 127.0.0.1:5000\nupstreams:\n  - registry: r.io\n    passwd: x\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4") && err.contains("passwd"), "{err}");
+
+    let out =
+        check("listen: 127.0.0.1:5000\nupstreams:\n  - registry: r.io\n    url: ftp://r.io\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upstreams[0].url") && err.contains("line 4"),
+        "{err}"
+    );
+
+    let out = check("listen: 127.0.0.1:5000\nupstreams:\n  - registry: r.io\n");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("upstream r.io: https://r.io"), "{text}");
+    assert!(
+        text.contains("NONE"),
+        "no policy must be said loudly: {text}"
+    );
+}
+
+#[test]
+fn json_logs_carry_method_reference_status_and_duration() {
+    let registry = Registry::start();
+    content::push_image(&registry.url(), "demo/app", Some("v1"), "amd64", 1, &[10]);
+    let proxy = Proxy::start(&single_upstream_config(&registry.host()));
+    let r = common::http::request(
+        "GET",
+        &format!("{}/v2/demo/app/manifests/v1", proxy.url()),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let want = format!("{}/demo/app", registry.host());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = proxy.logs();
+        let line = logs.lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "response" && v["span"]["reference"] == want.as_str()).then_some(v)
+        });
+        if let Some(v) = line {
+            assert_eq!(v["status"], 200);
+            assert_eq!(v["span"]["method"], "GET");
+            assert!(v["duration_ms"].as_f64().is_some(), "{v}");
+            assert!(v["bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no JSON response line for {want}:\n{logs}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
