@@ -117,8 +117,11 @@ impl fmt::Display for EnforcementMode {
 
 /// How a signature's `critical.identity.docker-reference` must relate to
 /// the repository being pulled (containers/image's `signedIdentity`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+///
+/// Written as `matchRepository`, `ignore`, `{exactRepository: <repo>}` or
+/// `{remapIdentity: {prefix: <p>, signedPrefix: <s>}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum SignedIdentity {
     /// The signed repository equals the pulled one (tag ignored).
     #[default]
@@ -134,6 +137,50 @@ pub enum SignedIdentity {
     },
     /// The signed identity is not checked (the digest still is).
     Ignore,
+}
+
+impl<'de> Deserialize<'de> for SignedIdentity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct Remap {
+            prefix: String,
+            signed_prefix: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct Form {
+            #[serde(default)]
+            exact_repository: Option<String>,
+            #[serde(default)]
+            remap_identity: Option<Remap>,
+        }
+        const EXPECTED: &str = "matchRepository, ignore, {exactRepository: <repo>} or \
+             {remapIdentity: {prefix: <prefix>, signedPrefix: <prefix>}}";
+        let value = serde_yaml_ng::Value::deserialize(d)?;
+        if let Some(word) = value.as_str() {
+            return match word {
+                "matchRepository" => Ok(SignedIdentity::MatchRepository),
+                "ignore" => Ok(SignedIdentity::Ignore),
+                other => Err(D::Error::custom(format!(
+                    "unknown signedIdentity {other:?}; expected {EXPECTED}"
+                ))),
+            };
+        }
+        let form: Form = serde_yaml_ng::from_value(value)
+            .map_err(|e| D::Error::custom(format!("{e}; expected {EXPECTED}")))?;
+        match (form.exact_repository, form.remap_identity) {
+            (Some(repo), None) => Ok(SignedIdentity::ExactRepository(repo)),
+            (None, Some(r)) => Ok(SignedIdentity::RemapIdentity {
+                prefix: r.prefix,
+                signed_prefix: r.signed_prefix,
+            }),
+            _ => Err(D::Error::custom(format!(
+                "expected exactly one of {EXPECTED}"
+            ))),
+        }
+    }
 }
 
 /// An attestor as written under `attestors:`.

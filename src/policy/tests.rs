@@ -313,3 +313,36 @@ fn no_policy_is_loud() {
     let d = evaluate(&p.rule_for("x/y"), &HashMap::new());
     assert_eq!(d.verdict, Verdict::Exempt);
 }
+
+#[test]
+fn signed_identity_forms() {
+    let parse = |y: &str| serde_yaml_ng::from_str::<SignedIdentity>(y);
+    assert_eq!(
+        parse("matchRepository").unwrap(),
+        SignedIdentity::MatchRepository
+    );
+    assert_eq!(parse("ignore").unwrap(), SignedIdentity::Ignore);
+    assert_eq!(
+        parse("{exactRepository: r.io/a}").unwrap(),
+        SignedIdentity::ExactRepository("r.io/a".into())
+    );
+    assert_eq!(
+        parse("remapIdentity: {prefix: m.local/, signedPrefix: ghcr.io/}").unwrap(),
+        SignedIdentity::RemapIdentity {
+            prefix: "m.local/".into(),
+            signed_prefix: "ghcr.io/".into()
+        }
+    );
+    assert!(parse("matchExact").is_err());
+    assert!(parse("{exactRepository: a, remapIdentity: {prefix: a, signedPrefix: b}}").is_err());
+    assert!(parse("{remapIdentity: {prefix: a}}").is_err());
+    assert!(parse("{bogus: 1}").is_err());
+    let doc: PolicyDoc = serde_yaml_ng::from_str(
+        "defaultAdmissionRule:\n  evaluationMode: ALWAYS_ALLOW\n  signedIdentity:\n    exactRepository: r.io/x\n",
+    )
+    .unwrap();
+    assert_eq!(
+        doc.default_admission_rule.signed_identity,
+        SignedIdentity::ExactRepository("r.io/x".into())
+    );
+}
