@@ -81,6 +81,14 @@ pub struct CacheConfig {
     pub deny_ttl: Duration,
     /// Most verdicts kept; the least recently used are evicted past it.
     pub max_entries: u64,
+    /// How long a tag's resolution (tag → manifest bytes, per Accept) is
+    /// reused. `0s` (the default) asks the upstream on every request, so a
+    /// moved tag is seen at once.
+    #[serde(deserialize_with = "duration")]
+    pub tag_ttl: Duration,
+    /// Memory for manifests fetched by digest (immutable, so a warm
+    /// by-digest request needs no upstream round trip); `0` disables it.
+    pub manifest_cache_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -89,6 +97,8 @@ impl Default for CacheConfig {
             allow_ttl: Duration::from_secs(600),
             deny_ttl: Duration::from_secs(30),
             max_entries: 100_000,
+            tag_ttl: Duration::ZERO,
+            manifest_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

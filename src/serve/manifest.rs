@@ -7,6 +7,9 @@
 //! it, which only [`crate::verify::Verifier::admit`] can create.
 
 use bytes::Bytes;
+use moka::future::Cache;
+
+use crate::config::CacheConfig;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
 use http_body_util::{BodyExt, Limited};
 
@@ -18,6 +21,78 @@ use crate::routing::Route;
 use crate::serve::App;
 use crate::upstream::Upstream;
 use crate::verify::{Admission, Outcome};
+
+/// Manifests kept in memory: by digest (immutable content; bounded by
+/// bytes) and, when `cache.tagTtl` is set, by tag for that long.
+#[derive(Debug)]
+pub struct ManifestCache {
+    by_digest: Option<Cache<(usize, String, String), Manifest>>,
+    by_tag: Option<Cache<(usize, String, String, String), Manifest>>,
+}
+
+impl ManifestCache {
+    pub fn new(config: &CacheConfig) -> ManifestCache {
+        let by_digest = (config.manifest_cache_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(config.manifest_cache_bytes)
+                .weigher(|_, m: &Manifest| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
+                .build()
+        });
+        let by_tag = (!config.tag_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(config.manifest_cache_bytes.max(1024 * 1024))
+                .weigher(|_, m: &Manifest| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
+                .time_to_live(config.tag_ttl)
+                .build()
+        });
+        ManifestCache { by_digest, by_tag }
+    }
+
+    /// The manifest from memory when allowed, else from the upstream.
+    pub async fn get_or_fetch(
+        &self,
+        upstream: &Upstream,
+        route: &Route,
+        reference: &Reference,
+        client_headers: &HeaderMap,
+    ) -> Result<Manifest, ServeError> {
+        let repo = route.repository.clone();
+        match reference {
+            Reference::Digest(d) => {
+                let key = (route.upstream, repo, d.to_string());
+                if let Some(cache) = &self.by_digest {
+                    if let Some(m) = cache.get(&key).await {
+                        return Ok(m);
+                    }
+                }
+                let m = fetch(upstream, route, reference, client_headers).await?;
+                if let Some(cache) = &self.by_digest {
+                    cache.insert(key, m.clone()).await;
+                }
+                Ok(m)
+            }
+            Reference::Tag(tag) => {
+                let accept = client_headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let key = (route.upstream, repo, tag.clone(), accept);
+                if let Some(cache) = &self.by_tag {
+                    if let Some(m) = cache.get(&key).await {
+                        return Ok(m);
+                    }
+                }
+                let m = fetch(upstream, route, reference, client_headers).await?;
+                if let Some(cache) = &self.by_tag {
+                    cache.insert(key, m.clone()).await;
+                }
+                Ok(m)
+            }
+        }
+    }
+}
 
 /// A manifest as the upstream sent it, with the digest of its bytes.
 #[derive(Debug, Clone)]
@@ -38,7 +113,10 @@ pub async fn serve(
     head: bool,
 ) -> Result<Response<ProxyBody>, ServeError> {
     let upstream = &app.upstreams[route.upstream];
-    let manifest = fetch(upstream, route, reference, client_headers).await?;
+    let manifest = app
+        .manifests
+        .get_or_fetch(upstream, route, reference, client_headers)
+        .await?;
     let image = format!("image {}@{}", route.canonical(), manifest.digest);
     let outcome = app
         .verifier

@@ -97,6 +97,7 @@ pub struct App {
     router: Router,
     pub(crate) upstreams: Vec<Arc<Upstream>>,
     pub verifier: Verifier,
+    manifests: manifest::ManifestCache,
 }
 
 impl App {
@@ -113,6 +114,7 @@ impl App {
             router: Router::new(config),
             upstreams,
             verifier: Verifier::new(policy, config.cache),
+            manifests: manifest::ManifestCache::new(&config.cache),
         })
     }
 
