@@ -2,6 +2,8 @@
 //! (`caFile`), graceful shutdown on SIGTERM, `/readyz`, `portcullis check`
 //! and JSON request logs.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::io::Read;

@@ -265,3 +265,29 @@ fn media_type_field(bytes: &[u8]) -> Option<HeaderValue> {
     let probe: Probe = serde_json::from_slice(bytes).ok()?;
     HeaderValue::from_str(&probe.media_type?).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn tag_entries_expire_after_the_ttl() {
+        let config = CacheConfig {
+            tag_ttl: Duration::from_millis(200),
+            ..CacheConfig::default()
+        };
+        let cache = ManifestCache::new(&config);
+        let by_tag = cache.by_tag.as_ref().unwrap();
+        let m = Manifest {
+            bytes: Bytes::from_static(b"{}"),
+            digest: Digest::sha256_of(b"{}"),
+            media_type: HeaderValue::from_static("application/json"),
+        };
+        let key = (0, "r".to_string(), "t".to_string(), String::new());
+        by_tag.insert(key.clone(), m).await;
+        assert!(by_tag.get(&key).await.is_some());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(by_tag.get(&key).await.is_none());
+    }
+}

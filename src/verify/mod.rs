@@ -432,8 +432,15 @@ impl Verifier {
         let content_type = media_type.to_str().unwrap_or("");
         if shape.is_index(content_type) {
             for child in &shape.children {
+                let child_key = with_digest(child);
+                // A child denied before its index was admitted is admitted now.
+                if let Some(cached) = self.verdicts.get(&child_key).await {
+                    if !cached.serves() {
+                        self.verdicts.invalidate(&child_key).await;
+                    }
+                }
                 self.children
-                    .insert(with_digest(child), Arc::clone(&key.digest))
+                    .insert(child_key, Arc::clone(&key.digest))
                     .await;
             }
         }

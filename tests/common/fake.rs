@@ -131,6 +131,10 @@ pub struct FakeConfig {
     /// `Link` headers carry an absolute URL (`http://127.0.0.1:PORT/v2/...`)
     /// instead of a path.
     pub absolute_links: bool,
+    /// Manifest GET/HEAD requests whose reference (tag or digest) ends with
+    /// this string answer `500 UNKNOWN` (e.g. `".sig"` to break signature
+    /// lookups while images stay reachable).
+    pub fail_manifests_ending_with: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -853,6 +857,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, storage: bool) -> R
             "UNSUPPORTED",
             "the fake registry is read-only",
         );
+    }
+    if let (Route::Manifest(_, reference), Some(suffix)) = (&r, &cfg.fail_manifests_ending_with) {
+        if reference.ends_with(suffix.as_str()) {
+            return oci_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "fake: injected manifest failure",
+            );
+        }
     }
     match r {
         Route::Base => {

@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod http;
 pub mod proxy;
 pub mod registry;
+pub mod trust;
 
 #[allow(unused_imports)]
 pub use proxy::{free_port, Proxy};

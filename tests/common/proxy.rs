@@ -118,6 +118,12 @@ impl Proxy {
         self.child.id()
     }
 
+    /// The config file the proxy was started with (tests may rewrite it to
+    /// exercise reloads).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("portcullis.yaml")
+    }
+
     /// Everything the proxy has written to stdout/stderr so far.
     pub fn logs(&self) -> String {
         std::fs::read(&self.log)

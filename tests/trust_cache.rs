@@ -1,0 +1,240 @@
+//! The verdict cache, counted at the upstream: single-flight for concurrent
+//! cold pulls, no signature lookup on a cache hit, and upstream errors
+//! during the lookup failing closed without being cached as denials.
+//!
+//! The image and its signature are real (pushed to a real registry and
+//! signed there by `portcullis sign`), then copied into the in-process fake
+//! upstream, which counts requests and can fail on demand. The proxy's
+//! upstream keeps the real registry's name (`registry:`, which patterns and
+//! the signed identity use) but is reached at the fake's URL.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use common::content::{self, PushedImage};
+use common::fake::{self, Fake};
+use common::http;
+use common::registry::Registry;
+use common::trust::{self, TrustConfig};
+use common::Proxy;
+
+const REPO: &str = "demo/app";
+
+struct Env {
+    _reg: Registry,
+    _keys: tempfile::TempDir,
+    fake: Fake,
+    img: PushedImage,
+    /// Path of the `.sig` manifest of `img` at the upstream.
+    sig_path: String,
+    /// Paths of the signature payload blobs.
+    payload_paths: Vec<String>,
+    proxy: Proxy,
+}
+
+impl Env {
+    /// Requests the fake received for the `.sig` manifest.
+    fn sig_lookups(&self) -> usize {
+        self.fake.hits(&self.sig_path)
+    }
+
+    /// Requests the fake received for signature payload blobs.
+    fn payload_fetches(&self) -> usize {
+        self.payload_paths.iter().map(|p| self.fake.hits(p)).sum()
+    }
+}
+
+fn env() -> Env {
+    let reg = Registry::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let ci = trust::keygen(keys.path(), "ci");
+    let img = content::push_image(
+        &reg.url(),
+        REPO,
+        Some("v1"),
+        common::host_arch(),
+        71,
+        &[30_000],
+    );
+    trust::sign(
+        &reg.url(),
+        &format!("{}/{REPO}:v1", reg.host()),
+        REPO,
+        &img.digest,
+        &ci,
+        &[],
+    );
+    let fake = Fake::start();
+    trust::copy_to_fake(&reg.url(), REPO, "v1", Some("v1"), &fake);
+    let tag = trust::sig_tag(&img.digest);
+    let (_, sig) = trust::copy_to_fake(&reg.url(), REPO, &tag, Some(&tag), &fake);
+    let payload_paths = trust::manifest_blobs(&sig)
+        .into_iter()
+        .skip(1)
+        .map(|d| format!("/v2/{REPO}/blobs/{d}"))
+        .collect();
+    let proxy =
+        Proxy::start(&TrustConfig::new(&reg.host(), &fake.url(), &[("ci-2026", &ci)]).yaml());
+    Env {
+        _reg: reg,
+        _keys: keys,
+        fake,
+        img,
+        sig_path: format!("/v2/{REPO}/manifests/{tag}"),
+        payload_paths,
+        proxy,
+    }
+}
+
+fn get_manifest(proxy: &Proxy, reference: &str) -> http::Response {
+    http::request(
+        "GET",
+        &format!("{}/v2/{REPO}/manifests/{reference}", proxy.url()),
+        &[("Accept", trust::MANIFEST_ACCEPT)],
+        &[],
+    )
+    .expect("GET manifest via proxy")
+}
+
+fn assert_served(r: &http::Response, img: &PushedImage, what: &str) {
+    assert_eq!(r.status, 200, "{what}: HTTP {} {}", r.status, r.text());
+    assert!(
+        r.body == img.manifest,
+        "{what}: other bytes than the image's manifest"
+    );
+}
+
+#[test]
+fn concurrent_cold_pulls_of_one_digest_cause_one_signature_lookup() {
+    let env = env();
+    assert_eq!(env.sig_lookups(), 0, "nothing looked up before the pulls");
+    let n = 200;
+    let barrier = Arc::new(Barrier::new(n));
+    let url = format!("{}/v2/{REPO}/manifests/{}", env.proxy.url(), env.img.digest);
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let url = url.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                http::request("GET", &url, &[("Accept", trust::MANIFEST_ACCEPT)], &[])
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        let r = t
+            .join()
+            .expect("thread")
+            .unwrap_or_else(|e| panic!("pull {i}: {e}"));
+        assert_served(&r, &env.img, &format!("concurrent pull {i}"));
+    }
+    assert_eq!(
+        env.sig_lookups(),
+        1,
+        "{n} concurrent cold pulls of one digest must look its signature up exactly once"
+    );
+}
+
+#[test]
+fn verdict_cache_hit_does_no_signature_lookup() {
+    let env = env();
+    assert_served(
+        &get_manifest(&env.proxy, "v1"),
+        &env.img,
+        "first pull (by tag)",
+    );
+    assert_eq!(
+        env.sig_lookups(),
+        1,
+        "the first pull looks the signature up"
+    );
+    let payloads = env.payload_fetches();
+    assert!(payloads >= 1, "the first pull fetched no signature payload");
+
+    // Every later pull of the same digest, by digest or by tag, GET or HEAD,
+    // from a raw client or skopeo, is a verdict-cache hit.
+    assert_served(
+        &get_manifest(&env.proxy, &env.img.digest),
+        &env.img,
+        "second pull (by digest)",
+    );
+    assert_served(
+        &get_manifest(&env.proxy, "v1"),
+        &env.img,
+        "third pull (by tag)",
+    );
+    let head = http::request(
+        "HEAD",
+        &format!("{}/v2/{REPO}/manifests/v1", env.proxy.url()),
+        &[("Accept", trust::MANIFEST_ACCEPT)],
+        &[],
+    )
+    .expect("HEAD");
+    assert_eq!(head.status, 200, "HEAD after the verdict was cached");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("img");
+    let out = trust::skopeo_copy(&format!("{}/{REPO}:v1", env.proxy.host()), &dest);
+    trust::assert_succeeded(&out, "skopeo copy after the verdict was cached");
+    assert_eq!(trust::dir_manifest_digest(&dest), env.img.digest);
+    assert!(
+        std::fs::read(dest.join("manifest.json")).expect("read") == env.img.manifest,
+        "skopeo got other manifest bytes"
+    );
+
+    assert_eq!(
+        env.sig_lookups(),
+        1,
+        "a verdict-cache hit looked the signature up again"
+    );
+    assert_eq!(
+        env.payload_fetches(),
+        payloads,
+        "a verdict-cache hit fetched the signature payload again"
+    );
+}
+
+#[test]
+fn signature_lookup_error_fails_closed_and_is_not_cached_as_denial() {
+    let env = env();
+    env.fake
+        .set(|c| c.fail_manifests_ending_with = Some(".sig".into()));
+
+    let r = get_manifest(&env.proxy, "v1");
+    assert_ne!(r.status, 200, "served although the signature lookup failed");
+    assert!(
+        r.body != env.img.manifest,
+        "the manifest leaked in the error"
+    );
+    fake::assert_oci_error(&r, 502, None, "signature lookup answered 500");
+    assert!(
+        env.sig_lookups() >= 1,
+        "the proxy never looked the signature up"
+    );
+    // Nothing was admitted, so the image's layer is not served either.
+    let layer = &env.img.layers[0].1.digest;
+    let r = http::get(&format!("{}/v2/{REPO}/blobs/{layer}", env.proxy.url())).expect("GET blob");
+    fake::assert_oci_error(&r, 403, Some("DENIED"), "layer of a not-admitted image");
+
+    // The fault clears: the very next pull is admitted (the failure was not
+    // cached as a denial for denyTtl = 30 s).
+    env.fake.set(|c| c.fail_manifests_ending_with = None);
+    let before = env.sig_lookups();
+    assert_served(
+        &get_manifest(&env.proxy, "v1"),
+        &env.img,
+        "first pull after the upstream recovered",
+    );
+    assert_eq!(
+        env.sig_lookups(),
+        before + 1,
+        "the pull after recovery must look the signature up afresh"
+    );
+    let r = http::get(&format!("{}/v2/{REPO}/blobs/{layer}", env.proxy.url())).expect("GET blob");
+    assert_eq!(
+        r.status,
+        200,
+        "layer after the image was admitted: {}",
+        r.text()
+    );
+}

@@ -1,0 +1,192 @@
+//! Key rotation: an attestor with two keys admits images signed by either;
+//! removing a key from the running proxy's config (picked up by the file
+//! watcher, or by SIGHUP) denies images signed only by it, even though
+//! their allow verdicts were cached.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::clients;
+use common::content;
+use common::http;
+use common::registry::Registry;
+use common::trust::{self, KeyPair, TrustConfig};
+use common::Proxy;
+
+/// How long a reload may take to show (the watcher polls every ~1 s).
+const RELOAD_WAIT: Duration = Duration::from_secs(15);
+
+struct Env {
+    _reg: Registry,
+    _keys: tempfile::TempDir,
+    /// Config with both keys, and with `ci-2025` only.
+    both: TrustConfig,
+    old_only: TrustConfig,
+    proxy: Proxy,
+}
+
+/// `demo/old:v1` signed with key `ci-2025`, `demo/new:v1` with `ci-2026`;
+/// the proxy starts with both keys, and both images are admitted (so
+/// their allow verdicts are cached).
+fn env() -> Env {
+    let reg = Registry::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let k_old = trust::keygen(keys.path(), "old");
+    let k_new = trust::keygen(keys.path(), "new");
+    let push_signed = |repo: &str, seed: u64, key: &KeyPair| {
+        let img = content::push_image(
+            &reg.url(),
+            repo,
+            Some("v1"),
+            common::host_arch(),
+            seed,
+            &[5000],
+        );
+        trust::sign(
+            &reg.url(),
+            &format!("{}/{repo}:v1", reg.host()),
+            repo,
+            &img.digest,
+            key,
+            &[],
+        );
+    };
+    push_signed("demo/old", 81, &k_old);
+    push_signed("demo/new", 82, &k_new);
+    let both = TrustConfig::new(
+        &reg.host(),
+        &reg.url(),
+        &[("ci-2025", &k_old), ("ci-2026", &k_new)],
+    );
+    let old_only = TrustConfig::new(&reg.host(), &reg.url(), &[("ci-2025", &k_old)]);
+    let proxy = Proxy::start(&both.yaml());
+    for repo in ["demo/old", "demo/new"] {
+        assert_eq!(
+            status(&proxy, repo),
+            200,
+            "{repo} with both keys configured"
+        );
+    }
+    Env {
+        _reg: reg,
+        _keys: keys,
+        both,
+        old_only,
+        proxy,
+    }
+}
+
+fn get(proxy: &Proxy, repo: &str) -> http::Response {
+    http::request(
+        "GET",
+        &format!("{}/v2/{repo}/manifests/v1", proxy.url()),
+        &[("Accept", trust::MANIFEST_ACCEPT)],
+        &[],
+    )
+    .expect("GET manifest via proxy")
+}
+
+fn status(proxy: &Proxy, repo: &str) -> u16 {
+    get(proxy, repo).status
+}
+
+/// The config text `Proxy::start` wrote (with `{listen}` filled in) turned
+/// into `new`'s, with the same listen address.
+fn rewritten(path: &Path, new: &TrustConfig) -> String {
+    let current = std::fs::read_to_string(path).expect("read proxy config");
+    let listen = current
+        .lines()
+        .find_map(|l| l.strip_prefix("listen: "))
+        .expect("listen line")
+        .to_string();
+    new.yaml().replace("{listen}", &listen)
+}
+
+fn assert_rotated(env: &Env) {
+    trust::assert_denied(
+        &get(&env.proxy, "demo/new"),
+        "by unknown key or altered",
+        "image signed only by the removed key",
+    );
+    assert_eq!(
+        status(&env.proxy, "demo/old"),
+        200,
+        "image signed by the remaining key"
+    );
+}
+
+#[test]
+fn removing_a_key_from_the_config_file_denies_images_signed_only_by_it() {
+    let env = env();
+    let path = env.proxy.config_path();
+    let text = rewritten(&path, &env.old_only);
+    assert!(!text.contains("ci-2026") && env.both.yaml().contains("ci-2026"));
+    std::fs::write(&path, text).expect("rewrite proxy config");
+
+    let reloaded = trust::wait_until(RELOAD_WAIT, || status(&env.proxy, "demo/new") == 403);
+    assert!(
+        reloaded,
+        "demo/new (signed by the removed key) still not denied {RELOAD_WAIT:?} after the config file changed\n{}",
+        env.proxy.logs()
+    );
+    assert_rotated(&env);
+    assert!(
+        env.proxy
+            .logs()
+            .lines()
+            .any(|l| l.contains("policy reloaded") && l.contains("file change")),
+        "no file-change reload in the proxy log"
+    );
+}
+
+#[test]
+fn sighup_reloads_a_removed_key_and_denies_images_signed_only_by_it() {
+    let env = env();
+    let path = env.proxy.config_path();
+    // Replace the file with one of the same length and modification time,
+    // so the file watcher (which compares both) cannot notice: only SIGHUP
+    // can make the proxy read it.
+    let meta = std::fs::metadata(&path).expect("stat config");
+    let mut text = rewritten(&path, &env.old_only);
+    let pad = (meta.len() as usize)
+        .checked_sub(text.len() + 3)
+        .expect("the new config is shorter");
+    text.push_str(&format!("# {}\n", "x".repeat(pad)));
+    assert_eq!(text.len() as u64, meta.len());
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, &text).expect("write new config");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tmp)
+        .expect("open new config")
+        .set_modified(meta.modified().expect("mtime"))
+        .expect("set mtime");
+    std::fs::rename(&tmp, &path).expect("replace config");
+
+    clients::run(
+        Command::new("kill")
+            .arg("-HUP")
+            .arg(env.proxy.pid().to_string()),
+        "kill -HUP portcullis",
+    );
+    let reloaded = trust::wait_until(RELOAD_WAIT, || status(&env.proxy, "demo/new") == 403);
+    assert!(
+        reloaded,
+        "demo/new (signed by the removed key) still not denied {RELOAD_WAIT:?} after SIGHUP\n{}",
+        env.proxy.logs()
+    );
+    assert_rotated(&env);
+    let logs = env.proxy.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("policy reloaded") && l.contains("SIGHUP")),
+        "no SIGHUP reload in the proxy log:\n{logs}"
+    );
+    assert!(
+        !logs.contains("file change"),
+        "the file watcher reloaded too, so this test did not isolate SIGHUP:\n{logs}"
+    );
+}
