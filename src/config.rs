@@ -66,6 +66,83 @@ pub struct Config {
     /// Verdict cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// A second listener for operators: `/metrics`, `/-/ui`, `/-/api/…`,
+    /// `/healthz`, `/readyz`. With it, the registry port serves only `/v2/`.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// The audit trail: one JSON line per decision.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// When audit lines reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Every line is synced before the next one is written.
+    Always,
+    /// Lines are synced at least every `fsyncInterval`.
+    Interval,
+}
+
+/// What happens when the audit queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFull {
+    /// The request waits for room: nothing is lost, pulls slow down.
+    Block,
+    /// The record is dropped and counted (`portcullis_audit_dropped_total`).
+    Drop,
+}
+
+/// Audit trail settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditConfig {
+    /// File to append to; without it, lines go to stdout.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_fsync")]
+    pub fsync: FsyncMode,
+    #[serde(default = "default_fsync_interval", deserialize_with = "duration")]
+    pub fsync_interval: Duration,
+    /// Rotate when the file reaches this size (`0`: never).
+    #[serde(default = "default_max_size")]
+    pub max_size_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` … `.N`).
+    #[serde(default = "default_max_files")]
+    pub max_files: u32,
+    /// Records waiting to be written, at most.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    #[serde(default = "default_on_full")]
+    pub on_full: OnFull,
+}
+
+fn default_fsync() -> FsyncMode {
+    FsyncMode::Interval
+}
+fn default_fsync_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_size() -> u64 {
+    100 * 1024 * 1024
+}
+fn default_max_files() -> u32 {
+    5
+}
+fn default_queue_size() -> usize {
+    10_000
+}
+fn default_on_full() -> OnFull {
+    OnFull::Block
 }
 
 /// Verdict cache settings.
@@ -313,6 +390,9 @@ impl Config {
         if let Some(path) = &mut self.policy_file {
             fix(path);
         }
+        if let Some(path) = self.audit.as_mut().and_then(|a| a.path.as_mut()) {
+            fix(path);
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
@@ -433,6 +513,34 @@ impl Config {
                 }
             }
         }
+        if let Some(audit) = &self.audit {
+            if audit.fsync_interval.is_zero() {
+                return Err(invalid(
+                    "audit.fsyncInterval".into(),
+                    "fsyncInterval",
+                    "",
+                    "must be greater than zero (use fsync: always to sync every line)".into(),
+                ));
+            }
+            if audit.queue_size == 0 {
+                return Err(invalid(
+                    "audit.queueSize".into(),
+                    "queueSize",
+                    "",
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        if let Some(admin) = &self.admin {
+            if admin.listen == self.listen {
+                return Err(invalid(
+                    "admin.listen".into(),
+                    "listen",
+                    "",
+                    "the admin listener needs its own address".into(),
+                ));
+            }
+        }
         let t = &self.timeouts;
         for (name, value) in [
             ("connect", t.connect),
@@ -483,6 +591,25 @@ impl Config {
                     None => ", anonymous".to_owned(),
                 },
             ));
+        }
+        if let Some(admin) = &self.admin {
+            out.push_str(&format!(
+                "admin: {} (/metrics, /-/ui, /-/api, /healthz, /readyz)\n",
+                admin.listen
+            ));
+        }
+        match &self.audit {
+            Some(a) => out.push_str(&format!(
+                "audit: {} (fsync {:?}, queue {}, on full: {:?})\n",
+                a.path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "stdout".into()),
+                a.fsync,
+                a.queue_size,
+                a.on_full
+            )),
+            None => out.push_str("audit: off (decisions are still logged)\n"),
         }
         out.push_str(&format!(
             "timeouts: connect {:?}, read {:?}, shutdown {:?}\n",

@@ -68,6 +68,18 @@ impl Algorithm {
         }
     }
 
+    /// The BinAuthz spelling.
+    pub fn name(self) -> String {
+        match self {
+            Algorithm::EcdsaP256Sha256 => "ECDSA_P256_SHA256".into(),
+            Algorithm::EcdsaP384Sha384 => "ECDSA_P384_SHA384".into(),
+            Algorithm::RsaPkcs1Sha256 { bits } => format!("RSA_SIGN_PKCS1_{bits}_SHA256"),
+            Algorithm::RsaPkcs1Sha512 { bits } => format!("RSA_SIGN_PKCS1_{bits}_SHA512"),
+            Algorithm::RsaPssSha256 { bits } => format!("RSA_PSS_{bits}_SHA256"),
+            Algorithm::RsaPssSha512 { bits } => format!("RSA_PSS_{bits}_SHA512"),
+        }
+    }
+
     fn rsa_bits(self) -> Option<usize> {
         match self {
             Algorithm::RsaPkcs1Sha256 { bits }

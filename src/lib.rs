@@ -31,10 +31,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod metrics;
 pub mod oci;
 pub mod policy;
 pub mod reload;

@@ -3,14 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use portcullis::commands;
 use portcullis::config::{Config, ConfigError, DEFAULT_CONFIG};
-use portcullis::serve::App;
 use portcullis::server;
 use portcullis::telemetry::{self, LogFormat};
-use portcullis::{commands, reload};
 
 /// A pull-through OCI registry proxy that only serves images your policy
 /// trusts.
@@ -202,7 +200,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config, config_path)) {
+            match runtime.block_on(server::serve(config, config_path, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -211,43 +209,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), String> {
-    let app = Arc::new(App::new(&config).map_err(|e| e.to_string())?);
-    let policy = app.verifier.policy();
-    if policy.configured {
-        for line in policy.summary().lines() {
-            tracing::info!("{line}");
-        }
-    } else {
-        tracing::warn!(
-            "NO POLICY CONFIGURED: every image is served without any signature check (ALWAYS_ALLOW)"
-        );
-    }
-    if let Some(path) = config_path {
-        tokio::spawn(reload::watch(Arc::clone(&app), path));
-    }
-    let tls = match &config.tls {
-        Some(tls) => Some(server::tls_acceptor(tls).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    for line in config.summary().lines() {
-        tracing::info!("{line}");
-    }
-    tracing::info!(listen = %config.listen, "portcullis is serving");
-    server::run(
-        listener,
-        app,
-        tls,
-        config.timeouts.shutdown,
-        shutdown_signal(),
-    )
-    .await;
-    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -46,10 +46,13 @@ pub fn reload(app: &App, config_path: &Path, why: &str) -> Result<String, String
         Ok(policy) => {
             let revision = policy.revision.clone();
             app.verifier.set_policy(policy);
+            app.observer.metrics.reload(true);
+            app.observer.metrics.policy_loaded(&revision);
             tracing::info!(%why, %previous, %revision, "policy reloaded");
             Ok(revision)
         }
         Err(e) => {
+            app.observer.metrics.reload(false);
             tracing::error!(%why, kept = %previous, "policy reload failed; keeping the previous policy: {e}");
             Err(e)
         }

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,7 +30,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use crate::config::TlsConfig;
+use crate::audit::{Client, Observer};
+use crate::config::{Config, TlsConfig};
+use crate::metrics::Metrics;
 use crate::serve::{body_from, App, BoxError, ProxyBody};
 
 /// Concurrent client connections; past it new connections are closed at
@@ -80,10 +82,98 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> 
     Ok(certs)
 }
 
+/// Runs the proxy for `config` until `shutdown` completes: the registry
+/// listener, the admin listener if configured, the audit writer, and the
+/// policy reloader (when the config came from a file).
+pub async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::new());
+    let audit = match &config.audit {
+        Some(audit) => Some(
+            crate::audit::writer::start(audit)
+                .map_err(|e| format!("audit trail: cannot open {:?}: {e}", audit.path))?,
+        ),
+        None => None,
+    };
+    let observer = Arc::new(Observer::new(Arc::clone(&metrics), audit, None));
+    let app = Arc::new(App::with_observer(&config, observer).map_err(|e| e.to_string())?);
+    let policy = app.verifier.policy();
+    if policy.configured {
+        for line in policy.summary().lines() {
+            tracing::info!("{line}");
+        }
+    } else {
+        tracing::warn!(
+            "NO POLICY CONFIGURED: every image is served without any signature check (ALWAYS_ALLOW)"
+        );
+    }
+    if let Some(path) = config_path {
+        tokio::spawn(crate::reload::watch(Arc::clone(&app), path));
+    }
+    let tls = match &config.tls {
+        Some(tls) => Some(tls_acceptor(tls).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin = match &config.admin {
+        Some(admin) => {
+            let admin_listener = TcpListener::bind(admin.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {} (admin): {e}", admin.listen))?;
+            tracing::info!(listen = %admin.listen, "admin listener: /metrics, /-/ui, /-/api, /healthz, /readyz");
+            Some(tokio::spawn(run(
+                admin_listener,
+                Role::Admin,
+                Arc::clone(&app),
+                None,
+                config.timeouts.shutdown,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+    for line in config.summary().lines() {
+        tracing::info!("{line}");
+    }
+    tracing::info!(listen = %config.listen, "portcullis is serving");
+    let registry = run(
+        listener,
+        Role::Registry {
+            health: config.admin.is_none(),
+        },
+        app,
+        tls,
+        config.timeouts.shutdown,
+        stopped(stop_rx),
+    );
+    tokio::pin!(registry);
+    tokio::select! {
+        () = &mut registry => {}
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            registry.await;
+        }
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    Ok(())
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish for up to `grace`.
 pub async fn run(
     listener: TcpListener,
+    role: Role,
     app: Arc<App>,
     tls: Option<TlsAcceptor>,
     grace: Duration,
@@ -122,7 +212,7 @@ pub async fn run(
         let app = Arc::clone(&app);
         let service = service_fn(move |request: Request<Incoming>| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(handle(&app, request, peer).await) }
+            async move { Ok::<_, Infallible>(handle(&app, request, peer, role).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -171,7 +261,35 @@ static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// One request: health endpoints here, `/v2/` to the app, all in a span
 /// that logs the outcome when the response body is done.
-async fn handle(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+async fn health_response(app: &App, path: &str) -> Response<ProxyBody> {
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok\n");
+    }
+    let (ready, detail) = app.readiness().await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, detail.to_string())
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The registry API; `/healthz` and `/readyz` too when there is no
+    /// admin listener.
+    Registry { health: bool },
+    /// `/metrics`, `/-/ui`, `/-/api/…`, `/healthz`, `/readyz`.
+    Admin,
+}
+
+async fn handle(
+    app: &App,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    role: Role,
+) -> Response<ProxyBody> {
     let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
         "request",
@@ -182,24 +300,34 @@ async fn handle(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Resp
         reference = tracing::field::Empty,
     );
     let start = Instant::now();
+    let metrics = Arc::clone(&app.observer.metrics);
+    metrics.request_started();
     let response = async {
         let path = request.uri().path();
-        if path == "/v2" || path.starts_with("/v2/") {
-            app.handle(&request).await
-        } else {
-            match path {
-                "/healthz" => text(StatusCode::OK, "ok\n"),
-                "/readyz" => {
-                    let (ready, detail) = app.readiness().await;
-                    let status = if ready {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
+        match role {
+            Role::Registry { health } => {
+                if path == "/v2" || path.starts_with("/v2/") {
+                    let client = Client {
+                        request_id: id,
+                        addr: Some(peer),
+                        user_agent: request
+                            .headers()
+                            .get(header::USER_AGENT)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
+                        identity: None,
                     };
-                    json(status, detail.to_string())
+                    app.handle(&request, &client).await
+                } else if health && (path == "/healthz" || path == "/readyz") {
+                    health_response(app, path).await
+                } else {
+                    text(StatusCode::NOT_FOUND, "not found\n")
                 }
-                _ => text(StatusCode::NOT_FOUND, "not found\n"),
             }
+            Role::Admin => match path {
+                "/healthz" | "/readyz" => health_response(app, path).await,
+                _ => crate::admin::handle(app, &request).await,
+            },
         }
     }
     .instrument(span.clone())
@@ -213,6 +341,7 @@ async fn handle(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Resp
         HeaderValue::from_static("registry/2.0"),
     );
     let logged = LoggedBody {
+        metrics,
         inner: body,
         span,
         status: parts.status,
@@ -253,6 +382,7 @@ enum Outcome {
 /// Counts the bytes sent and logs the request when the body is finished
 /// or dropped (a client that hangs up is logged as incomplete).
 struct LoggedBody {
+    metrics: Arc<Metrics>,
     inner: ProxyBody,
     span: tracing::Span,
     status: StatusCode,
@@ -306,6 +436,8 @@ impl Drop for LoggedBody {
         if self.outcome == Outcome::Incomplete && self.inner.is_end_stream() {
             self.outcome = Outcome::Complete;
         }
+        self.metrics.request_finished();
+        self.metrics.served_bytes(self.bytes);
         let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
         self.span.in_scope(|| {
             tracing::info!(

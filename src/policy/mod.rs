@@ -462,6 +462,36 @@ impl Policy {
             .unwrap_or_else(|| self.default_rule.clone())
     }
 
+    /// The policy as data, for `/-/api/policy` and the dashboard.
+    pub fn describe(&self) -> serde_json::Value {
+        let rule = |r: &Rule| {
+            serde_json::json!({
+                "scope": r.source.to_string(),
+                "evaluationMode": r.evaluation.to_string(),
+                "enforcementMode": r.enforcement.to_string(),
+                "requireAttestationsBy": r.attestors,
+            })
+        };
+        let mut attestors: Vec<_> = self.attestors.values().collect();
+        attestors.sort_by(|a, b| a.name.cmp(&b.name));
+        serde_json::json!({
+            "configured": self.configured,
+            "revision": self.revision,
+            "allowlist": self.allowlist.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            "repositoryRules": self.repository_rules.iter().map(|(_, r)| rule(r)).collect::<Vec<_>>(),
+            "defaultRule": rule(&self.default_rule),
+            "attestors": attestors.iter().map(|a| serde_json::json!({
+                "name": a.name,
+                "keys": a.keys.iter().map(|k| serde_json::json!({
+                    "id": k.id,
+                    "algorithm": k.key.algorithm().name(),
+                })).collect::<Vec<_>>(),
+                "signatureRepository": a.signature_repository,
+            })).collect::<Vec<_>>(),
+            "ignored": self.ignored,
+        })
+    }
+
     /// A summary for `portcullis check` and startup logs.
     pub fn summary(&self) -> String {
         if !self.configured {
@@ -494,7 +524,7 @@ impl Policy {
             let keys: Vec<String> = a
                 .keys
                 .iter()
-                .map(|k| format!("{} ({:?})", k.id, k.key.algorithm()))
+                .map(|k| format!("{} ({})", k.id, k.key.algorithm().name()))
                 .collect();
             out.push_str(&format!("  attestor {name}: keys {}", keys.join(", ")));
             if let Some(repo) = &a.signature_repository {

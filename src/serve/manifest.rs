@@ -14,13 +14,15 @@ use http::{header, HeaderMap, HeaderValue, Method, Response};
 use http_body_util::{BodyExt, Limited};
 
 use super::{body_from, upstream_failure, ProxyBody, ServeError, MAX_MANIFEST_BYTES};
+use crate::audit::{Client, DecisionRecord, Subject};
 use crate::error::ErrorCode;
 use crate::oci::{Digest, Reference};
-use crate::policy::Verdict;
+use crate::policy::{Decision, Verdict};
 use crate::routing::Route;
 use crate::serve::App;
 use crate::upstream::Upstream;
 use crate::verify::{Admission, Outcome};
+use std::time::Instant;
 
 /// Manifests kept in memory: by digest (immutable content; bounded by
 /// bytes) and, when `cache.tagTtl` is set, by tag for that long.
@@ -111,6 +113,8 @@ pub async fn serve(
     reference: &Reference,
     client_headers: &HeaderMap,
     head: bool,
+    client: &Client,
+    started: Instant,
 ) -> Result<Response<ProxyBody>, ServeError> {
     let upstream = &app.upstreams[route.upstream];
     let manifest = app
@@ -118,6 +122,7 @@ pub async fn serve(
         .get_or_fetch(upstream, route, reference, client_headers)
         .await?;
     let image = format!("image {}@{}", route.canonical(), manifest.digest);
+    let verify_started = Instant::now();
     let outcome = app
         .verifier
         .admit(&app.upstreams, route, &manifest)
@@ -126,8 +131,31 @@ pub async fn serve(
             image: image.clone(),
             source,
         })?;
+    let tag = match reference {
+        Reference::Tag(t) => Some(t.as_str()),
+        Reference::Digest(_) => None,
+    };
+    let record = |decision: &Decision, cache_hit: bool| {
+        if !cache_hit {
+            app.observer.metrics.verification(verify_started.elapsed());
+        }
+        DecisionRecord::new(
+            client,
+            Subject::Manifest,
+            &route.canonical(),
+            tag,
+            &manifest.digest.to_string(),
+            decision,
+            decision.message(&image),
+            cache_hit,
+            started.elapsed(),
+        )
+    };
     match outcome {
         Outcome::Admitted(admission) => {
+            app.observer
+                .record(record(&admission.decision, admission.cache_hit))
+                .await;
             let decision = &admission.decision;
             match decision.verdict {
                 Verdict::DryRunDeny => tracing::warn!(
@@ -147,7 +175,12 @@ pub async fn serve(
             }
             Ok(respond(&admission, head))
         }
-        Outcome::Denied { image, decision } => {
+        Outcome::Denied {
+            image,
+            decision,
+            cache_hit,
+        } => {
+            app.observer.record(record(&decision, cache_hit)).await;
             tracing::warn!(verdict = "deny", rule = %decision.rule, "{}", decision.message(&image));
             Err(ServeError::Denied {
                 subject: format!("image {image}"),

@@ -24,8 +24,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
 
+use crate::audit::{Client, DecisionRecord, Observer, Subject};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{Metrics, Snapshot};
 use crate::oci::Digest;
 use crate::policy::Decision;
 use crate::routing::{Endpoint, Route, RouteError, Routed, Router};
@@ -98,29 +100,44 @@ pub struct App {
     pub(crate) upstreams: Vec<Arc<Upstream>>,
     pub verifier: Verifier,
     manifests: manifest::ManifestCache,
+    pub observer: Arc<Observer>,
 }
 
 impl App {
+    /// An app that records decisions in metrics and the recent list only
+    /// (no audit file, no alerts): what one-shot commands use.
     pub fn new(config: &Config) -> Result<App, SetupError> {
+        let metrics = Arc::new(Metrics::new());
+        App::with_observer(config, Arc::new(Observer::new(metrics, None, None)))
+    }
+
+    /// An app whose decisions go to `observer`.
+    pub fn with_observer(config: &Config, observer: Arc<Observer>) -> Result<App, SetupError> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u, config.timeouts).map(Arc::new))
+            .map(|u| {
+                Upstream::new(u, config.timeouts)
+                    .map(|up| Arc::new(up.with_metrics(Arc::clone(&observer.metrics))))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let policy = config
             .compile_policy()
             .map_err(|e| SetupError::Policy(e.to_string()))?;
+        observer.metrics.policy_loaded(&policy.revision);
         Ok(App {
             router: Router::new(config),
             upstreams,
             verifier: Verifier::new(policy, config.cache),
             manifests: manifest::ManifestCache::new(&config.cache),
+            observer,
         })
     }
 
     /// Answers one `/v2/` request. The canonical reference of the request
     /// is recorded in the current tracing span.
-    pub async fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
+    pub async fn handle<B>(&self, request: &Request<B>, client: &Client) -> Response<ProxyBody> {
+        let started = std::time::Instant::now();
         let head = request.method() == Method::HEAD;
         let routed = self.router.route(
             request.method(),
@@ -138,14 +155,36 @@ impl App {
         let result = match &route.endpoint {
             Endpoint::Base => return base_response(head),
             Endpoint::Manifest(reference) => {
-                manifest::serve(self, &route, reference, request.headers(), head).await
+                manifest::serve(
+                    self,
+                    &route,
+                    reference,
+                    request.headers(),
+                    head,
+                    client,
+                    started,
+                )
+                .await
             }
             Endpoint::Blob(digest) => match self.verifier.blob_allowed(&route, digest).await {
                 Ok(()) => blob::serve(upstream, &route, digest, request.headers(), head).await,
-                Err(decision) => Err(ServeError::Denied {
-                    subject: format!("blob {}@{digest}", route.canonical()),
-                    decision,
-                }),
+                Err(decision) => {
+                    let subject = format!("blob {}@{digest}", route.canonical());
+                    self.observer
+                        .record(DecisionRecord::new(
+                            client,
+                            Subject::Blob,
+                            &route.canonical(),
+                            None,
+                            &digest.to_string(),
+                            &decision,
+                            decision.message(&subject),
+                            false,
+                            started.elapsed(),
+                        ))
+                        .await;
+                    Err(ServeError::Denied { subject, decision })
+                }
             },
             Endpoint::TagsList { n, last } => {
                 listing::tags(upstream, &route, *n, last.as_deref(), head).await
@@ -163,6 +202,25 @@ impl App {
                 tracing::info!(code = ?error.code, error = %error.message, "request refused");
             }
             error.into_response(head)
+        })
+    }
+
+    /// The `/metrics` exposition.
+    pub async fn metrics_text(&self) -> String {
+        let stats = &self.verifier.stats;
+        let (audit_written, audit_dropped) = self.observer.audit_counts();
+        let (alerts_sent, alerts_failed, alerts_dropped) = self.observer.alert_counts();
+        use std::sync::atomic::Ordering::Relaxed;
+        self.observer.metrics.encode(Snapshot {
+            cache_hits: stats.cache_hits.load(Relaxed),
+            cache_misses: stats.cache_misses.load(Relaxed),
+            cache_entries: self.verifier.cached_verdicts().await,
+            signature_lookups: stats.signature_lookups.load(Relaxed),
+            audit_written,
+            audit_dropped,
+            alerts_sent,
+            alerts_failed,
+            alerts_dropped,
         })
     }
 

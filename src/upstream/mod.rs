@@ -88,6 +88,7 @@ pub struct Upstream {
     /// anything (0: never). Drives `/readyz`.
     last_answer_ms: AtomicU64,
     epoch: Instant,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Upstream {
@@ -121,7 +122,14 @@ impl Upstream {
             timeouts,
             last_answer_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            metrics: None,
         })
+    }
+
+    /// Reports upstream round trips to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Upstream {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Sends `method path_and_query` for `repository` and returns the final
@@ -296,7 +304,18 @@ impl Upstream {
                 reason: e.to_string(),
             })?;
         let after = self.timeouts.read;
-        match tokio::time::timeout(after, self.client.request(request)).await {
+        let started = Instant::now();
+        let result = tokio::time::timeout(after, self.client.request(request)).await;
+        if let Some(metrics) = &self.metrics {
+            let status = match &result {
+                Ok(Ok(r)) => Ok(r.status().as_u16()),
+                Ok(Err(e)) if e.is_connect() => Err("connect-error"),
+                Ok(Err(_)) => Err("protocol-error"),
+                Err(_) => Err("timeout"),
+            };
+            metrics.upstream_response(&self.registry, status, started.elapsed());
+        }
+        match result {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.registry.clone(),
                 after,

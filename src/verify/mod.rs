@@ -76,6 +76,7 @@ pub enum Outcome<'m> {
     Denied {
         image: String,
         decision: Arc<Decision>,
+        cache_hit: bool,
     },
 }
 
@@ -230,7 +231,11 @@ impl Verifier {
             }
         };
         if !decision.serves() {
-            return Ok(Outcome::Denied { image, decision });
+            return Ok(Outcome::Denied {
+                image,
+                decision,
+                cache_hit,
+            });
         }
         if let Some(shape) = &shape {
             self.remember_admitted(&key, shape, &manifest.media_type)
@@ -274,6 +279,12 @@ impl Verifier {
             attestors: Vec::new(),
             reason: "blob is not part of an admitted image".into(),
         }))
+    }
+
+    /// Verdicts currently cached.
+    pub async fn cached_verdicts(&self) -> u64 {
+        self.verdicts.run_pending_tasks().await;
+        self.verdicts.entry_count()
     }
 
     /// Evaluates without the cache, for `portcullis verify`.

@@ -1,0 +1,405 @@
+//! Prometheus metrics, exposed at `GET /metrics` (admin listener) in the
+//! OpenMetrics text format.
+//!
+//! Label cardinality is bounded by construction: verdicts and reason
+//! categories are fixed vocabularies, rules come from the configuration,
+//! upstreams from the configuration; no digest, tag or repository is ever a
+//! label.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    verdict: String,
+    rule: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamStatusLabels {
+    upstream: String,
+    /// HTTP status class (`2xx`…`5xx`) or a transport error kind.
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevisionLabels {
+    revision: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 0.5 ms … ~8 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+/// Every metric Portcullis exports.
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    dryrun_would_deny: Family<RuleLabels, Counter>,
+    verification_seconds: Histogram,
+    upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    upstream_responses: Family<UpstreamStatusLabels, Counter>,
+    bytes_served: Counter,
+    in_flight: Gauge,
+    policy_revision: Family<RevisionLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
+    last_reload_success: Gauge,
+    // Read from other components at scrape time.
+    cache_hits: Counter<u64, AtomicU64>,
+    cache_misses: Counter<u64, AtomicU64>,
+    cache_entries: Gauge<i64, AtomicI64>,
+    signature_lookups: Counter<u64, AtomicU64>,
+    audit_written: Counter<u64, AtomicU64>,
+    audit_dropped: Counter<u64, AtomicU64>,
+    alerts_sent: Counter<u64, AtomicU64>,
+    alerts_failed: Counter<u64, AtomicU64>,
+    alerts_dropped: Counter<u64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Values other components own, copied into the registry at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Snapshot {
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_entries: u64,
+    pub signature_lookups: u64,
+    pub audit_written: u64,
+    pub audit_dropped: u64,
+    pub alerts_sent: u64,
+    pub alerts_failed: u64,
+    pub alerts_dropped: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("portcullis");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Admission decisions by verdict, rule and reason category",
+            decisions.clone(),
+        );
+        let dryrun_would_deny = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "dryrun_would_deny",
+            "Images served under a dry-run rule that would have denied them",
+            dryrun_would_deny.clone(),
+        );
+        let verification_seconds = seconds_histogram();
+        registry.register(
+            "verification_duration_seconds",
+            "Time to decide on a manifest (cache misses only)",
+            verification_seconds.clone(),
+        );
+        let upstream_seconds =
+            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                seconds_histogram,
+            );
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Upstream round trips until response headers",
+            upstream_seconds.clone(),
+        );
+        let upstream_responses = Family::<UpstreamStatusLabels, Counter>::default();
+        registry.register(
+            "upstream_responses",
+            "Upstream responses by status class, and transport errors",
+            upstream_responses.clone(),
+        );
+        let bytes_served = Counter::default();
+        registry.register(
+            "served_bytes",
+            "Response body bytes sent to clients",
+            bytes_served.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being served",
+            in_flight.clone(),
+        );
+        let policy_revision = Family::<RevisionLabels, Gauge>::default();
+        registry.register(
+            "policy_revision_info",
+            "The policy revision in force (value 1)",
+            policy_revision.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy reload attempts by result",
+            reloads.clone(),
+        );
+        let last_reload_success = Gauge::default();
+        registry.register(
+            "policy_last_reload_success",
+            "1 if the last policy reload succeeded (or none was attempted), 0 if it failed",
+            last_reload_success.clone(),
+        );
+        last_reload_success.set(1);
+        let cache_hits = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "verdict_cache_hits",
+            "Verdict cache hits",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "verdict_cache_misses",
+            "Verdict cache misses",
+            cache_misses.clone(),
+        );
+        let cache_entries = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "verdict_cache_entries",
+            "Verdicts currently cached",
+            cache_entries.clone(),
+        );
+        let signature_lookups = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "signature_lookups",
+            "Signature manifests fetched from upstreams",
+            signature_lookups.clone(),
+        );
+        let audit_written = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "audit_records_written",
+            "Audit records written",
+            audit_written.clone(),
+        );
+        let audit_dropped = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "audit_records_dropped",
+            "Audit records dropped because the queue was full (onFull: drop)",
+            audit_dropped.clone(),
+        );
+        let alerts_sent = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "alerts_sent",
+            "Webhook alerts delivered",
+            alerts_sent.clone(),
+        );
+        let alerts_failed = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "alerts_failed",
+            "Webhook alerts that failed after retries",
+            alerts_failed.clone(),
+        );
+        let alerts_dropped = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "alerts_dropped",
+            "Webhook alerts dropped because the queue was full",
+            alerts_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            dryrun_would_deny,
+            verification_seconds,
+            upstream_seconds,
+            upstream_responses,
+            bytes_served,
+            in_flight,
+            policy_revision,
+            reloads,
+            last_reload_success,
+            cache_hits,
+            cache_misses,
+            cache_entries,
+            signature_lookups,
+            audit_written,
+            audit_dropped,
+            alerts_sent,
+            alerts_failed,
+            alerts_dropped,
+        }
+    }
+
+    pub fn decision(&self, verdict: &str, rule: &str, reason: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                verdict: verdict.to_owned(),
+                rule: rule.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+        if verdict == "dryrun-deny" {
+            self.dryrun_would_deny
+                .get_or_create(&RuleLabels {
+                    rule: rule.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn verification(&self, took: Duration) {
+        self.verification_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn upstream_response(
+        &self,
+        upstream: &str,
+        status: Result<u16, &'static str>,
+        took: Duration,
+    ) {
+        self.upstream_seconds
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+        let status = match status {
+            Ok(code) => format!("{}xx", code / 100),
+            Err(kind) => kind.to_owned(),
+        };
+        self.upstream_responses
+            .get_or_create(&UpstreamStatusLabels {
+                upstream: upstream.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn served_bytes(&self, n: u64) {
+        self.bytes_served.inc_by(n);
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub fn request_finished(&self) {
+        self.in_flight.dec();
+    }
+
+    /// Records the policy in force after a (re)load.
+    pub fn policy_loaded(&self, revision: &str) {
+        self.policy_revision.clear();
+        self.policy_revision
+            .get_or_create(&RevisionLabels {
+                revision: revision.to_owned(),
+            })
+            .set(1);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+        self.last_reload_success.set(i64::from(ok));
+    }
+
+    /// The text exposition, with `snapshot` copied in first.
+    pub fn encode(&self, snapshot: Snapshot) -> String {
+        let set = |c: &Counter<u64, AtomicU64>, v: u64| {
+            let now = c.get();
+            if v > now {
+                c.inc_by(v - now);
+            }
+        };
+        set(&self.cache_hits, snapshot.cache_hits);
+        set(&self.cache_misses, snapshot.cache_misses);
+        set(&self.signature_lookups, snapshot.signature_lookups);
+        set(&self.audit_written, snapshot.audit_written);
+        set(&self.audit_dropped, snapshot.audit_dropped);
+        set(&self.alerts_sent, snapshot.alerts_sent);
+        set(&self.alerts_failed, snapshot.alerts_failed);
+        set(&self.alerts_dropped, snapshot.alerts_dropped);
+        self.cache_entries
+            .set(i64::try_from(snapshot.cache_entries).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        out
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_follow_conventions() {
+        let m = Metrics::new();
+        m.decision("deny", "default admission rule", "no-signatures");
+        m.decision(
+            "dryrun-deny",
+            "repository admission rule r/**",
+            "unknown-key",
+        );
+        m.upstream_response("r.io", Ok(404), Duration::from_millis(3));
+        m.upstream_response("r.io", Err("timeout"), Duration::from_secs(1));
+        m.policy_loaded("abc");
+        m.reload(false);
+        let text = m.encode(Snapshot {
+            cache_hits: 3,
+            cache_entries: 2,
+            ..Snapshot::default()
+        });
+        for want in [
+            r#"portcullis_decisions_total{verdict="deny",rule="default admission rule",reason="no-signatures"} 1"#,
+            r#"portcullis_dryrun_would_deny_total{rule="repository admission rule r/**"} 1"#,
+            r#"portcullis_upstream_responses_total{upstream="r.io",status="4xx"} 1"#,
+            r#"portcullis_upstream_responses_total{upstream="r.io",status="timeout"} 1"#,
+            r#"portcullis_policy_revision_info{revision="abc"} 1"#,
+            r#"portcullis_policy_reloads_total{result="failure"} 1"#,
+            "portcullis_policy_last_reload_success 0",
+            "portcullis_verdict_cache_hits_total 3",
+            "portcullis_verdict_cache_entries 2",
+            "# TYPE portcullis_verification_duration_seconds histogram",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        // Snapshots are cumulative, never double counted.
+        let text = m.encode(Snapshot {
+            cache_hits: 3,
+            ..Snapshot::default()
+        });
+        assert!(
+            text.contains("portcullis_verdict_cache_hits_total 3"),
+            "{text}"
+        );
+    }
+}
