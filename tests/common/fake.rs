@@ -1397,7 +1397,7 @@ fn serve_tags(shared: &Shared, cfg: &FakeConfig, name: &str, query: Option<&str>
     let last = get("last");
     let after: Vec<String> = tags
         .into_iter()
-        .filter(|t| last.as_ref().map_or(true, |l| t > l))
+        .filter(|t| last.as_ref().is_none_or(|l| t > l))
         .collect();
     let limit = n.or(cfg.tags_page_size).unwrap_or(usize::MAX);
     let page: Vec<String> = after.iter().take(limit).cloned().collect();
