@@ -73,6 +73,10 @@ pub struct Config {
     /// The audit trail: one JSON line per decision.
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// Webhooks notified of denials (and optionally dry-run and
+    /// break-glass decisions).
+    #[serde(default)]
+    pub alerts: Option<crate::alerts::AlertsConfig>,
 }
 
 /// The admin listener.
@@ -531,6 +535,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(alerts) = &self.alerts {
+            if let Err(message) = alerts.validate() {
+                let (field, message) = message
+                    .split_once(": ")
+                    .map(|(f, m)| (f.to_owned(), m.to_owned()))
+                    .unwrap_or(("alerts".to_owned(), message));
+                return Err(invalid(field, "url", "", message));
+            }
+        }
         if let Some(admin) = &self.admin {
             if admin.listen == self.listen {
                 return Err(invalid(
@@ -610,6 +623,9 @@ impl Config {
                 a.on_full
             )),
             None => out.push_str("audit: off (decisions are still logged)\n"),
+        }
+        if let Some(alerts) = &self.alerts {
+            out.push_str(&format!("alerts: {} webhook(s)\n", alerts.webhooks.len()));
         }
         out.push_str(&format!(
             "timeouts: connect {:?}, read {:?}, shutdown {:?}\n",

@@ -24,14 +24,21 @@
 //!   evaluation; [`crypto`]: keys and signature verification (pure).
 //! - [`serve`]: the pull endpoints: manifests (read whole, hashed, bounded),
 //!   blobs (streamed, hashed while streaming), tag lists, referrers.
+//! - [`audit`]: the one place a decision is recorded: audit trail
+//!   writer, recent decisions, metrics and [`alerts`] (webhooks);
+//!   [`metrics`] owns the Prometheus registry; [`admin`] serves `/metrics`,
+//!   the JSON API and the dashboard on the admin listener.
 //! - [`oci`]: the vocabulary shared by all layers: digests, repository names,
 //!   tags, media types.
 //! - [`error`]: OCI error codes and the wire envelope.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging setup; [`reload`]: policy hot reload (SIGHUP,
+//!   file changes); [`commands`]: the one-shot CLI commands (`keygen`,
+//!   `sign`, `verify`).
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod commands;
 pub mod config;

@@ -98,7 +98,14 @@ pub async fn serve(
         ),
         None => None,
     };
-    let observer = Arc::new(Observer::new(Arc::clone(&metrics), audit, None));
+    let alerter = match &config.alerts {
+        Some(alerts) if !alerts.webhooks.is_empty() => Some(Box::new(
+            crate::alerts::Alerter::start(alerts).map_err(|e| format!("alerts: {e}"))?,
+        )
+            as Box<dyn crate::audit::AlertSink>),
+        _ => None,
+    };
+    let observer = Arc::new(Observer::new(Arc::clone(&metrics), audit, alerter));
     let app = Arc::new(App::with_observer(&config, observer).map_err(|e| e.to_string())?);
     let policy = app.verifier.policy();
     if policy.configured {

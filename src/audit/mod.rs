@@ -34,6 +34,22 @@ struct Entry {
     record: Arc<DecisionRecord>,
 }
 
+impl AlertSink for crate::alerts::Alerter {
+    fn notify(&self, record: &DecisionRecord) {
+        crate::alerts::Alerter::notify(self, record);
+    }
+
+    fn counts(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.stats();
+        (
+            s.sent.load(Relaxed),
+            s.failed.load(Relaxed),
+            s.dropped.load(Relaxed),
+        )
+    }
+}
+
 /// Fans decisions out to metrics, audit trail, recent list and alerts.
 pub struct Observer {
     pub metrics: Arc<Metrics>,

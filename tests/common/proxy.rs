@@ -28,6 +28,16 @@ impl Proxy {
     /// stderr going to a log file in the temp dir, and waits until
     /// `GET /healthz` answers 200 (20 s timeout; panics with the log).
     pub fn start(config_yaml: &str) -> Proxy {
+        Self::start_checking(config_yaml, None)
+    }
+
+    /// Like [`Proxy::start`], but waits for `health_url` (e.g. the admin
+    /// listener's `/healthz`, when the registry port serves only `/v2/`).
+    pub fn start_with_health(config_yaml: &str, health_url: &str) -> Proxy {
+        Self::start_checking(config_yaml, Some(health_url))
+    }
+
+    fn start_checking(config_yaml: &str, health_url: Option<&str>) -> Proxy {
         // The port can be taken by someone else between free_port() and the
         // proxy's bind; if the process exits complaining about the address,
         // retry with a fresh port.
@@ -61,7 +71,7 @@ impl Proxy {
                 _dir: dir,
                 log,
             };
-            let outcome = proxy.wait_healthy(Duration::from_secs(20));
+            let outcome = proxy.wait_healthy(Duration::from_secs(20), health_url);
             match outcome {
                 Health::Up => return proxy,
                 Health::Exited(status) => {
@@ -85,14 +95,17 @@ impl Proxy {
         }
     }
 
-    fn wait_healthy(&mut self, timeout: Duration) -> Health {
+    fn wait_healthy(&mut self, timeout: Duration, health_url: Option<&str>) -> Health {
+        let url = health_url
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{}/healthz", self.url()));
         let deadline = Instant::now() + timeout;
         let mut last: String;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Health::Exited(status.to_string());
             }
-            match super::http::get(&format!("{}/healthz", self.url())) {
+            match super::http::get(&url) {
                 Ok(r) if r.status == 200 => return Health::Up,
                 Ok(r) => last = format!("HTTP {}", r.status),
                 Err(e) => last = e.to_string(),

@@ -1,0 +1,307 @@
+//! Operating Portcullis: the audit trail (content, durability under
+//! `kill -9`, rotation), `/metrics`, and the admin listener keeping the
+//! registry port to `/v2/` only.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::clients::run;
+use common::content;
+use common::registry::Registry;
+use common::trust::{self, TrustConfig, MANIFEST_ACCEPT};
+use common::{free_port, Proxy};
+
+struct Setup {
+    registry: Registry,
+    proxy: Proxy,
+    admin: String,
+    audit: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    signed_digest: String,
+}
+
+/// A registry with `demo/app:v1` signed and `elsewhere/app:v1` unsigned,
+/// and a proxy enforcing signatures, with an admin listener and an audit
+/// file configured by `audit_yaml` (`{path}` is replaced).
+fn setup(audit_yaml: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let signed = content::push_image(&registry.url(), "demo/app", Some("v1"), "amd64", 1, &[64]);
+    content::push_image(
+        &registry.url(),
+        "elsewhere/app",
+        Some("v1"),
+        "amd64",
+        2,
+        &[64],
+    );
+    let key = trust::keygen(dir.path(), "ci");
+    trust::sign(
+        &registry.url(),
+        &format!("{}/demo/app:v1", registry.host()),
+        "demo/app",
+        &signed.digest,
+        &key,
+        &[],
+    );
+    let admin = format!("127.0.0.1:{}", free_port());
+    let audit = dir.path().join("audit").join("audit.jsonl");
+    let config = TrustConfig::new(&registry.host(), &registry.url(), &[("ci-2026", &key)]).yaml()
+        + &format!("admin: {{listen: {admin}}}\n")
+        + &audit_yaml.replace("{path}", &audit.display().to_string());
+    let proxy = Proxy::start_with_health(&config, &format!("http://{admin}/healthz"));
+    Setup {
+        registry,
+        proxy,
+        admin: format!("http://{admin}"),
+        audit,
+        _dir: dir,
+        signed_digest: signed.digest,
+    }
+}
+
+fn get_manifest(proxy: &Proxy, repo: &str) -> u16 {
+    common::http::request(
+        "GET",
+        &format!("{}/v2/{repo}/manifests/v1", proxy.url()),
+        &[("Accept", MANIFEST_ACCEPT), ("User-Agent", "ops-test/1.0")],
+        &[],
+    )
+    .unwrap()
+    .status
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
+        .collect()
+}
+
+fn metric(admin: &str, series: &str) -> f64 {
+    let text = common::http::get(&format!("{admin}/metrics"))
+        .unwrap()
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_denied_pull_is_audited_counted_and_explained() {
+    let s = setup("audit: {path: {path}, fsync: always}\n");
+    let deny_series = r#"portcullis_decisions_total{verdict="deny",rule="default admission rule",reason="no-signatures"}"#;
+    assert_eq!(metric(&s.admin, deny_series), 0.0);
+    assert_eq!(get_manifest(&s.proxy, "elsewhere/app"), 403);
+    assert_eq!(get_manifest(&s.proxy, "demo/app"), 200);
+
+    assert!(
+        trust::wait_until(Duration::from_secs(5), || lines(&s.audit).len() == 2),
+        "expected 2 audit lines, got {:?}",
+        lines(&s.audit)
+    );
+    let records = lines(&s.audit);
+    let deny = records.iter().find(|r| r["verdict"] == "deny").unwrap();
+    let canonical = format!("{}/elsewhere/app", s.registry.host());
+    assert_eq!(deny["reference"], canonical.as_str());
+    assert_eq!(deny["tag"], "v1");
+    assert!(deny["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(deny["rule"], "default admission rule");
+    assert_eq!(deny["enforcement_mode"], "ENFORCED_BLOCK_AND_AUDIT_LOG");
+    assert_eq!(deny["user_agent"], "ops-test/1.0");
+    assert!(deny["client_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(deny["request_id"].as_u64().is_some());
+    assert!(deny["time"].as_str().unwrap().ends_with('Z'));
+    assert!(deny["latency_ms"].as_f64().is_some());
+    assert_eq!(deny["cache_hit"], false);
+    assert_eq!(deny["attestors"][0]["name"], "built-by-ci");
+    assert_eq!(deny["attestors"][0]["satisfied"], false);
+    assert!(deny["reason"]
+        .as_str()
+        .unwrap()
+        .contains("attestor built-by-ci: no valid signature"));
+    let allow = records.iter().find(|r| r["verdict"] == "allow").unwrap();
+    assert_eq!(allow["digest"], s.signed_digest.as_str());
+    assert_eq!(allow["attestors"][0]["evidence"][0]["result"], "valid");
+    assert_eq!(allow["attestors"][0]["evidence"][0]["key_id"], "ci-2026");
+
+    // The deny counter moved, and the API lists the denial.
+    assert_eq!(metric(&s.admin, deny_series), 1.0);
+    let api = common::http::get(&format!("{}/-/api/decisions?verdict=deny", s.admin))
+        .unwrap()
+        .text();
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["decisions"].as_array().unwrap().len(), 1);
+    assert_eq!(api["decisions"][0]["reference"], canonical.as_str());
+
+    // A cache hit is recorded as one.
+    assert_eq!(get_manifest(&s.proxy, "elsewhere/app"), 403);
+    assert!(trust::wait_until(Duration::from_secs(5), || lines(
+        &s.audit
+    )
+    .len()
+        == 3));
+    assert_eq!(lines(&s.audit)[2]["cache_hit"], true);
+    assert!(metric(&s.admin, "portcullis_verdict_cache_hits_total") >= 1.0);
+}
+
+#[test]
+fn the_registry_port_serves_only_the_registry_api_when_admin_is_separate() {
+    let s = setup("");
+    for path in [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/-/ui",
+        "/-/api/decisions",
+    ] {
+        let r = common::http::get(&format!("{}{path}", s.proxy.url())).unwrap();
+        assert_eq!(r.status, 404, "registry port answered {path}");
+    }
+    for path in ["/metrics", "/healthz", "/readyz", "/-/ui", "/-/api/policy"] {
+        let r = common::http::get(&format!("{}{path}", s.admin)).unwrap();
+        assert_eq!(r.status, 200, "admin port did not answer {path}");
+    }
+    let r = common::http::get(&format!("{}/v2/", s.admin)).unwrap();
+    assert_eq!(r.status, 404, "admin port must not serve the registry API");
+    let policy: serde_json::Value = serde_json::from_str(
+        &common::http::get(&format!("{}/-/api/policy", s.admin))
+            .unwrap()
+            .text(),
+    )
+    .unwrap();
+    assert_eq!(policy["attestors"][0]["keys"][0]["id"], "ci-2026");
+}
+
+#[test]
+fn kill_9_loses_at_most_the_fsync_interval() {
+    let interval = Duration::from_millis(200);
+    let s = setup("audit: {path: {path}, fsync: interval, fsyncInterval: 200ms}\n");
+    // Decisions at a steady pace; remember when each response completed.
+    let mut completed = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let repo = if completed.len() % 2 == 0 {
+            "elsewhere/app"
+        } else {
+            "demo/app"
+        };
+        let status = get_manifest(&s.proxy, repo);
+        assert!(status == 403 || status == 200);
+        completed.push(Instant::now());
+    }
+    run(
+        Command::new("kill").args(["-9", &s.proxy.pid().to_string()]),
+        "kill -9",
+    );
+    let killed = Instant::now();
+    let written = lines(&s.audit).len();
+    // Every decision answered more than one fsync interval (plus scheduling
+    // slack) before the kill must be on disk.
+    let slack = Duration::from_millis(100);
+    let must_have = completed
+        .iter()
+        .filter(|t| killed.duration_since(**t) > interval + slack)
+        .count();
+    assert!(
+        written >= must_have,
+        "audit trail lost records older than the fsync interval: {written} lines, \
+         {must_have} decisions answered more than {:?} before kill -9 ({} in all)",
+        interval + slack,
+        completed.len()
+    );
+    assert!(written <= completed.len(), "more lines than decisions");
+    assert!(must_have > 10, "the load was too small to show anything");
+}
+
+#[test]
+fn the_audit_file_rotates_by_size() {
+    let s = setup("audit: {path: {path}, fsync: always, maxSizeBytes: 2000, maxFiles: 3}\n");
+    for _ in 0..8 {
+        assert_eq!(get_manifest(&s.proxy, "elsewhere/app"), 403);
+    }
+    let rotated = |n: u32| std::path::PathBuf::from(format!("{}.{n}", s.audit.display()));
+    let total = || lines(&s.audit).len() + (1..=3).map(|n| lines(&rotated(n)).len()).sum::<usize>();
+    assert!(
+        trust::wait_until(Duration::from_secs(5), || total() == 8),
+        "expected 8 records across the rotated files, found {}",
+        total()
+    );
+    assert!(rotated(1).exists(), "no rotation happened");
+    for n in 1..=3 {
+        if let Ok(meta) = std::fs::metadata(rotated(n)) {
+            assert!(meta.len() < 2000 + 4096, "rotated file {n} is too large");
+        }
+    }
+}
+
+/// A webhook receiver: records each request body, answers 200.
+fn receiver() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send((request_line, body)).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn a_denied_pull_reaches_the_webhook() {
+    let (url, deliveries) = receiver();
+    let s = setup(&format!(
+        "alerts: {{webhooks: [{{url: \"{url}\", format: json, on: [deny]}}]}}\n"
+    ));
+    assert_eq!(get_manifest(&s.proxy, "demo/app"), 200);
+    assert_eq!(get_manifest(&s.proxy, "elsewhere/app"), 403);
+    let (line, body) = deliveries
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no webhook delivery");
+    assert!(line.starts_with("POST /hook"), "{line}");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["event"], "deny");
+    assert_eq!(
+        body["record"]["reference"],
+        format!("{}/elsewhere/app", s.registry.host()).as_str()
+    );
+    // The allowed pull sent nothing.
+    assert!(deliveries.recv_timeout(Duration::from_millis(500)).is_err());
+    assert!(trust::wait_until(Duration::from_secs(5), || {
+        metric(&s.admin, "portcullis_alerts_sent_total") >= 1.0
+    }));
+}
