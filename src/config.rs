@@ -77,6 +77,10 @@ pub struct Config {
     /// break-glass decisions).
     #[serde(default)]
     pub alerts: Option<crate::alerts::AlertsConfig>,
+    /// Break-glass: pulling a denied image with a credential and a
+    /// justification, audited and alerted. Off by default.
+    #[serde(default)]
+    pub break_glass: Option<crate::breakglass::BreakGlassConfig>,
 }
 
 /// The admin listener.
@@ -397,6 +401,11 @@ impl Config {
         if let Some(path) = self.audit.as_mut().and_then(|a| a.path.as_mut()) {
             fix(path);
         }
+        if let Some(bg) = &mut self.break_glass {
+            for c in &mut bg.credentials {
+                fix(&mut c.token_file);
+            }
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
@@ -544,6 +553,15 @@ impl Config {
                 return Err(invalid(field, "url", "", message));
             }
         }
+        if let Some(bg) = &self.break_glass {
+            if let Err(message) = crate::breakglass::BreakGlass::from_config(bg) {
+                let (field, message) = message
+                    .split_once(": ")
+                    .map(|(f, m)| (f.to_owned(), m.to_owned()))
+                    .unwrap_or(("breakGlass".to_owned(), message));
+                return Err(invalid(field, "tokenFile", "", message));
+            }
+        }
         if let Some(admin) = &self.admin {
             if admin.listen == self.listen {
                 return Err(invalid(
@@ -626,6 +644,17 @@ impl Config {
         }
         if let Some(alerts) = &self.alerts {
             out.push_str(&format!("alerts: {} webhook(s)\n", alerts.webhooks.len()));
+        }
+        if let Some(bg) = self.break_glass.as_ref().filter(|b| b.enabled) {
+            out.push_str(&format!(
+                "break-glass: ENABLED via header {} for {}\n",
+                bg.header,
+                bg.credentials
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         out.push_str(&format!(
             "timeouts: connect {:?}, read {:?}, shutdown {:?}\n",

@@ -40,6 +40,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod audit;
+pub mod breakglass;
 pub mod commands;
 pub mod config;
 pub mod crypto;

@@ -305,3 +305,78 @@ fn a_denied_pull_reaches_the_webhook() {
         metric(&s.admin, "portcullis_alerts_sent_total") >= 1.0
     }));
 }
+
+#[test]
+fn break_glass_serves_a_denied_image_and_is_audited_and_alerted() {
+    let (url, deliveries) = receiver();
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("oncall.token");
+    std::fs::write(&token_file, "glass-7d1c9e5b2a4f8e60\n").unwrap();
+    let s = setup(&format!(
+        "audit: {{path: {{path}}, fsync: always}}\n\
+         alerts: {{webhooks: [{{url: \"{url}\", on: [breakglass]}}]}}\n\
+         breakGlass:\n  enabled: true\n  credentials:\n    - name: oncall\n      tokenFile: {}\n",
+        token_file.display()
+    ));
+    let pull = |header: Option<&str>| {
+        let mut headers = vec![("Accept", MANIFEST_ACCEPT)];
+        if let Some(h) = header {
+            headers.push(("X-Portcullis-Break-Glass", h));
+        }
+        common::http::request(
+            "GET",
+            &format!("{}/v2/elsewhere/app/manifests/v1", s.proxy.url()),
+            &headers,
+            &[],
+        )
+        .unwrap()
+    };
+    assert_eq!(pull(None).status, 403);
+    assert_eq!(pull(Some("not-the-token-at-all INC-1")).status, 403);
+    assert_eq!(
+        pull(Some("glass-7d1c9e5b2a4f8e60")).status,
+        403,
+        "a justification is required"
+    );
+    let served = pull(Some("glass-7d1c9e5b2a4f8e60 INC-42 prod is down"));
+    assert_eq!(served.status, 200, "{}", served.text());
+    // The image's blobs are servable like an admitted image's.
+    let manifest: serde_json::Value = serde_json::from_slice(&served.body).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let blob =
+        common::http::get(&format!("{}/v2/elsewhere/app/blobs/{layer}", s.proxy.url())).unwrap();
+    assert_eq!(blob.status, 200);
+
+    assert!(trust::wait_until(Duration::from_secs(5), || lines(
+        &s.audit
+    )
+    .iter()
+    .any(|r| r["verdict"] == "breakglass")));
+    let records = lines(&s.audit);
+    let glass = records
+        .iter()
+        .find(|r| r["verdict"] == "breakglass")
+        .unwrap();
+    assert_eq!(glass["identity"], "oncall");
+    assert_eq!(glass["break_glass_justification"], "INC-42 prod is down");
+    assert_eq!(
+        records.iter().filter(|r| r["verdict"] == "deny").count(),
+        3,
+        "the refused attempts are audited as denials"
+    );
+    let text = std::fs::read_to_string(&s.audit).unwrap();
+    assert!(
+        !text.contains("glass-7d1c9e5b2a4f8e60"),
+        "the token leaked into the audit trail"
+    );
+    assert!(
+        !s.proxy.logs().contains("glass-7d1c9e5b2a4f8e60"),
+        "the token leaked into the log"
+    );
+    let (_, body) = deliveries
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no break-glass alert");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["event"], "breakglass");
+    assert_eq!(body["record"]["identity"], "oncall");
+}

@@ -14,7 +14,8 @@ use http::{header, HeaderMap, HeaderValue, Method, Response};
 use http_body_util::{BodyExt, Limited};
 
 use super::{body_from, upstream_failure, ProxyBody, ServeError, MAX_MANIFEST_BYTES};
-use crate::audit::{Client, DecisionRecord, Subject};
+use crate::audit::{Client, DecisionRecord, RecordedVerdict, Subject};
+use crate::breakglass::Attempt;
 use crate::error::ErrorCode;
 use crate::oci::{Digest, Reference};
 use crate::policy::{Decision, Verdict};
@@ -22,6 +23,7 @@ use crate::routing::Route;
 use crate::serve::App;
 use crate::upstream::Upstream;
 use crate::verify::{Admission, Outcome};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Manifests kept in memory: by digest (immutable content; bounded by
@@ -176,14 +178,51 @@ pub async fn serve(
             Ok(respond(&admission, head))
         }
         Outcome::Denied {
-            image,
             decision,
             cache_hit,
+            ..
         } => {
+            let attempt = app
+                .break_glass
+                .as_ref()
+                .map(|g| g.check(client_headers))
+                .unwrap_or(Attempt::None);
+            if let Attempt::Valid(glass) = attempt {
+                let admission = app
+                    .verifier
+                    .admit_break_glass(route, &manifest, Arc::clone(&decision))
+                    .await;
+                let mut rec = record(&decision, cache_hit);
+                rec.verdict = RecordedVerdict::Breakglass;
+                rec.identity = Some(glass.identity.clone());
+                rec.break_glass_justification = Some(glass.justification.clone());
+                rec.reason = format!(
+                    "{} — served by break-glass ({}: {})",
+                    rec.reason, glass.identity, glass.justification
+                );
+                tracing::warn!(
+                    verdict = "breakglass",
+                    identity = %glass.identity,
+                    justification = %glass.justification,
+                    "{}",
+                    rec.reason
+                );
+                app.observer.record(rec).await;
+                return Ok(respond(&admission, head));
+            }
             app.observer.record(record(&decision, cache_hit)).await;
-            tracing::warn!(verdict = "deny", rule = %decision.rule, "{}", decision.message(&image));
+            if let Attempt::Invalid(why) = attempt {
+                tracing::warn!(%why, "break-glass refused");
+            }
+            tracing::warn!(
+                verdict = "deny",
+                rule = %decision.rule,
+                cache_hit,
+                "{}",
+                decision.message(&image)
+            );
             Err(ServeError::Denied {
-                subject: format!("image {image}"),
+                subject: image,
                 decision,
             })
         }

@@ -101,6 +101,7 @@ pub struct App {
     pub verifier: Verifier,
     manifests: manifest::ManifestCache,
     pub observer: Arc<Observer>,
+    break_glass: Option<crate::breakglass::BreakGlass>,
 }
 
 impl App {
@@ -131,6 +132,12 @@ impl App {
             verifier: Verifier::new(policy, config.cache),
             manifests: manifest::ManifestCache::new(&config.cache),
             observer,
+            break_glass: match &config.break_glass {
+                Some(bg) => {
+                    crate::breakglass::BreakGlass::from_config(bg).map_err(SetupError::Policy)?
+                }
+                None => None,
+            },
         })
     }
 

@@ -248,6 +248,33 @@ impl Verifier {
         }))
     }
 
+    /// Admits a denied manifest because a valid break-glass credential was
+    /// presented (the caller has checked it and records the use). Its blobs
+    /// become servable like an admitted image's.
+    pub async fn admit_break_glass<'m>(
+        &self,
+        route: &Route,
+        manifest: &'m Manifest,
+        decision: Arc<Decision>,
+    ) -> Admission<'m> {
+        let policy = self.policy();
+        let key = Key {
+            revision: policy.revision.as_str().into(),
+            upstream: route.upstream,
+            repository: route.repository.as_str().into(),
+            digest: manifest.digest.to_string().into(),
+        };
+        if let Some(shape) = cosign::shape(&manifest.bytes) {
+            self.remember_admitted(&key, &shape, &manifest.media_type)
+                .await;
+        }
+        Admission {
+            manifest,
+            decision,
+            cache_hit: false,
+        }
+    }
+
     /// Whether a blob may be served: always without a policy, under an
     /// ALWAYS_ALLOW or dry-run rule, or when an admitted manifest in the
     /// same repository references it.
