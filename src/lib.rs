@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod oci;
 pub mod policy;
 pub mod reload;
+pub mod replay;
 pub mod routing;
 pub mod serve;
 pub mod server;

@@ -132,6 +132,8 @@ pub fn reason_category(decision: &Decision) -> &'static str {
             let c = check_name(&e.check);
             // Report the most informative failure seen.
             let rank = |c: &str| match c {
+                "condition-failed" => 6,
+                "other-predicate" => 5,
                 "other-digest" => 4,
                 "other-repository" => 3,
                 "unknown-key" => 2,
@@ -153,6 +155,8 @@ fn check_name(check: &Check) -> &'static str {
         Check::OtherDigest { .. } => "other-digest",
         Check::OtherRepository { .. } => "other-repository",
         Check::Malformed { .. } => "malformed",
+        Check::OtherPredicate { .. } => "other-predicate",
+        Check::ConditionFailed { .. } => "condition-failed",
     }
 }
 

@@ -9,6 +9,7 @@
 //!   [`evaluate`] turns the rule and the per-attestor evidence into a
 //!   [`Decision`].
 
+pub mod attestation;
 pub mod pattern;
 
 use std::collections::{BTreeMap, HashMap};
@@ -194,6 +195,10 @@ pub struct AttestorDoc {
     /// Where `.sig` artifacts live, like `COSIGN_REPOSITORY`.
     #[serde(default)]
     pub signature_repository: Option<String>,
+    /// Attestations this attestor must have made (each one required);
+    /// without any, a plain signature satisfies the attestor.
+    #[serde(default)]
+    pub attestations: Vec<attestation::RequirementDoc>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -265,6 +270,8 @@ pub struct Attestor {
     pub name: String,
     pub keys: Vec<AttestorKey>,
     pub signature_repository: Option<String>,
+    /// Required attestations; empty: a signature suffices.
+    pub attestations: Vec<attestation::Requirement>,
 }
 
 /// The compiled policy.
@@ -579,10 +586,20 @@ fn compile_attestor(doc: &AttestorDoc, index: usize) -> Result<Attestor, PolicyE
         };
         keys.push(AttestorKey { id, key: public });
     }
+    let attestations = doc
+        .attestations
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            attestation::Requirement::compile(r)
+                .map_err(|m| err(format!("{field}.attestations[{i}]"), m))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Attestor {
         name,
         keys,
         signature_repository: doc.signature_repository.clone(),
+        attestations,
     })
 }
 
@@ -607,6 +624,11 @@ pub enum Check {
     /// Unusable: undecodable signature, payload not in the expected form,
     /// unknown critical fields…
     Malformed { reason: String },
+    /// A valid attestation, but of another predicate type than required.
+    OtherPredicate { signed: String },
+    /// A valid attestation of the required type whose predicate fails a
+    /// condition.
+    ConditionFailed { reason: String },
 }
 
 impl Check {
@@ -617,6 +639,8 @@ impl Check {
             Check::OtherDigest { .. } => "for another digest",
             Check::OtherRepository { .. } => "for another repository",
             Check::Malformed { .. } => "malformed",
+            Check::OtherPredicate { .. } => "of another predicate type",
+            Check::ConditionFailed { .. } => "failing a condition",
         }
     }
 
@@ -631,6 +655,12 @@ impl Check {
                 format!("valid signature, but for another repository ({signed})")
             }
             Check::Malformed { reason } => format!("malformed: {reason}"),
+            Check::OtherPredicate { signed } => {
+                format!("valid attestation, but of predicate type {signed}")
+            }
+            Check::ConditionFailed { reason } => {
+                format!("valid attestation, but a condition fails: {reason}")
+            }
         }
     }
 }
@@ -673,11 +703,29 @@ impl AttestorResult {
             }
         }
         let parts: Vec<String> = counts.iter().map(|(c, n)| format!("{n} {c}")).collect();
-        format!(
-            "no valid signature ({} checked: {})",
+        let attestation = self.evidence.iter().any(|e| {
+            matches!(
+                e.check,
+                Check::OtherPredicate { .. } | Check::ConditionFailed { .. }
+            ) || e.source.contains(".att ")
+        });
+        let mut text = format!(
+            "no valid {} ({} checked: {})",
+            if attestation {
+                "attestation"
+            } else {
+                "signature"
+            },
             self.evidence.len(),
             parts.join(", ")
-        )
+        );
+        if let Some(reason) = self.evidence.iter().find_map(|e| match &e.check {
+            Check::ConditionFailed { reason } => Some(reason),
+            _ => None,
+        }) {
+            text.push_str(&format!("; condition failed: {reason}"));
+        }
+        text
     }
 }
 

@@ -22,6 +22,7 @@ fn attestor(name: &str) -> AttestorDoc {
             ascii_armored_pgp_public_key: None,
         }],
         signature_repository: None,
+        attestations: Vec::new(),
     }
 }
 

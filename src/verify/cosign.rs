@@ -51,13 +51,80 @@ pub(crate) struct Layer {
     pub annotations: std::collections::HashMap<String, String>,
 }
 
+/// The layer media type of a cosign attestation (`.att`): a DSSE envelope.
+pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
+/// Largest DSSE envelope fetched (SLSA provenance is kilobytes; a few MiB
+/// of SBOM attestation is possible but not something to verify inline).
+pub const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
+
 /// All simple-signing signatures stored for `digest` in `repository`.
 pub async fn signatures(
     upstream: Arc<Upstream>,
     repository: &str,
     digest: &Digest,
 ) -> Result<Vec<Found>, VerifyError> {
-    let tag = format!("{}.sig", digest.tag_form());
+    let layers = artifact_layers(
+        upstream,
+        repository,
+        digest,
+        "sig",
+        SIMPLE_SIGNING,
+        MAX_PAYLOAD_BYTES,
+    )
+    .await?;
+    Ok(layers
+        .into_iter()
+        .map(|(source, layer)| {
+            let candidate = layer.and_then(|(payload, annotations)| {
+                let signature_b64 = annotations
+                    .get(SIGNATURE_ANNOTATION)
+                    .cloned()
+                    .ok_or_else(|| "layer has no signature annotation".to_owned())?;
+                Ok(Candidate {
+                    payload: payload.to_vec(),
+                    signature_b64,
+                })
+            });
+            (source, candidate)
+        })
+        .collect())
+}
+
+/// All DSSE envelopes stored as cosign attestations (`sha256-<hex>.att`)
+/// for `digest` in `repository`.
+pub async fn attestations(
+    upstream: Arc<Upstream>,
+    repository: &str,
+    digest: &Digest,
+) -> Result<Vec<(String, Result<Bytes, String>)>, VerifyError> {
+    let layers = artifact_layers(
+        upstream,
+        repository,
+        digest,
+        "att",
+        DSSE_ENVELOPE,
+        MAX_ENVELOPE_BYTES,
+    )
+    .await?;
+    Ok(layers
+        .into_iter()
+        .map(|(source, layer)| (source, layer.map(|(bytes, _)| bytes)))
+        .collect())
+}
+
+type Annotations = std::collections::HashMap<String, String>;
+
+/// The layers of `media_type` in the `sha256-<hex>.<suffix>` manifest, each
+/// fetched (concurrently, bounded by `limit` bytes) with its annotations.
+async fn artifact_layers(
+    upstream: Arc<Upstream>,
+    repository: &str,
+    digest: &Digest,
+    suffix: &str,
+    media_type: &'static str,
+    limit: usize,
+) -> Result<Vec<(String, Result<(Bytes, Annotations), String>)>, VerifyError> {
+    let tag = format!("{}.{suffix}", digest.tag_form());
     let where_ = format!("{}/{repository}:{tag}", upstream.registry);
     let mut accept = HeaderMap::new();
     accept.insert(
@@ -86,32 +153,28 @@ pub async fn signatures(
         Err(e) => {
             return Ok(vec![(
                 where_,
-                Err(format!("signature manifest is not valid JSON: {e}")),
+                Err(format!("{suffix} manifest is not valid JSON: {e}")),
             )])
         }
     };
     let mut found = Vec::new();
     let mut fetches = tokio::task::JoinSet::new();
-    let signing_layers = manifest
+    let matching = manifest
         .layers
         .into_iter()
         .enumerate()
-        .filter(|(_, l)| l.media_type == SIMPLE_SIGNING);
-    for (count, (index, layer)) in signing_layers.enumerate() {
+        .filter(|(_, l)| l.media_type == media_type);
+    for (count, (index, layer)) in matching.enumerate() {
         let source = format!("{where_} layer {}", index + 1);
         if count >= MAX_SIGNATURE_LAYERS {
             found.push((
                 source,
                 Err(format!(
-                    "more than {MAX_SIGNATURE_LAYERS} signatures; not examined"
+                    "more than {MAX_SIGNATURE_LAYERS} layers; not examined"
                 )),
             ));
             continue;
         }
-        let Some(signature_b64) = layer.annotations.get(SIGNATURE_ANNOTATION).cloned() else {
-            found.push((source, Err("layer has no signature annotation".into())));
-            continue;
-        };
         let layer_digest: Digest = match layer.digest.parse() {
             Ok(d) => d,
             Err(_) => {
@@ -122,29 +185,19 @@ pub async fn signatures(
                 continue;
             }
         };
-        if layer.size > MAX_PAYLOAD_BYTES as u64 {
+        if layer.size > limit as u64 {
             found.push((
                 source,
-                Err(format!(
-                    "payload of {} bytes exceeds {MAX_PAYLOAD_BYTES}",
-                    layer.size
-                )),
+                Err(format!("layer of {} bytes exceeds {limit}", layer.size)),
             ));
             continue;
         }
         let upstream = Arc::clone(&upstream);
         let repository = repository.to_owned();
+        let annotations = layer.annotations;
         fetches.spawn(async move {
-            let payload =
-                fetch_blob(&upstream, &repository, &layer_digest, MAX_PAYLOAD_BYTES).await;
-            (
-                index,
-                source,
-                payload.map(|payload| Candidate {
-                    payload: payload.to_vec(),
-                    signature_b64,
-                }),
-            )
+            let blob = fetch_blob(&upstream, &repository, &layer_digest, limit).await;
+            (index, source, blob.map(|b| (b, annotations)))
         });
     }
     let mut fetched = Vec::new();

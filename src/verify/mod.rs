@@ -17,6 +17,7 @@
 //!   manifests admit their config and layer blobs ([`Verifier::blob_allowed`]).
 
 pub mod cosign;
+pub mod dsse;
 pub mod simple_signing;
 
 use std::collections::HashMap;
@@ -400,28 +401,70 @@ impl Verifier {
                 digest: &manifest.digest.to_string(),
             };
             for ((upstream_index, repository), attestor_names) in locations {
-                self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
-                let found = cosign::signatures(
-                    Arc::clone(&upstreams[upstream_index]),
-                    &repository,
-                    &manifest.digest,
-                )
-                .await?;
+                let upstream = Arc::clone(&upstreams[upstream_index]);
+                let wants_signatures = attestor_names.iter().any(|n| {
+                    policy
+                        .attestors
+                        .get(*n)
+                        .is_some_and(|a| a.attestations.is_empty())
+                });
+                let wants_attestations = attestor_names.iter().any(|n| {
+                    policy
+                        .attestors
+                        .get(*n)
+                        .is_some_and(|a| !a.attestations.is_empty())
+                });
+                let signatures = if wants_signatures {
+                    self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
+                    cosign::signatures(Arc::clone(&upstream), &repository, &manifest.digest).await?
+                } else {
+                    Vec::new()
+                };
+                let envelopes = if wants_attestations {
+                    self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
+                    cosign::attestations(Arc::clone(&upstream), &repository, &manifest.digest)
+                        .await?
+                } else {
+                    Vec::new()
+                };
                 for attestor_name in attestor_names {
                     let Some(attestor) = policy.attestors.get(attestor_name) else {
                         continue;
                     };
-                    let checks = found.iter().map(|(source, candidate)| Evidence {
-                        source: source.clone(),
-                        check: match candidate {
-                            Ok(c) => {
-                                simple_signing::check(c, attestor, &subject, &rule.signed_identity)
-                            }
-                            Err(reason) => Check::Malformed {
-                                reason: reason.clone(),
-                            },
-                        },
-                    });
+                    let checks: Vec<Evidence> = if attestor.attestations.is_empty() {
+                        signatures
+                            .iter()
+                            .map(|(source, candidate)| Evidence {
+                                source: source.clone(),
+                                check: match candidate {
+                                    Ok(c) => simple_signing::check(
+                                        c,
+                                        attestor,
+                                        &subject,
+                                        &rule.signed_identity,
+                                    ),
+                                    Err(reason) => Check::Malformed {
+                                        reason: reason.clone(),
+                                    },
+                                },
+                            })
+                            .collect()
+                    } else {
+                        envelopes
+                            .iter()
+                            .map(|(source, envelope)| Evidence {
+                                source: source.clone(),
+                                check: match envelope {
+                                    Ok(bytes) => {
+                                        check_attestation(bytes, attestor, manifest.digest.hex())
+                                    }
+                                    Err(reason) => Check::Malformed {
+                                        reason: reason.clone(),
+                                    },
+                                },
+                            })
+                            .collect()
+                    };
                     evidence
                         .entry(attestor_name.to_owned())
                         .or_default()
@@ -486,6 +529,38 @@ impl Verifier {
             self.blobs.insert(with_digest(&blob.digest), ()).await;
         }
     }
+}
+
+/// Checks one DSSE envelope for an attestor that requires attestations:
+/// valid if it meets any of the attestor's requirements; otherwise the
+/// most telling failure.
+fn check_attestation(
+    envelope: &[u8],
+    attestor: &crate::policy::Attestor,
+    digest_hex: &str,
+) -> Check {
+    let verified = match dsse::verify(envelope, attestor) {
+        Ok(v) => v,
+        Err(check) => return check,
+    };
+    let checks: Vec<Check> = attestor
+        .attestations
+        .iter()
+        .map(|r| verified.check(digest_hex, Some(r)))
+        .collect();
+    if let Some(valid) = checks.iter().find(|c| matches!(c, Check::Valid { .. })) {
+        return valid.clone();
+    }
+    // Prefer a failed condition on the right predicate type over "another
+    // predicate type", so the message names what to fix.
+    checks
+        .iter()
+        .find(|c| !matches!(c, Check::OtherPredicate { .. }))
+        .or(checks.first())
+        .cloned()
+        .unwrap_or(Check::Malformed {
+            reason: "no requirement to check".into(),
+        })
 }
 
 /// Where an attestor's signatures live: the image's repository, or its
