@@ -33,7 +33,8 @@
 //! - [`error`]: OCI error codes and the wire envelope.
 //! - [`telemetry`]: logging setup; [`reload`]: policy hot reload (SIGHUP,
 //!   file changes); [`commands`]: the one-shot CLI commands (`keygen`,
-//!   `sign`, `verify`).
+//!   `sign`, `verify`); [`replay`]: `policy replay`, what a candidate
+//!   policy would change for the pulls an audit trail recorded.
 
 #![forbid(unsafe_code)]
 

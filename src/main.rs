@@ -65,6 +65,11 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Evaluate the policy for an image against the live upstream and
     /// explain the decision. Exit 0 allow, 1 deny, 2 error.
     Verify {
@@ -72,6 +77,26 @@ enum Command {
         reference: String,
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Re-evaluate the pulls recorded in an audit trail against a candidate
+    /// configuration and print what would change.
+    Replay {
+        /// The audit trail (JSON lines, as written by `audit.path`).
+        #[arg(long)]
+        audit: PathBuf,
+        /// The candidate configuration (its policy and attestors are used).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Use only the evidence recorded in the audit trail; no network.
+        #[arg(long)]
+        offline: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -159,6 +184,40 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Replay {
+                    audit,
+                    config,
+                    offline,
+                    json,
+                },
+        } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let options = portcullis::replay::ReplayOptions { offline };
+            let result = runtime()
+                .and_then(|rt| rt.block_on(portcullis::replay::replay(&audit, &config, options)));
+            match result {
+                Ok(report) => {
+                    if json {
+                        println!("{}", report.to_json());
+                    } else {
+                        print!("{}", report.render());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -409,6 +409,14 @@ fn recorded_evidence(
             .get(name)
             .map(|a| a.keys.iter().map(|k| k.id.as_str()).collect())
             .unwrap_or_default();
+        // A plain signature (`.sig`) never stands in for a required
+        // attestation (`.att`), nor the other way round. (Offline, the
+        // conditions of a recorded valid attestation are not re-checked.)
+        let wants_attestation = policy
+            .attestors
+            .get(name)
+            .is_some_and(|a| !a.attestations.is_empty());
+        let fits = |source: &str| source.contains(".att ") == wants_attestation;
         let mut found: Vec<Evidence> = Vec::new();
         // Signatures verified with a key this attestor holds, whoever
         // checked them at the time.
@@ -418,7 +426,7 @@ fn recorded_evidence(
                     f.source == e.source
                         && matches!(&f.check, Check::Valid { key_id: k } if *k == key_id)
                 });
-                if keys.contains(key_id.as_str()) && !already {
+                if keys.contains(key_id.as_str()) && !already && fits(&e.source) {
                     found.push(Evidence {
                         source: e.source.clone(),
                         check: Check::Valid { key_id },
@@ -430,7 +438,18 @@ fn recorded_evidence(
             Some(same) => {
                 for e in &same.evidence {
                     let check = match check_from_record(e) {
-                        Check::Valid { key_id } if keys.contains(key_id.as_str()) => continue,
+                        Check::Valid { key_id }
+                            if keys.contains(key_id.as_str()) && fits(&e.source) =>
+                        {
+                            continue
+                        }
+                        Check::Valid { .. } if !fits(&e.source) => Check::Malformed {
+                            reason: if wants_attestation {
+                                "a signature, but this attestor requires an attestation".into()
+                            } else {
+                                "an attestation, but this attestor requires a signature".into()
+                            },
+                        },
                         // Verified then with a key this attestor no longer holds.
                         Check::Valid { .. } => Check::UnknownKey,
                         other => other,
