@@ -1,0 +1,774 @@
+//! The deployment files in `docker/`, checked without a container engine or
+//! a cluster (neither runs here):
+//!
+//! - `docker/compose.yaml` and every `docker/k8s/*.yaml` parse with a real
+//!   YAML parser (multi-document files included);
+//! - every file they reference exists (build context, Dockerfile, bind
+//!   mounts, kustomize resources);
+//! - ports agree: container ports, published ports, probes and Services
+//!   match `listen` / `admin.listen` of the Portcullis config they run;
+//! - every embedded Portcullis config (`docker/portcullis.yaml` with the
+//!   files mounted next to it, the ConfigMap's data) passes
+//!   `portcullis check --config`, laid out in a temp dir exactly as the
+//!   container sees it;
+//! - the runtime configs in `docker/runtimes/` (tested with the real
+//!   runtimes in tests/runtime_mirrors.rs) are the ones README.md shows.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+const PORTCULLIS: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn docker_dir() -> PathBuf {
+    root().join("docker")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Every YAML document in `path` (empty documents skipped).
+fn documents(path: &Path) -> Vec<Value> {
+    let text = read(path);
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let v = Value::deserialize(doc)
+            .unwrap_or_else(|e| panic!("{} document {i}: {e}", path.display()));
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    assert!(
+        !docs.is_empty(),
+        "{} holds no YAML document",
+        path.display()
+    );
+    docs
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut cur = v;
+    for key in path {
+        cur = cur
+            .get(*key)
+            .unwrap_or_else(|| panic!("missing {} in {v:?}", path.join(".")));
+    }
+    cur.as_str()
+        .unwrap_or_else(|| panic!("{} is not a string: {cur:?}", path.join(".")))
+}
+
+fn seq<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key)
+        .and_then(Value::as_sequence)
+        .map(Vec::as_slice)
+        .unwrap_or_else(|| panic!("{key} is not a list in {v:?}"))
+}
+
+fn as_str(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
+}
+
+fn as_u64(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not an unsigned integer: {v:?}"))
+}
+
+/// The text after `flag` in an argument list.
+fn arg_after<'a>(args: &'a [Value], flag: &str) -> &'a str {
+    let i = args
+        .iter()
+        .position(|a| a.as_str() == Some(flag))
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    as_str(&args[i + 1])
+}
+
+// ------------------------------------------------------ portcullis configs
+
+/// What the deployment files must agree with in a Portcullis config.
+#[derive(Debug)]
+struct PortcullisConfig {
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    /// Relative file paths it names (resolved against its directory).
+    relative_files: Vec<String>,
+    /// Absolute file paths it names.
+    absolute_files: Vec<String>,
+    /// `audit.path`, when audit goes to a file.
+    audit_path: Option<String>,
+    upstream_urls: Vec<String>,
+    shutdown_secs: u64,
+}
+
+fn parse_config(text: &str) -> PortcullisConfig {
+    let v: Value = serde_yaml_ng::from_str(text).unwrap();
+    let addr = |s: &str| -> SocketAddr { s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}")) };
+    let mut files = Vec::new();
+    let mut push = |f: Option<&Value>| {
+        if let Some(s) = f.and_then(Value::as_str) {
+            files.push(s.to_owned());
+        }
+    };
+    push(v.get("policyFile"));
+    if let Some(tls) = v.get("tls") {
+        push(tls.get("cert"));
+        push(tls.get("key"));
+    }
+    let mut upstream_urls = Vec::new();
+    for u in seq(&v, "upstreams") {
+        push(u.get("auth").and_then(|a| a.get("passwordFile")));
+        push(u.get("caFile"));
+        if let Some(url) = u.get("url").and_then(Value::as_str) {
+            upstream_urls.push(url.to_owned());
+        }
+    }
+    let audit_path = v
+        .get("audit")
+        .and_then(|a| a.get("path"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let shutdown_secs = v
+        .get("timeouts")
+        .and_then(|t| t.get("shutdown"))
+        .and_then(Value::as_str)
+        .map(|s| {
+            s.strip_suffix('s')
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("timeouts.shutdown {s:?}: expected whole seconds"))
+        })
+        .unwrap_or(30);
+    let (relative_files, absolute_files) = files.into_iter().partition(|f| !f.starts_with('/'));
+    PortcullisConfig {
+        listen: addr(str_at(&v, &["listen"])),
+        admin: v.get("admin").map(|a| addr(str_at(a, &["listen"]))),
+        relative_files,
+        absolute_files,
+        audit_path,
+        upstream_urls,
+        shutdown_secs,
+    }
+}
+
+/// Writes `files` (`relative path → contents`) into a temp dir and runs
+/// `portcullis check --config <dir>/<config>`; panics unless it exits 0.
+/// Returns its summary.
+fn portcullis_check(files: &BTreeMap<String, String>, config: &str, what: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    for (rel, text) in files {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+    }
+    let out = Command::new(PORTCULLIS)
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join(config))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "portcullis check rejects {what}:\n{text}"
+    );
+    assert!(text.contains("configuration is valid"), "{what}: {text}");
+    text
+}
+
+/// The listeners of a container's config must be reachable from outside
+/// the container.
+fn assert_listens_on_all_interfaces(c: &PortcullisConfig, what: &str) {
+    assert!(
+        c.listen.ip().is_unspecified(),
+        "{what}: listen {} is not reachable from outside the container",
+        c.listen
+    );
+    let admin = c
+        .admin
+        .unwrap_or_else(|| panic!("{what}: no admin listener for /metrics and the probes"));
+    assert!(admin.ip().is_unspecified(), "{what}: admin.listen {admin}");
+    assert_ne!(admin.port(), c.listen.port(), "{what}: one port for both");
+}
+
+// ----------------------------------------------------------- Dockerfile
+
+struct Dockerfile {
+    uid: u64,
+    exposed: BTreeSet<u16>,
+    text: String,
+}
+
+fn dockerfile() -> Dockerfile {
+    let text = read(&docker_dir().join("Dockerfile"));
+    let user = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("Dockerfile sets USER");
+    let uid = user.split(':').next().unwrap().trim().parse().unwrap();
+    let exposed = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(|l| l.split_whitespace().map(|p| p.parse::<u16>().unwrap()))
+        .collect();
+    Dockerfile { uid, exposed, text }
+}
+
+#[test]
+fn dockerfile_runs_as_non_root_and_exposes_the_deployed_ports() {
+    let d = dockerfile();
+    assert_ne!(d.uid, 0, "the image must not run as root");
+    let compose = parse_config(&read(&docker_dir().join("portcullis.yaml")));
+    for port in [compose.listen.port(), compose.admin.unwrap().port()] {
+        assert!(
+            d.exposed.contains(&port),
+            "Dockerfile EXPOSE {:?} lacks {port}",
+            d.exposed
+        );
+    }
+    // The image's own default config is checked at build time.
+    assert!(d.text.contains("portcullis check --config"));
+    assert!(root().join("docker/Dockerfile.dockerignore").is_file());
+}
+
+// -------------------------------------------------------------- compose
+
+/// A compose volume entry: `source:target[:mode]`.
+struct Mount {
+    source: String,
+    target: String,
+    read_only: bool,
+}
+
+fn mounts(service: &Value) -> Vec<Mount> {
+    seq(service, "volumes")
+        .iter()
+        .map(|v| {
+            let parts: Vec<&str> = as_str(v).split(':').collect();
+            assert!(
+                (2..=3).contains(&parts.len()),
+                "volume {v:?}: expected source:target[:mode]"
+            );
+            Mount {
+                source: parts[0].to_owned(),
+                target: parts[1].to_owned(),
+                read_only: parts
+                    .get(2)
+                    .is_some_and(|m| m.split(',').any(|o| o == "ro")),
+            }
+        })
+        .collect()
+}
+
+fn is_bind(source: &str) -> bool {
+    source.starts_with("./") || source.starts_with("../") || source.starts_with('/')
+}
+
+/// `[ip:]host:container[/proto]` → `(ip, host port, container port)`.
+fn published(spec: &str) -> (Option<String>, u16, u16) {
+    let spec = spec.split('/').next().unwrap();
+    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+    let container = parts[0].parse().unwrap();
+    let host = parts
+        .get(1)
+        .unwrap_or_else(|| panic!("port {spec:?} is not published on the host"))
+        .parse()
+        .unwrap();
+    (parts.get(2).map(|s| s.to_string()), host, container)
+}
+
+#[test]
+fn compose_file_references_existing_files_and_consistent_ports() {
+    let dir = docker_dir();
+    let docs = documents(&dir.join("compose.yaml"));
+    assert_eq!(docs.len(), 1, "compose.yaml is one document");
+    let compose = &docs[0];
+    let services = compose.get("services").expect("services");
+    let declared_volumes: BTreeSet<String> = compose
+        .get("volumes")
+        .and_then(Value::as_mapping)
+        .map(|m| m.keys().map(|k| as_str(k).to_owned()).collect())
+        .unwrap_or_default();
+
+    // The upstream: a CNCF distribution registry (listens on 5000 by default).
+    let registry = services.get("registry").expect("registry service");
+    assert!(str_at(registry, &["image"]).starts_with("registry:2"));
+
+    let p = services.get("portcullis").expect("portcullis service");
+    // Build context and Dockerfile, relative to docker/.
+    let context = dir.join(str_at(p, &["build", "context"]));
+    assert!(
+        context.join("Cargo.toml").is_file(),
+        "build context {context:?} is not the crate"
+    );
+    let dockerfile = context.join(str_at(p, &["build", "dockerfile"]));
+    assert!(dockerfile.is_file(), "{dockerfile:?} missing");
+    assert_eq!(
+        dockerfile.canonicalize().unwrap(),
+        dir.join("Dockerfile").canonicalize().unwrap()
+    );
+
+    // Every mount: bind sources exist, named volumes are declared.
+    let mounts = mounts(p);
+    for m in &mounts {
+        if is_bind(&m.source) {
+            assert!(
+                dir.join(&m.source).exists(),
+                "bind mount source {} missing",
+                m.source
+            );
+            assert!(m.read_only, "bind mount {} should be read-only", m.source);
+        } else {
+            assert!(
+                declared_volumes.contains(&m.source),
+                "volume {} not declared",
+                m.source
+            );
+        }
+    }
+    let mount_at = |target: &str| mounts.iter().find(|m| m.target == target);
+
+    // The config the command names is the mounted docker/portcullis.yaml.
+    let command = seq(p, "command");
+    assert_eq!(as_str(&command[0]), "serve");
+    let config_target = arg_after(command, "--config");
+    let config_mount = mount_at(config_target)
+        .unwrap_or_else(|| panic!("--config {config_target} is not a mounted file"));
+    let config_source = dir.join(&config_mount.source);
+    assert_eq!(
+        config_source.canonicalize().unwrap(),
+        dir.join("portcullis.yaml").canonicalize().unwrap()
+    );
+    let text = read(&config_source);
+    let config = parse_config(&text);
+    assert_listens_on_all_interfaces(&config, "docker/portcullis.yaml");
+
+    // Files it names relative to itself are mounted next to it; lay them
+    // out the same way for `portcullis check`.
+    let config_dir = Path::new(config_target).parent().unwrap();
+    let mut files = BTreeMap::new();
+    files.insert("portcullis.yaml".to_owned(), text.clone());
+    for rel in &config.relative_files {
+        let target = config_dir.join(rel);
+        let m = mount_at(target.to_str().unwrap())
+            .unwrap_or_else(|| panic!("{rel} (at {target:?}) is not mounted"));
+        files.insert(rel.clone(), read(&dir.join(&m.source)));
+    }
+    assert!(
+        config.absolute_files.is_empty(),
+        "{:?}",
+        config.absolute_files
+    );
+    let summary = portcullis_check(&files, "portcullis.yaml", "docker/portcullis.yaml");
+    assert!(summary.contains("REQUIRE_ATTESTATION"), "{summary}");
+    assert!(summary.contains("attestor built-by-ci"), "{summary}");
+
+    // The audit trail goes to a writable named volume (the root fs is
+    // read-only) that the image creates for its user.
+    let audit = config.audit_path.as_deref().expect("audit.path");
+    let audit_dir = Path::new(audit).parent().unwrap().to_str().unwrap();
+    let m = mount_at(audit_dir).unwrap_or_else(|| panic!("{audit_dir} is not a volume"));
+    assert!(!is_bind(&m.source) && !m.read_only);
+    assert!(
+        dockerfile_text_creates(audit_dir),
+        "the Dockerfile does not create {audit_dir} for its user"
+    );
+    assert_eq!(p.get("read_only").and_then(Value::as_bool), Some(true));
+
+    // Published ports: the registry port, and the admin port on loopback.
+    let ports: Vec<_> = seq(p, "ports")
+        .iter()
+        .map(|s| published(as_str(s)))
+        .collect();
+    let by_container = |port: u16| {
+        ports
+            .iter()
+            .find(|(_, _, c)| *c == port)
+            .unwrap_or_else(|| panic!("container port {port} is not published: {ports:?}"))
+    };
+    by_container(config.listen.port());
+    let (ip, _, _) = by_container(config.admin.unwrap().port());
+    assert_eq!(
+        ip.as_deref(),
+        Some("127.0.0.1"),
+        "admin port published beyond loopback"
+    );
+    let container_ports: BTreeSet<u16> = ports.iter().map(|(_, _, c)| *c).collect();
+    assert_eq!(
+        container_ports,
+        BTreeSet::from([config.listen.port(), config.admin.unwrap().port()]),
+        "published ports that nothing listens on"
+    );
+
+    // The upstream URL names the registry service on its port.
+    assert_eq!(
+        config.upstream_urls,
+        vec!["http://registry:5000".to_owned()]
+    );
+    assert!(seq(p, "depends_on").iter().any(|d| as_str(d) == "registry"));
+    // The registry is published for pushing on the port the config's
+    // canonical name uses (`localhost:5001`).
+    let reg_ports: Vec<_> = seq(registry, "ports")
+        .iter()
+        .map(|s| published(as_str(s)))
+        .collect();
+    assert!(
+        reg_ports.iter().any(|(_, h, c)| *h == 5001 && *c == 5000),
+        "{reg_ports:?}"
+    );
+    assert!(text.contains("registry: localhost:5001"));
+}
+
+fn dockerfile_text_creates(dir: &str) -> bool {
+    dockerfile()
+        .text
+        .lines()
+        .any(|l| l.contains("install -d") && l.contains("65532") && l.contains(dir))
+}
+
+// ---------------------------------------------------------- kubernetes
+
+struct K8s {
+    /// `(file name, document)` for every manifest.
+    docs: Vec<(String, Value)>,
+}
+
+impl K8s {
+    fn load() -> K8s {
+        let dir = docker_dir().join("k8s");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+            .collect();
+        names.sort();
+        assert!(!names.is_empty());
+        let mut docs = Vec::new();
+        for n in names {
+            for d in documents(&dir.join(&n)) {
+                assert!(
+                    d.get("apiVersion").and_then(Value::as_str).is_some(),
+                    "{n}: apiVersion"
+                );
+                assert!(d.get("kind").and_then(Value::as_str).is_some(), "{n}: kind");
+                docs.push((n.clone(), d));
+            }
+        }
+        K8s { docs }
+    }
+
+    fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.docs
+            .iter()
+            .filter(|(_, d)| str_at(d, &["kind"]) == kind)
+            .map(|(_, d)| d)
+            .collect()
+    }
+
+    fn one(&self, kind: &str, name: &str) -> &Value {
+        let v: Vec<_> = self
+            .of_kind(kind)
+            .into_iter()
+            .filter(|d| str_at(d, &["metadata", "name"]) == name)
+            .collect();
+        assert_eq!(v.len(), 1, "{kind}/{name}");
+        v[0]
+    }
+}
+
+/// Whether every `selector` label is on the pod.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let sel = selector.as_mapping().expect("selector map");
+    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(as_str(k)) == Some(v))
+}
+
+/// A probe's or Service's port (name or number) → container port.
+fn resolve_port(port: &Value, named: &BTreeMap<String, u16>) -> u16 {
+    match port.as_str() {
+        Some(name) => *named
+            .get(name)
+            .unwrap_or_else(|| panic!("no container port named {name}: {named:?}")),
+        None => u16::try_from(as_u64(port)).unwrap(),
+    }
+}
+
+#[test]
+fn k8s_manifests_parse_and_agree_with_the_configmap() {
+    let k = K8s::load();
+    let dir = docker_dir().join("k8s");
+
+    // kustomization.yaml lists exactly the other manifests.
+    let kustomization = k.of_kind("Kustomization");
+    assert_eq!(kustomization.len(), 1);
+    let listed: BTreeSet<String> = seq(kustomization[0], "resources")
+        .iter()
+        .map(|r| as_str(r).to_owned())
+        .collect();
+    let files: BTreeSet<String> = k
+        .docs
+        .iter()
+        .filter(|(_, d)| str_at(d, &["kind"]) != "Kustomization")
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(
+        listed, files,
+        "kustomization resources vs files in docker/k8s"
+    );
+    for f in &listed {
+        assert!(dir.join(f).is_file());
+    }
+
+    // One namespace, defined here.
+    let ns = str_at(k.one("Namespace", "portcullis"), &["metadata", "name"]);
+    for (n, d) in &k.docs {
+        let kind = str_at(d, &["kind"]);
+        if kind != "Namespace" && kind != "Kustomization" {
+            assert_eq!(str_at(d, &["metadata", "namespace"]), ns, "{n}: {kind}");
+        }
+    }
+
+    // The Deployment.
+    let deploy = k.one("Deployment", "portcullis");
+    let spec = deploy.get("spec").unwrap();
+    let replicas = as_u64(spec.get("replicas").unwrap());
+    assert!(replicas >= 3, "replicas {replicas}");
+    let pod = spec.get("template").unwrap();
+    let labels = pod.get("metadata").unwrap().get("labels").unwrap();
+    assert!(selects(
+        spec.get("selector").unwrap().get("matchLabels").unwrap(),
+        labels
+    ));
+    let pod_spec = pod.get("spec").unwrap();
+    let psc = pod_spec
+        .get("securityContext")
+        .expect("pod securityContext");
+    assert_eq!(psc.get("runAsNonRoot").and_then(Value::as_bool), Some(true));
+    assert_eq!(as_u64(psc.get("runAsUser").unwrap()), dockerfile().uid);
+    let containers = seq(pod_spec, "containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let csc = c.get("securityContext").expect("container securityContext");
+    assert_eq!(
+        csc.get("readOnlyRootFilesystem").and_then(Value::as_bool),
+        Some(true)
+    );
+    assert_eq!(
+        csc.get("allowPrivilegeEscalation").and_then(Value::as_bool),
+        Some(false)
+    );
+    for kind in ["requests", "limits"] {
+        let r = c.get("resources").and_then(|r| r.get(kind));
+        assert!(
+            r.is_some_and(|r| r.get("memory").is_some()),
+            "resources.{kind}.memory"
+        );
+    }
+
+    // The config: --config names a key of the ConfigMap mounted there.
+    let args = seq(c, "args");
+    assert_eq!(as_str(&args[0]), "serve");
+    let config_path = Path::new(arg_after(args, "--config"));
+    let mounts = seq(c, "volumeMounts");
+    let volumes = seq(pod_spec, "volumes");
+    let volume = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| str_at(v, &["name"]) == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    };
+    let config_mount = mounts
+        .iter()
+        .find(|m| Path::new(str_at(m, &["mountPath"])) == config_path.parent().unwrap())
+        .expect("a volume mounted where --config points");
+    assert_eq!(
+        config_mount.get("readOnly").and_then(Value::as_bool),
+        Some(true)
+    );
+    let cm_name = str_at(
+        volume(str_at(config_mount, &["name"])),
+        &["configMap", "name"],
+    );
+    let cm = k.one("ConfigMap", cm_name);
+    let data: BTreeMap<String, String> = cm
+        .get("data")
+        .and_then(Value::as_mapping)
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (as_str(k).to_owned(), as_str(v).to_owned()))
+        .collect();
+    let key = config_path.file_name().unwrap().to_str().unwrap();
+    let text = data
+        .get(key)
+        .unwrap_or_else(|| panic!("ConfigMap {cm_name} has no {key}"));
+    let config = parse_config(text);
+    assert_listens_on_all_interfaces(&config, "the ConfigMap's portcullis.yaml");
+    for rel in &config.relative_files {
+        assert!(
+            data.contains_key(rel),
+            "{rel} is not in ConfigMap {cm_name}"
+        );
+    }
+    assert!(
+        config.absolute_files.is_empty(),
+        "{:?}",
+        config.absolute_files
+    );
+    if let Some(audit) = &config.audit_path {
+        // The root filesystem is read-only: the audit file needs a volume.
+        assert!(
+            mounts
+                .iter()
+                .any(|m| audit.starts_with(str_at(m, &["mountPath"]))
+                    && m.get("readOnly").and_then(Value::as_bool) != Some(true)),
+            "audit.path {audit} is not on a writable volume"
+        );
+    }
+    let summary = portcullis_check(&data, key, "the ConfigMap's portcullis.yaml");
+    assert!(summary.contains("attestor built-by-ci"), "{summary}");
+    let grace = as_u64(pod_spec.get("terminationGracePeriodSeconds").unwrap());
+    assert!(
+        grace > config.shutdown_secs,
+        "grace {grace}s <= timeouts.shutdown"
+    );
+
+    // Container ports = the config's listeners.
+    let named: BTreeMap<String, u16> = seq(c, "ports")
+        .iter()
+        .map(|p| {
+            (
+                str_at(p, &["name"]).to_owned(),
+                u16::try_from(as_u64(p.get("containerPort").unwrap())).unwrap(),
+            )
+        })
+        .collect();
+    let listen = config.listen.port();
+    let admin = config.admin.unwrap().port();
+    assert_eq!(
+        named,
+        BTreeMap::from([("admin".to_owned(), admin), ("registry".to_owned(), listen)])
+    );
+
+    // Probes on the admin port.
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = c.get(probe).and_then(|p| p.get("httpGet")).expect(probe);
+        assert_eq!(str_at(get, &["path"]), path, "{probe}");
+        assert_eq!(
+            resolve_port(get.get("port").unwrap(), &named),
+            admin,
+            "{probe} port"
+        );
+    }
+
+    // The attestation store: optional, read-only.
+    let store = mounts
+        .iter()
+        .find(|m| str_at(m, &["name"]) == "attestation-store")
+        .expect("attestation-store mount");
+    assert_eq!(store.get("readOnly").and_then(Value::as_bool), Some(true));
+    let store_volume = volume("attestation-store");
+    let optional = store_volume
+        .get("configMap")
+        .and_then(|c| c.get("optional"))
+        .and_then(Value::as_bool);
+    assert_eq!(
+        optional,
+        Some(true),
+        "the attestation store must be optional"
+    );
+
+    // Services: the registry port and the admin port, separately.
+    let svc_port = |name: &str| {
+        let svc = k.one("Service", name);
+        assert!(
+            selects(svc.get("spec").unwrap().get("selector").unwrap(), labels),
+            "{name}"
+        );
+        let ports = seq(svc.get("spec").unwrap(), "ports");
+        assert_eq!(ports.len(), 1, "Service {name} exposes one port");
+        resolve_port(ports[0].get("targetPort").unwrap(), &named)
+    };
+    assert_eq!(svc_port("portcullis"), listen);
+    assert_eq!(svc_port("portcullis-admin"), admin);
+
+    // The disruption budget keeps replicas serving.
+    let pdb = k.one("PodDisruptionBudget", "portcullis");
+    let pdb_spec = pdb.get("spec").unwrap();
+    assert!(selects(
+        pdb_spec
+            .get("selector")
+            .unwrap()
+            .get("matchLabels")
+            .unwrap(),
+        labels
+    ));
+    assert!(as_u64(pdb_spec.get("minAvailable").unwrap()) < replicas);
+
+    // The scaling note.
+    let note = read(&dir.join("README.md"));
+    for words in ["horizontally", "per replica", "read-only"] {
+        assert!(note.contains(words), "docker/k8s/README.md lacks {words:?}");
+    }
+}
+
+// ----------------------------------------------------- runtime configs
+
+/// Config lines (no comments, no blank lines) of a documented runtime file.
+fn config_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect()
+}
+
+#[test]
+fn readme_shows_the_tested_runtime_configs() {
+    let readme = read(&root().join("README.md"));
+    let start = readme
+        .find("## Pointing runtimes at Portcullis")
+        .expect("README section \"Pointing runtimes at Portcullis\"");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let runtimes = docker_dir().join("runtimes");
+    for rel in [
+        "containers/registries.conf.d/portcullis.conf",
+        "containerd/certs.d/registry.example.com/hosts.toml",
+        "containerd/certs.d/docker.io/hosts.toml",
+        "docker/daemon.json",
+    ] {
+        let text = read(&runtimes.join(rel));
+        let lines = config_lines(&text);
+        assert!(!lines.is_empty(), "{rel}");
+        // The file's config lines appear in the section, in order.
+        let block = lines.join("\n");
+        let section_lines = config_lines(section).join("\n");
+        assert!(
+            section_lines.contains(&block),
+            "README \"Pointing runtimes at Portcullis\" does not show docker/runtimes/{rel}:\n{block}"
+        );
+    }
+    // docker's daemon.json is valid JSON naming the proxy as a mirror and
+    // as an insecure (plain HTTP) registry.
+    let daemon: serde_json::Value =
+        serde_json::from_str(&read(&runtimes.join("docker/daemon.json"))).unwrap();
+    assert_eq!(
+        daemon["registry-mirrors"][0],
+        "http://portcullis.example.com:5000"
+    );
+    assert_eq!(
+        daemon["insecure-registries"][0],
+        "portcullis.example.com:5000"
+    );
+}
