@@ -102,7 +102,7 @@ find_cargo() {
     done
     export PATH
     command -v cargo >/dev/null 2>&1 ||
-        die "cargo not found (looked on PATH, \$CARGO_HOME/bin, ~/.cargo/bin, /usr/local/cargo/bin). Install Rust >= 1.80 (rustup) and rerun."
+        die "cargo not found (looked on PATH, \$CARGO_HOME/bin, ~/.cargo/bin, /usr/local/cargo/bin). Install Rust >= 1.85 (rustup) and rerun."
     cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
     cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
 }
