@@ -57,8 +57,16 @@ impl BodyOutcome {
 }
 
 fn get_body_outcome(proxy: &Proxy, target: &str) -> BodyOutcome {
-    let r = http::request_streaming("GET", &format!("{}{target}", proxy.url()), &[], None)
-        .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+    let r = match http::request_streaming("GET", &format!("{}{target}", proxy.url()), &[], None) {
+        Ok(r) => r,
+        // The connection was closed before a status line: the client got
+        // nothing at all (e.g. a small corrupt blob whose only chunk was
+        // withheld before the headers were flushed).
+        Err(e) => {
+            eprintln!("GET {target}: no response: {e}");
+            return BodyOutcome::Aborted(0);
+        }
+    };
     if !(200..300).contains(&r.status) {
         return BodyOutcome::Refused(r.status);
     }
