@@ -52,11 +52,20 @@ as_root() {
 #                    not needed for pulls as root, cheap to have
 #   ca-certificates, curl, jq, openssl
 #                    TLS roots, and small helpers tests and scripts use
+#   chromium         the headless browser tests/dashboard.rs drives the
+#                    dashboard (/-/ui) in, through playwright-core
+#   nodejs, npm      only when no `node` is on PATH (a NodeSource nodejs
+#                    bundles npm and conflicts with Debian's npm package);
+#                    tests/ui/ pins a playwright-core that runs on Node >= 18
 APT_PACKAGES=(
     ca-certificates curl jq openssl
     docker-registry skopeo podman containerd
     uidmap iptables slirp4netns
+    chromium
 )
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    APT_PACKAGES+=(nodejs npm)
+fi
 
 install_packages() {
     if [ "${PORTCULLIS_SKIP_APT:-0}" = 1 ]; then
@@ -84,7 +93,7 @@ install_packages() {
     # Always run the install so a fresh machine and this one take the same path.
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
-    for p in docker-registry skopeo podman ctr containerd curl; do
+    for p in docker-registry skopeo podman ctr containerd curl chromium node npm; do
         command -v "$p" >/dev/null 2>&1 || die "$p not on PATH after apt-get install"
     done
 }
@@ -107,6 +116,17 @@ find_cargo() {
     cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
 }
 
+# ------------------------------------------------------ browser test deps --
+# tests/dashboard.rs runs tests/ui/dashboard.mjs with node; playwright-core
+# (pinned in tests/ui/package-lock.json) drives the system chromium and never
+# downloads a browser of its own.
+install_ui_test_deps() {
+    command -v npm >/dev/null 2>&1 ||
+        die "npm not found: install Node.js >= 18 with npm (apt-get install -y nodejs npm)"
+    stage "npm ci --prefix tests/ui (playwright-core for the dashboard test)"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/ui --no-audit --no-fund
+}
+
 # ------------------------------------------------------------------ main --
 install_packages
 find_cargo
@@ -121,6 +141,8 @@ cargo clippy --all-targets --locked -- -D warnings
 
 stage "cargo build --release --locked"
 cargo build --release --locked
+
+install_ui_test_deps
 
 # The tests run against the release profile: that reuses the build above
 # (no second compile of every dependency) and keeps the large-blob streaming
