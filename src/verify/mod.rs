@@ -89,6 +89,18 @@ struct Key {
     digest: Arc<str>,
 }
 
+impl Key {
+    /// The key of `digest` in `route`'s repository under `policy`.
+    fn new(policy: &Policy, route: &Route, digest: &Digest) -> Key {
+        Key {
+            revision: policy.revision.as_str().into(),
+            upstream: route.upstream,
+            repository: route.repository.as_str().into(),
+            digest: digest.to_string().into(),
+        }
+    }
+}
+
 struct VerdictExpiry {
     allow: Duration,
     deny: Duration,
@@ -197,12 +209,7 @@ impl Verifier {
                 cache_hit: false,
             }));
         }
-        let key = Key {
-            revision: policy.revision.as_str().into(),
-            upstream: route.upstream,
-            repository: route.repository.as_str().into(),
-            digest: manifest.digest.to_string().into(),
-        };
+        let key = Key::new(&policy, route, &manifest.digest);
         let shape = cosign::shape(&manifest.bytes);
         let (decision, cache_hit) = match self.verdicts.get(&key).await {
             Some(d) => {
@@ -259,12 +266,7 @@ impl Verifier {
         decision: Arc<Decision>,
     ) -> Admission<'m> {
         let policy = self.policy();
-        let key = Key {
-            revision: policy.revision.as_str().into(),
-            upstream: route.upstream,
-            repository: route.repository.as_str().into(),
-            digest: manifest.digest.to_string().into(),
-        };
+        let key = Key::new(&policy, route, &manifest.digest);
         if let Some(shape) = cosign::shape(&manifest.bytes) {
             self.remember_admitted(&key, &shape, &manifest.media_type)
                 .await;
@@ -290,12 +292,7 @@ impl Verifier {
         {
             return Ok(());
         }
-        let key = Key {
-            revision: policy.revision.as_str().into(),
-            upstream: route.upstream,
-            repository: route.repository.as_str().into(),
-            digest: digest.to_string().into(),
-        };
+        let key = Key::new(&policy, route, &digest);
         if self.blobs.contains_key(&key) {
             return Ok(());
         }
@@ -323,12 +320,7 @@ impl Verifier {
         manifest: &Manifest,
     ) -> Result<Decision, VerifyError> {
         let policy = self.policy();
-        let key = Key {
-            revision: policy.revision.as_str().into(),
-            upstream: route.upstream,
-            repository: route.repository.as_str().into(),
-            digest: manifest.digest.to_string().into(),
-        };
+        let key = Key::new(&policy, route, &manifest.digest);
         let shape = cosign::shape(&manifest.bytes);
         let upstream = Arc::clone(&upstreams[route.upstream]);
         self.decide(
