@@ -292,7 +292,7 @@ impl Verifier {
         {
             return Ok(());
         }
-        let key = Key::new(&policy, route, &digest);
+        let key = Key::new(&policy, route, digest);
         if self.blobs.contains_key(&key) {
             return Ok(());
         }
