@@ -38,7 +38,7 @@ const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Why a request to an upstream failed before it produced a response.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot reach upstream {upstream}: {reason}")]
     Connect { upstream: String, reason: String },

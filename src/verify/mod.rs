@@ -44,7 +44,7 @@ pub const MAX_ADMITTED_CONTENT: u64 = 1_000_000;
 const MAX_ARTIFACT_CONFIG_BYTES: usize = 64 * 1024;
 
 /// Could not check: the image is not served, and nothing is cached.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum VerifyError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -234,7 +234,9 @@ impl Verifier {
                         ),
                     )
                     .await
-                    .map_err(|e| VerifyError::Internal(e.to_string()))?;
+                    // The loader's error, shared by every waiter: keep its
+                    // kind (a timeout stays a timeout).
+                    .map_err(|e| (*e).clone())?;
                 (decision, false)
             }
         };
