@@ -40,7 +40,12 @@ impl AuditSink {
         match self.on_full {
             OnFull::Drop => {
                 if self.tx.try_send(record).is_err() {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Counted in metrics; logged on the first drop and then
+                    // every 1000th, so a flood does not flood the log too.
+                    if dropped == 1 || dropped % 1000 == 0 {
+                        tracing::warn!(dropped, "audit queue full: records dropped (onFull: drop)");
+                    }
                 }
             }
             OnFull::Block => {
@@ -217,5 +222,70 @@ impl Writer {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> DecisionRecord {
+        serde_json::from_value(serde_json::json!({
+            "time": "2026-01-01T00:00:00.000Z", "request_id": 1, "subject": "manifest",
+            "reference": "r/x", "digest": "sha256:00", "rule": "default admission rule",
+            "evaluation_mode": "REQUIRE_ATTESTATION", "enforcement_mode": "ENFORCED_BLOCK_AND_AUDIT_LOG",
+            "verdict": "deny", "reason_category": "no-signatures", "reason": "r",
+            "attestors": [], "cache_hit": false, "latency_ms": 1.0
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_when_asked_to() {
+        // No writer task: the queue of one fills at once.
+        let (tx, _rx) = mpsc::channel(1);
+        let sink = AuditSink {
+            tx,
+            on_full: OnFull::Drop,
+            stats: Arc::new(WriterStats::default()),
+        };
+        for _ in 0..3 {
+            sink.send(record()).await;
+        }
+        assert_eq!(sink.stats.dropped.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn lines_are_appended_and_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let config = AuditConfig {
+            path: Some(path.clone()),
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_secs(1),
+            max_size_bytes: 1,
+            max_files: 2,
+            queue_size: 10,
+            on_full: OnFull::Block,
+        };
+        let sink = start(&config).unwrap();
+        for _ in 0..3 {
+            sink.send(record()).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.stats.written.load(Ordering::Relaxed) < 3 {
+            assert!(Instant::now() < deadline, "records not written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Each line exceeds 1 byte: every write rotates; two files are kept.
+        let lines = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        assert_eq!(lines(&path), 0);
+        assert_eq!(lines(&dir.path().join("a.jsonl.1")), 1);
+        assert_eq!(lines(&dir.path().join("a.jsonl.2")), 1);
+        assert!(!dir.path().join("a.jsonl.3").exists());
     }
 }
