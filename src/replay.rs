@@ -472,7 +472,7 @@ fn recorded_evidence(
 fn offline_decision(policy: &Policy, record: &DecisionRecord) -> Evaluated {
     let rule = policy.rule_for(&record.reference);
     let (evidence, unrecorded) = recorded_evidence(policy, &rule, record);
-    let decision = policy::evaluate(&rule, &evidence);
+    let decision = policy::evaluate_in(policy, &rule, &evidence);
     let mut notes = Vec::new();
     let unknown_kept = decision
         .attestors

@@ -202,7 +202,7 @@ fn built_by_ci_provenance_rule() {
         ("evil/app", "condition failed: /runDetails/builder/id"),
         ("replayed/app", "for another digest"),
         ("edited/app", "by unknown key or altered"),
-        ("bare/app", "no signatures found"),
+        ("bare/app", "no attestations found"),
     ];
     for (repo, why) in cases {
         let r = pull(&proxy, repo);

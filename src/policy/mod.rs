@@ -679,6 +679,8 @@ pub struct AttestorResult {
     pub name: String,
     pub satisfied: bool,
     pub evidence: Vec<Evidence>,
+    /// The attestor requires attestations (`.att`), not signatures.
+    pub wants_attestation: bool,
 }
 
 impl AttestorResult {
@@ -692,7 +694,11 @@ impl AttestorResult {
             return format!("verified (key {})", key.unwrap_or("?"));
         }
         if self.evidence.is_empty() {
-            return "no valid signature (no signatures found)".into();
+            return if self.wants_attestation {
+                "no valid attestation (no attestations found)".into()
+            } else {
+                "no valid signature (no signatures found)".into()
+            };
         }
         let mut counts: Vec<(&str, usize)> = Vec::new();
         for e in &self.evidence {
@@ -703,12 +709,13 @@ impl AttestorResult {
             }
         }
         let parts: Vec<String> = counts.iter().map(|(c, n)| format!("{n} {c}")).collect();
-        let attestation = self.evidence.iter().any(|e| {
-            matches!(
-                e.check,
-                Check::OtherPredicate { .. } | Check::ConditionFailed { .. }
-            ) || e.source.contains(".att ")
-        });
+        let attestation = self.wants_attestation
+            || self.evidence.iter().any(|e| {
+                matches!(
+                    e.check,
+                    Check::OtherPredicate { .. } | Check::ConditionFailed { .. }
+                ) || e.source.contains(".att ")
+            });
         let mut text = format!(
             "no valid {} ({} checked: {})",
             if attestation {
@@ -784,10 +791,11 @@ impl Decision {
             .iter()
             .filter(|a| !a.satisfied)
             .map(|a| {
-                let short = if a.evidence.is_empty() {
-                    "no signatures found".to_owned()
-                } else {
-                    "no valid signature".to_owned()
+                let short = match (a.evidence.is_empty(), a.wants_attestation) {
+                    (true, false) => "no signatures found",
+                    (true, true) => "no attestations found",
+                    (false, false) => "no valid signature",
+                    (false, true) => "no valid attestation",
                 };
                 format!("attestor {}: {short}", a.name)
             })
@@ -804,6 +812,29 @@ impl Decision {
 /// Attestors are ANDed; within one attestor any valid evidence suffices.
 /// An attestor with no entry in `evidence` has no evidence.
 pub fn evaluate(rule: &Rule, evidence: &HashMap<String, Vec<Evidence>>) -> Decision {
+    evaluate_with(rule, evidence, |_| false)
+}
+
+/// [`evaluate`], knowing from `policy` which attestors require
+/// attestations rather than signatures (for the wording of reasons).
+pub fn evaluate_in(
+    policy: &Policy,
+    rule: &Rule,
+    evidence: &HashMap<String, Vec<Evidence>>,
+) -> Decision {
+    evaluate_with(rule, evidence, |name| {
+        policy
+            .attestors
+            .get(name)
+            .is_some_and(|a| !a.attestations.is_empty())
+    })
+}
+
+fn evaluate_with(
+    rule: &Rule,
+    evidence: &HashMap<String, Vec<Evidence>>,
+    wants_attestation: impl Fn(&str) -> bool,
+) -> Decision {
     let decide = |denied: bool, attestors: Vec<AttestorResult>, reason: String| {
         let verdict = match (denied, rule.enforcement) {
             (false, _)
@@ -844,6 +875,7 @@ pub fn evaluate(rule: &Rule, evidence: &HashMap<String, Vec<Evidence>>) -> Decis
                         name: name.clone(),
                         satisfied,
                         evidence,
+                        wants_attestation: wants_attestation(name),
                     }
                 })
                 .collect();

@@ -466,7 +466,7 @@ impl Verifier {
                 }
             }
         }
-        Ok(Arc::new(policy::evaluate(&rule, &evidence)))
+        Ok(Arc::new(policy::evaluate_in(policy, &rule, &evidence)))
     }
 
     async fn artifact_config_is_inert(
