@@ -3,7 +3,7 @@
 //!
 //! | `signatureAlgorithm`                         | implementation |
 //! |----------------------------------------------|----------------|
-//! | `ECDSA_P256_SHA256` (cosign's default)       | p256           |
+//! | `ECDSA_P256_SHA256` (cosign's default)       | ring (p256 signs and parses) |
 //! | `ECDSA_P384_SHA384`                          | ring           |
 //! | `RSA_SIGN_PKCS1_{2048,3072,4096}_SHA256/512` | ring           |
 //! | `RSA_PSS_{2048,3072,4096}_SHA256/512`        | ring           |
@@ -14,7 +14,6 @@
 use std::fmt;
 
 use base64::Engine as _;
-use p256::ecdsa::signature::Verifier as _;
 use p256::pkcs8::DecodePublicKey as _;
 use spki::der::Decode as _;
 
@@ -104,7 +103,6 @@ const OID_P384: &str = "1.3.132.0.34";
 const OID_RSA: &str = "1.2.840.113549.1.1.1";
 
 enum KeyMaterial {
-    P256(p256::ecdsa::VerifyingKey),
     /// Raw public key bytes in the form ring expects for the algorithm.
     Ring(Vec<u8>),
 }
@@ -148,10 +146,11 @@ impl PublicKey {
                 if oid != OID_EC_PUBLIC_KEY || curve.as_deref() != Some(OID_P256) {
                     return Err(mismatch(&describe(&oid, curve.as_deref())));
                 }
-                KeyMaterial::P256(
-                    p256::ecdsa::VerifyingKey::from_public_key_der(der)
-                        .map_err(|e| format!("invalid P-256 key: {e}"))?,
-                )
+                // Validate the point with p256; verify with ring, which the
+                // benchmark (bench/) measured ~5x faster than p256 here.
+                p256::ecdsa::VerifyingKey::from_public_key_der(der)
+                    .map_err(|e| format!("invalid P-256 key: {e}"))?;
+                KeyMaterial::Ring(key_bytes)
             }
             Algorithm::EcdsaP384Sha384 => {
                 if oid != OID_EC_PUBLIC_KEY || curve.as_deref() != Some(OID_P384) {
@@ -189,14 +188,6 @@ impl PublicKey {
     /// is accepted too.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         match &self.material {
-            KeyMaterial::P256(key) => {
-                let sig = p256::ecdsa::Signature::from_der(signature)
-                    .or_else(|_| p256::ecdsa::Signature::from_slice(signature));
-                match sig {
-                    Ok(sig) => key.verify(message, &sig).is_ok(),
-                    Err(_) => false,
-                }
-            }
             KeyMaterial::Ring(raw) => {
                 use ring::signature as rs;
                 let verify = |alg: &'static dyn rs::VerificationAlgorithm, sig: &[u8]| {
@@ -222,7 +213,11 @@ impl PublicKey {
                     Algorithm::RsaPssSha512 { .. } => {
                         verify(&rs::RSA_PSS_2048_8192_SHA512, signature)
                     }
-                    Algorithm::EcdsaP256Sha256 => false,
+                    Algorithm::EcdsaP256Sha256 => {
+                        verify(&rs::ECDSA_P256_SHA256_ASN1, signature)
+                            || (signature.len() == 64
+                                && verify(&rs::ECDSA_P256_SHA256_FIXED, signature))
+                    }
                 }
             }
         }

@@ -1,0 +1,573 @@
+#!/usr/bin/env bash
+# Portcullis benchmark (issue 6): Portcullis side by side with the registry
+# it fronts, CNCF distribution in pull-through proxy mode, an nginx reverse
+# proxy hop and an nginx `return 200` (the machine's HTTP floor), in one run.
+#
+#   bench/run.sh            full run (3 repetitions, 256 MiB blob, 1 and 4
+#                           streams, criterion; ~10-15 minutes)
+#   bench/run.sh --quick    CI/local smoke run (1 repetition, short runs,
+#                           32 MiB blob, 1 stream, tiny criterion; < 2 min)
+#   --no-install            do not apt-get install missing tools
+#   --no-build              use an existing release build
+#
+# Environment: CARGO_TARGET_DIR (default target/), BENCH_SERVER_CPUS
+# (default: all CPUs), BENCH_CLIENT_CPUS (default: the last CPU; load
+# generators and pull clients are pinned there), BENCH_KEEP=1 keeps the
+# work directory.
+#
+# Everything listens on 127.0.0.1, ports chosen at run time; every process
+# started is stopped on exit. Writes bench/results/<date>-<mode>.md and
+# bench/results/latest.md, and prints the table.
+set -euo pipefail
+
+SELF_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$SELF_DIR/.." && pwd)"
+cd "$ROOT"
+
+MODE=full INSTALL=1 BUILD=1
+for arg in "$@"; do
+    case "$arg" in
+        --quick) MODE=quick ;;
+        --no-install) INSTALL=0 ;;
+        --no-build) BUILD=0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "run.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$MODE" = quick ]; then
+    REPS=1 DUR=1 CONCS="1 16 64" BIG_MIB=32 STREAMS="1" COLD_REPS=5 PULL_REPS=1
+    CRIT_WARMUP=0.1 CRIT_MEASURE=0.3 VERDICTS=100000
+else
+    REPS=3 DUR=2 CONCS="1 16 64" BIG_MIB=256 STREAMS="1 4" COLD_REPS=15 PULL_REPS=3
+    CRIT_WARMUP=1 CRIT_MEASURE=2 VERDICTS=1000000
+fi
+NCPU=$(nproc)
+SERVER_CPUS=${BENCH_SERVER_CPUS:-0-$((NCPU - 1))}
+CLIENT_CPUS=${BENCH_CLIENT_CPUS:-$((NCPU - 1))}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release/portcullis
+ACCEPT="application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+STARTED=$(date +%s)
+START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+
+log() { printf '[bench %3ss] %s\n' "$(($(date +%s) - STARTED))" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# ------------------------------------------------------------ processes --
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "$rc" -ne 0 ]; then
+        for f in "$WORK"/*.log; do
+            [ -s "$f" ] || continue
+            echo "--- last lines of $f ---" >&2
+            tail -n 6 "$f" | cut -c1-300 >&2
+        done
+    fi
+    if [ "${BENCH_KEEP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
+        echo "work directory kept: $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start_bg() { # start_bg LOG CMD... (pinned to the server CPUs); sets LAST_PID
+    local logf=$1
+    shift
+    taskset -c "$SERVER_CPUS" "$@" >"$logf" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+free_ports() { # free_ports N: N distinct free loopback ports
+    python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+wait_http() { # wait_http URL PID NAME
+    local i
+    for i in $(seq 1 200); do
+        curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || die "$3 exited during startup"
+        sleep 0.1
+    done
+    die "$3 did not answer on $1"
+}
+
+# ---------------------------------------------------------------- setup --
+if [ "$INSTALL" = 1 ]; then
+    missing=()
+    for pair in docker-registry:docker-registry nginx:nginx wrk:wrk skopeo:skopeo ctr:containerd \
+        curl:curl openssl:openssl taskset:util-linux python3:python3; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
+for tool in docker-registry nginx wrk skopeo ctr containerd curl openssl taskset python3; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (run without --no-install)"
+done
+
+if [ "$BUILD" = 1 ]; then
+    log "cargo build --release (target dir $TARGET_DIR)"
+    cargo build --release --locked --quiet
+    cargo bench --locked --quiet --bench core --no-run 2>/dev/null || cargo bench --locked --bench core --no-run
+fi
+BUILD_S=$(($(date +%s) - STARTED))
+[ -x "$BIN" ] || die "no release binary at $BIN"
+
+read -r P_UP P_DP P_NG P_ST P_PA P_PR P_PT A_PA A_PR A_PT <<<"$(free_ports 10)"
+UP=127.0.0.1:$P_UP
+log "work directory $WORK; servers on CPUs $SERVER_CPUS, clients on CPU $CLIENT_CPUS"
+
+# Upstream: a plain distribution registry.
+cat >"$WORK/upstream.yml" <<YAML
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage:
+  filesystem: {rootdirectory: $WORK/upstream-data}
+  delete: {enabled: true}
+http: {addr: $UP}
+YAML
+start_bg "$WORK/upstream.log" docker-registry serve "$WORK/upstream.yml"
+PID_UP=$LAST_PID
+wait_http "http://$UP/v2/" "$PID_UP" "upstream registry"
+
+log "pushing demo/app:v1, demo/multi:v1 (index) and demo/big:v1 (${BIG_MIB} MiB layer)"
+python3 "$SELF_DIR/push.py" setup "$UP" --big-mib "$BIG_MIB" --work "$WORK" >"$WORK/content.json"
+jqf() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$WORK/content.json" "$1"; }
+APP_DIGEST=$(jqf app_digest)
+MULTI_DIGEST=$(jqf multi_digest)
+BIG_DIGEST=$(jqf big_digest)
+BIG_LAYER=$(jqf big_layer)
+BIG_SIZE=$(jqf big_layer_size)
+
+"$BIN" keygen --key "$WORK/cosign.key" --pub "$WORK/cosign.pub" >/dev/null 2>&1
+for ref in demo/app:v1 demo/multi:v1 demo/big:v1; do
+    "$BIN" sign "$UP/$ref" --key "$WORK/cosign.key" --insecure >>"$WORK/sign.log" 2>&1 ||
+        die "portcullis sign $ref"
+done
+
+# Distribution in pull-through proxy mode.
+cat >"$WORK/distproxy.yml" <<YAML
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage:
+  filesystem: {rootdirectory: $WORK/distproxy-data}
+http: {addr: 127.0.0.1:$P_DP}
+proxy: {remoteurl: http://$UP}
+YAML
+start_bg "$WORK/distproxy.log" docker-registry serve "$WORK/distproxy.yml"
+PID_DP=$LAST_PID
+
+# nginx: a reverse proxy hop (no buffering, upstream keepalive) and a
+# static `return 200` (the HTTP floor of the machine).
+mkdir -p "$WORK/nginx/tmp"
+cat >"$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/tmp/body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    keepalive_requests 1000000;
+    upstream registry { server $UP; keepalive 64; }
+    server {
+        listen 127.0.0.1:$P_NG;
+        client_max_body_size 0;
+        location / {
+            proxy_pass http://registry;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+    server {
+        listen 127.0.0.1:$P_ST;
+        location / { return 200 "ok\n"; }
+    }
+}
+NGINX
+start_bg "$WORK/nginx.log" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
+PID_NG=$LAST_PID
+
+# Portcullis: ALWAYS_ALLOW; REQUIRE_ATTESTATION (tags revalidated on every
+# request, the default); REQUIRE_ATTESTATION with a 5 s tag TTL.
+PEM=$(sed 's/^/            /' "$WORK/cosign.pub")
+pc_config() { # pc_config FILE PORT ADMIN MODE TAG_TTL
+    {
+        cat <<YAML
+listen: 127.0.0.1:$2
+upstreams:
+  - registry: $UP
+    url: http://$UP
+    default: true
+admin: {listen: 127.0.0.1:$3}
+cache: {allowTtl: 10m, denyTtl: 30s, maxEntries: 100000, tagTtl: $5}
+policy:
+  defaultAdmissionRule:
+    evaluationMode: $4
+    enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+YAML
+        if [ "$4" = REQUIRE_ATTESTATION ]; then
+            cat <<YAML
+    requireAttestationsBy: [built-by-ci]
+attestors:
+  - name: built-by-ci
+    publicKeys:
+      - id: bench
+        pkixPublicKey:
+          signatureAlgorithm: ECDSA_P256_SHA256
+          publicKeyPem: |
+$PEM
+YAML
+        fi
+    } >"$1"
+}
+pc_config "$WORK/pc-allow.yaml" "$P_PA" "$A_PA" ALWAYS_ALLOW 0s
+pc_config "$WORK/pc-require.yaml" "$P_PR" "$A_PR" REQUIRE_ATTESTATION 0s
+pc_config "$WORK/pc-require-ttl.yaml" "$P_PT" "$A_PT" REQUIRE_ATTESTATION 5s
+start_bg "$WORK/pc-allow.log" "$BIN" serve --config "$WORK/pc-allow.yaml"
+PID_PA=$LAST_PID
+start_bg "$WORK/pc-require.log" "$BIN" serve --config "$WORK/pc-require.yaml"
+PID_PR=$LAST_PID
+start_bg "$WORK/pc-require-ttl.log" "$BIN" serve --config "$WORK/pc-require-ttl.yaml"
+PID_PT=$LAST_PID
+
+declare -A URL=(
+    [direct]=http://$UP [distproxy]=http://127.0.0.1:$P_DP [nginx]=http://127.0.0.1:$P_NG
+    [static]=http://127.0.0.1:$P_ST [pc-allow]=http://127.0.0.1:$P_PA
+    [pc-require]=http://127.0.0.1:$P_PR [pc-require-ttl]=http://127.0.0.1:$P_PT
+)
+declare -A PIDOF=(
+    [direct]=$PID_UP [distproxy]=$PID_DP [nginx]=$PID_NG [static]=$PID_NG
+    [pc-allow]=$PID_PA [pc-require]=$PID_PR [pc-require-ttl]=$PID_PT
+)
+wait_http "${URL[distproxy]}/v2/" "$PID_DP" "distribution proxy"
+wait_http "${URL[static]}/" "$PID_NG" "nginx"
+wait_http "${URL[nginx]}/v2/" "$PID_NG" "nginx"
+for t in pc-allow pc-require pc-require-ttl; do wait_http "${URL[$t]}/v2/" "${PIDOF[$t]}" "$t"; done
+
+# All the processes of a server (nginx: master and workers).
+pids_of() {
+    local p=$1
+    echo "$p"
+    pgrep -P "$p" 2>/dev/null || true
+}
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # cpu_ticks PID: utime+stime of the server's processes
+    local total=0 p f
+    for p in $(pids_of "$1"); do
+        # Fields after the ")" of the command name: utime is 12th, stime 13th.
+        f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        set -- $f
+        total=$((total + ${12} + ${13}))
+    done
+    echo "$total"
+}
+upstream_sent() { # bytes the upstream registry has sent on its open connections
+    ss -tinH state established "( sport = :$P_UP )" 2>/dev/null |
+        grep -o 'bytes_acked:[0-9]*' | awk -F: '{s+=$2} END{printf "%.0f\n", s}'
+}
+hwm_reset() { local p; for p in $(pids_of "$1"); do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done; }
+hwm_kib() { # largest VmHWM among the server's processes
+    local p m=0 v
+    for p in $(pids_of "$1"); do
+        v=$(awk '/^VmHWM/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        [ "${v:-0}" -gt "$m" ] && m=$v
+    done
+    echo "$m"
+}
+now_ns() { date +%s%N; }
+
+RAW=$WORK/raw.tsv
+: >"$RAW"
+rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RAW"; } # section case target metric value
+
+http_code() { curl -s -o /dev/null -w '%{http_code}' -H "Accept: $ACCEPT" "$1"; }
+expect_200() {
+    local code
+    code=$(http_code "$1")
+    [ "$code" = 200 ] || die "GET $1 answered $code (expected 200)"
+}
+
+# ---------------------------------------------------------------- warm --
+log "warming the proxies (manifests, index children, the big blob through distribution)"
+for t in direct distproxy nginx pc-allow pc-require pc-require-ttl; do
+    u=${URL[$t]}
+    for path in demo/app/manifests/v1 "demo/app/manifests/$APP_DIGEST" demo/multi/manifests/v1 \
+        "demo/multi/manifests/$MULTI_DIGEST" demo/big/manifests/v1 "demo/big/manifests/$BIG_DIGEST"; do
+        expect_200 "$u/v2/$path"
+    done
+    curl -s -o /dev/null -H "Accept: $ACCEPT" "$u/v2/demo/multi/manifests/v1-amd64"
+done
+expect_200 "${URL[distproxy]}/v2/demo/big/blobs/$BIG_LAYER"
+# Warm connections/caches once more with a short load.
+for t in direct distproxy nginx static pc-allow pc-require pc-require-ttl; do
+    taskset -c "$CLIENT_CPUS" wrk -t1 -c16 -d1s -H "Accept: $ACCEPT" \
+        "${URL[$t]}/v2/demo/app/manifests/$APP_DIGEST" >/dev/null 2>&1 || true
+done
+
+# --------------------------------------------- 1. manifests under load --
+run_wrk() { # run_wrk TARGET KIND CONC URL
+    local t=$1 kind=$2 c=$3 url=$4 pid=${PIDOF[$1]} before up_before out after up_after
+    before=$(cpu_ticks "$pid")
+    up_before=$(cpu_ticks "$PID_UP")
+    out=$(taskset -c "$CLIENT_CPUS" wrk -t1 -c"$c" -d"${DUR}s" --timeout 10s -s "$SELF_DIR/wrk.lua" \
+        -H "Accept: $ACCEPT" "$url" 2>&1 | grep '^RESULT' || true)
+    after=$(cpu_ticks "$pid")
+    up_after=$(cpu_ticks "$PID_UP")
+    [ -n "$out" ] || die "wrk against $t ($url) printed no result"
+    local requests duration_us p50_us p99_us errors non2xx
+    eval "$(echo "$out" | sed 's/^RESULT //; s/ /;/g')"
+    requests=${requests:-0}
+    local cs="$kind c$c"
+    rec manifest "$cs" "$t" rps "$(python3 -c "print($requests/($duration_us/1e6))")"
+    rec manifest "$cs" "$t" p50_ms "$(python3 -c "print($p50_us/1000)")"
+    rec manifest "$cs" "$t" p99_ms "$(python3 -c "print($p99_us/1000)")"
+    rec manifest "$cs" "$t" errors "$((errors + non2xx))"
+    if [ "$requests" -gt 0 ]; then
+        rec manifest "$cs" "$t" cpu_us_per_req \
+            "$(python3 -c "print(($after-$before)/$CLK_TCK/$requests*1e6)")"
+        if [ "$pid" != "$PID_UP" ] && [ "$t" != static ]; then
+            rec manifest "$cs" "$t" upstream_cpu_us_per_req \
+                "$(python3 -c "print(($up_after-$up_before)/$CLK_TCK/$requests*1e6)")"
+        fi
+    fi
+}
+MF_TARGETS="direct distproxy nginx static pc-allow pc-require"
+TAG_TARGETS="direct distproxy nginx pc-allow pc-require pc-require-ttl"
+for rep in $(seq 1 "$REPS"); do
+    log "manifests: repetition $rep/$REPS (${DUR}s per run)"
+    for c in $CONCS; do
+        for t in $MF_TARGETS; do
+            path=/v2/demo/app/manifests/$APP_DIGEST
+            [ "$t" = static ] && path=/
+            run_wrk "$t" digest "$c" "${URL[$t]}$path"
+        done
+        for t in $TAG_TARGETS; do
+            run_wrk "$t" tag "$c" "${URL[$t]}/v2/demo/app/manifests/v1"
+        done
+    done
+done
+
+# ------------------------------------------------- 2. cold verification --
+log "cold verification: $COLD_REPS fresh images per target"
+python3 "$SELF_DIR/push.py" fresh "$UP" cold/app d "$COLD_REPS" >"$WORK/cold-d.txt"
+python3 "$SELF_DIR/push.py" fresh "$UP" cold/app a "$COLD_REPS" >"$WORK/cold-a.txt"
+python3 "$SELF_DIR/push.py" fresh "$UP" cold/app b "$COLD_REPS" >"$WORK/cold-b.txt"
+python3 "$SELF_DIR/push.py" fresh "$UP" cold/app c "$COLD_REPS" >"$WORK/cold-c.txt"
+while read -r tag _; do
+    "$BIN" sign "$UP/cold/app:$tag" --key "$WORK/cosign.key" --insecure >>"$WORK/sign.log" 2>&1 ||
+        die "portcullis sign cold/app:$tag"
+done <"$WORK/cold-c.txt"
+paste "$WORK/cold-a.txt" "$WORK/cold-b.txt" "$WORK/cold-c.txt" "$WORK/cold-d.txt" |
+    while read -r _ a _ b _ c _ d; do
+        echo "direct ${URL[direct]}/v2/cold/app/manifests/$a"
+        echo "pc-allow ${URL[pc-allow]}/v2/cold/app/manifests/$b"
+        echo "pc-require ${URL[pc-require]}/v2/cold/app/manifests/$c"
+        echo "direct-sig ${URL[direct]}/v2/cold/app/manifests/${c/:/-}.sig"
+        echo "distproxy ${URL[distproxy]}/v2/cold/app/manifests/$d"
+    done | taskset -c "$CLIENT_CPUS" python3 "$SELF_DIR/cold.py" >"$WORK/cold.out" 2>>"$WORK/cold.log"
+while read -r t p50 p90 n fail; do
+    rec cold "first GET by digest" "$t" p50_ms "$p50"
+    rec cold "first GET by digest" "$t" p90_ms "$p90"
+    rec cold "first GET by digest" "$t" failures "$fail"
+done <"$WORK/cold.out"
+# Enforcement sanity: an unsigned image is refused by pc-require.
+unsigned=$(awk 'NR==1{print $2}' "$WORK/cold-a.txt")
+rec sanity "unsigned image via pc-require" pc-require http_status "$(http_code "${URL[pc-require]}/v2/cold/app/manifests/$unsigned")"
+rec sanity "signed image via pc-require" pc-require http_status "$(http_code "${URL[pc-require]}/v2/demo/app/manifests/v1")"
+
+# ----------------------------------------------------------- 3. blobs --
+BLOB_TARGETS="direct distproxy nginx pc-allow pc-require"
+for rep in $(seq 1 "$REPS"); do
+    log "blobs: repetition $rep/$REPS ($((BIG_SIZE >> 20)) MiB; streams: $STREAMS)"
+    for s in $STREAMS; do
+        for t in $BLOB_TARGETS; do
+            pid=${PIDOF[$t]}
+            url="${URL[$t]}/v2/demo/big/blobs/$BIG_LAYER"
+            hwm_reset "$pid"
+            c0=$(cpu_ticks "$pid")
+            u0=$(upstream_sent)
+            t0=$(now_ns)
+            cpids=()
+            for i in $(seq 1 "$s"); do
+                taskset -c "$CLIENT_CPUS" curl -s -o /dev/null -w '%{http_code} %{size_download}\n' \
+                    "$url" >"$WORK/blob-$i.out" &
+                cpids+=($!)
+            done
+            for p in "${cpids[@]}"; do wait "$p"; done
+            t1=$(now_ns)
+            c1=$(cpu_ticks "$pid")
+            u1=$(upstream_sent)
+            for i in $(seq 1 "$s"); do
+                read -r code got <"$WORK/blob-$i.out"
+                [ "$code" = 200 ] && [ "$got" = "$BIG_SIZE" ] ||
+                    die "blob via $t: HTTP $code, $got of $BIG_SIZE bytes"
+            done
+            bytes=$((BIG_SIZE * s))
+            cs="${s} stream(s)"
+            rec blob "$cs" "$t" mb_s "$(python3 -c "print($bytes/1e6/(($t1-$t0)/1e9))")"
+            rec blob "$cs" "$t" cpu_s_per_gib "$(python3 -c "print(($c1-$c0)/$CLK_TCK/($bytes/2**30))")"
+            rec blob "$cs" "$t" peak_rss_mib "$(python3 -c "print($(hwm_kib "$pid")/1024)")"
+            if [ "$t" = pc-allow ] || [ "$t" = pc-require ] || [ "$t" = nginx ]; then
+                # Upstream body+header bytes per client body byte, over the
+                # proxy's kept-alive upstream connections (ss bytes_acked).
+                rec blob "$cs" "$t" upstream_per_client "$(python3 -c "print(($u1-$u0)/$bytes)")"
+            fi
+        done
+    done
+done
+
+# ------------------------------------------------- 4. whole-image pulls --
+cat >"$WORK/policy.json" <<'JSON'
+{"default": [{"type": "insecureAcceptAnything"}]}
+JSON
+cat >"$WORK/containerd.toml" <<TOML
+version = 2
+root = "$WORK/containerd/root"
+state = "$WORK/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs"]
+[grpc]
+  address = "$WORK/containerd/sock"
+[ttrpc]
+  address = "$WORK/containerd/sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$WORK/containerd/opt"
+TOML
+mkdir -p "$WORK/containerd"
+start_bg "$WORK/containerd.log" containerd --config "$WORK/containerd.toml"
+PID_CD=$LAST_PID
+CTR=(ctr --address "$WORK/containerd/sock" -n bench)
+for _ in $(seq 1 100); do "${CTR[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
+"${CTR[@]}" version >/dev/null 2>&1 || die "containerd did not start"
+PULL_TARGETS="direct distproxy nginx pc-allow pc-require"
+for rep in $(seq 1 "$PULL_REPS"); do
+    log "whole-image pulls: repetition $rep/$PULL_REPS (skopeo copy, ctr pull of demo/big:v1)"
+    for t in $PULL_TARGETS; do
+        host=${URL[$t]#http://}
+        rm -rf "$WORK/pull"
+        t0=$(now_ns)
+        taskset -c "$CLIENT_CPUS" skopeo --policy "$WORK/policy.json" copy --quiet \
+            --src-tls-verify=false "docker://$host/demo/big:v1" "dir:$WORK/pull" >>"$WORK/skopeo.log" 2>&1 ||
+            die "skopeo copy via $t"
+        t1=$(now_ns)
+        rec pull "skopeo copy" "$t" wall_s "$(python3 -c "print(($t1-$t0)/1e9)")"
+        rm -rf "$WORK/pull"
+        t0=$(now_ns)
+        taskset -c "$CLIENT_CPUS" "${CTR[@]}" images pull --plain-http --snapshotter native \
+            "$host/demo/big:v1" >>"$WORK/ctr.log" 2>&1 || die "ctr pull via $t"
+        t1=$(now_ns)
+        rec pull "ctr pull" "$t" wall_s "$(python3 -c "print(($t1-$t0)/1e9)")"
+        "${CTR[@]}" images rm --sync "$host/demo/big:v1" >>"$WORK/ctr.log" 2>&1 || true
+        left=$("${CTR[@]}" content ls -q 2>/dev/null | wc -l)
+        [ "$left" = 0 ] || die "containerd kept $left blobs after removing the image"
+    done
+done
+kill -TERM "$PID_CD" 2>/dev/null || true
+
+# Memory after everything (RSS now, for the record).
+for t in direct distproxy nginx pc-allow pc-require; do
+    rec memory "RSS at end" "$t" rss_mib \
+        "$(awk '/^VmRSS/{print $2/1024}' "/proc/${PIDOF[$t]}/status")"
+done
+
+# ------------------------------------------------- 5. micro-benchmarks --
+log "openssl speed ecdsap256"
+taskset -c "$CLIENT_CPUS" openssl speed -seconds 1 ecdsap256 >"$WORK/openssl.out" 2>/dev/null || true
+ossl=$(awk '/nistp256/ && $NF+0 > 0 {print $NF}' "$WORK/openssl.out" | tail -n1)
+[ -n "$ossl" ] && rec micro "openssl speed ecdsap256 verify" openssl us "$(python3 -c "print(1e6/$ossl)")"
+
+log "criterion (warm-up ${CRIT_WARMUP}s, measurement ${CRIT_MEASURE}s per benchmark)"
+rm -rf "$TARGET_DIR/criterion"
+BENCH_WARMUP_S=$CRIT_WARMUP BENCH_MEASURE_S=$CRIT_MEASURE \
+    taskset -c "$CLIENT_CPUS" cargo bench --locked --quiet --bench core >"$WORK/criterion.log" 2>&1 ||
+    die "cargo bench failed (see $WORK/criterion.log)"
+python3 - "$TARGET_DIR/criterion" >>"$RAW" <<'PY'
+import glob, json, os, sys
+for est in glob.glob(os.path.join(sys.argv[1], "**", "new", "estimates.json"), recursive=True):
+    d = os.path.dirname(est)
+    bench = json.load(open(os.path.join(d, "benchmark.json")))
+    median_ns = json.load(open(est))["median"]["point_estimate"]
+    thr = bench.get("throughput") or {}
+    print(f"micro\t{bench['full_id']}\tcriterion\tus\t{median_ns / 1000}")
+    if "Bytes" in thr:
+        print(f"micro\t{bench['full_id']}\tcriterion\tmb_s\t{thr['Bytes'] / (median_ns / 1e9) / 1e6}")
+PY
+log "verdict cache memory: $VERDICTS admitted images"
+PORTCULLIS_BENCH_VERDICTS=$VERDICTS cargo bench --locked --quiet --bench core 2>/dev/null |
+    sed -n 's/^verdict_rss //p' >"$WORK/verdicts.out" || true
+if [ -s "$WORK/verdicts.out" ]; then
+    eval "$(sed 's/ /;/g' "$WORK/verdicts.out")"
+    rec micro "verdict cache RSS" criterion mib_per_million "$(python3 -c "print($rss_delta_kib/1024*1e6/$entries)")"
+    rec micro "verdict cache RSS" criterion cached_entries "$cached"
+fi
+
+PORTCULLIS_BENCH_MOKA=$VERDICTS cargo bench --locked --quiet --bench core 2>/dev/null |
+    sed -n 's/^moka_rss //p' >"$WORK/moka.out" || true
+if [ -s "$WORK/moka.out" ]; then
+    eval "$(sed 's/ /;/g' "$WORK/moka.out")"
+    rec micro "bare moka cache RSS, same key shape" criterion mib_per_million "$(python3 -c "print($rss_delta_kib/1024*1e6/$entries)")"
+    rec micro "bare moka cache RSS, same key shape" criterion cached_entries "$cached"
+fi
+
+# ---------------------------------------------------------------- report --
+END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+{
+    echo "mode=$MODE"
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc=$NCPU"
+    echo "cpu=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
+    echo "memory=$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+    echo "kernel=$(uname -sr)"
+    echo "load_start=$START_LOAD"
+    echo "load_end=$END_LOAD"
+    echo "server_cpus=$SERVER_CPUS"
+    echo "client_cpus=$CLIENT_CPUS"
+    echo "reps=$REPS"
+    echo "cold_reps=$COLD_REPS"
+    echo "duration_s=$DUR"
+    echo "big_mib=$((BIG_SIZE >> 20))"
+    echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')"
+    echo "versions=$(docker-registry --version 2>/dev/null | awk '{print $NF}' | head -1) (distribution), $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $2}') (wrk), $(skopeo --version | awk '{print $3}') (skopeo), $(ctr --version | awk '{print $3}') (ctr), $(rustc --version | awk '{print $2}') (rustc)"
+    echo "elapsed=$(($(date +%s) - STARTED)) s (of which building: ${BUILD_S} s)"
+} >"$WORK/meta.txt"
+mkdir -p "$SELF_DIR/results"
+OUT="$SELF_DIR/results/$(date -u +%Y-%m-%d)-$MODE.md"
+python3 "$SELF_DIR/report.py" "$RAW" "$WORK/meta.txt" >"$OUT"
+cp "$OUT" "$SELF_DIR/results/latest.md"
+cp "$RAW" "$SELF_DIR/results/latest-raw.tsv"
+cat "$OUT"
+log "wrote $OUT and bench/results/latest.md"

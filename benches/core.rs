@@ -1,0 +1,399 @@
+//! Criterion micro-benchmarks for issue 6 (run by `bench/run.sh`, or
+//! `cargo bench --bench core`):
+//!
+//! - `policy/*`: a policy with 10,000 repository rules: `Policy::compile`,
+//!   and `rule_for` + `evaluate` for a name matched by a rule and for a
+//!   name no rule matches (the default rule: every rule is tried);
+//! - `p256/*`: one ECDSA P-256 SHA-256 verification of a cosign
+//!   simple-signing payload through `portcullis::crypto::PublicKey::verify`,
+//!   and the same with `ring` (the alternative already in the tree);
+//! - `verdict_cache/*`: a warm `Verifier::admit` (the public path a warm
+//!   manifest request takes: cache key, manifest shape, moka lookup,
+//!   admitted-content bookkeeping), and a bare moka lookup on a key of the
+//!   same shape for comparison;
+//! - `sha256/*`: sha2 (what the proxy uses) and ring over 1 MiB.
+//!
+//! `PORTCULLIS_BENCH_VERDICTS=N cargo bench --bench core` instead fills the
+//! verdict cache with N admitted images through `Verifier::admit` and
+//! prints the resident memory it took (`verdict_rss ...` line), then exits;
+//! `PORTCULLIS_BENCH_MOKA=N` does the same for a bare moka cache of the
+//! same key shape (`moka_rss ...`), to tell moka's share from Portcullis'.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, Criterion, Throughput};
+use http::{HeaderValue, Method};
+use p256::ecdsa::signature::Signer;
+use p256::pkcs8::{EncodePublicKey, LineEnding};
+use portcullis::config::Config;
+use portcullis::crypto::{Algorithm, PublicKey};
+use portcullis::oci::Digest;
+use portcullis::policy::{self, AttestorDoc, Check, Evidence, Policy, PolicyDoc};
+use portcullis::routing::{Route, Routed, Router};
+use portcullis::serve::manifest::Manifest;
+use portcullis::upstream::Upstream;
+use portcullis::verify::{Outcome, Verifier};
+use sha2::Digest as _;
+
+const RULES: usize = 10_000;
+const ATTESTOR: &str = "built-by-ci";
+
+fn key_pair() -> (p256::ecdsa::SigningKey, String) {
+    let signing = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let pem = signing
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("pem");
+    (signing, pem)
+}
+
+fn indent(text: &str, by: usize) -> String {
+    text.lines().map(|l| format!("{:by$}{l}\n", "")).collect()
+}
+
+/// `policy:` with `rules` repository rules (a third literal, a third `*`,
+/// a third `**`) and `attestors:`, as YAML documents.
+fn policy_yaml(rules: usize, pem: &str) -> (String, String) {
+    let mut policy = String::from(
+        "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATION\n  \
+         enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n  requireAttestationsBy: [built-by-ci]\n\
+         repositoryAdmissionRules:\n",
+    );
+    for i in 0..rules {
+        let pattern = match i % 3 {
+            0 => format!("registry.example/team{i}/app"),
+            1 => format!("registry.example/team{i}/*"),
+            _ => format!("registry.example/team{i}/**"),
+        };
+        policy.push_str(&format!(
+            "  \"{pattern}\": {{evaluationMode: REQUIRE_ATTESTATION, requireAttestationsBy: [{ATTESTOR}]}}\n"
+        ));
+    }
+    let attestors = format!(
+        "- name: {ATTESTOR}\n  publicKeys:\n    - id: k1\n      pkixPublicKey:\n        publicKeyPem: |\n{}        signatureAlgorithm: ECDSA_P256_SHA256\n",
+        indent(pem, 10)
+    );
+    (policy, attestors)
+}
+
+fn bench_policy(c: &mut Criterion) {
+    let (_, pem) = key_pair();
+    let (policy_text, attestor_text) = policy_yaml(RULES, &pem);
+    let doc: PolicyDoc = serde_yaml_ng::from_str(&policy_text).expect("policy yaml");
+    let attestors: Vec<AttestorDoc> = serde_yaml_ng::from_str(&attestor_text).expect("attestors");
+    let compiled = Policy::compile(&doc, &attestors).expect("compile");
+    let evidence: HashMap<String, Vec<Evidence>> = HashMap::from([(
+        ATTESTOR.to_owned(),
+        vec![Evidence {
+            source: "registry.example/team5000/app:sha256-0.sig layer 0".into(),
+            check: Check::Valid {
+                key_id: "k1".into(),
+            },
+        }],
+    )]);
+    let mut g = c.benchmark_group("policy");
+    g.sample_size(10);
+    g.bench_function("compile_10k_rules", |b| {
+        b.iter(|| Policy::compile(black_box(&doc), black_box(&attestors)).expect("compile"))
+    });
+    g.sample_size(50);
+    for (label, name) in [
+        (
+            "rule_for_evaluate_10k/matched",
+            "registry.example/team5001/api",
+        ),
+        (
+            "rule_for_evaluate_10k/default",
+            "registry.example/elsewhere/app",
+        ),
+    ] {
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let rule = compiled.rule_for(black_box(name));
+                policy::evaluate(&rule, black_box(&evidence))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_p256(c: &mut Criterion) {
+    let (signing, pem) = key_pair();
+    // A cosign simple-signing payload of the usual size.
+    let payload = format!(
+        "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"registry.example/demo/app\"}},\
+         \"image\":{{\"docker-manifest-digest\":\"sha256:{}\"}},\"type\":\"cosign container image signature\"}},\
+         \"optional\":null}}",
+        "ab".repeat(32)
+    );
+    let signature: p256::ecdsa::Signature = signing.sign(payload.as_bytes());
+    let der = signature.to_der();
+    let key = PublicKey::from_pem(&pem, Algorithm::parse("ECDSA_P256_SHA256").expect("alg"))
+        .expect("key");
+    assert!(key.verify(payload.as_bytes(), der.as_bytes()));
+    let point = signing.verifying_key().to_encoded_point(false);
+    let ring_key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        point.as_bytes().to_vec(),
+    );
+    assert!(ring_key.verify(payload.as_bytes(), der.as_bytes()).is_ok());
+    let mut g = c.benchmark_group("p256");
+    g.bench_function("verify_portcullis_p256crate", |b| {
+        b.iter(|| key.verify(black_box(payload.as_bytes()), black_box(der.as_bytes())))
+    });
+    g.bench_function("verify_ring", |b| {
+        b.iter(|| {
+            ring_key
+                .verify(black_box(payload.as_bytes()), black_box(der.as_bytes()))
+                .is_ok()
+        })
+    });
+    g.finish();
+}
+
+/// A verifier with a configured policy whose `registry.example/hot/**`
+/// rule is ALWAYS_ALLOW, so verdicts are cached without any upstream.
+struct Hot {
+    verifier: Verifier,
+    upstreams: Vec<Arc<Upstream>>,
+    router: Router,
+}
+
+fn hot_verifier(max_entries: u64) -> Hot {
+    let (_, pem) = key_pair();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\n\
+         upstreams:\n  - registry: registry.example\n    url: http://127.0.0.1:9\n    default: true\n\
+         policy:\n  defaultAdmissionRule:\n    evaluationMode: REQUIRE_ATTESTATION\n    \
+         requireAttestationsBy: [{ATTESTOR}]\n  repositoryAdmissionRules:\n    \
+         \"registry.example/hot/**\": {{evaluationMode: ALWAYS_ALLOW}}\n\
+         attestors:\n  - name: {ATTESTOR}\n    publicKeys:\n      - id: k1\n        pkixPublicKey:\n          publicKeyPem: |\n{}          signatureAlgorithm: ECDSA_P256_SHA256\n\
+         cache: {{allowTtl: 1h, denyTtl: 30s, maxEntries: {max_entries}}}\n",
+        indent(&pem, 12)
+    );
+    let config = Config::from_yaml(&yaml, Path::new(".")).expect("config");
+    let policy = config.compile_policy().expect("policy");
+    let upstreams = vec![Arc::new(
+        Upstream::new(&config.upstreams[0], config.timeouts).expect("upstream"),
+    )];
+    Hot {
+        verifier: Verifier::new(policy, config.cache),
+        upstreams,
+        router: Router::new(&config),
+    }
+}
+
+fn image_manifest(n: u64) -> Manifest {
+    let text = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+         \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:{:064x}\",\"size\":123}},\
+         \"layers\":[{{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:{:064x}\",\"size\":4567}}]}}",
+        n,
+        n + (1 << 62)
+    );
+    let bytes = bytes::Bytes::from(text);
+    Manifest {
+        digest: Digest::sha256_of(&bytes),
+        bytes,
+        media_type: HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+    }
+}
+
+fn route(router: &Router, digest: &Digest) -> Route {
+    match router
+        .route(
+            &Method::GET,
+            &format!("/v2/hot/app/manifests/{digest}"),
+            None,
+        )
+        .expect("route")
+    {
+        Routed::Repository(r) => r,
+        Routed::Base => panic!("not a repository route"),
+    }
+}
+
+async fn admit(hot: &Hot, route: &Route, manifest: &Manifest) -> bool {
+    match hot
+        .verifier
+        .admit(&hot.upstreams, route, manifest)
+        .await
+        .expect("admit")
+    {
+        Outcome::Admitted(a) => a.cache_hit,
+        Outcome::Denied { .. } => panic!("denied"),
+    }
+}
+
+fn bench_verdict_cache(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let hot = hot_verifier(100_000);
+    let manifest = image_manifest(1);
+    let route = route(&hot.router, &manifest.digest);
+    rt.block_on(admit(&hot, &route, &manifest));
+    assert!(
+        rt.block_on(admit(&hot, &route, &manifest)),
+        "second admit is a cache hit"
+    );
+
+    // The same key shape as the verdict cache's private key.
+    type Key = (Arc<str>, usize, Arc<str>, Arc<str>);
+    let cache: moka::future::Cache<Key, Arc<String>> =
+        moka::future::Cache::builder().max_capacity(100_000).build();
+    let key: Key = (
+        "abcdef012345".into(),
+        0,
+        "hot/app".into(),
+        manifest.digest.to_string().into(),
+    );
+    rt.block_on(cache.insert(key.clone(), Arc::new("decision".into())));
+
+    let mut g = c.benchmark_group("verdict_cache");
+    g.bench_function("verifier_admit_hit", |b| {
+        b.iter(|| rt.block_on(admit(&hot, black_box(&route), black_box(&manifest))))
+    });
+    g.bench_function("moka_get_same_key_shape", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let k: Key = (
+                    "abcdef012345".into(),
+                    0,
+                    "hot/app".into(),
+                    manifest.digest.to_string().into(),
+                );
+                cache.get(black_box(&k)).await
+            })
+        })
+    });
+    g.finish();
+}
+
+fn bench_sha256(c: &mut Criterion) {
+    let data: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut g = c.benchmark_group("sha256");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.bench_function("sha2_1MiB", |b| {
+        b.iter(|| sha2::Sha256::digest(black_box(&data)))
+    });
+    g.bench_function("ring_1MiB", |b| {
+        b.iter(|| ring::digest::digest(&ring::digest::SHA256, black_box(&data)))
+    });
+    g.finish();
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Fills the verdict cache with `n` admitted images; prints the RSS it took.
+fn verdict_rss(n: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let hot = hot_verifier(n.max(1));
+    let before = rss_kib();
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        for i in 0..n {
+            let manifest = image_manifest(i);
+            let route = route(&hot.router, &manifest.digest);
+            admit(&hot, &route, &manifest).await;
+        }
+    });
+    let cached = rt.block_on(hot.verifier.cached_verdicts());
+    let after = rss_kib();
+    println!(
+        "verdict_rss entries={n} cached={cached} rss_delta_kib={} rss_total_kib={after} fill_seconds={:.2}",
+        after.saturating_sub(before),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// For comparison with [`verdict_rss`]: a bare moka cache with `n` entries
+/// of the verdict cache's key shape (three `Arc<str>` and an index) and an
+/// `Arc` value; prints the RSS it took (`moka_rss ...` line).
+fn moka_rss(n: u64) {
+    type Key = (Arc<str>, usize, Arc<str>, Arc<str>);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cache: moka::future::Cache<Key, Arc<u64>> = moka::future::Cache::builder()
+        .max_capacity(n.max(1))
+        .time_to_live(Duration::from_secs(3600))
+        .build();
+    let before = rss_kib();
+    rt.block_on(async {
+        for i in 0..n {
+            let key: Key = (
+                "abcdef012345".into(),
+                0,
+                "hot/app".into(),
+                format!("sha256:{i:064x}").into(),
+            );
+            cache.insert(key, Arc::new(i)).await;
+        }
+        cache.run_pending_tasks().await;
+    });
+    let after = rss_kib();
+    println!(
+        "moka_rss entries={n} cached={} rss_delta_kib={}",
+        cache.entry_count(),
+        after.saturating_sub(before)
+    );
+}
+
+fn config() -> Criterion {
+    let seconds = |var: &str, default: f64| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(default)
+    };
+    Criterion::default()
+        .warm_up_time(Duration::from_secs_f64(seconds("BENCH_WARMUP_S", 1.0)))
+        .measurement_time(Duration::from_secs_f64(seconds("BENCH_MEASURE_S", 2.0)))
+        .without_plots()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_policy, bench_p256, bench_verdict_cache, bench_sha256
+}
+
+fn main() {
+    if let Some(n) = std::env::var("PORTCULLIS_BENCH_VERDICTS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        verdict_rss(n);
+        return;
+    }
+    if let Some(n) = std::env::var("PORTCULLIS_BENCH_MOKA")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        moka_rss(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
