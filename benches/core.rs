@@ -32,7 +32,7 @@ use p256::pkcs8::{EncodePublicKey, LineEnding};
 use portcullis::config::Config;
 use portcullis::crypto::{Algorithm, PublicKey};
 use portcullis::oci::Digest;
-use portcullis::policy::{self, AttestorDoc, Check, Evidence, Policy, PolicyDoc};
+use portcullis::policy::{self, AttestorDoc, Check, Evidence, EvidenceKind, Policy, PolicyDoc};
 use portcullis::routing::{Route, Routed, Router};
 use portcullis::serve::manifest::Manifest;
 use portcullis::upstream::Upstream;
@@ -88,12 +88,13 @@ fn bench_policy(c: &mut Criterion) {
     let compiled = Policy::compile(&doc, &attestors).expect("compile");
     let evidence: HashMap<String, Vec<Evidence>> = HashMap::from([(
         ATTESTOR.to_owned(),
-        vec![Evidence {
-            source: "registry.example/team5000/app:sha256-0.sig layer 0".into(),
-            check: Check::Valid {
+        vec![Evidence::new(
+            EvidenceKind::SigTag,
+            "registry.example/team5000/app:sha256-0.sig layer 0",
+            Check::Valid {
                 key_id: "k1".into(),
             },
-        }],
+        )],
     )]);
     let mut g = c.benchmark_group("policy");
     g.sample_size(10);

@@ -37,7 +37,8 @@ use crate::commands::ACCEPT_ALL;
 use crate::config::Config;
 use crate::oci::{Digest, Reference};
 use crate::policy::{
-    self, Check, Decision, EvaluationMode, Evidence, Policy, Rule, RuleSource, Verdict,
+    self, attestation::SIGNATURE_PREDICATE_TYPE, Check, Decision, EvaluationMode, Evidence,
+    EvidenceKind, Policy, Rule, RuleSource, Verdict,
 };
 use crate::routing::{Endpoint, Route};
 use crate::serve::{manifest, App};
@@ -390,6 +391,29 @@ fn check_from_record(e: &EvidenceRecord) -> Check {
     }
 }
 
+/// Whether recorded evidence is an attestation (rather than a signature).
+fn is_attestation(e: &EvidenceRecord) -> bool {
+    match (&e.predicate_type, &e.kind) {
+        (Some(p), _) => p != SIGNATURE_PREDICATE_TYPE,
+        (None, Some(kind)) => kind == EvidenceKind::AttTag.as_str(),
+        // Records from before evidence kinds: the source names the tag.
+        (None, None) => e.source.contains(".att "),
+    }
+}
+
+fn evidence_from_record(e: &EvidenceRecord, check: Check) -> Evidence {
+    let kind =
+        e.kind
+            .as_deref()
+            .and_then(EvidenceKind::parse)
+            .unwrap_or(if e.source.contains(".att ") {
+                EvidenceKind::AttTag
+            } else {
+                EvidenceKind::SigTag
+            });
+    Evidence::new(kind, e.source.clone(), check).with_predicate_type(e.predicate_type.clone())
+}
+
 /// Rebuilds, from what `record` shows, the evidence each attestor `rule`
 /// requires would see. Returns the evidence and the required attestors
 /// nothing was recorded for.
@@ -416,7 +440,7 @@ fn recorded_evidence(
             .attestors
             .get(name)
             .is_some_and(|a| !a.attestations.is_empty());
-        let fits = |source: &str| source.contains(".att ") == wants_attestation;
+        let fits = |e: &EvidenceRecord| is_attestation(e) == wants_attestation;
         let mut found: Vec<Evidence> = Vec::new();
         // Signatures verified with a key this attestor holds, whoever
         // checked them at the time.
@@ -426,11 +450,8 @@ fn recorded_evidence(
                     f.source == e.source
                         && matches!(&f.check, Check::Valid { key_id: k } if *k == key_id)
                 });
-                if keys.contains(key_id.as_str()) && !already && fits(&e.source) {
-                    found.push(Evidence {
-                        source: e.source.clone(),
-                        check: Check::Valid { key_id },
-                    });
+                if keys.contains(key_id.as_str()) && !already && fits(e) {
+                    found.push(evidence_from_record(e, Check::Valid { key_id }));
                 }
             }
         }
@@ -438,12 +459,10 @@ fn recorded_evidence(
             Some(same) => {
                 for e in &same.evidence {
                     let check = match check_from_record(e) {
-                        Check::Valid { key_id }
-                            if keys.contains(key_id.as_str()) && fits(&e.source) =>
-                        {
+                        Check::Valid { key_id } if keys.contains(key_id.as_str()) && fits(e) => {
                             continue
                         }
-                        Check::Valid { .. } if !fits(&e.source) => Check::Malformed {
+                        Check::Valid { .. } if !fits(e) => Check::Malformed {
                             reason: if wants_attestation {
                                 "a signature, but this attestor requires an attestation".into()
                             } else {
@@ -454,10 +473,7 @@ fn recorded_evidence(
                         Check::Valid { .. } => Check::UnknownKey,
                         other => other,
                     };
-                    found.push(Evidence {
-                        source: e.source.clone(),
-                        check,
-                    });
+                    found.push(evidence_from_record(e, check));
                 }
             }
             None if found.is_empty() => unrecorded.push(name.clone()),
@@ -882,6 +898,8 @@ mod tests {
                 _ => String::new(),
             },
             key_id: key.map(str::to_owned),
+            kind: None,
+            predicate_type: None,
         }
     }
 

@@ -64,7 +64,14 @@ impl From<&Verdict> for RecordedVerdict {
 /// One piece of evidence as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvidenceRecord {
+    /// `sig-tag`, `att-tag`, `referrer` or `store` (absent in records
+    /// written before evidence kinds existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub source: String,
+    /// The signed in-toto predicate type, for verified attestations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicate_type: Option<String>,
     /// `valid`, `unknown-key`, `other-digest`, `other-repository`, `malformed`.
     pub result: String,
     pub detail: String,
@@ -157,6 +164,7 @@ fn check_name(check: &Check) -> &'static str {
         Check::Malformed { .. } => "malformed",
         Check::OtherPredicate { .. } => "other-predicate",
         Check::ConditionFailed { .. } => "condition-failed",
+        Check::Unsupported { .. } => "unsupported",
     }
 }
 
@@ -200,7 +208,9 @@ impl DecisionRecord {
                         .evidence
                         .iter()
                         .map(|e| EvidenceRecord {
+                            kind: Some(e.kind.as_str().to_owned()),
                             source: e.source.clone(),
+                            predicate_type: e.predicate_type.clone(),
                             result: check_name(&e.check).to_owned(),
                             detail: e.check.describe(),
                             key_id: match &e.check {

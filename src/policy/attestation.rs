@@ -13,6 +13,11 @@
 //! (a regular expression, anchored at both ends, on a string), `exists`
 //! (`true`: the path is present; `false`: it is absent).
 
+/// The predicate type of cosign v3 image *signatures* (a DSSE statement
+/// with no predicate): evidence of this type is a signature, not an
+/// attestation.
+pub const SIGNATURE_PREDICATE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";
+
 use serde::{Deserialize, Serialize};
 
 /// One required attestation, as written.

@@ -629,6 +629,9 @@ pub enum Check {
     /// A valid attestation of the required type whose predicate fails a
     /// condition.
     ConditionFailed { reason: String },
+    /// Evidence of a kind Portcullis cannot verify (keyless bundles, PGP
+    /// attestations): never satisfies an attestor.
+    Unsupported { reason: String },
 }
 
 impl Check {
@@ -641,6 +644,7 @@ impl Check {
             Check::Malformed { .. } => "malformed",
             Check::OtherPredicate { .. } => "of another predicate type",
             Check::ConditionFailed { .. } => "failing a condition",
+            Check::Unsupported { .. } => "unsupported",
         }
     }
 
@@ -661,16 +665,80 @@ impl Check {
             Check::ConditionFailed { reason } => {
                 format!("valid attestation, but a condition fails: {reason}")
             }
+            Check::Unsupported { reason } => format!("not verifiable: {reason}"),
         }
     }
 }
 
-/// One signature looked at, where it came from, and what it showed.
+/// Where a piece of evidence was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvidenceKind {
+    /// A cosign `sha256-<hex>.sig` tag (simple signing).
+    SigTag,
+    /// A cosign `sha256-<hex>.att` tag (DSSE envelopes).
+    AttTag,
+    /// An OCI 1.1 referrer (sigstore bundle), through the referrers API
+    /// or its `sha256-<hex>` tag fallback.
+    Referrer,
+    /// The local attestation store (`attestationStore`).
+    Store,
+}
+
+impl EvidenceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvidenceKind::SigTag => "sig-tag",
+            EvidenceKind::AttTag => "att-tag",
+            EvidenceKind::Referrer => "referrer",
+            EvidenceKind::Store => "store",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EvidenceKind> {
+        [
+            EvidenceKind::SigTag,
+            EvidenceKind::AttTag,
+            EvidenceKind::Referrer,
+            EvidenceKind::Store,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+impl fmt::Display for EvidenceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One signature or attestation looked at, where it came from, and what
+/// it showed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evidence {
+    pub kind: EvidenceKind,
     /// Where it was found, e.g. `127.0.0.1:5001/demo/app:sha256-….sig layer 2`.
     pub source: String,
+    /// The signed in-toto `predicateType`, for attestations whose
+    /// signature verified.
+    pub predicate_type: Option<String>,
     pub check: Check,
+}
+
+impl Evidence {
+    pub fn new(kind: EvidenceKind, source: impl Into<String>, check: Check) -> Evidence {
+        Evidence {
+            kind,
+            source: source.into(),
+            predicate_type: None,
+            check,
+        }
+    }
+
+    pub fn with_predicate_type(mut self, predicate_type: Option<String>) -> Evidence {
+        self.predicate_type = predicate_type;
+        self
+    }
 }
 
 /// How one attestor fared.
@@ -714,7 +782,10 @@ impl AttestorResult {
                 matches!(
                     e.check,
                     Check::OtherPredicate { .. } | Check::ConditionFailed { .. }
-                ) || e.source.contains(".att ")
+                ) || e
+                    .predicate_type
+                    .as_deref()
+                    .is_some_and(|p| p != attestation::SIGNATURE_PREDICATE_TYPE)
             });
         let mut text = format!(
             "no valid {} ({} checked: {})",

@@ -160,10 +160,7 @@ fn rule(evaluation: EvaluationMode, enforcement: EnforcementMode, attestors: &[&
 }
 
 fn ev(check: Check) -> Evidence {
-    Evidence {
-        source: "test".into(),
-        check,
-    }
+    Evidence::new(EvidenceKind::SigTag, "test", check)
 }
 
 fn valid() -> Check {

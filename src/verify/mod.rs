@@ -31,7 +31,8 @@ use moka::future::Cache;
 use crate::config::CacheConfig;
 use crate::oci::Digest;
 use crate::policy::{
-    self, Check, Decision, EnforcementMode, EvaluationMode, Evidence, Policy, RuleSource, Verdict,
+    self, Check, Decision, EnforcementMode, EvaluationMode, Evidence, EvidenceKind, Policy,
+    RuleSource, Verdict,
 };
 use crate::routing::Route;
 use crate::serve::manifest::Manifest;
@@ -429,7 +430,9 @@ impl Verifier {
                         signatures
                             .iter()
                             .map(|(source, candidate)| Evidence {
+                                kind: EvidenceKind::SigTag,
                                 source: source.clone(),
+                                predicate_type: None,
                                 check: match candidate {
                                     Ok(c) => simple_signing::check(
                                         c,
@@ -447,7 +450,9 @@ impl Verifier {
                         envelopes
                             .iter()
                             .map(|(source, envelope)| Evidence {
+                                kind: EvidenceKind::AttTag,
                                 source: source.clone(),
+                                predicate_type: None,
                                 check: match envelope {
                                     Ok(bytes) => {
                                         check_attestation(bytes, attestor, manifest.digest.hex())
