@@ -52,6 +52,10 @@ as_root() {
 #                    not needed for pulls as root, cheap to have
 #   ca-certificates, curl, jq, openssl
 #                    TLS roots, and small helpers tests and scripts use
+#   python3-securesystemslib, python3-cryptography
+#                    an independent DSSE signer for tests/attestations.rs
+#                    (cryptography is only Recommended by securesystemslib,
+#                    and recommends are not installed)
 #   chromium         the headless browser tests/dashboard.rs drives the
 #                    dashboard (/-/ui) in, through playwright-core
 #   nodejs, npm      only when no `node` is on PATH (a NodeSource nodejs
@@ -60,6 +64,7 @@ as_root() {
 APT_PACKAGES=(
     ca-certificates curl jq openssl
     docker-registry skopeo podman containerd
+    python3-securesystemslib python3-cryptography
     uidmap iptables slirp4netns
     chromium
 )

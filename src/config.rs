@@ -81,6 +81,26 @@ pub struct Config {
     /// justification, audited and alerted. Off by default.
     #[serde(default)]
     pub break_glass: Option<crate::breakglass::BreakGlassConfig>,
+    /// Evidence kept outside the registry: a directory of BinAuthz
+    /// occurrences, cosign signatures, DSSE envelopes and sigstore bundles,
+    /// indexed by the digest their signed content names.
+    #[serde(default)]
+    pub attestation_store: Option<AttestationStoreConfig>,
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("attestations")
+}
+
+/// The local attestation store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AttestationStoreConfig {
+    /// The directory (`attestations` beside the config file when not
+    /// given); files are picked up and re-read when they change, without a
+    /// restart.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
 }
 
 /// The admin listener.
@@ -397,6 +417,9 @@ impl Config {
         };
         if let Some(path) = &mut self.policy_file {
             fix(path);
+        }
+        if let Some(store) = &mut self.attestation_store {
+            fix(&mut store.path);
         }
         if let Some(path) = self.audit.as_mut().and_then(|a| a.path.as_mut()) {
             fix(path);

@@ -18,8 +18,13 @@
 //!   Basic and bearer-token authentication, one [`upstream::Upstream`] per
 //!   configured registry.
 //! - [`verify`]: whether a manifest may be served: policy rule, evidence
-//!   lookup (cosign signatures), verdict cache, admitted children and
-//!   blobs. Only it can produce the `Admission` that serving requires.
+//!   lookup, verdict cache, admitted children and blobs. Only it can
+//!   produce the `Admission` that serving requires. Evidence sources:
+//!   cosign `.sig`/`.att` tags ([`verify::cosign`]), OCI 1.1 referrers
+//!   ([`verify::referrers`]) and the local attestation store
+//!   ([`verify::store`]); formats are checked by pure modules
+//!   ([`verify::simple_signing`], [`verify::dsse`], [`verify::bundle`],
+//!   [`verify::binauthz`]) and matched to attestors in [`verify::evidence`].
 //! - [`policy`]: the Binary Authorization-style policy and its pure
 //!   evaluation; [`crypto`]: keys and signature verification (pure).
 //! - [`serve`]: the pull endpoints: manifests (read whole, hashed, bounded),
@@ -33,13 +38,15 @@
 //! - [`error`]: OCI error codes and the wire envelope.
 //! - [`telemetry`]: logging setup; [`reload`]: policy hot reload (SIGHUP,
 //!   file changes); [`commands`]: the one-shot CLI commands (`keygen`,
-//!   `sign`, `verify`); [`replay`]: `policy replay`, what a candidate
-//!   policy would change for the pulls an audit trail recorded.
+//!   `sign`, `attest`, `verify`); [`attestations`]: `attestations import`
+//!   and `list`; [`replay`]: `policy replay`, what a candidate policy would
+//!   change for the pulls an audit trail recorded.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod alerts;
+pub mod attestations;
 pub mod audit;
 pub mod breakglass;
 pub mod commands;

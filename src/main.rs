@@ -65,10 +65,35 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+    /// Attest an image the way `cosign attest --key` does: resolve it at its
+    /// registry and append a signed in-toto statement (a DSSE envelope) to
+    /// its sha256-<hex>.att manifest.
+    Attest {
+        /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
+        reference: String,
+        /// The private key (PKCS#8 PEM, as `portcullis keygen` writes it).
+        #[arg(long)]
+        key: PathBuf,
+        /// The predicate: a file holding one JSON object, e.g. SLSA provenance.
+        #[arg(long)]
+        predicate: PathBuf,
+        /// Predicate type: a URI, or one of cosign's shorthands (custom,
+        /// slsaprovenance, slsaprovenance02, slsaprovenance1, spdx, spdxjson,
+        /// cyclonedx, vuln, openvex, link).
+        #[arg(long = "type", default_value = "custom")]
+        predicate_type: String,
+        #[command(flatten)]
+        registry: commands::RegistryOptions,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Evidence kept outside the registry: the attestation store.
+    Attestations {
+        #[command(subcommand)]
+        command: AttestationsCommand,
     },
     /// Evaluate the policy for an image against the live upstream and
     /// explain the decision. Exit 0 allow, 1 deny, 2 error.
@@ -77,6 +102,37 @@ enum Command {
         reference: String,
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AttestationsCommand {
+    /// Validate Binary Authorization occurrences (the JSON of `gcloud
+    /// container binauthz attestations list --format=json`, or its YAML)
+    /// and copy them into the attestation store. All or nothing; exit 1
+    /// if any is invalid.
+    Import {
+        /// The occurrences file.
+        file: PathBuf,
+        /// The configuration: its attestors validate the signatures, and
+        /// its `attestationStore.path` is where they go.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The store directory, instead of the config's.
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Show every piece of evidence found for an image (cosign tags,
+    /// referrers, the attestation store), where it came from, and whether
+    /// it verified for each attestor.
+    List {
+        /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
+        reference: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -187,6 +243,33 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Attest {
+            reference,
+            key,
+            predicate,
+            predicate_type,
+            registry,
+        } => {
+            let result = runtime().and_then(|rt| {
+                rt.block_on(commands::attest(
+                    &reference,
+                    &key,
+                    &predicate,
+                    &predicate_type,
+                    &registry,
+                ))
+            });
+            match result {
+                Ok(digest) => {
+                    println!("attested {reference} ({digest})");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Policy {
             command:
                 PolicyCommand::Replay {
@@ -221,6 +304,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Attestations { command } => attestations(command),
         Command::Verify { reference, config } => {
             let result = load(config.as_ref())
                 .map_err(|e| format!("invalid configuration: {e}"))
@@ -264,6 +348,68 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn attestations(command: AttestationsCommand) -> ExitCode {
+    use portcullis::attestations;
+    match command {
+        AttestationsCommand::Import {
+            file,
+            config,
+            store,
+        } => {
+            let result = load(config.as_ref())
+                .map_err(|e| format!("invalid configuration: {e}"))
+                .and_then(|config| {
+                    let dir = attestations::store_dir(Some(&config), store.as_deref())?;
+                    let policy = config.compile_policy().map_err(|e| e.to_string())?;
+                    let input = std::fs::read(&file)
+                        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                    attestations::import(&policy, &input, &dir).map(|done| (dir, done))
+                });
+            match result {
+                Ok((dir, done)) => {
+                    println!(
+                        "imported {} occurrence(s) into {} for {}",
+                        done.files.len(),
+                        dir.display(),
+                        done.digests.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        AttestationsCommand::List {
+            reference,
+            config,
+            json,
+        } => {
+            let result = load(config.as_ref())
+                .map_err(|e| format!("invalid configuration: {e}"))
+                .and_then(|config| {
+                    runtime().and_then(|rt| rt.block_on(attestations::list(&config, &reference)))
+                });
+            match result {
+                Ok((image, listed)) => {
+                    if json {
+                        let doc = serde_json::json!({"image": image, "evidence": listed});
+                        println!("{doc:#}");
+                    } else {
+                        print!("{}", attestations::render(&image, &listed));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -59,7 +59,21 @@ pub fn reload(app: &App, config_path: &Path, why: &str) -> Result<String, String
     }
 }
 
-/// Watches for SIGHUP and file changes until the process ends.
+/// Re-reads the attestation store, off the async threads.
+async fn refresh_store(app: &Arc<App>) {
+    if app.verifier.store().is_none() {
+        return;
+    }
+    let app = Arc::clone(app);
+    match tokio::task::spawn_blocking(move || app.verifier.refresh_store()).await {
+        Ok(true) => tracing::info!("attestation store changed; cached verdicts dropped"),
+        Ok(false) => {}
+        Err(e) => tracing::error!("attestation store refresh failed: {e}"),
+    }
+}
+
+/// Watches for SIGHUP, file changes and the attestation store until the
+/// process ends.
 pub async fn watch(app: Arc<App>, config_path: PathBuf) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -75,6 +89,7 @@ pub async fn watch(app: Arc<App>, config_path: PathBuf) {
         let why = tokio::select! {
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
             () = tokio::time::sleep(WATCH_INTERVAL) => {
+                refresh_store(&app).await;
                 let now = fingerprint(&paths);
                 if now == seen {
                     continue;

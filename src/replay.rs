@@ -900,6 +900,7 @@ mod tests {
             key_id: key.map(str::to_owned),
             kind: None,
             predicate_type: None,
+            note: None,
         }
     }
 

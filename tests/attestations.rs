@@ -1,6 +1,7 @@
 //! SLSA provenance attestations (cosign `.att`, DSSE over in-toto) signed by
-//! an independent implementation (OpenSSL signs the DSSE PAE), stored in a
-//! real registry, enforced by the "built by our CI" rule through the proxy.
+//! independent implementations (OpenSSL signs the DSSE PAE; Python's
+//! securesystemslib generates the key and signs), stored in a real
+//! registry, enforced by the "built by our CI" rule through the proxy.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
-use common::clients::run;
+use common::clients::{require_tool, run, run_unchecked};
 use common::content::{self, sha256_digest};
 use common::registry::Registry;
 use common::trust::{self, KeyPair, MANIFEST_ACCEPT};
@@ -95,9 +96,12 @@ fn push_attestation(registry: &Registry, repo: &str, digest: &str, envelope: &[u
     );
 }
 
-fn config(registry: &Registry, key: &KeyPair) -> String {
+/// The proxy configuration: every image needs SLSA v1 provenance from
+/// `BUILDER` and a source under git.example.com/team, signed by the key
+/// whose SPKI PEM is `public_pem`.
+fn config(registry: &Registry, public_pem: &str) -> String {
     let mut pem = String::new();
-    for line in key.pem.lines() {
+    for line in public_pem.lines() {
         pem.push_str(&format!("            {line}\n"));
     }
     format!(
@@ -193,7 +197,7 @@ fn built_by_ci_provenance_rule() {
         &[],
     );
 
-    let proxy = Proxy::start(&config(&registry, &key));
+    let proxy = Proxy::start(&config(&registry, &key.pem));
     let ok = pull(&proxy, "good/app");
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(sha256_digest(&ok.body), digests[0]);
@@ -222,4 +226,177 @@ fn built_by_ci_provenance_rule() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("evil.example/builder"), "{text}");
+}
+
+/// The system Python, which Debian's python3-securesystemslib installs into
+/// (a pyenv `python3` on PATH may not see it).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Signs in-toto statements with securesystemslib: see the docstring.
+const SSLIB_DSSE_SIGN: &str = r#""""DSSE envelopes over in-toto statements, signed with securesystemslib.
+
+usage: dsse_sign.py DIR NAME...
+
+Generates an ECDSA P-256 key (ecdsa-sha2-nistp256) with securesystemslib,
+writes its public key (SPKI PEM) to DIR/key.pub, and for each NAME signs the
+statement in DIR/NAME.statement.json and writes the envelope to
+DIR/NAME.dsse.json.
+
+securesystemslib 0.26 (Debian 12) has signers but no DSSE module, so PAE is
+computed here, per the DSSE spec. Its signatures are hex
+(Signature.signature); the DSSE JSON envelope carries base64, as the spec
+says and as securesystemslib's own Envelope does in later releases (it
+converts on export: secure-systems-lab/securesystemslib#565).
+"""
+import base64
+import json
+import sys
+
+from securesystemslib import keys
+from securesystemslib.signer import SSlibKey, SSlibSigner
+
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+
+
+def pae(payload_type: str, body: bytes) -> bytes:
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
+
+
+def main() -> None:
+    out, names = sys.argv[1], sys.argv[2:]
+    key = keys.generate_ecdsa_key(scheme="ecdsa-sha2-nistp256")
+    assert key["keytype"] == "ecdsa", key["keytype"]
+    with open(f"{out}/key.pub", "w", encoding="utf-8") as f:
+        f.write(key["keyval"]["public"])
+    signer = SSlibSigner(key)
+    public = SSlibKey.from_securesystemslib_key(
+        {k: v for k, v in key.items() if k != "keyval"}
+        | {"keyval": {"public": key["keyval"]["public"]}}
+    )
+    for name in names:
+        with open(f"{out}/{name}.statement.json", "rb") as f:
+            body = f.read()
+        message = pae(PAYLOAD_TYPE, body)
+        signature = signer.sign(message)
+        public.verify_signature(signature, message)  # raises if it does not
+        envelope = {
+            "payloadType": PAYLOAD_TYPE,
+            "payload": base64.b64encode(body).decode("ascii"),
+            "signatures": [
+                {
+                    "keyid": signature.keyid,
+                    "sig": base64.b64encode(bytes.fromhex(signature.signature)).decode("ascii"),
+                }
+            ],
+        }
+        with open(f"{out}/{name}.dsse.json", "w", encoding="utf-8") as f:
+            json.dump(envelope, f)
+
+
+if __name__ == "__main__":
+    main()
+"#;
+
+/// Fails (never skips) unless the system Python has securesystemslib with
+/// its ECDSA backend (python3-cryptography).
+fn require_securesystemslib() {
+    require_tool(PYTHON, "python3");
+    let out = run_unchecked(
+        Command::new(PYTHON).args([
+            "-c",
+            "import securesystemslib.signer, securesystemslib.keys, cryptography",
+        ]),
+        "python3 -c 'import securesystemslib'",
+    );
+    assert!(
+        out.status.success(),
+        "securesystemslib is not usable from {PYTHON}: run `apt-get install -y \
+         python3-securesystemslib python3-cryptography` (this test needs the real \
+         library and is never skipped)\n{}",
+        trust::output_text(&out)
+    );
+}
+
+/// Runs the securesystemslib script on `(name, statement)` pairs in `dir`:
+/// returns the public key's PEM and each envelope.
+fn securesystemslib_envelopes(
+    dir: &Path,
+    statements: &[(&str, Vec<u8>)],
+) -> (String, Vec<Vec<u8>>) {
+    require_securesystemslib();
+    let script = dir.join("dsse_sign.py");
+    std::fs::write(&script, SSLIB_DSSE_SIGN).unwrap();
+    for (name, statement) in statements {
+        std::fs::write(dir.join(format!("{name}.statement.json")), statement).unwrap();
+    }
+    run(
+        Command::new(PYTHON)
+            .arg(&script)
+            .arg(dir)
+            .args(statements.iter().map(|(name, _)| name)),
+        "python3 dsse_sign.py (securesystemslib)",
+    );
+    let pem = std::fs::read_to_string(dir.join("key.pub")).unwrap();
+    let envelopes = statements
+        .iter()
+        .map(|(name, _)| std::fs::read(dir.join(format!("{name}.dsse.json"))).unwrap())
+        .collect();
+    (pem, envelopes)
+}
+
+#[test]
+fn securesystemslib_provenance_is_enforced() {
+    require_tool(common::clients::SKOPEO, "skopeo");
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let source = "git+https://git.example.com/team/app";
+    let arch = common::host_arch();
+    let good = content::push_image(&registry.url(), "sslib/good", Some("v1"), arch, 31, &[128]);
+    let evil = content::push_image(&registry.url(), "sslib/evil", Some("v1"), arch, 32, &[128]);
+    let (pem, envelopes) = securesystemslib_envelopes(
+        dir.path(),
+        &[
+            ("good", statement(&good.digest, BUILDER, source)),
+            (
+                "evil",
+                statement(&evil.digest, "https://evil.example/builder", source),
+            ),
+        ],
+    );
+    // What securesystemslib wrote: its own key id (ignored: keys are tried
+    // in turn) and a base64 DER signature.
+    let envelope: serde_json::Value = serde_json::from_slice(&envelopes[0]).unwrap();
+    assert_eq!(envelope["payloadType"], "application/vnd.in-toto+json");
+    let signature = &envelope["signatures"][0];
+    assert_eq!(signature["keyid"].as_str().unwrap().len(), 64, "{envelope}");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(signature["sig"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(der[0], 0x30, "an ASN.1 DER ECDSA signature: {envelope}");
+    push_attestation(&registry, "sslib/good", &good.digest, &envelopes[0]);
+    push_attestation(&registry, "sslib/evil", &evil.digest, &envelopes[1]);
+
+    let proxy = Proxy::start(&config(&registry, &pem));
+    let pulled = dir.path().join("good");
+    let out = trust::skopeo_copy(&format!("{}/sslib/good:v1", proxy.host()), &pulled);
+    trust::assert_succeeded(
+        &out,
+        "skopeo copy of an image with securesystemslib provenance",
+    );
+    assert_eq!(trust::dir_manifest_digest(&pulled), good.digest);
+
+    let out = trust::skopeo_copy(
+        &format!("{}/sslib/evil:v1", proxy.host()),
+        &dir.path().join("evil"),
+    );
+    trust::assert_failed_saying(
+        &out,
+        &[
+            "attestor built-by-ci",
+            "condition failed: /runDetails/builder/id",
+            "evil.example/builder",
+        ],
+        "skopeo copy of an image with another builder's securesystemslib provenance",
+    );
 }

@@ -1003,11 +1003,7 @@ fn connaisseur_unsigned_and_nonexistent() {
     let cfg = policy_config(CONN_REGISTRY, &fake, &[conn_attestor("alice")], None);
     let v = run_verify(&cfg, &format!("{CONN_REGISTRY}/{CONN_REPO}:co-unsigned"));
     assert_eq!(v.code, Some(1), "{}", v.output());
-    assert!(
-        v.stdout.contains("no signatures were found"),
-        "{}",
-        v.output()
-    );
+    assert!(v.stdout.contains("no evidence was found"), "{}", v.output());
 }
 
 /// `:keyless`: VALID for connaisseur with a keyless trust root (Fulcio
@@ -1251,5 +1247,73 @@ fn cosign_v3_classic_signature() {
             .contains("does not verify with any of the attestor's keys"),
         "{}",
         v.output()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. connaisseur/notation: a real referrers tag-schema fallback index
+// ---------------------------------------------------------------------------
+
+const NOTATION_DIR: &str = "connaisseur/notation/sse-secure-systems/testimage";
+const NOTATION_REPO: &str = "sse-secure-systems/testimage";
+const NOTATION_SIGNED: &str =
+    "sha256:a136cc4e785798e5e8483047cf621cf0a0300a93d47703a3f066c340c070f5cf";
+const NOTATION_SIGNATURE: &str =
+    "sha256:d397b30282982b80818b2705f8d542d35158bc59d8bf42549f3e898f23d55a77";
+
+/// notation pushed its signature to a registry without the referrers API,
+/// so the image's referrers live in the `sha256-a136cc4e…` tag (the real
+/// 485-byte index). Portcullis reads that index for sigstore bundles; the
+/// one referrer it lists is a notation signature (`artifactType`
+/// `application/vnd.cncf.notary.signature`), which is not a bundle and is
+/// not fetched. With a cosign attestor required, the image is denied:
+/// no evidence (Portcullis does not verify notation signatures).
+#[test]
+fn notation_referrers_fallback_index_is_read_and_its_signature_skipped() {
+    let fake = Fake::start();
+    fake.set(|c| c.no_referrers_api = true);
+    for kind in ["manifests", "blobs"] {
+        for entry in std::fs::read_dir(fixtures::root().join(NOTATION_DIR).join(kind)).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let bytes = fixtures::read(&format!("{NOTATION_DIR}/{kind}/{name}"));
+            let reference = name.strip_suffix(".json").unwrap();
+            if kind == "blobs" {
+                assert_eq!(fake.put_blob(NOTATION_REPO, &bytes), reference);
+            } else {
+                let media_type = fixtures::manifest_media_type(&bytes);
+                fake.put_manifest(NOTATION_REPO, Some(reference), &media_type, &bytes);
+            }
+        }
+    }
+    let proxy = Proxy::start(&policy_config(
+        CONN_REGISTRY,
+        &fake,
+        &[conn_attestor("alice")],
+        None,
+    ));
+    let r = get_manifest(&proxy, NOTATION_REPO, "notation-sign");
+    assert_denied_with(
+        &r,
+        &[
+            &format!("image {CONN_REGISTRY}/{NOTATION_REPO}@{NOTATION_SIGNED}"),
+            "attestor alice: no valid signature (no signatures found)",
+        ],
+        "notation-signed image, cosign attestor",
+    );
+    let tag = NOTATION_SIGNED.replacen(':', "-", 1);
+    assert!(
+        fake.hits(&format!("/v2/{NOTATION_REPO}/referrers/{NOTATION_SIGNED}")) >= 1,
+        "the referrers API was not tried first"
+    );
+    assert!(
+        fake.hits(&format!("/v2/{NOTATION_REPO}/manifests/{tag}")) >= 1,
+        "the referrers tag was not read after the API's 404"
+    );
+    assert_eq!(
+        fake.hits(&format!(
+            "/v2/{NOTATION_REPO}/manifests/{NOTATION_SIGNATURE}"
+        )),
+        0,
+        "a notation signature was fetched as if it could be a sigstore bundle"
     );
 }

@@ -72,6 +72,9 @@ pub struct EvidenceRecord {
     /// The signed in-toto predicate type, for verified attestations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicate_type: Option<String>,
+    /// Unverified context, e.g. transparency-log entries of a bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// `valid`, `unknown-key`, `other-digest`, `other-repository`, `malformed`.
     pub result: String,
     pub detail: String,
@@ -211,6 +214,7 @@ impl DecisionRecord {
                             kind: Some(e.kind.as_str().to_owned()),
                             source: e.source.clone(),
                             predicate_type: e.predicate_type.clone(),
+                            note: e.note.clone(),
                             result: check_name(&e.check).to_owned(),
                             detail: e.check.describe(),
                             key_id: match &e.check {

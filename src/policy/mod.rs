@@ -722,6 +722,9 @@ pub struct Evidence {
     /// The signed in-toto `predicateType`, for attestations whose
     /// signature verified.
     pub predicate_type: Option<String>,
+    /// What else is worth knowing, unverified (e.g. a bundle's
+    /// transparency-log entries, recorded but not required).
+    pub note: Option<String>,
     pub check: Check,
 }
 
@@ -731,8 +734,14 @@ impl Evidence {
             kind,
             source: source.into(),
             predicate_type: None,
+            note: None,
             check,
         }
+    }
+
+    pub fn with_note(mut self, note: Option<String>) -> Evidence {
+        self.note = note;
+        self
     }
 
     pub fn with_predicate_type(mut self, predicate_type: Option<String>) -> Evidence {

@@ -97,7 +97,7 @@ pub async fn referrers(
             }
             Ok(out)
         }
-        StatusCode::NOT_FOUND => {
+        status if crate::verify::no_referrers_api(status) => {
             referrers_from_tag_schema(upstream, route, digest, artifact_type, head).await
         }
         _ => Err(upstream_failure(route, response, what, ErrorCode::NameUnknown).await),

@@ -126,10 +126,16 @@ impl App {
             .compile_policy()
             .map_err(|e| SetupError::Policy(e.to_string()))?;
         observer.metrics.policy_loaded(&policy.revision);
+        let mut verifier = Verifier::new(policy, config.cache);
+        if let Some(store) = &config.attestation_store {
+            let store = crate::verify::store::Store::open(&store.path)
+                .map_err(SetupError::AttestationStore)?;
+            verifier = verifier.with_store(Arc::new(store));
+        }
         Ok(App {
             router: Router::new(config),
             upstreams,
-            verifier: Verifier::new(policy, config.cache),
+            verifier,
             manifests: manifest::ManifestCache::new(&config.cache),
             observer,
             break_glass: match &config.break_glass {

@@ -73,6 +73,8 @@ pub enum SetupError {
     Url { registry: String, url: String },
     #[error("policy: {0}")]
     Policy(String),
+    #[error("{0}")]
+    AttestationStore(String),
 }
 
 /// One upstream registry and the means to talk to it.

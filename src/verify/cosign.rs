@@ -239,7 +239,7 @@ pub async fn fetch_blob(
     Ok(bytes)
 }
 
-async fn read_bounded(
+pub(crate) async fn read_bounded(
     body: crate::upstream::UpstreamBody,
     limit: usize,
     what: &str,

@@ -1,9 +1,14 @@
 //! DSSE envelopes carrying in-toto statements (cosign `.att` layers,
-//! `cosign attest`): the signature is checked over PAE with the attestor's
-//! keys, then the *signed* statement: payload type, statement type, subject
-//! digest, predicate type and the policy's conditions. Pure: no I/O.
+//! `cosign attest`, the `dsseEnvelope` of a sigstore bundle): the signature
+//! is checked over PAE with the attestor's keys, then the *signed*
+//! statement: payload type, statement type, subject digest, predicate type
+//! and the policy's conditions. Pure: no I/O.
+//!
+//! [`Envelope`] is the envelope as serialized, trusted for nothing;
+//! [`Envelope::verify`] turns it into a [`Verified`] statement, the only
+//! thing verdicts are drawn from. [`claimed_subjects`] reads the
+//! *unverified* statement, for indexing only.
 
-use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::crypto::decode_base64_lenient;
@@ -18,8 +23,11 @@ const STATEMENT_TYPES: [&str; 2] = [
     "https://in-toto.io/Statement/v1",
 ];
 
-#[derive(Deserialize)]
-struct Envelope {
+/// A DSSE envelope as serialized: `{"payloadType", "payload" (base64),
+/// "signatures": [{"keyid", "sig" (base64)}]}`. Nothing in it is trusted
+/// until [`Envelope::verify`] succeeds.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Envelope {
     #[serde(rename = "payloadType")]
     payload_type: String,
     payload: String,
@@ -27,7 +35,7 @@ struct Envelope {
     signatures: Vec<EnvelopeSignature>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct EnvelopeSignature {
     sig: String,
 }
@@ -63,48 +71,99 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether `text` is a sha256 digest in the form subjects and indexes use:
+/// 64 lowercase hex digits.
+pub(crate) fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Envelope {
+    /// Parses an envelope's JSON. The error says what is wrong.
+    pub fn parse(bytes: &[u8]) -> Result<Envelope, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("not a DSSE envelope: {e}"))
+    }
+
+    /// The payload type as written (unverified until [`Envelope::verify`]).
+    pub fn payload_type(&self) -> &str {
+        &self.payload_type
+    }
+
+    fn decoded_payload(&self) -> Option<Vec<u8>> {
+        decode_base64_lenient(&self.payload)
+    }
+
+    /// Verifies the signature with `attestor`'s keys and parses the signed
+    /// statement. `Err` is the evidence's verdict: [`Check::UnknownKey`]
+    /// when no key verifies any signature.
+    pub fn verify(&self, attestor: &Attestor) -> Result<Verified, Check> {
+        let malformed = |reason: String| Check::Malformed { reason };
+        let payload = self
+            .decoded_payload()
+            .ok_or_else(|| malformed("DSSE payload is empty or not base64".into()))?;
+        let message = pae(&self.payload_type, &payload);
+        let key = self.signatures.iter().find_map(|s| {
+            let sig = decode_base64_lenient(&s.sig)?;
+            attestor.keys.iter().find(|k| k.key.verify(&message, &sig))
+        });
+        let Some(key) = key else {
+            return Err(Check::UnknownKey);
+        };
+        // Only signed content is interpreted from here on.
+        if self.payload_type != IN_TOTO_PAYLOAD_TYPE {
+            return Err(malformed(format!(
+                "payloadType {:?} is not {IN_TOTO_PAYLOAD_TYPE}",
+                self.payload_type
+            )));
+        }
+        let statement: Statement = serde_json::from_slice(&payload)
+            .map_err(|e| malformed(format!("signed payload is not an in-toto statement: {e}")))?;
+        if !STATEMENT_TYPES.contains(&statement.statement_type.as_str()) {
+            return Err(malformed(format!(
+                "unknown statement _type {:?}",
+                statement.statement_type
+            )));
+        }
+        Ok(Verified {
+            key_id: key.id.clone(),
+            statement,
+        })
+    }
+
+    /// The sha256 subjects (lowercase hex) the statement *claims*, read
+    /// without verifying anything: only for indexing evidence by digest
+    /// (an attestation store), never for a verdict. Malformed content
+    /// claims nothing.
+    pub fn claimed_subjects(&self) -> Vec<String> {
+        let Some(payload) = self.decoded_payload() else {
+            return Vec::new();
+        };
+        let Ok(statement) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+            return Vec::new();
+        };
+        let subjects = statement
+            .get("subject")
+            .and_then(serde_json::Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut out: Vec<String> = subjects
+            .iter()
+            .filter_map(|s| s.pointer("/digest/sha256")?.as_str())
+            .filter(|d| is_sha256_hex(d))
+            .map(str::to_owned)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// A verified, parsed statement.
 pub struct Verified {
     pub key_id: String,
     statement: Statement,
-}
-
-/// Verifies an envelope's signature with `attestor`'s keys and parses its
-/// statement. `Err` is the evidence's verdict.
-pub fn verify(envelope: &[u8], attestor: &Attestor) -> Result<Verified, Check> {
-    let malformed = |reason: String| Check::Malformed { reason };
-    let env: Envelope = serde_json::from_slice(envelope)
-        .map_err(|e| malformed(format!("not a DSSE envelope: {e}")))?;
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(env.payload.trim())
-        .map_err(|_| malformed("DSSE payload is not base64".into()))?;
-    let message = pae(&env.payload_type, &payload);
-    let key = env.signatures.iter().find_map(|s| {
-        let sig = decode_base64_lenient(&s.sig)?;
-        attestor.keys.iter().find(|k| k.key.verify(&message, &sig))
-    });
-    let Some(key) = key else {
-        return Err(Check::UnknownKey);
-    };
-    // Only signed content is interpreted from here on.
-    if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
-        return Err(malformed(format!(
-            "payloadType {:?} is not {IN_TOTO_PAYLOAD_TYPE}",
-            env.payload_type
-        )));
-    }
-    let statement: Statement = serde_json::from_slice(&payload)
-        .map_err(|e| malformed(format!("signed payload is not an in-toto statement: {e}")))?;
-    if !STATEMENT_TYPES.contains(&statement.statement_type.as_str()) {
-        return Err(malformed(format!(
-            "unknown statement _type {:?}",
-            statement.statement_type
-        )));
-    }
-    Ok(Verified {
-        key_id: key.id.clone(),
-        statement,
-    })
 }
 
 impl Verified {
@@ -155,47 +214,75 @@ impl Verified {
     }
 }
 
+/// Verifies a serialized envelope's signature with `attestor`'s keys and
+/// parses its statement. `Err` is the evidence's verdict.
+pub fn verify(envelope: &[u8], attestor: &Attestor) -> Result<Verified, Check> {
+    Envelope::parse(envelope)
+        .map_err(|reason| Check::Malformed { reason })?
+        .verify(attestor)
+}
+
+/// The sha256 subjects a serialized envelope *claims* (unverified; see
+/// [`Envelope::claimed_subjects`]): for indexing only.
+pub fn claimed_subjects(envelope: &[u8]) -> Vec<String> {
+    Envelope::parse(envelope)
+        .map(|e| e.claimed_subjects())
+        .unwrap_or_default()
+}
+
+/// Checks a verified statement for an attestor that requires
+/// attestations: valid if it binds `digest_hex` and meets any of the
+/// attestor's requirements; otherwise the most telling failure (a failed
+/// condition on the right predicate type before "another predicate
+/// type", so the message names what to fix).
+pub fn check_for_attestor(verified: &Verified, attestor: &Attestor, digest_hex: &str) -> Check {
+    let checks: Vec<Check> = attestor
+        .attestations
+        .iter()
+        .map(|r| verified.check(digest_hex, Some(r)))
+        .collect();
+    if let Some(valid) = checks.iter().find(|c| matches!(c, Check::Valid { .. })) {
+        return valid.clone();
+    }
+    checks
+        .iter()
+        .find(|c| !matches!(c, Check::OtherPredicate { .. }))
+        .or(checks.first())
+        .cloned()
+        .unwrap_or(Check::Malformed {
+            reason: "the attestor requires no attestation to check".into(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{AttestorDoc, PkixKeyDoc, Policy, PolicyDoc, PublicKeyDoc};
-    use std::path::PathBuf;
+    use crate::crypto::Algorithm;
+    use crate::verify::testing::{attestor, fixture, fixture_text, p256_pair, pem_key};
+    use base64::Engine as _;
 
-    fn fixtures() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures/cosign/dsse-attestation-vectors")
+    const VECTORS: &str = "cosign/dsse-attestation-vectors";
+
+    /// A vector's envelope, `{case}.dsse.json`.
+    fn envelope(case: &str) -> Vec<u8> {
+        fixture(&format!("{VECTORS}/{case}.dsse.json"))
     }
 
-    fn attestor(pem: &str) -> Policy {
-        let doc: PolicyDoc =
-            serde_yaml_ng::from_str("defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}")
-                .unwrap();
-        let a = AttestorDoc {
-            name: "ci".into(),
-            description: None,
-            public_keys: vec![PublicKeyDoc {
-                id: Some("cosign".into()),
-                comment: None,
-                pkix_public_key: Some(PkixKeyDoc {
-                    public_key_pem: pem.into(),
-                    signature_algorithm: "ECDSA_P256_SHA256".into(),
-                }),
-                ascii_armored_pgp_public_key: None,
-            }],
-            signature_repository: None,
-            attestations: Vec::new(),
-        };
-        Policy::compile(&doc, &[a]).unwrap()
+    /// The attestor "ci" holding the vectors' key as "cosign".
+    fn cosign_attestor() -> Attestor {
+        let pem = fixture_text(&format!("{VECTORS}/cosign.pub"));
+        attestor(
+            "ci",
+            vec![pem_key("cosign", &pem, Algorithm::EcdsaP256Sha256)],
+            &[],
+        )
     }
 
     const BLOB: &str = "658781cd4ed9bca60dacd09f7bb914bb51502e8b5d619f57f39a1d652596cc24";
 
     fn check(case: &str, requirement: Option<&Requirement>) -> Check {
-        let dir = fixtures();
-        let pem = std::fs::read_to_string(dir.join("cosign.pub")).unwrap();
-        let policy = attestor(&pem);
-        let env = std::fs::read(dir.join(format!("{case}.dsse.json"))).unwrap();
-        match verify(&env, &policy.attestors["ci"]) {
+        let env = envelope(case);
+        match verify(&env, &cosign_attestor()) {
             Ok(v) => v.check(BLOB, requirement),
             Err(c) => c,
         }
@@ -244,23 +331,15 @@ mod tests {
 
     #[test]
     fn other_blob_and_other_key_and_tampering_fail() {
-        let dir = fixtures();
-        let pem = std::fs::read_to_string(dir.join("cosign.pub")).unwrap();
-        let policy = attestor(&pem);
-        let env = std::fs::read(dir.join("blobSLSAProvenanceSignature.dsse.json")).unwrap();
-        let v = verify(&env, &policy.attestors["ci"]).ok().unwrap();
+        let ci = cosign_attestor();
+        let env = envelope("blobSLSAProvenanceSignature");
+        let v = verify(&env, &ci).ok().unwrap();
         let other = "sha256 of another-blob";
         assert!(matches!(v.check(other, None), Check::OtherDigest { .. }));
         // Another key.
-        let other_key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
-        let other_pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(
-            other_key.verifying_key(),
-            p256::pkcs8::LineEnding::LF,
-        )
-        .unwrap();
-        let other_policy = attestor(&other_pem);
+        let other_attestor = attestor("ci", vec![p256_pair("cosign").1], &[]);
         assert!(matches!(
-            verify(&env, &other_policy.attestors["ci"]),
+            verify(&env, &other_attestor),
             Err(Check::UnknownKey)
         ));
         // The payload edited after signing.
@@ -277,10 +356,96 @@ mod tests {
             .encode(statement)
             .into();
         let tampered = serde_json::to_vec(&value).unwrap();
+        assert!(matches!(verify(&tampered, &ci), Err(Check::UnknownKey)));
+    }
+
+    fn requirement(predicate_type: &str, builder_id: Option<&str>) -> Requirement {
+        let doc = crate::policy::attestation::RequirementDoc {
+            predicate_type: predicate_type.into(),
+            conditions: builder_id
+                .map(|id| crate::policy::attestation::ConditionDoc {
+                    path: "/builder/id".into(),
+                    equals: Some(id.into()),
+                    one_of: None,
+                    matches: None,
+                    exists: None,
+                })
+                .into_iter()
+                .collect(),
+        };
+        Requirement::compile(&doc).unwrap()
+    }
+
+    #[test]
+    fn check_for_attestor_picks_the_most_telling_result() {
+        let mut ci = cosign_attestor();
+        let env = envelope("blobSLSAProvenanceSignature");
+        let custom = "https://cosign.sigstore.dev/attestation/v1";
+        let slsa = "https://slsa.dev/provenance/v0.2";
+        let mut check_with = |requirements: Vec<Requirement>, digest: &str| {
+            ci.attestations = requirements;
+            let verified = verify(&env, &ci).ok().unwrap();
+            check_for_attestor(&verified, &ci, digest)
+        };
+        assert_eq!(
+            check_with(
+                vec![requirement(custom, None), requirement(slsa, Some("2"))],
+                BLOB
+            ),
+            Check::Valid {
+                key_id: "cosign".into()
+            }
+        );
+        // A failed condition says more than "another predicate type",
+        // whatever the order of the requirements.
         assert!(matches!(
-            verify(&tampered, &policy.attestors["ci"]),
-            Err(Check::UnknownKey)
+            check_with(
+                vec![requirement(custom, None), requirement(slsa, Some("3"))],
+                BLOB
+            ),
+            Check::ConditionFailed { .. }
         ));
+        assert_eq!(
+            check_with(vec![requirement(custom, None)], BLOB),
+            Check::OtherPredicate {
+                signed: slsa.into()
+            }
+        );
+        assert!(matches!(
+            check_with(vec![requirement(slsa, None)], "00"),
+            Check::OtherDigest { .. }
+        ));
+        assert!(matches!(
+            check_with(Vec::new(), BLOB),
+            Check::Malformed { .. }
+        ));
+    }
+
+    #[test]
+    fn claimed_subjects_read_the_unverified_statement() {
+        assert_eq!(
+            claimed_subjects(&envelope("blobSLSAProvenanceSignature")),
+            vec![BLOB.to_owned()]
+        );
+        assert_eq!(
+            claimed_subjects(&envelope("dssePredicateMultipleSubjects")).len(),
+            2
+        );
+        assert!(claimed_subjects(&envelope("dssePredicateEmptySubject")).is_empty());
+        assert!(claimed_subjects(&envelope("dssePredicateMissingSha256")).is_empty());
+        assert!(claimed_subjects(b"not json").is_empty());
+        // Claimed even when no signature verifies: indexing only.
+        let statement = format!(
+            r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"digest":{{"sha256":"{BLOB}"}}}},{{"digest":{{"sha256":"NOT-HEX"}}}}],"predicateType":"x"}}"#
+        );
+        let envelope = serde_json::json!({
+            "payloadType": IN_TOTO_PAYLOAD_TYPE,
+            "payload": base64::engine::general_purpose::STANDARD.encode(statement),
+            "signatures": [],
+        });
+        let parsed = Envelope::parse(&serde_json::to_vec(&envelope).unwrap()).unwrap();
+        assert_eq!(parsed.payload_type(), IN_TOTO_PAYLOAD_TYPE);
+        assert_eq!(parsed.claimed_subjects(), vec![BLOB.to_owned()]);
     }
 
     #[test]

@@ -16,23 +16,31 @@
 //! - Admitted indexes admit the child manifests they list; admitted
 //!   manifests admit their config and layer blobs ([`Verifier::blob_allowed`]).
 
+pub mod binauthz;
+pub mod bundle;
 pub mod cosign;
 pub mod dsse;
+pub mod evidence;
+pub mod referrers;
 pub mod simple_signing;
+pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::StatusCode;
 use moka::future::Cache;
 
 use crate::config::CacheConfig;
 use crate::oci::Digest;
 use crate::policy::{
-    self, Check, Decision, EnforcementMode, EvaluationMode, Evidence, EvidenceKind, Policy,
-    RuleSource, Verdict,
+    self, Attestor, Decision, EnforcementMode, EvaluationMode, Evidence, Policy, RuleSource,
+    Verdict,
 };
 use crate::routing::Route;
 use crate::serve::manifest::Manifest;
@@ -125,8 +133,11 @@ impl moka::Expiry<Key, Arc<Decision>> for VerdictExpiry {
 /// Counters other layers (metrics, tests, `verify`) read.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Signature lookups sent upstream (one per `.sig` manifest fetch).
+    /// Signature lookups sent upstream (one per `.sig` or `.att`
+    /// manifest fetch).
     pub signature_lookups: AtomicU64,
+    /// Referrer listings sent upstream (API, then tag fallback).
+    pub referrer_lookups: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
 }
@@ -139,7 +150,60 @@ pub struct Verifier {
     children: Cache<Key, Arc<str>>,
     /// Blobs of admitted manifests (and of signature artifacts).
     blobs: Cache<Key, ()>,
+    /// The local attestation store, when configured.
+    store: Option<Arc<store::Store>>,
     pub stats: Stats,
+}
+
+/// Which tag-based evidence a lookup fetches (referrers are always read).
+#[derive(Debug, Clone, Copy)]
+pub struct Wants {
+    /// The `.sig` tag.
+    pub signatures: bool,
+    /// The `.att` tag.
+    pub attestations: bool,
+}
+
+impl Wants {
+    pub const ALL: Wants = Wants {
+        signatures: true,
+        attestations: true,
+    };
+
+    /// What `attestors` can use: `.sig` for those a signature satisfies,
+    /// `.att` for those requiring attestations.
+    pub fn for_attestors(attestors: &[&Attestor]) -> Wants {
+        Wants {
+            signatures: attestors.iter().any(|a| a.attestations.is_empty()),
+            attestations: attestors.iter().any(|a| !a.attestations.is_empty()),
+        }
+    }
+}
+
+/// What one signature location holds for an image.
+#[derive(Default)]
+pub struct Found {
+    /// Simple-signing signatures from the `.sig` tag.
+    pub signatures: Vec<cosign::Found>,
+    /// DSSE envelopes from the `.att` tag.
+    pub envelopes: Vec<(String, Result<Bytes, String>)>,
+    /// Sigstore bundles attached as referrers.
+    pub bundles: Vec<referrers::Found>,
+}
+
+impl Found {
+    /// The evidence this holds for `attestor`: `.sig` signatures for
+    /// attestors satisfied by a signature, `.att` envelopes for those that
+    /// require attestations, bundles for both.
+    pub fn check(&self, attestor: &Attestor, target: &evidence::Target<'_>) -> Vec<Evidence> {
+        let mut out = if attestor.attestations.is_empty() {
+            evidence::from_signatures(&self.signatures, attestor, target)
+        } else {
+            evidence::from_envelopes(&self.envelopes, attestor, target)
+        };
+        out.extend(evidence::from_bundles(&self.bundles, attestor, target));
+        out
+    }
 }
 
 impl std::fmt::Debug for Verifier {
@@ -168,8 +232,33 @@ impl Verifier {
             verdicts,
             children: admitted(cache.allow_ttl),
             blobs: admitted(cache.allow_ttl),
+            store: None,
             stats: Stats::default(),
         }
+    }
+
+    /// Adds the local attestation store as an evidence source.
+    pub fn with_store(mut self, store: Arc<store::Store>) -> Verifier {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn store(&self) -> Option<&Arc<store::Store>> {
+        self.store.as_ref()
+    }
+
+    /// Re-reads the attestation store (blocking I/O: call from a blocking
+    /// thread). When its evidence changed, cached verdicts — and what they
+    /// admitted — are dropped, so new evidence counts at the next pull and
+    /// removed evidence stops counting.
+    pub fn refresh_store(&self) -> bool {
+        let changed = self.store.as_ref().is_some_and(|s| s.refresh());
+        if changed {
+            self.verdicts.invalidate_all();
+            self.children.invalidate_all();
+            self.blobs.invalidate_all();
+        }
+        changed
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -380,98 +469,152 @@ impl Verifier {
         }
         let mut evidence: HashMap<String, Vec<Evidence>> = HashMap::new();
         if rule.evaluation == EvaluationMode::RequireAttestation {
+            let target = evidence::Target {
+                name: &name,
+                digest: &manifest.digest,
+                manifest: &manifest.bytes,
+                identity: &rule.signed_identity,
+            };
             // One lookup per signature location, shared by the attestors
             // that keep their signatures there.
-            let mut locations: HashMap<(usize, String), Vec<&str>> = HashMap::new();
+            let mut locations: HashMap<(usize, String), Vec<&Attestor>> = HashMap::new();
             for name in &rule.attestors {
                 let Some(attestor) = policy.attestors.get(name) else {
                     continue;
                 };
                 let location =
                     signature_location(upstreams, route, attestor.signature_repository.as_deref());
-                locations.entry(location).or_default().push(name);
+                locations.entry(location).or_default().push(attestor);
             }
-            let subject = simple_signing::Subject {
-                name: &name,
-                digest: &manifest.digest.to_string(),
-            };
-            for ((upstream_index, repository), attestor_names) in locations {
-                let upstream = Arc::clone(&upstreams[upstream_index]);
-                let wants_signatures = attestor_names.iter().any(|n| {
-                    policy
-                        .attestors
-                        .get(*n)
-                        .is_some_and(|a| a.attestations.is_empty())
-                });
-                let wants_attestations = attestor_names.iter().any(|n| {
-                    policy
-                        .attestors
-                        .get(*n)
-                        .is_some_and(|a| !a.attestations.is_empty())
-                });
-                let signatures = if wants_signatures {
-                    self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
-                    cosign::signatures(Arc::clone(&upstream), &repository, &manifest.digest).await?
-                } else {
-                    Vec::new()
-                };
-                let envelopes = if wants_attestations {
-                    self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
-                    cosign::attestations(Arc::clone(&upstream), &repository, &manifest.digest)
-                        .await?
-                } else {
-                    Vec::new()
-                };
-                for attestor_name in attestor_names {
-                    let Some(attestor) = policy.attestors.get(attestor_name) else {
-                        continue;
-                    };
-                    let checks: Vec<Evidence> = if attestor.attestations.is_empty() {
-                        signatures
-                            .iter()
-                            .map(|(source, candidate)| Evidence {
-                                kind: EvidenceKind::SigTag,
-                                source: source.clone(),
-                                predicate_type: None,
-                                check: match candidate {
-                                    Ok(c) => simple_signing::check(
-                                        c,
-                                        attestor,
-                                        &subject,
-                                        &rule.signed_identity,
-                                    ),
-                                    Err(reason) => Check::Malformed {
-                                        reason: reason.clone(),
-                                    },
-                                },
-                            })
-                            .collect()
-                    } else {
-                        envelopes
-                            .iter()
-                            .map(|(source, envelope)| Evidence {
-                                kind: EvidenceKind::AttTag,
-                                source: source.clone(),
-                                predicate_type: None,
-                                check: match envelope {
-                                    Ok(bytes) => {
-                                        check_attestation(bytes, attestor, manifest.digest.hex())
-                                    }
-                                    Err(reason) => Check::Malformed {
-                                        reason: reason.clone(),
-                                    },
-                                },
-                            })
-                            .collect()
-                    };
+            for ((upstream_index, repository), attestors) in locations {
+                let found = self
+                    .lookup(
+                        Arc::clone(&upstreams[upstream_index]),
+                        &repository,
+                        &manifest.digest,
+                        Wants::for_attestors(&attestors),
+                    )
+                    .await?;
+                for attestor in attestors {
                     evidence
-                        .entry(attestor_name.to_owned())
+                        .entry(attestor.name.clone())
                         .or_default()
-                        .extend(checks);
+                        .extend(found.check(attestor, &target));
+                }
+            }
+            if let Some(store) = &self.store {
+                let items = store.items_for(manifest.digest.hex());
+                for name in &rule.attestors {
+                    if let Some(attestor) = policy.attestors.get(name) {
+                        evidence
+                            .entry(name.clone())
+                            .or_default()
+                            .extend(evidence::from_store(&items, attestor, &target));
+                    }
                 }
             }
         }
         Ok(Arc::new(policy::evaluate_in(policy, &rule, &evidence)))
+    }
+
+    /// Looks up, concurrently, everything one location holds for `digest`
+    /// that `attestors` can use: `.sig` signatures, `.att` envelopes and
+    /// referrer bundles.
+    pub async fn lookup(
+        &self,
+        upstream: Arc<Upstream>,
+        repository: &str,
+        digest: &Digest,
+        wants: Wants,
+    ) -> Result<Found, VerifyError> {
+        let signatures = async {
+            if !wants.signatures {
+                return Ok(Vec::new());
+            }
+            self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
+            cosign::signatures(Arc::clone(&upstream), repository, digest).await
+        };
+        let envelopes = async {
+            if !wants.attestations {
+                return Ok(Vec::new());
+            }
+            self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
+            cosign::attestations(Arc::clone(&upstream), repository, digest).await
+        };
+        let bundles = async {
+            self.stats.referrer_lookups.fetch_add(1, Ordering::Relaxed);
+            referrers::bundles(Arc::clone(&upstream), repository, digest).await
+        };
+        let (signatures, envelopes, bundles) = tokio::try_join!(signatures, envelopes, bundles)?;
+        Ok(Found {
+            signatures,
+            envelopes,
+            bundles,
+        })
+    }
+
+    /// Every piece of evidence found for `manifest`, checked for every
+    /// attestor of the policy (not only those its rule requires): what
+    /// `portcullis attestations list` shows.
+    pub async fn all_evidence(
+        &self,
+        upstreams: &[Arc<Upstream>],
+        route: &Route,
+        manifest: &Manifest,
+    ) -> Result<Vec<(String, Vec<Evidence>)>, VerifyError> {
+        let policy = self.policy();
+        let name = route.canonical();
+        let rule = policy.rule_for(&name);
+        let target = evidence::Target {
+            name: &name,
+            digest: &manifest.digest,
+            manifest: &manifest.bytes,
+            identity: &rule.signed_identity,
+        };
+        let mut attestors: Vec<&Attestor> = policy.attestors.values().collect();
+        attestors.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut locations: HashMap<(usize, String), Vec<&Attestor>> = HashMap::new();
+        for attestor in &attestors {
+            let location =
+                signature_location(upstreams, route, attestor.signature_repository.as_deref());
+            locations.entry(location).or_default().push(attestor);
+        }
+        let mut found: HashMap<&str, Vec<Evidence>> = HashMap::new();
+        for ((upstream_index, repository), at_location) in &locations {
+            // Everything there, whatever these attestors would use.
+            let all = self
+                .lookup(
+                    Arc::clone(&upstreams[*upstream_index]),
+                    repository,
+                    &manifest.digest,
+                    Wants::ALL,
+                )
+                .await?;
+            for attestor in at_location {
+                let mut evidence = evidence::from_signatures(&all.signatures, attestor, &target);
+                evidence.extend(evidence::from_envelopes(&all.envelopes, attestor, &target));
+                evidence.extend(evidence::from_bundles(&all.bundles, attestor, &target));
+                found.entry(&attestor.name).or_default().extend(evidence);
+            }
+        }
+        if let Some(store) = &self.store {
+            let items = store.items_for(manifest.digest.hex());
+            for attestor in &attestors {
+                found
+                    .entry(&attestor.name)
+                    .or_default()
+                    .extend(evidence::from_store(&items, attestor, &target));
+            }
+        }
+        Ok(attestors
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    found.remove(a.name.as_str()).unwrap_or_default(),
+                )
+            })
+            .collect())
     }
 
     async fn artifact_config_is_inert(
@@ -530,36 +673,13 @@ impl Verifier {
     }
 }
 
-/// Checks one DSSE envelope for an attestor that requires attestations:
-/// valid if it meets any of the attestor's requirements; otherwise the
-/// most telling failure.
-fn check_attestation(
-    envelope: &[u8],
-    attestor: &crate::policy::Attestor,
-    digest_hex: &str,
-) -> Check {
-    let verified = match dsse::verify(envelope, attestor) {
-        Ok(v) => v,
-        Err(check) => return check,
-    };
-    let checks: Vec<Check> = attestor
-        .attestations
-        .iter()
-        .map(|r| verified.check(digest_hex, Some(r)))
-        .collect();
-    if let Some(valid) = checks.iter().find(|c| matches!(c, Check::Valid { .. })) {
-        return valid.clone();
-    }
-    // Prefer a failed condition on the right predicate type over "another
-    // predicate type", so the message names what to fix.
-    checks
-        .iter()
-        .find(|c| !matches!(c, Check::OtherPredicate { .. }))
-        .or(checks.first())
-        .cloned()
-        .unwrap_or(Check::Malformed {
-            reason: "no requirement to check".into(),
-        })
+/// Statuses meaning "no referrers API here": the spec says 404; some
+/// registries answer 405 or 501 for endpoints they do not implement.
+pub(crate) fn no_referrers_api(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+    )
 }
 
 /// Where an attestor's signatures live: the image's repository, or its

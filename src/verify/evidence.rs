@@ -1,0 +1,216 @@
+//! Turns what the evidence sources found into [`Evidence`] for one
+//! attestor: each piece is checked with the attestor's keys against the
+//! image being decided. Pure: no I/O.
+//!
+//! Which evidence can satisfy which attestor:
+//!
+//! | evidence                                   | plain attestor | attestor with `attestations:` |
+//! |--------------------------------------------|----------------|-------------------------------|
+//! | simple-signing signature (`.sig`, store)   | yes            | —                             |
+//! | BinAuthz occurrence (store)                | yes            | —                             |
+//! | DSSE, predicate `cosign/sign/v1`           | yes            | no (another predicate type)   |
+//! | DSSE, any other predicate (`.att`, bundle, store) | no (another predicate type) | when a requirement holds |
+//! | bundle `messageSignature`                  | yes            | no                            |
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::bundle::{self, Artifact};
+use super::store::{Content, Item};
+use super::{cosign, dsse, simple_signing};
+use crate::oci::Digest;
+use crate::policy::attestation::SIGNATURE_PREDICATE_TYPE;
+use crate::policy::{Attestor, Check, Evidence, EvidenceKind, SignedIdentity};
+
+/// The image a decision is about.
+pub struct Target<'a> {
+    /// Canonical `<registry>/<repository>`.
+    pub name: &'a str,
+    pub digest: &'a Digest,
+    /// The exact manifest bytes being served.
+    pub manifest: &'a [u8],
+    pub identity: &'a SignedIdentity,
+}
+
+impl Target<'_> {
+    fn digest_text(&self) -> String {
+        self.digest.to_string()
+    }
+
+    fn artifact(&self) -> Artifact<'_> {
+        Artifact {
+            digest_hex: self.digest.hex(),
+            bytes: Some(self.manifest),
+        }
+    }
+}
+
+fn malformed(reason: &str) -> Check {
+    Check::Malformed {
+        reason: reason.to_owned(),
+    }
+}
+
+/// A simple-signing signature.
+fn signature_check(
+    candidate: &simple_signing::Candidate,
+    attestor: &Attestor,
+    target: &Target<'_>,
+) -> Check {
+    if !attestor.attestations.is_empty() {
+        return Check::OtherPredicate {
+            signed: "none (a plain signature)".into(),
+        };
+    }
+    let digest = target.digest_text();
+    let subject = simple_signing::Subject {
+        name: target.name,
+        digest: &digest,
+    };
+    simple_signing::check(candidate, attestor, &subject, target.identity)
+}
+
+/// A DSSE envelope, for either kind of attestor; with the signed
+/// predicate type when the signature verified.
+pub fn envelope_check(
+    envelope: &[u8],
+    attestor: &Attestor,
+    digest_hex: &str,
+) -> (Check, Option<String>) {
+    let verified = match dsse::verify(envelope, attestor) {
+        Ok(v) => v,
+        Err(check) => return (check, None),
+    };
+    let predicate_type = Some(verified.predicate_type().to_owned());
+    let check = if attestor.attestations.is_empty() {
+        match verified.check(digest_hex, None) {
+            Check::Valid { .. } if verified.predicate_type() != SIGNATURE_PREDICATE_TYPE => {
+                Check::OtherPredicate {
+                    signed: verified.predicate_type().to_owned(),
+                }
+            }
+            other => other,
+        }
+    } else {
+        dsse::check_for_attestor(&verified, attestor, digest_hex)
+    };
+    (check, predicate_type)
+}
+
+/// Signatures from a `.sig` tag.
+pub fn from_signatures(
+    found: &[cosign::Found],
+    attestor: &Attestor,
+    target: &Target<'_>,
+) -> Vec<Evidence> {
+    found
+        .iter()
+        .map(|(source, candidate)| {
+            let check = match candidate {
+                Ok(c) => signature_check(c, attestor, target),
+                Err(reason) => malformed(reason),
+            };
+            Evidence::new(EvidenceKind::SigTag, source.clone(), check)
+        })
+        .collect()
+}
+
+/// Envelopes from an `.att` tag.
+pub fn from_envelopes(
+    found: &[(String, Result<Bytes, String>)],
+    attestor: &Attestor,
+    target: &Target<'_>,
+) -> Vec<Evidence> {
+    found
+        .iter()
+        .map(|(source, envelope)| match envelope {
+            Ok(bytes) => {
+                let (check, predicate) = envelope_check(bytes, attestor, target.digest.hex());
+                Evidence::new(EvidenceKind::AttTag, source.clone(), check)
+                    .with_predicate_type(predicate)
+            }
+            Err(reason) => Evidence::new(EvidenceKind::AttTag, source.clone(), malformed(reason)),
+        })
+        .collect()
+}
+
+/// Bundles attached as referrers.
+pub fn from_bundles(
+    found: &[(String, Result<Bytes, String>)],
+    attestor: &Attestor,
+    target: &Target<'_>,
+) -> Vec<Evidence> {
+    found
+        .iter()
+        .map(|(source, bytes)| {
+            let (check, predicate, note) = match bytes {
+                Ok(b) => match bundle::parse(b) {
+                    Ok(bundle) => {
+                        let (check, predicate) = bundle.check(attestor, &target.artifact());
+                        (check, predicate, Some(bundle_note(&bundle)))
+                    }
+                    Err(reason) => (malformed(&reason), None, None),
+                },
+                Err(reason) => (malformed(reason), None, None),
+            };
+            Evidence::new(EvidenceKind::Referrer, source.clone(), check)
+                .with_predicate_type(predicate)
+                .with_note(note)
+        })
+        .collect()
+}
+
+/// What a bundle carries besides its signature: transparency-log
+/// entries are recorded, not verified (keyless verification, which needs
+/// them, is not supported).
+fn bundle_note(bundle: &bundle::Bundle) -> String {
+    let entries = match bundle.tlog_entries() {
+        0 => "no transparency-log entry".to_owned(),
+        1 => "1 transparency-log entry (recorded, not verified)".to_owned(),
+        n => format!("{n} transparency-log entries (recorded, not verified)"),
+    };
+    format!("sigstore bundle ({}); {entries}", bundle.media_type())
+}
+
+/// Items from the attestation store that name this digest.
+pub fn from_store(items: &[Arc<Item>], attestor: &Attestor, target: &Target<'_>) -> Vec<Evidence> {
+    items
+        .iter()
+        .map(|item| {
+            let (check, predicate) = match &item.content {
+                Content::Signature(candidate) => {
+                    (signature_check(candidate, attestor, target), None)
+                }
+                Content::Occurrence(occurrence) => {
+                    if attestor.attestations.is_empty() {
+                        let digest = target.digest_text();
+                        let subject = simple_signing::Subject {
+                            name: target.name,
+                            digest: &digest,
+                        };
+                        (occurrence.check(attestor, &subject, target.identity), None)
+                    } else {
+                        (
+                            Check::OtherPredicate {
+                                signed: "none (a Binary Authorization attestation)".into(),
+                            },
+                            None,
+                        )
+                    }
+                }
+                Content::Envelope(envelope) => {
+                    envelope_check(envelope, attestor, target.digest.hex())
+                }
+                Content::Bundle(bundle) => bundle.check(attestor, &target.artifact()),
+            };
+            let note = match &item.content {
+                Content::Bundle(bundle) => bundle_note(bundle),
+                other => other.kind().to_owned(),
+            };
+            Evidence::new(EvidenceKind::Store, item.source.clone(), check)
+                .with_predicate_type(predicate)
+                .with_note(Some(note))
+        })
+        .collect()
+}

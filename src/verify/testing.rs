@@ -1,0 +1,67 @@
+//! Test helpers shared by the verification modules' unit tests: fixtures
+//! from `../shared/fixtures`, keys and attestors.
+
+use std::path::PathBuf;
+
+use p256::ecdsa::SigningKey;
+
+use crate::crypto::{Algorithm, PublicKey};
+use crate::policy::attestation::Requirement;
+use crate::policy::{Attestor, AttestorKey};
+
+/// The shared fixtures directory (beside the repository).
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// A fixture's bytes; panics naming the file when it cannot be read.
+pub fn fixture(path: &str) -> Vec<u8> {
+    let path = fixtures().join(path);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn fixture_text(path: &str) -> String {
+    String::from_utf8(fixture(path)).expect("fixture is UTF-8")
+}
+
+/// An attestor key from a PEM public key.
+pub fn pem_key(id: &str, pem: &str, algorithm: Algorithm) -> AttestorKey {
+    AttestorKey {
+        id: id.into(),
+        key: PublicKey::from_pem(pem, algorithm).expect("public key PEM"),
+    }
+}
+
+/// The attestor key, under `id`, that verifies `signer`'s signatures.
+pub fn p256_key(id: &str, signer: &SigningKey) -> AttestorKey {
+    let pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(
+        signer.verifying_key(),
+        p256::pkcs8::LineEnding::LF,
+    )
+    .expect("encode public key");
+    pem_key(id, &pem, Algorithm::EcdsaP256Sha256)
+}
+
+/// A fresh P-256 signing key and the attestor key that verifies it.
+pub fn p256_pair(id: &str) -> (SigningKey, AttestorKey) {
+    let signer = SigningKey::random(&mut rand_core::OsRng);
+    let key = p256_key(id, &signer);
+    (signer, key)
+}
+
+/// An attestor named `name` holding `keys`, requiring attestations of
+/// `predicate_types` without conditions (none: a signature suffices).
+pub fn attestor(name: &str, keys: Vec<AttestorKey>, predicate_types: &[&str]) -> Attestor {
+    Attestor {
+        name: name.into(),
+        keys,
+        signature_repository: None,
+        attestations: predicate_types
+            .iter()
+            .map(|p| Requirement {
+                predicate_type: (*p).into(),
+                conditions: Vec::new(),
+            })
+            .collect(),
+    }
+}
