@@ -136,23 +136,12 @@ fn attested_provenance_is_enforced_through_the_proxy() {
     );
 
     let proxy = Proxy::start(&config(&registry, &key));
-    let pulled = dir.path().join("good");
-    let out = trust::skopeo_copy(&format!("{}/good/app:v1", proxy.host()), &pulled);
-    trust::assert_succeeded(&out, "skopeo copy of an image with our provenance");
-    assert_eq!(trust::dir_manifest_digest(&pulled), good.digest);
-
-    let out = trust::skopeo_copy(
-        &format!("{}/evil/app:v1", proxy.host()),
-        &dir.path().join("evil"),
-    );
-    trust::assert_failed_saying(
-        &out,
-        &[
-            "attestor built-by-ci",
-            "condition failed: /runDetails/builder/id",
-            "evil.example/builder",
-        ],
-        "skopeo copy of an image with another builder's provenance",
+    trust::assert_builder_condition_enforced(
+        &proxy.host(),
+        dir.path(),
+        "good/app",
+        &good.digest,
+        "evil/app",
     );
 }
 

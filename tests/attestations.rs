@@ -39,33 +39,7 @@ fn statement(digest: &str, builder: &str, source: &str) -> Vec<u8> {
 
 /// A DSSE envelope over `payload`, signed with OpenSSL (not Portcullis).
 fn openssl_envelope(dir: &Path, key: &KeyPair, payload: &[u8]) -> Vec<u8> {
-    let payload_type = "application/vnd.in-toto+json";
-    let mut pae = format!(
-        "DSSEv1 {} {payload_type} {} ",
-        payload_type.len(),
-        payload.len()
-    )
-    .into_bytes();
-    pae.extend_from_slice(payload);
-    let pae_file = dir.join("pae.bin");
-    let sig_file = dir.join("pae.sig");
-    std::fs::write(&pae_file, &pae).unwrap();
-    run(
-        Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
-            .arg(&key.key)
-            .arg("-out")
-            .arg(&sig_file)
-            .arg(&pae_file),
-        "openssl dgst -sign",
-    );
-    let b64 = base64::engine::general_purpose::STANDARD;
-    serde_json::to_vec(&serde_json::json!({
-        "payloadType": payload_type,
-        "payload": b64.encode(payload),
-        "signatures": [{"keyid": "", "sig": b64.encode(std::fs::read(&sig_file).unwrap())}],
-    }))
-    .unwrap()
+    serde_json::to_vec(&trust::openssl_dsse(dir, key, payload).0).unwrap()
 }
 
 /// Stores `envelope` as cosign does: `sha256-<hex>.att`, one DSSE layer.
@@ -378,25 +352,11 @@ fn securesystemslib_provenance_is_enforced() {
     push_attestation(&registry, "sslib/evil", &evil.digest, &envelopes[1]);
 
     let proxy = Proxy::start(&config(&registry, &pem));
-    let pulled = dir.path().join("good");
-    let out = trust::skopeo_copy(&format!("{}/sslib/good:v1", proxy.host()), &pulled);
-    trust::assert_succeeded(
-        &out,
-        "skopeo copy of an image with securesystemslib provenance",
-    );
-    assert_eq!(trust::dir_manifest_digest(&pulled), good.digest);
-
-    let out = trust::skopeo_copy(
-        &format!("{}/sslib/evil:v1", proxy.host()),
-        &dir.path().join("evil"),
-    );
-    trust::assert_failed_saying(
-        &out,
-        &[
-            "attestor built-by-ci",
-            "condition failed: /runDetails/builder/id",
-            "evil.example/builder",
-        ],
-        "skopeo copy of an image with another builder's securesystemslib provenance",
+    trust::assert_builder_condition_enforced(
+        &proxy.host(),
+        dir.path(),
+        "sslib/good",
+        &good.digest,
+        "sslib/evil",
     );
 }

@@ -20,7 +20,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::clients::run;
 use common::content::{self, sha256_digest};
 use common::fake::Fake;
 use common::registry::Registry;
@@ -33,24 +32,6 @@ const BUNDLE_V03: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 const SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 const SLSA_V1: &str = "https://slsa.dev/provenance/v1";
 const BUILDER: &str = "https://ci.example.com/builder@v1";
-
-/// `openssl dgst -sha256 -sign KEY` over `message`: a DER ECDSA signature
-/// made by an implementation other than Portcullis.
-fn openssl_sign(dir: &Path, key: &KeyPair, message: &[u8]) -> Vec<u8> {
-    let input = dir.join("message.bin");
-    let output = dir.join("message.sig");
-    std::fs::write(&input, message).unwrap();
-    run(
-        Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
-            .arg(&key.key)
-            .arg("-out")
-            .arg(&output)
-            .arg(&input),
-        "openssl dgst -sign",
-    );
-    std::fs::read(&output).unwrap()
-}
 
 fn pem_block(pem: &str, indent: usize) -> String {
     pem.lines()
@@ -99,7 +80,7 @@ fn occurrence(
     digest: &str,
 ) -> serde_json::Value {
     let payload = binauthz_payload(repository, digest);
-    let signature = openssl_sign(dir, key, payload.as_bytes());
+    let signature = trust::openssl_sign(dir, key, payload.as_bytes());
     serde_json::json!({
         "attestation": {
             "serializedPayload": B64.encode(payload.as_bytes()),
@@ -249,15 +230,7 @@ fn statement(digest: &str, predicate_type: &str, predicate: Option<serde_json::V
 
 /// A key-based sigstore bundle v0.3 whose DSSE envelope OpenSSL signed.
 fn bundle(dir: &Path, key: &KeyPair, statement: &[u8]) -> Vec<u8> {
-    let payload_type = "application/vnd.in-toto+json";
-    let mut pae = format!(
-        "DSSEv1 {} {payload_type} {} ",
-        payload_type.len(),
-        statement.len()
-    )
-    .into_bytes();
-    pae.extend_from_slice(statement);
-    let signature = openssl_sign(dir, key, &pae);
+    let (envelope, signature) = trust::openssl_dsse(dir, key, statement);
     let der = B64
         .decode(
             key.pem
@@ -270,10 +243,11 @@ fn bundle(dir: &Path, key: &KeyPair, statement: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "mediaType": BUNDLE_V03,
         "verificationMaterial": {"publicKey": {"hint": hint}, "tlogEntries": []},
+        // protojson: no keyid when empty.
         "dsseEnvelope": {
-            "payload": B64.encode(statement),
-            "payloadType": payload_type,
-            "signatures": [{"sig": B64.encode(signature)}],
+            "payload": envelope["payload"],
+            "payloadType": envelope["payloadType"],
+            "signatures": [{"sig": signature}],
         },
     }))
     .unwrap()

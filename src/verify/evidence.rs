@@ -98,22 +98,39 @@ pub fn envelope_check(
     (check, predicate_type)
 }
 
+/// A check's outcome: the verdict, the signed predicate type, a note.
+type Checked = (Check, Option<String>, Option<String>);
+
+/// Evidence of `kind` from what a source found: each item checked by
+/// `check`, each item that could not be read malformed.
+fn each<T>(
+    kind: EvidenceKind,
+    found: &[(String, Result<T, String>)],
+    check: impl Fn(&T) -> Checked,
+) -> Vec<Evidence> {
+    found
+        .iter()
+        .map(|(source, item)| {
+            let (check, predicate, note) = match item {
+                Ok(item) => check(item),
+                Err(reason) => (malformed(reason), None, None),
+            };
+            Evidence::new(kind, source.clone(), check)
+                .with_predicate_type(predicate)
+                .with_note(note)
+        })
+        .collect()
+}
+
 /// Signatures from a `.sig` tag.
 pub fn from_signatures(
     found: &[cosign::Found],
     attestor: &Attestor,
     target: &Target<'_>,
 ) -> Vec<Evidence> {
-    found
-        .iter()
-        .map(|(source, candidate)| {
-            let check = match candidate {
-                Ok(c) => signature_check(c, attestor, target),
-                Err(reason) => malformed(reason),
-            };
-            Evidence::new(EvidenceKind::SigTag, source.clone(), check)
-        })
-        .collect()
+    each(EvidenceKind::SigTag, found, |candidate| {
+        (signature_check(candidate, attestor, target), None, None)
+    })
 }
 
 /// Envelopes from an `.att` tag.
@@ -122,17 +139,10 @@ pub fn from_envelopes(
     attestor: &Attestor,
     target: &Target<'_>,
 ) -> Vec<Evidence> {
-    found
-        .iter()
-        .map(|(source, envelope)| match envelope {
-            Ok(bytes) => {
-                let (check, predicate) = envelope_check(bytes, attestor, target.digest.hex());
-                Evidence::new(EvidenceKind::AttTag, source.clone(), check)
-                    .with_predicate_type(predicate)
-            }
-            Err(reason) => Evidence::new(EvidenceKind::AttTag, source.clone(), malformed(reason)),
-        })
-        .collect()
+    each(EvidenceKind::AttTag, found, |bytes| {
+        let (check, predicate) = envelope_check(bytes, attestor, target.digest.hex());
+        (check, predicate, None)
+    })
 }
 
 /// Bundles attached as referrers.
@@ -141,24 +151,15 @@ pub fn from_bundles(
     attestor: &Attestor,
     target: &Target<'_>,
 ) -> Vec<Evidence> {
-    found
-        .iter()
-        .map(|(source, bytes)| {
-            let (check, predicate, note) = match bytes {
-                Ok(b) => match bundle::parse(b) {
-                    Ok(bundle) => {
-                        let (check, predicate) = bundle.check(attestor, &target.artifact());
-                        (check, predicate, Some(bundle_note(&bundle)))
-                    }
-                    Err(reason) => (malformed(&reason), None, None),
-                },
-                Err(reason) => (malformed(reason), None, None),
-            };
-            Evidence::new(EvidenceKind::Referrer, source.clone(), check)
-                .with_predicate_type(predicate)
-                .with_note(note)
-        })
-        .collect()
+    each(EvidenceKind::Referrer, found, |bytes| {
+        match bundle::parse(bytes) {
+            Ok(bundle) => {
+                let (check, predicate) = bundle.check(attestor, &target.artifact());
+                (check, predicate, Some(bundle_note(&bundle)))
+            }
+            Err(reason) => (malformed(&reason), None, None),
+        }
+    })
 }
 
 /// What a bundle carries besides its signature: transparency-log

@@ -514,3 +514,81 @@ pub fn prepare_case(
         failure,
     }
 }
+
+// ------------------------------------------------- independent signers
+
+/// DSSE's pre-authentication encoding, written out here from the spec
+/// (not Portcullis' implementation).
+pub fn dsse_pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut pae = format!(
+        "DSSEv1 {} {payload_type} {} ",
+        payload_type.len(),
+        payload.len()
+    )
+    .into_bytes();
+    pae.extend_from_slice(payload);
+    pae
+}
+
+/// `openssl dgst -sha256 -sign KEY` over `message`: a DER ECDSA signature
+/// made by an implementation other than Portcullis. Scratch files go to
+/// `dir`.
+pub fn openssl_sign(dir: &Path, key: &KeyPair, message: &[u8]) -> Vec<u8> {
+    let input = dir.join("openssl-message.bin");
+    let output = dir.join("openssl-message.sig");
+    std::fs::write(&input, message).expect("write message");
+    clients::run(
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&key.key)
+            .arg("-out")
+            .arg(&output)
+            .arg(&input),
+        "openssl dgst -sign",
+    );
+    std::fs::read(&output).expect("read signature")
+}
+
+/// An in-toto DSSE envelope over `statement`, signed with OpenSSL: the
+/// JSON object and the signature's base64.
+pub fn openssl_dsse(dir: &Path, key: &KeyPair, statement: &[u8]) -> (Value, String) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload_type = "application/vnd.in-toto+json";
+    let signature = b64.encode(openssl_sign(dir, key, &dsse_pae(payload_type, statement)));
+    let envelope = serde_json::json!({
+        "payloadType": payload_type,
+        "payload": b64.encode(statement),
+        "signatures": [{"keyid": "", "sig": signature}],
+    });
+    (envelope, signature)
+}
+
+/// Pulls `good_repo:v1` (which must be `good_digest`) and `evil_repo:v1`
+/// through the proxy with skopeo: the first succeeds, the second fails
+/// naming the built-by-ci builder condition.
+pub fn assert_builder_condition_enforced(
+    proxy_host: &str,
+    dir: &Path,
+    good_repo: &str,
+    good_digest: &str,
+    evil_repo: &str,
+) {
+    let pulled = dir.join("pulled-good");
+    let out = skopeo_copy(&format!("{proxy_host}/{good_repo}:v1"), &pulled);
+    assert_succeeded(&out, &format!("skopeo copy {good_repo} (our builder)"));
+    assert_eq!(dir_manifest_digest(&pulled), good_digest);
+    let out = skopeo_copy(
+        &format!("{proxy_host}/{evil_repo}:v1"),
+        &dir.join("pulled-evil"),
+    );
+    assert_failed_saying(
+        &out,
+        &[
+            "attestor built-by-ci",
+            "condition failed: /runDetails/builder/id",
+            "evil.example/builder",
+        ],
+        &format!("skopeo copy {evil_repo} (another builder)"),
+    );
+}
