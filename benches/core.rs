@@ -8,16 +8,25 @@
 //!   simple-signing payload through `portcullis::crypto::PublicKey::verify`,
 //!   and the same with `ring` (the alternative already in the tree);
 //! - `verdict_cache/*`: a warm `Verifier::admit` (the public path a warm
-//!   manifest request takes: cache key, manifest shape, moka lookup,
-//!   admitted-content bookkeeping), and a bare moka lookup on a key of the
-//!   same shape for comparison;
+//!   manifest request takes: cache key, verdict lookup, admitted-content
+//!   epoch check), `Verifier::blob_allowed` for a blob of an admitted
+//!   image, and for comparison a bare moka lookup on the key shape the
+//!   verdict cache used before it was replaced (three `Arc<str>` and an
+//!   index, formatted per request);
 //! - `sha256/*`: sha2 (what the proxy uses) and ring over 1 MiB.
 //!
 //! `PORTCULLIS_BENCH_VERDICTS=N cargo bench --bench core` instead fills the
-//! verdict cache with N admitted images through `Verifier::admit` and
-//! prints the resident memory it took (`verdict_rss ...` line), then exits;
-//! `PORTCULLIS_BENCH_MOKA=N` does the same for a bare moka cache of the
-//! same key shape (`moka_rss ...`), to tell moka's share from Portcullis'.
+//! verdict cache with N admitted images (a config and a layer each)
+//! through `Verifier::admit` and prints the resident memory it took
+//! (`verdict_rss ...` line), then exits (`cache.maxEntries` is N + N/8,
+//! or `PORTCULLIS_BENCH_MAX_ENTRIES`); `PORTCULLIS_BENCH_MOKA=N` does the
+//! same for a bare moka cache (`moka_rss ...`), to show what moka alone
+//! would cost: with `PORTCULLIS_BENCH_MOKA_KEY=compact` its keys are the
+//! verdict cache's 36 bytes of `Copy` data and its values one shared
+//! `Arc`; otherwise the old key shape (three `Arc<str>` and an index).
+//! `PORTCULLIS_BENCH_DECISIONS=N` prints what N per-image
+//! REQUIRE_ATTESTATION decisions (one verified signature each) take
+//! (`decision_rss ...`): the verdict cache holds one per such image.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -197,11 +206,11 @@ fn image_manifest(n: u64) -> Manifest {
         n + (1 << 62)
     );
     let bytes = bytes::Bytes::from(text);
-    Manifest {
-        digest: Digest::sha256_of(&bytes),
-        bytes,
-        media_type: HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
-    }
+    Manifest::new(
+        bytes.clone(),
+        Digest::sha256_of(&bytes),
+        HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+    )
 }
 
 fn route(router: &Router, digest: &Digest) -> Route {
@@ -260,6 +269,20 @@ fn bench_verdict_cache(c: &mut Criterion) {
     g.bench_function("verifier_admit_hit", |b| {
         b.iter(|| rt.block_on(admit(&hot, black_box(&route), black_box(&manifest))))
     });
+    let layer: Digest = format!("sha256:{:064x}", 1 + (1u64 << 62))
+        .parse()
+        .expect("digest");
+    assert!(rt
+        .block_on(hot.verifier.blob_allowed(&route, &layer))
+        .is_ok());
+    g.bench_function("verifier_blob_allowed_hit", |b| {
+        b.iter(|| {
+            rt.block_on(
+                hot.verifier
+                    .blob_allowed(black_box(&route), black_box(&layer)),
+            )
+        })
+    });
     g.bench_function("moka_get_same_key_shape", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -308,7 +331,14 @@ fn verdict_rss(n: u64) {
         .enable_all()
         .build()
         .expect("runtime");
-    let hot = hot_verifier(n.max(1));
+    // Shards fill unevenly and a full shard evicts an eighth of itself:
+    // an eighth more room keeps all `n` cached.
+    let max_entries = std::env::var("PORTCULLIS_BENCH_MAX_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(n + n / 8)
+        .max(1);
+    let hot = hot_verifier(max_entries);
     let before = rss_kib();
     let started = std::time::Instant::now();
     rt.block_on(async {
@@ -321,42 +351,98 @@ fn verdict_rss(n: u64) {
     let cached = rt.block_on(hot.verifier.cached_verdicts());
     let after = rss_kib();
     println!(
-        "verdict_rss entries={n} cached={cached} rss_delta_kib={} rss_total_kib={after} fill_seconds={:.2}",
+        "verdict_rss entries={n} max_entries={max_entries} cached={cached} rss_delta_kib={} rss_total_kib={after} fill_seconds={:.2}",
         after.saturating_sub(before),
         started.elapsed().as_secs_f64()
     );
 }
 
+/// What a REQUIRE_ATTESTATION verdict's own decision costs (those are per
+/// image, unlike the shared decisions of evidence-free rules that
+/// [`verdict_rss`] measures): `n` decisions with one verified `.sig`
+/// signature each, as `policy::evaluate` makes them; prints the RSS they
+/// took (`decision_rss ...` line).
+fn decision_rss(n: u64) {
+    let (_, pem) = key_pair();
+    let (policy_text, attestor_text) = policy_yaml(1, &pem);
+    let doc: PolicyDoc = serde_yaml_ng::from_str(&policy_text).expect("policy yaml");
+    let attestors: Vec<AttestorDoc> = serde_yaml_ng::from_str(&attestor_text).expect("attestors");
+    let compiled = Policy::compile(&doc, &attestors).expect("compile");
+    let rule = compiled.rule_for("registry.example/team0/app");
+    let before = rss_kib();
+    let decisions: Vec<Arc<policy::Decision>> = (0..n)
+        .map(|i| {
+            let evidence = HashMap::from([(
+                ATTESTOR.to_owned(),
+                vec![Evidence::new(
+                    EvidenceKind::SigTag,
+                    format!("registry.example/team0/app:sha256-{i:064x}.sig layer 1"),
+                    Check::Valid {
+                        key_id: "k1".into(),
+                    },
+                )],
+            )]);
+            Arc::new(policy::evaluate(&rule, &evidence))
+        })
+        .collect();
+    let after = rss_kib();
+    let delta = after.saturating_sub(before);
+    println!(
+        "decision_rss entries={n} rss_delta_kib={delta} bytes_each={} reason={:?}",
+        delta * 1024 / n.max(1),
+        decisions.first().map(|d| d.reason.as_str()).unwrap_or("")
+    );
+}
+
 /// For comparison with [`verdict_rss`]: a bare moka cache with `n` entries
-/// of the verdict cache's key shape (three `Arc<str>` and an index) and an
-/// `Arc` value; prints the RSS it took (`moka_rss ...` line).
-fn moka_rss(n: u64) {
-    type Key = (Arc<str>, usize, Arc<str>, Arc<str>);
+/// and a TTL; prints the RSS it took (`moka_rss ...` line). Keys of the old
+/// verdict-cache shape (three `Arc<str>` and an index) with an `Arc`
+/// value each, or with `compact` a 36-byte `Copy` key and one shared value.
+fn moka_rss(n: u64, compact: bool) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let cache: moka::future::Cache<Key, Arc<u64>> = moka::future::Cache::builder()
-        .max_capacity(n.max(1))
-        .time_to_live(Duration::from_secs(3600))
-        .build();
     let before = rss_kib();
-    rt.block_on(async {
-        for i in 0..n {
-            let key: Key = (
-                "abcdef012345".into(),
-                0,
-                "hot/app".into(),
-                format!("sha256:{i:064x}").into(),
-            );
-            cache.insert(key, Arc::new(i)).await;
-        }
-        cache.run_pending_tasks().await;
-    });
+    let cached = if compact {
+        type Key = (u32, [u8; 32]);
+        let cache: moka::future::Cache<Key, Arc<u64>> = moka::future::Cache::builder()
+            .max_capacity(n.max(1))
+            .time_to_live(Duration::from_secs(3600))
+            .build();
+        let shared = Arc::new(0);
+        rt.block_on(async {
+            for i in 0..n {
+                let id: [u8; 32] = sha2::Sha256::digest(i.to_le_bytes()).into();
+                cache.insert((1, id), Arc::clone(&shared)).await;
+            }
+            cache.run_pending_tasks().await;
+        });
+        cache.entry_count()
+    } else {
+        type Key = (Arc<str>, usize, Arc<str>, Arc<str>);
+        let cache: moka::future::Cache<Key, Arc<u64>> = moka::future::Cache::builder()
+            .max_capacity(n.max(1))
+            .time_to_live(Duration::from_secs(3600))
+            .build();
+        rt.block_on(async {
+            for i in 0..n {
+                let key: Key = (
+                    "abcdef012345".into(),
+                    0,
+                    "hot/app".into(),
+                    format!("sha256:{i:064x}").into(),
+                );
+                cache.insert(key, Arc::new(i)).await;
+            }
+            cache.run_pending_tasks().await;
+        });
+        cache.entry_count()
+    };
     let after = rss_kib();
     println!(
-        "moka_rss entries={n} cached={} rss_delta_kib={}",
-        cache.entry_count(),
+        "moka_rss entries={n} key={} cached={cached} rss_delta_kib={}",
+        if compact { "compact" } else { "strings" },
         after.saturating_sub(before)
     );
 }
@@ -388,11 +474,19 @@ fn main() {
         verdict_rss(n);
         return;
     }
+    if let Some(n) = std::env::var("PORTCULLIS_BENCH_DECISIONS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        decision_rss(n);
+        return;
+    }
     if let Some(n) = std::env::var("PORTCULLIS_BENCH_MOKA")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        moka_rss(n);
+        let compact = std::env::var("PORTCULLIS_BENCH_MOKA_KEY").is_ok_and(|k| k == "compact");
+        moka_rss(n, compact);
         return;
     }
     benches();

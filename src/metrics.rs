@@ -6,7 +6,9 @@
 //! upstreams from the configuration; no digest, tag or repository is ever a
 //! label.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,6 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::policy::RuleSource;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -55,10 +59,22 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 15))
 }
 
+/// The counters one (verdict, reason) pair of a rule increments.
+struct DecisionCounters {
+    verdict: &'static str,
+    reason: &'static str,
+    decisions: Counter,
+    dryrun_would_deny: Option<Counter>,
+}
+
 /// Every metric Portcullis exports.
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    /// Handles on `decisions` (and `dryrun_would_deny`) by rule, so that
+    /// counting a decision allocates no label strings once its labels have
+    /// been seen.
+    decision_counters: RwLock<HashMap<RuleSource, Vec<DecisionCounters>>>,
     dryrun_would_deny: Family<RuleLabels, Counter>,
     verification_seconds: Histogram,
     upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
@@ -230,6 +246,7 @@ impl Metrics {
         Metrics {
             registry,
             decisions,
+            decision_counters: RwLock::new(HashMap::new()),
             dryrun_would_deny,
             verification_seconds,
             upstream_seconds,
@@ -265,6 +282,64 @@ impl Metrics {
                     rule: rule.to_owned(),
                 })
                 .inc();
+        }
+    }
+
+    /// [`Metrics::decision`] for a decision under `rule`, with the label
+    /// strings made only the first time this (verdict, rule, reason) is
+    /// seen.
+    pub fn decision_of(&self, verdict: &'static str, rule: &RuleSource, reason: &'static str) {
+        let counted = |counters: &[DecisionCounters]| {
+            let c = counters
+                .iter()
+                .find(|c| c.verdict == verdict && c.reason == reason)?;
+            c.decisions.inc();
+            if let Some(d) = &c.dryrun_would_deny {
+                d.inc();
+            }
+            Some(())
+        };
+        {
+            let map = match self.decision_counters.read() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            if map.get(rule).and_then(|c| counted(c)).is_some() {
+                return;
+            }
+        }
+        let rule_text = rule.to_string();
+        let decisions = self
+            .decisions
+            .get_or_create(&DecisionLabels {
+                verdict: verdict.to_owned(),
+                rule: rule_text.clone(),
+                reason: reason.to_owned(),
+            })
+            .clone();
+        let dryrun_would_deny = (verdict == "dryrun-deny").then(|| {
+            self.dryrun_would_deny
+                .get_or_create(&RuleLabels { rule: rule_text })
+                .clone()
+        });
+        let mut map = match self.decision_counters.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let counters = map.entry(rule.clone()).or_default();
+        // Another thread may have added the same counters meanwhile.
+        if counted(counters).is_none() {
+            let c = DecisionCounters {
+                verdict,
+                reason,
+                decisions,
+                dryrun_would_deny,
+            };
+            c.decisions.inc();
+            if let Some(d) = &c.dryrun_would_deny {
+                d.inc();
+            }
+            counters.push(c);
         }
     }
 

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -28,12 +28,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tracing::Instrument;
 
 use crate::audit::{Client, Observer};
 use crate::config::{Config, TlsConfig};
 use crate::metrics::Metrics;
-use crate::serve::{body_from, App, BoxError, ProxyBody};
+use crate::serve::{body_from, App, BoxError, ProxyBody, RequestLog, Routine};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const DOCKER_DISTRIBUTION_API_VERSION: HeaderName =
+    HeaderName::from_static("docker-distribution-api-version");
 
 /// Concurrent client connections; past it new connections are closed at
 /// once rather than queued without bound.
@@ -298,14 +301,8 @@ async fn handle(
     role: Role,
 ) -> Response<ProxyBody> {
     let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!(
-        "request",
-        id,
-        method = %request.method(),
-        path = %request.uri().path(),
-        peer = %peer,
-        reference = tracing::field::Empty,
-    );
+    // The `request` span is made when something is logged.
+    let log = RequestLog::new(id, request.method().clone(), request.uri().clone(), peer);
     let start = Instant::now();
     let metrics = Arc::clone(&app.observer.metrics);
     metrics.request_started();
@@ -324,7 +321,7 @@ async fn handle(
                             .map(str::to_owned),
                         identity: None,
                     };
-                    app.handle(&request, &client).await
+                    app.handle(&request, &client, &log).await
                 } else if health && (path == "/healthz" || path == "/readyz") {
                     health_response(app, path).await
                 } else {
@@ -337,24 +334,23 @@ async fn handle(
             },
         }
     }
-    .instrument(span.clone())
     .await;
     let (mut parts, body) = response.into_parts();
-    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
-        parts.headers.insert("x-request-id", v);
-    }
+    parts.headers.insert(X_REQUEST_ID, HeaderValue::from(id));
     parts.headers.insert(
-        "docker-distribution-api-version",
+        DOCKER_DISTRIBUTION_API_VERSION,
         HeaderValue::from_static("registry/2.0"),
     );
+    let routine = parts.extensions.remove::<Routine>().is_some();
     let logged = LoggedBody {
         metrics,
         inner: body,
-        span,
+        log,
         status: parts.status,
         bytes: 0,
         start,
         outcome: Outcome::Incomplete,
+        routine,
     };
     Response::from_parts(parts, logged.boxed_unsync())
 }
@@ -388,14 +384,22 @@ enum Outcome {
 
 /// Counts the bytes sent and logs the request when the body is finished
 /// or dropped (a client that hangs up is logged as incomplete).
+///
+/// The line is at info, except for a [`Routine`] response sent in full
+/// with a success status (a manifest served on a cached verdict, which
+/// was logged at info when it was decided): that one is at debug, so a
+/// warm pull costs no log write by default. Denials, errors, aborted and
+/// incomplete responses, verdicts newly made, blobs and listings stay at
+/// info or above.
 struct LoggedBody {
     metrics: Arc<Metrics>,
     inner: ProxyBody,
-    span: tracing::Span,
+    log: RequestLog,
     status: StatusCode,
     bytes: u64,
     start: Instant,
     outcome: Outcome,
+    routine: bool,
 }
 
 impl Body for LoggedBody {
@@ -416,7 +420,7 @@ impl Body for LoggedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.outcome = Outcome::Failed;
-                this.span
+                this.log
                     .in_scope(|| tracing::warn!(error = %e, "response body aborted"));
             }
             Poll::Ready(None) => {
@@ -445,15 +449,34 @@ impl Drop for LoggedBody {
         }
         self.metrics.request_finished();
         self.metrics.served_bytes(self.bytes);
+        let routine = self.routine && self.outcome == Outcome::Complete && self.status.is_success();
+        let enabled = if routine {
+            tracing::enabled!(tracing::Level::DEBUG)
+        } else {
+            tracing::enabled!(tracing::Level::INFO)
+        };
+        if !enabled {
+            return;
+        }
         let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        self.span.in_scope(|| {
-            tracing::info!(
-                status = self.status.as_u16(),
-                bytes = self.bytes,
-                duration_ms,
-                outcome = ?self.outcome,
-                "response"
-            )
+        self.log.in_scope(|| {
+            if routine {
+                tracing::debug!(
+                    status = self.status.as_u16(),
+                    bytes = self.bytes,
+                    duration_ms,
+                    outcome = ?self.outcome,
+                    "response"
+                )
+            } else {
+                tracing::info!(
+                    status = self.status.as_u16(),
+                    bytes = self.bytes,
+                    duration_ms,
+                    outcome = ?self.outcome,
+                    "response"
+                )
+            }
         });
     }
 }

@@ -4,17 +4,28 @@
 //! metrics, the audit trail writer (bounded queue, off the request path),
 //! the in-memory list of recent decisions behind `/-/api/decisions` and the
 //! dashboard, and the webhook alerter.
+//!
+//! The serving layer hands a decision over as a [`Decided`]: a few cheap
+//! clones, no formatting. [`Observer::decided`] counts it in the metrics
+//! at once and builds the full [`DecisionRecord`] (timestamp text, rule and
+//! reason strings, evidence) only when something consumes it right away
+//! (the audit trail, or an alert for its verdict); otherwise the recent
+//! list keeps the [`Decided`] and builds the record the first time the
+//! API or the dashboard reads it. A warm, allowed pull thus formats no
+//! strings for auditing.
 
 pub mod record;
 pub mod writer;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use record::{Client, DecisionRecord, RecordedVerdict, Subject};
 
 use crate::metrics::Metrics;
+use crate::oci::Digest;
+use crate::policy::Decision;
 
 /// Where decisions go to become alerts (the webhook alerter).
 pub trait AlertSink: Send + Sync {
@@ -22,6 +33,63 @@ pub trait AlertSink: Send + Sync {
     fn notify(&self, record: &DecisionRecord);
     /// (sent, failed, dropped), for metrics.
     fn counts(&self) -> (u64, u64, u64);
+    /// Whether a record with `verdict` can raise an alert at all; when not,
+    /// [`AlertSink::notify`] is not called for it (and the record need not
+    /// be built for the alerter).
+    fn wants(&self, verdict: RecordedVerdict) -> bool {
+        let _ = verdict;
+        true
+    }
+}
+
+/// A decision as the serving layer applied it: everything a
+/// [`DecisionRecord`] is made of, unformatted.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub at: SystemTime,
+    pub client: Client,
+    pub subject: Subject,
+    /// Canonical `<registry>/<repository>`.
+    pub reference: String,
+    pub tag: Option<String>,
+    pub digest: Digest,
+    pub decision: Arc<Decision>,
+    pub cache_hit: bool,
+    pub latency: Duration,
+}
+
+impl Decided {
+    /// `image <reference>@<digest>` or `blob <reference>@<digest>`: what
+    /// [`Decision::message`] names.
+    pub fn subject_text(&self) -> String {
+        let kind = match self.subject {
+            Subject::Manifest => "image",
+            Subject::Blob => "blob",
+        };
+        format!("{kind} {}@{}", self.reference, self.digest)
+    }
+
+    pub fn verdict(&self) -> RecordedVerdict {
+        (&self.decision.verdict).into()
+    }
+
+    /// The full record, as [`DecisionRecord::new`] makes it, stamped with
+    /// the time of the decision.
+    pub fn to_record(&self) -> DecisionRecord {
+        let mut record = DecisionRecord::new(
+            &self.client,
+            self.subject,
+            &self.reference,
+            self.tag.as_deref(),
+            &self.digest.to_string(),
+            &self.decision,
+            self.decision.message(&self.subject_text()),
+            self.cache_hit,
+            self.latency,
+        );
+        record.time = record::rfc3339(self.at);
+        record
+    }
 }
 
 /// Recent decisions kept for the dashboard and the API.
@@ -31,7 +99,47 @@ pub const MAX_QUERY_LIMIT: usize = 1_000;
 
 struct Entry {
     at: u64,
-    record: Arc<DecisionRecord>,
+    record: Arc<Recent>,
+}
+
+/// One recent decision: a record, or a [`Decided`] whose record is built
+/// on first read.
+// Always behind an `Arc`; a built record is the large one anyway.
+#[allow(clippy::large_enum_variant)]
+enum Recent {
+    Record(Arc<DecisionRecord>),
+    Decided(Decided, OnceLock<Arc<DecisionRecord>>),
+}
+
+impl Recent {
+    fn verdict(&self) -> RecordedVerdict {
+        match self {
+            Recent::Record(r) => r.verdict,
+            Recent::Decided(d, _) => d.verdict(),
+        }
+    }
+
+    fn reference(&self) -> &str {
+        match self {
+            Recent::Record(r) => &r.reference,
+            Recent::Decided(d, _) => &d.reference,
+        }
+    }
+
+    /// Whether the record's `rule` is `rule` (without building it).
+    fn rule_is(&self, rule: &str) -> bool {
+        match self {
+            Recent::Record(r) => r.rule == rule,
+            Recent::Decided(d, _) => d.decision.rule.to_string() == rule,
+        }
+    }
+
+    fn record(&self) -> Arc<DecisionRecord> {
+        match self {
+            Recent::Record(r) => Arc::clone(r),
+            Recent::Decided(d, built) => Arc::clone(built.get_or_init(|| Arc::new(d.to_record()))),
+        }
+    }
 }
 
 impl AlertSink for crate::alerts::Alerter {
@@ -47,6 +155,10 @@ impl AlertSink for crate::alerts::Alerter {
             s.failed.load(Relaxed),
             s.dropped.load(Relaxed),
         )
+    }
+
+    fn wants(&self, verdict: RecordedVerdict) -> bool {
+        crate::alerts::AlertEvent::for_verdict(verdict).is_some()
     }
 }
 
@@ -107,55 +219,96 @@ impl Observer {
             &record.reason_category,
         );
         if let Some(alerter) = &self.alerter {
-            alerter.notify(&record);
+            if alerter.wants(record.verdict) {
+                alerter.notify(&record);
+            }
         }
         let record = Arc::new(record);
-        {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let mut recent = match self.recent.lock() {
-                Ok(r) => r,
-                Err(p) => p.into_inner(),
-            };
-            if recent.len() >= RECENT_DECISIONS {
-                recent.pop_front();
-            }
-            recent.push_back(Entry {
-                at: now,
-                record: Arc::clone(&record),
-            });
-        }
+        self.remember(SystemTime::now(), Recent::Record(Arc::clone(&record)));
         if let Some(audit) = &self.audit {
             audit.send((*record).clone()).await;
         }
     }
 
+    /// Records one decision everywhere it needs to go, building its
+    /// [`DecisionRecord`] only if the audit trail or an alert needs it now
+    /// (else when the recent list is first read).
+    pub async fn decided(&self, decided: Decided) {
+        let verdict = decided.verdict();
+        let eager = self.audit.is_some() || self.alerter.as_ref().is_some_and(|a| a.wants(verdict));
+        if eager {
+            return self.record(decided.to_record()).await;
+        }
+        self.metrics.decision_of(
+            verdict.as_str(),
+            &decided.decision.rule,
+            record::reason_category(&decided.decision),
+        );
+        self.remember(decided.at, Recent::Decided(decided, OnceLock::new()));
+    }
+
+    fn remember(&self, at: SystemTime, entry: Recent) {
+        let at = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let entry = Entry {
+            at,
+            record: Arc::new(entry),
+        };
+        // The evicted entry is dropped after the lock is released.
+        let _evicted = {
+            let mut recent = match self.recent.lock() {
+                Ok(r) => r,
+                Err(p) => p.into_inner(),
+            };
+            let evicted = if recent.len() >= RECENT_DECISIONS {
+                recent.pop_front()
+            } else {
+                None
+            };
+            recent.push_back(entry);
+            evicted
+        };
+    }
+
     /// Recent decisions matching `query`, newest first.
     pub fn recent(&self, query: &Query) -> Vec<Arc<DecisionRecord>> {
         let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
-        let recent = match self.recent.lock() {
-            Ok(r) => r,
-            Err(p) => p.into_inner(),
-        };
-        recent
-            .iter()
-            .rev()
-            .map(|e| &e.record)
-            .filter(|r| {
-                query
-                    .verdict
-                    .as_deref()
-                    .is_none_or(|v| r.verdict.as_str() == v)
-                    && query
-                        .repository
+        // Filter on what needs no record under the lock; build records
+        // (on the first read of a decision) outside it.
+        let candidates: Vec<Arc<Recent>> = {
+            let recent = match self.recent.lock() {
+                Ok(r) => r,
+                Err(p) => p.into_inner(),
+            };
+            recent
+                .iter()
+                .rev()
+                .map(|e| &e.record)
+                .filter(|r| {
+                    query
+                        .verdict
                         .as_deref()
-                        .is_none_or(|s| r.reference.contains(s))
-                    && query.rule.as_deref().is_none_or(|rule| r.rule == rule)
-            })
+                        .is_none_or(|v| r.verdict().as_str() == v)
+                        && query
+                            .repository
+                            .as_deref()
+                            .is_none_or(|s| r.reference().contains(s))
+                })
+                .take(if query.rule.is_some() {
+                    usize::MAX
+                } else {
+                    limit
+                })
+                .cloned()
+                .collect()
+        };
+        candidates
+            .iter()
+            .filter(|r| query.rule.as_deref().is_none_or(|rule| r.rule_is(rule)))
             .take(limit)
-            .cloned()
+            .map(|r| r.record())
             .collect()
     }
 
@@ -177,12 +330,10 @@ impl Observer {
         let mut denied = 0;
         for e in recent.iter() {
             total += 1;
-            let is_denied = e.record.verdict == RecordedVerdict::Deny;
+            let is_denied = e.record.verdict() == RecordedVerdict::Deny;
             if is_denied {
                 denied += 1;
-                *denied_by_repo
-                    .entry(e.record.reference.as_str())
-                    .or_default() += 1;
+                *denied_by_repo.entry(e.record.reference()).or_default() += 1;
             }
             let minute = e.at / 60;
             if minute >= first {
@@ -229,5 +380,145 @@ impl Observer {
             .as_ref()
             .map(|a| a.counts())
             .unwrap_or((0, 0, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{EnforcementMode, EvaluationMode, RuleSource, Verdict};
+
+    fn decided(n: u64, verdict: Verdict, rule: RuleSource, reference: &str) -> Decided {
+        Decided {
+            at: UNIX_EPOCH + Duration::from_millis(1_798_502_400_123 + n),
+            client: Client {
+                request_id: n,
+                addr: Some(([127, 0, 0, 1], 4000).into()),
+                user_agent: Some("containerd/2.0".into()),
+                identity: None,
+            },
+            subject: Subject::Manifest,
+            reference: reference.into(),
+            tag: (n % 2 == 0).then(|| "v1".to_owned()),
+            digest: Digest::sha256_of(&n.to_be_bytes()),
+            decision: Arc::new(Decision {
+                verdict,
+                rule,
+                evaluation: EvaluationMode::RequireAttestation,
+                enforcement: EnforcementMode::EnforcedBlockAndAuditLog,
+                attestors: Vec::new(),
+                reason: "attestor ci: no valid signature (no signatures found)".into(),
+            }),
+            cache_hit: n > 1,
+            latency: Duration::from_micros(250),
+        }
+    }
+
+    /// Records kept as [`Decided`] read back exactly as the records built
+    /// at once, filter the same, and count in metrics and the summary.
+    #[tokio::test]
+    async fn deferred_records_read_back_like_built_ones() {
+        let metrics = Arc::new(Metrics::new());
+        let observer = Observer::new(Arc::clone(&metrics), None, None);
+        let all = [
+            decided(1, Verdict::Allow, RuleSource::Default, "r.io/demo/app"),
+            decided(2, Verdict::Deny, RuleSource::Default, "r.io/demo/web"),
+            decided(
+                3,
+                Verdict::DryRunDeny,
+                RuleSource::Repository("r.io/dry/**".into()),
+                "r.io/dry/app",
+            ),
+            decided(4, Verdict::Allow, RuleSource::Default, "r.io/demo/app"),
+        ];
+        for d in &all {
+            observer.decided(d.clone()).await;
+        }
+        // A record built at once sits among them as before.
+        let built = decided(5, Verdict::Deny, RuleSource::Default, "r.io/other/x");
+        observer.record(built.to_record()).await;
+
+        let want = |ns: &[u64]| -> Vec<DecisionRecord> {
+            ns.iter()
+                .map(|&n| {
+                    all.iter()
+                        .chain([&built])
+                        .find(|d| d.client.request_id == n)
+                        .unwrap_or_else(|| panic!("no decision {n}"))
+                        .to_record()
+                })
+                .collect()
+        };
+        let got = |q: Query| -> Vec<DecisionRecord> {
+            observer.recent(&q).iter().map(|r| (**r).clone()).collect()
+        };
+        let query = |f: fn(&mut Query)| {
+            let mut q = Query {
+                limit: 100,
+                ..Query::default()
+            };
+            f(&mut q);
+            q
+        };
+        assert_eq!(got(query(|_| {})), want(&[5, 4, 3, 2, 1]));
+        assert_eq!(
+            got(query(|q| q.limit = 2)),
+            want(&[5, 4]),
+            "limit, newest first"
+        );
+        assert_eq!(
+            got(query(|q| q.verdict = Some("deny".into()))),
+            want(&[5, 2])
+        );
+        assert_eq!(
+            got(query(|q| q.repository = Some("demo/".into()))),
+            want(&[4, 2, 1])
+        );
+        assert_eq!(
+            got(query(
+                |q| q.rule = Some("repository admission rule r.io/dry/**".into())
+            )),
+            want(&[3])
+        );
+        assert_eq!(
+            got(query(|q| {
+                q.rule = Some("default admission rule".into());
+                q.limit = 3;
+            })),
+            want(&[5, 4, 2])
+        );
+        let first = want(&[1]).remove(0);
+        assert_eq!(first.time, "2026-12-29T00:00:00.124Z");
+        assert_eq!(
+            first.reason,
+            format!(
+                "image r.io/demo/app@{} allowed by default admission rule: \
+                 attestor ci: no valid signature (no signatures found)",
+                all[0].digest
+            )
+        );
+        // Built once, then shared.
+        let again = observer.recent(&query(|_| {}));
+        assert!(Arc::ptr_eq(&again[1], &observer.recent(&query(|_| {}))[1]));
+
+        let summary = observer.summary(1);
+        assert_eq!((summary.total, summary.denied), (5, 2));
+        assert_eq!(
+            summary.top_denied,
+            vec![
+                ("r.io/demo/web".to_owned(), 1),
+                ("r.io/other/x".to_owned(), 1)
+            ]
+        );
+
+        let text = metrics.encode(crate::metrics::Snapshot::default());
+        for line in [
+            r#"portcullis_decisions_total{verdict="allow",rule="default admission rule",reason="ok"} 2"#,
+            r#"portcullis_decisions_total{verdict="deny",rule="default admission rule",reason="no-signatures"} 2"#,
+            r#"portcullis_decisions_total{verdict="dryrun-deny",rule="repository admission rule r.io/dry/**",reason="no-signatures"} 1"#,
+            r#"portcullis_dryrun_would_deny_total{rule="repository admission rule r.io/dry/**"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 }

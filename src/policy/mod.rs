@@ -19,7 +19,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::crypto::{self, PublicKey};
-pub use pattern::Pattern;
+pub use pattern::{Pattern, PatternIndex};
 
 /// `policy:` as written.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -280,10 +280,15 @@ pub struct Policy {
     /// Changes whenever the policy or any key changes; part of every
     /// verdict cache key.
     pub revision: String,
+    /// In the order written: the first match exempts.
     allowlist: Vec<Pattern>,
+    allowlist_index: PatternIndex,
     default_rule: Rule,
     /// Most specific first.
     repository_rules: Vec<(Pattern, Rule)>,
+    /// `repository_rules` by literal prefix, so a lookup tries only the
+    /// rules that can match.
+    repository_index: PatternIndex,
     pub attestors: HashMap<String, Attestor>,
     /// Human notes about accepted-but-ignored BinAuthz fields.
     pub ignored: Vec<String>,
@@ -319,6 +324,7 @@ impl Policy {
         Policy {
             revision: "none".into(),
             allowlist: Vec::new(),
+            allowlist_index: PatternIndex::default(),
             default_rule: Rule {
                 source: RuleSource::NoPolicy,
                 evaluation: EvaluationMode::AlwaysAllow,
@@ -327,6 +333,7 @@ impl Policy {
                 signed_identity: SignedIdentity::MatchRepository,
             },
             repository_rules: Vec::new(),
+            repository_index: PatternIndex::default(),
             attestors: HashMap::new(),
             ignored: Vec::new(),
             configured: false,
@@ -438,11 +445,15 @@ impl Policy {
             }
         }
         let revision = revision_of(doc, attestor_docs);
+        let allowlist_index = PatternIndex::new(&allowlist);
+        let repository_index = PatternIndex::new(repository_rules.iter().map(|(p, _)| p));
         Ok(Policy {
             revision,
             allowlist,
+            allowlist_index,
             default_rule,
             repository_rules,
+            repository_index,
             attestors,
             ignored,
             configured: true,
@@ -452,20 +463,27 @@ impl Policy {
     /// The rule that applies to `name` (`<registry>/<repository>`): an
     /// allowlist match exempts; else the most specific repository rule;
     /// else the default rule.
+    ///
+    /// The allowlist's first match in written order, and the first match
+    /// in specificity order among the repository rules, found through
+    /// their [`PatternIndex`]es: the cost grows with the length of `name`
+    /// and the log of the number of rules, not with the number of rules.
     pub fn rule_for(&self, name: &str) -> Rule {
-        if let Some(p) = self.allowlist.iter().find(|p| p.matches(name)) {
+        let allowed = self
+            .allowlist_index
+            .first_match(name, |i| self.allowlist[i].matches(name));
+        if let Some(i) = allowed {
             return Rule {
-                source: RuleSource::Allowlist(p.as_str().to_owned()),
+                source: RuleSource::Allowlist(self.allowlist[i].as_str().to_owned()),
                 evaluation: EvaluationMode::AlwaysAllow,
                 enforcement: EnforcementMode::EnforcedBlockAndAuditLog,
                 attestors: Vec::new(),
                 signed_identity: SignedIdentity::Ignore,
             };
         }
-        self.repository_rules
-            .iter()
-            .find(|(p, _)| p.matches(name))
-            .map(|(_, r)| r.clone())
+        self.repository_index
+            .first_match(name, |i| self.repository_rules[i].0.matches(name))
+            .map(|i| self.repository_rules[i].1.clone())
             .unwrap_or_else(|| self.default_rule.clone())
     }
 

@@ -9,8 +9,14 @@
 //! wins; then the one with more literal characters in total; then the one
 //! without `**`; then the lexically smaller pattern text, so the choice is
 //! always deterministic.
+//!
+//! [`PatternIndex`] finds the first matching pattern of a list without
+//! trying them all: only the patterns whose literal prefix is a prefix of
+//! the name can match, and those are found by one binary search over the
+//! distinct literal prefixes.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
@@ -77,11 +83,18 @@ impl Pattern {
         match_tokens(&self.tokens, name)
     }
 
-    fn literal_prefix_len(&self) -> usize {
+    /// The characters before the first wildcard (all of them for a
+    /// pattern without wildcards): every name the pattern matches starts
+    /// with it.
+    pub fn literal_prefix(&self) -> &str {
         match self.tokens.first() {
-            Some(Token::Literal(l)) => l.len(),
-            _ => 0,
+            Some(Token::Literal(l)) => l,
+            _ => "",
         }
+    }
+
+    fn literal_prefix_len(&self) -> usize {
+        self.literal_prefix().len()
     }
 
     fn literal_len(&self) -> usize {
@@ -117,12 +130,115 @@ fn match_tokens(tokens: &[Token], name: &str) -> bool {
         Some((Token::Segment, rest)) => {
             // Try every split point within the current segment.
             let segment_end = name.find('/').unwrap_or(name.len());
-            (0..=segment_end).any(|i| match_tokens(rest, &name[i..]))
+            (0..=segment_end)
+                .filter(|&i| name.is_char_boundary(i))
+                .any(|i| match_tokens(rest, &name[i..]))
         }
         Some((Token::Any, rest)) => (0..=name.len())
             .filter(|&i| name.is_char_boundary(i))
             .any(|i| match_tokens(rest, &name[i..])),
     }
+}
+
+/// An index over a list of patterns that answers "which is the first
+/// pattern of the list matching this name?" by trying only the patterns
+/// that can match: those whose literal prefix is a prefix of the name.
+///
+/// The distinct literal prefixes are kept sorted, each with a link to the
+/// longest other prefix that is a proper prefix of it. Every prefix of a
+/// name that is in the index is a prefix of the greatest indexed prefix
+/// `p` that sorts at or before the name (anything sorting between such a
+/// prefix and the name starts with it), so a lookup is one binary search
+/// for `p`, then a walk up `p`'s links keeping the prefixes no longer than
+/// what `p` and the name have in common: O(log prefixes + name length)
+/// instead of O(patterns), and the longest prefixes come first.
+#[derive(Debug, Clone, Default)]
+pub struct PatternIndex {
+    /// Sorted by `prefix` (bytewise, as `str` orders).
+    prefixes: Vec<PrefixEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct PrefixEntry {
+    prefix: Box<str>,
+    /// The longest other indexed prefix that is a proper prefix of this one.
+    parent: Option<u32>,
+    /// Positions in the list of the patterns with exactly this literal
+    /// prefix, ascending.
+    positions: Vec<u32>,
+}
+
+impl PatternIndex {
+    /// Indexes `patterns`; lookups answer positions in this sequence.
+    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a Pattern>) -> PatternIndex {
+        let mut by_prefix: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for (position, pattern) in patterns.into_iter().enumerate() {
+            let position = u32::try_from(position).expect("fewer than 2^32 patterns");
+            by_prefix
+                .entry(pattern.literal_prefix())
+                .or_default()
+                .push(position);
+        }
+        let mut prefixes: Vec<PrefixEntry> = Vec::with_capacity(by_prefix.len());
+        // The chain of prefixes of the previous entry, shortest first: in
+        // sorted order a prefix comes right before the strings it starts,
+        // so the parent of each entry is on this stack.
+        let mut chain: Vec<u32> = Vec::new();
+        for (prefix, positions) in by_prefix {
+            while let Some(&top) = chain.last() {
+                if prefix.starts_with(&*prefixes[top as usize].prefix) {
+                    break;
+                }
+                chain.pop();
+            }
+            let index = u32::try_from(prefixes.len()).expect("fewer than 2^32 prefixes");
+            prefixes.push(PrefixEntry {
+                prefix: prefix.into(),
+                parent: chain.last().copied(),
+                positions,
+            });
+            chain.push(index);
+        }
+        PatternIndex { prefixes }
+    }
+
+    /// The lowest position whose pattern matches `name`, where
+    /// `matches(position)` says whether the pattern at `position` matches
+    /// (only called for patterns whose literal prefix starts `name`).
+    pub fn first_match(&self, name: &str, matches: impl Fn(usize) -> bool) -> Option<usize> {
+        let name_bytes = name.as_bytes();
+        let after = self
+            .prefixes
+            .partition_point(|e| e.prefix.as_bytes() <= name_bytes);
+        let mut next = after.checked_sub(1);
+        let common = next.map_or(0, |i| {
+            common_prefix_len(self.prefixes[i].prefix.as_bytes(), name_bytes)
+        });
+        let mut best: Option<usize> = None;
+        while let Some(i) = next {
+            let entry = &self.prefixes[i];
+            next = entry.parent.map(|p| p as usize);
+            if entry.prefix.len() > common {
+                // A prefix of the greatest entry, but not of the name.
+                continue;
+            }
+            for &position in &entry.positions {
+                let position = position as usize;
+                if best.is_some_and(|b| position >= b) {
+                    break;
+                }
+                if matches(position) {
+                    best = Some(position);
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[cfg(test)]
@@ -189,6 +305,195 @@ mod tests {
             Pattern::specificity_order(&p("r/*/a"), &p("r/*/b")),
             Ordering::Less
         );
+    }
+
+    /// A deterministic generator (xorshift64*), so failures reproduce.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.below(from.len())]
+        }
+    }
+
+    const REGISTRIES: &[&str] = &["r", "r:5001", "ghcr.io", "a"];
+    const WORDS: &[&str] = &["a", "b", "ab", "app", "app-", "app-web", "x", "é"];
+
+    /// A pattern over a small vocabulary, so that patterns share prefixes
+    /// and names often match several of them.
+    fn gen_pattern(g: &mut Gen) -> String {
+        let mut text = String::new();
+        match g.below(8) {
+            0 => text.push_str("**"),
+            1 => text.push('*'),
+            _ => text.push_str(g.pick(REGISTRIES)),
+        }
+        for _ in 0..g.below(4) {
+            text.push('/');
+            // One segment: literals and wildcards, never `***`.
+            for _ in 0..=g.below(2) {
+                match g.below(6) {
+                    0 => text.push('*'),
+                    1 => text.push_str("**"),
+                    _ => text.push_str(g.pick(WORDS)),
+                }
+                if text.ends_with('*') && g.below(2) == 0 {
+                    text.push_str(g.pick(WORDS));
+                }
+            }
+        }
+        if g.below(10) == 0 {
+            text.push_str(g.pick(&["*", "**", "-"]));
+        }
+        text
+    }
+
+    /// A name: made up, or one of `patterns` with its wildcards filled in
+    /// (so that it matches at least that pattern).
+    fn gen_name(g: &mut Gen, patterns: &[Pattern]) -> String {
+        if patterns.is_empty() || g.below(3) == 0 {
+            let mut name = g.pick(REGISTRIES).to_owned();
+            for _ in 0..=g.below(4) {
+                name.push('/');
+                name.push_str(g.pick(WORDS));
+            }
+            return name;
+        }
+        let mut name = String::new();
+        for token in &patterns[g.below(patterns.len())].tokens {
+            match token {
+                Token::Literal(l) => name.push_str(l),
+                Token::Segment => name.push_str(g.pick(&["", "a", "web", "x-1"])),
+                Token::Any => name.push_str(g.pick(&["", "a", "a/b", "x/app-web/y"])),
+            }
+        }
+        name
+    }
+
+    fn gen_patterns(g: &mut Gen, n: usize) -> Vec<Pattern> {
+        let mut patterns: Vec<Pattern> = Vec::new();
+        while patterns.len() < n {
+            if let Ok(p) = Pattern::new(&gen_pattern(g)) {
+                if !patterns.contains(&p) {
+                    patterns.push(p);
+                }
+            }
+        }
+        patterns
+    }
+
+    #[test]
+    fn index_agrees_with_a_linear_scan() {
+        let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+        let mut matched = 0;
+        for round in 0..400 {
+            let n = 1 + g.below(if round % 10 == 0 { 400 } else { 40 });
+            let mut patterns = gen_patterns(&mut g, n);
+            // Half the rounds in specificity order (repository rules), half
+            // in generated order (the allowlist).
+            if round % 2 == 0 {
+                patterns.sort_by(Pattern::specificity_order);
+            }
+            let index = PatternIndex::new(&patterns);
+            for _ in 0..50 {
+                let name = gen_name(&mut g, &patterns);
+                let linear = patterns.iter().position(|p| p.matches(&name));
+                let indexed = index.first_match(&name, |i| patterns[i].matches(&name));
+                assert_eq!(
+                    indexed,
+                    linear,
+                    "round {round}: {name:?} against {:?}",
+                    patterns.iter().map(Pattern::as_str).collect::<Vec<_>>()
+                );
+                matched += usize::from(linear.is_some());
+            }
+        }
+        // The generator must exercise matches, not only misses.
+        assert!(matched > 5_000, "only {matched} names matched");
+    }
+
+    #[test]
+    fn index_edge_cases() {
+        let empty = PatternIndex::new(&[]);
+        assert_eq!(empty.first_match("r/a", |_| true), None);
+        let patterns = [p("r/a"), p("r/a/**"), p("r/ab*"), p("**"), p("r/a*")];
+        let index = PatternIndex::new(&patterns);
+        let first = |name: &str| index.first_match(name, |i| patterns[i].matches(name));
+        assert_eq!(first("r/a"), Some(0));
+        assert_eq!(first("r/a/b"), Some(1));
+        assert_eq!(first("r/abc"), Some(2));
+        assert_eq!(first("r/ac"), Some(3));
+        assert_eq!(first(""), Some(3));
+        // Names sorting before every prefix, and between prefixes.
+        let patterns = [p("m/x"), p("m/y*"), p("m/**")];
+        let index = PatternIndex::new(&patterns);
+        let first = |name: &str| index.first_match(name, |i| patterns[i].matches(name));
+        assert_eq!(first("a"), None);
+        assert_eq!(first("m/"), Some(2));
+        assert_eq!(first("m/xa"), Some(2));
+        assert_eq!(first("m/ya"), Some(1));
+        assert_eq!(first("n"), None);
+    }
+
+    /// `Policy::rule_for` through the indexes picks what the linear scan
+    /// it replaced picked: the allowlist's first match in written order,
+    /// else the most specific repository rule, else the default.
+    #[test]
+    fn rule_for_agrees_with_a_linear_scan() {
+        use crate::policy::{Policy, PolicyDoc, RuleSource};
+        let mut g = Gen(0x0123_4567_89ab_cdef);
+        for round in 0..60 {
+            let n = 1 + g.below(200);
+            let rules = gen_patterns(&mut g, n);
+            let n = g.below(6);
+            let allowlist = gen_patterns(&mut g, n);
+            let mut yaml = String::from(
+                "defaultAdmissionRule: {evaluationMode: ALWAYS_DENY}\nrepositoryAdmissionRules:\n",
+            );
+            for (i, r) in rules.iter().enumerate() {
+                let mode = ["ALWAYS_ALLOW", "ALWAYS_DENY"][i % 2];
+                yaml.push_str(&format!(
+                    "  \"{}\": {{evaluationMode: {mode}}}\n",
+                    r.as_str()
+                ));
+            }
+            yaml.push_str("admissionWhitelistPatterns:\n");
+            for a in &allowlist {
+                yaml.push_str(&format!("  - namePattern: \"{}\"\n", a.as_str()));
+            }
+            let doc: PolicyDoc = serde_yaml_ng::from_str(&yaml).expect("generated policy");
+            let policy = Policy::compile(&doc, &[]).expect("compile");
+            let linear = |name: &str| -> RuleSource {
+                if let Some(a) = policy.allowlist.iter().find(|p| p.matches(name)) {
+                    return RuleSource::Allowlist(a.as_str().to_owned());
+                }
+                policy
+                    .repository_rules
+                    .iter()
+                    .find(|(p, _)| p.matches(name))
+                    .map_or(RuleSource::Default, |(_, r)| r.source.clone())
+            };
+            let all: Vec<Pattern> = rules.iter().chain(&allowlist).cloned().collect();
+            for _ in 0..100 {
+                let name = gen_name(&mut g, &all);
+                assert_eq!(
+                    policy.rule_for(&name).source,
+                    linear(&name),
+                    "round {round}: {name:?}"
+                );
+            }
+        }
     }
 
     #[test]

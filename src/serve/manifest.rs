@@ -13,8 +13,10 @@ use crate::config::CacheConfig;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
 use http_body_util::{BodyExt, Limited};
 
-use super::{body_from, upstream_failure, ProxyBody, ServeError, MAX_MANIFEST_BYTES};
-use crate::audit::{Client, DecisionRecord, RecordedVerdict, Subject};
+use super::{
+    body_from, upstream_failure, ProxyBody, RequestLog, Routine, ServeError, MAX_MANIFEST_BYTES,
+};
+use crate::audit::{Client, Decided, RecordedVerdict, Subject};
 use crate::breakglass::Attempt;
 use crate::error::ErrorCode;
 use crate::oci::{Digest, Reference};
@@ -24,13 +26,17 @@ use crate::serve::App;
 use crate::upstream::Upstream;
 use crate::verify::{Admission, Outcome};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
+
+/// `Docker-Content-Digest`.
+const DOCKER_CONTENT_DIGEST: header::HeaderName =
+    header::HeaderName::from_static("docker-content-digest");
 
 /// Manifests kept in memory: by digest (immutable content; bounded by
 /// bytes) and, when `cache.tagTtl` is set, by tag for that long.
 #[derive(Debug)]
 pub struct ManifestCache {
-    by_digest: Option<Cache<(usize, String, String), Manifest>>,
+    by_digest: Option<Cache<(usize, String, Digest), Manifest>>,
     by_tag: Option<Cache<(usize, String, String, String), Manifest>>,
 }
 
@@ -63,7 +69,7 @@ impl ManifestCache {
         let repo = route.repository.clone();
         match reference {
             Reference::Digest(d) => {
-                let key = (route.upstream, repo, d.to_string());
+                let key = (route.upstream, repo, d.clone());
                 if let Some(cache) = &self.by_digest {
                     if let Some(m) = cache.get(&key).await {
                         return Ok(m);
@@ -104,18 +110,42 @@ pub struct Manifest {
     pub bytes: Bytes,
     pub digest: Digest,
     pub media_type: HeaderValue,
+    /// `Docker-Content-Digest` and `ETag`, made once with the manifest
+    /// (it is served many times from the cache).
+    digest_header: Option<HeaderValue>,
+    etag: Option<HeaderValue>,
+}
+
+impl Manifest {
+    pub fn new(bytes: Bytes, digest: Digest, media_type: HeaderValue) -> Manifest {
+        let digest_header = HeaderValue::from_str(&digest.to_string()).ok();
+        let etag = digest_header
+            .as_ref()
+            .and_then(|_| HeaderValue::from_str(&format!("\"{digest}\"")).ok());
+        Manifest {
+            bytes,
+            digest,
+            media_type,
+            digest_header,
+            etag,
+        }
+    }
 }
 
 /// `GET|HEAD /v2/<name>/manifests/<reference>`.
 ///
 /// Fetch, hash, verify, then serve the verified bytes (no second fetch).
+/// `canonical` is `route.canonical()`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     app: &App,
     route: &Route,
+    canonical: &str,
     reference: &Reference,
     client_headers: &HeaderMap,
     head: bool,
     client: &Client,
+    log: &RequestLog,
     started: Instant,
 ) -> Result<Response<ProxyBody>, ServeError> {
     let upstream = &app.upstreams[route.upstream];
@@ -123,59 +153,88 @@ pub async fn serve(
         .manifests
         .get_or_fetch(upstream, route, reference, client_headers)
         .await?;
-    let image = format!("image {}@{}", route.canonical(), manifest.digest);
+    // Formatted only when a message or an error needs it.
+    let image = || format!("image {canonical}@{}", manifest.digest);
     let verify_started = Instant::now();
     let outcome = app
         .verifier
         .admit(&app.upstreams, route, &manifest)
         .await
         .map_err(|source| ServeError::CannotVerify {
-            image: image.clone(),
+            image: image(),
             source,
         })?;
     let tag = match reference {
         Reference::Tag(t) => Some(t.as_str()),
         Reference::Digest(_) => None,
     };
-    let record = |decision: &Decision, cache_hit: bool| {
+    let decided = |decision: &Arc<Decision>, cache_hit: bool| {
         if !cache_hit {
             app.observer.metrics.verification(verify_started.elapsed());
         }
-        DecisionRecord::new(
-            client,
-            Subject::Manifest,
-            &route.canonical(),
-            tag,
-            &manifest.digest.to_string(),
-            decision,
-            decision.message(&image),
+        Decided {
+            at: SystemTime::now(),
+            client: client.clone(),
+            subject: Subject::Manifest,
+            reference: canonical.to_owned(),
+            tag: tag.map(str::to_owned),
+            digest: manifest.digest.clone(),
+            decision: Arc::clone(decision),
             cache_hit,
-            started.elapsed(),
-        )
+            latency: started.elapsed(),
+        }
     };
     match outcome {
         Outcome::Admitted(admission) => {
-            app.observer
-                .record(record(&admission.decision, admission.cache_hit))
-                .await;
             let decision = &admission.decision;
-            match decision.verdict {
-                Verdict::DryRunDeny => tracing::warn!(
-                    verdict = "dryrun-deny",
-                    rule = %decision.rule,
-                    cache_hit = admission.cache_hit,
-                    "{}",
-                    decision.message(&image)
-                ),
-                _ => tracing::info!(
-                    verdict = ?decision.verdict,
-                    rule = %decision.rule,
-                    cache_hit = admission.cache_hit,
-                    "{}",
-                    decision.message(&image)
-                ),
+            let cache_hit = admission.cache_hit;
+            app.observer.decided(decided(decision, cache_hit)).await;
+            let routine = match decision.verdict {
+                Verdict::DryRunDeny => {
+                    log.in_scope(|| {
+                        tracing::warn!(
+                            verdict = "dryrun-deny",
+                            rule = %decision.rule,
+                            cache_hit,
+                            "{}",
+                            decision.message(&image())
+                        )
+                    });
+                    false
+                }
+                // A cached verdict was logged at info when it was made.
+                _ if cache_hit => {
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        log.in_scope(|| {
+                            tracing::debug!(
+                                verdict = ?decision.verdict,
+                                rule = %decision.rule,
+                                cache_hit,
+                                "{}",
+                                decision.message(&image())
+                            )
+                        });
+                    }
+                    true
+                }
+                _ => {
+                    log.in_scope(|| {
+                        tracing::info!(
+                            verdict = ?decision.verdict,
+                            rule = %decision.rule,
+                            cache_hit,
+                            "{}",
+                            decision.message(&image())
+                        )
+                    });
+                    false
+                }
+            };
+            let mut response = respond(&admission, head);
+            if routine {
+                response.extensions_mut().insert(Routine);
             }
-            Ok(respond(&admission, head))
+            Ok(response)
         }
         Outcome::Denied {
             decision,
@@ -192,7 +251,7 @@ pub async fn serve(
                     .verifier
                     .admit_break_glass(route, &manifest, Arc::clone(&decision))
                     .await;
-                let mut rec = record(&decision, cache_hit);
+                let mut rec = decided(&decision, cache_hit).to_record();
                 rec.verdict = RecordedVerdict::Breakglass;
                 rec.identity = Some(glass.identity.clone());
                 rec.break_glass_justification = Some(glass.justification.clone());
@@ -200,29 +259,33 @@ pub async fn serve(
                     "{} — served by break-glass ({}: {})",
                     rec.reason, glass.identity, glass.justification
                 );
-                tracing::warn!(
-                    verdict = "breakglass",
-                    identity = %glass.identity,
-                    justification = %glass.justification,
-                    "{}",
-                    rec.reason
-                );
+                log.in_scope(|| {
+                    tracing::warn!(
+                        verdict = "breakglass",
+                        identity = %glass.identity,
+                        justification = %glass.justification,
+                        "{}",
+                        rec.reason
+                    )
+                });
                 app.observer.record(rec).await;
                 return Ok(respond(&admission, head));
             }
-            app.observer.record(record(&decision, cache_hit)).await;
-            if let Attempt::Invalid(why) = attempt {
-                tracing::warn!(%why, "break-glass refused");
-            }
-            tracing::warn!(
-                verdict = "deny",
-                rule = %decision.rule,
-                cache_hit,
-                "{}",
-                decision.message(&image)
-            );
+            app.observer.decided(decided(&decision, cache_hit)).await;
+            log.in_scope(|| {
+                if let Attempt::Invalid(why) = attempt {
+                    tracing::warn!(%why, "break-glass refused");
+                }
+                tracing::warn!(
+                    verdict = "deny",
+                    rule = %decision.rule,
+                    cache_hit,
+                    "{}",
+                    decision.message(&image())
+                )
+            });
             Err(ServeError::Denied {
-                subject: image,
+                subject: image(),
                 decision,
             })
         }
@@ -297,11 +360,7 @@ pub async fn fetch(
             reason: "no Content-Type and no mediaType field".into(),
         })?,
     };
-    Ok(Manifest {
-        bytes,
-        digest,
-        media_type,
-    })
+    Ok(Manifest::new(bytes, digest, media_type))
 }
 
 /// Serves exactly the bytes that were verified.
@@ -317,10 +376,10 @@ fn respond(admission: &Admission<'_>, head: bool) -> Response<ProxyBody> {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, manifest.media_type.clone());
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Ok(digest) = HeaderValue::from_str(&manifest.digest.to_string()) {
-        headers.insert("docker-content-digest", digest.clone());
-        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", manifest.digest)) {
-            headers.insert(header::ETAG, etag);
+    if let Some(digest) = &manifest.digest_header {
+        headers.insert(DOCKER_CONTENT_DIGEST, digest.clone());
+        if let Some(etag) = &manifest.etag {
+            headers.insert(header::ETAG, etag.clone());
         }
     }
     response
@@ -351,11 +410,11 @@ mod tests {
         };
         let cache = ManifestCache::new(&config);
         let by_tag = cache.by_tag.as_ref().unwrap();
-        let m = Manifest {
-            bytes: Bytes::from_static(b"{}"),
-            digest: Digest::sha256_of(b"{}"),
-            media_type: HeaderValue::from_static("application/json"),
-        };
+        let m = Manifest::new(
+            Bytes::from_static(b"{}"),
+            Digest::sha256_of(b"{}"),
+            HeaderValue::from_static("application/json"),
+        );
         let key = (0, "r".to_string(), "t".to_string(), String::new());
         by_tag.insert(key.clone(), m).await;
         assert!(by_tag.get(&key).await.is_some());

@@ -17,14 +17,15 @@ pub mod listing;
 pub mod manifest;
 pub mod verifying;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
 
-use crate::audit::{Client, DecisionRecord, Observer, Subject};
+use crate::audit::{Client, Decided, Observer, Subject};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{Metrics, Snapshot};
@@ -49,6 +50,76 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// An upstream that answered within this window counts as reachable
 /// without a probe.
 const READY_WINDOW: Duration = Duration::from_secs(30);
+
+/// One request's log context: id, method, path, peer and, once routed,
+/// the canonical reference. The `request` span that carries them (and
+/// that every line logged for the request is written in) is made on first
+/// use, so a request that logs nothing at an enabled level (a warm pull)
+/// pays for no span; every line that is logged has the same span fields
+/// as if the span had been made when the request arrived.
+#[derive(Debug)]
+pub struct RequestLog {
+    id: u64,
+    method: Method,
+    uri: http::Uri,
+    peer: SocketAddr,
+    reference: OnceLock<String>,
+    span: OnceLock<tracing::Span>,
+}
+
+impl RequestLog {
+    pub fn new(id: u64, method: Method, uri: http::Uri, peer: SocketAddr) -> RequestLog {
+        RequestLog {
+            id,
+            method,
+            uri,
+            peer,
+            reference: OnceLock::new(),
+            span: OnceLock::new(),
+        }
+    }
+
+    /// The request's canonical `<registry>/<repository>`, once routed.
+    pub fn set_reference(&self, reference: String) {
+        if self.reference.set(reference).is_ok() {
+            if let (Some(span), Some(reference)) = (self.span.get(), self.reference.get()) {
+                span.record("reference", reference.as_str());
+            }
+        }
+    }
+
+    /// The `request` span, made now if it was not yet.
+    pub fn span(&self) -> &tracing::Span {
+        self.span.get_or_init(|| {
+            let span = tracing::info_span!(
+                target: "portcullis::server",
+                "request",
+                id = self.id,
+                method = %self.method,
+                path = %self.uri.path(),
+                peer = %self.peer,
+                reference = tracing::field::Empty,
+            );
+            if let Some(reference) = self.reference.get() {
+                span.record("reference", reference.as_str());
+            }
+            span
+        })
+    }
+
+    /// Runs `log` (which logs) in the request span. Callers check that the
+    /// level they log at is enabled before calling this for debug lines,
+    /// so that no span is made for nothing.
+    pub fn in_scope<R>(&self, log: impl FnOnce() -> R) -> R {
+        self.span().in_scope(log)
+    }
+}
+
+/// Marks a response (in its extensions) that only repeats a decision
+/// already made and logged: a manifest served on a verdict-cache hit. Its
+/// access log line is written at debug rather than info.
+#[derive(Debug, Clone, Copy)]
+pub struct Routine;
 
 /// A body holding `bytes`.
 pub fn body_from(bytes: Bytes) -> ProxyBody {
@@ -148,8 +219,13 @@ impl App {
     }
 
     /// Answers one `/v2/` request. The canonical reference of the request
-    /// is recorded in the current tracing span.
-    pub async fn handle<B>(&self, request: &Request<B>, client: &Client) -> Response<ProxyBody> {
+    /// is recorded in `log`, and what is logged is logged in its span.
+    pub async fn handle<B>(
+        &self,
+        request: &Request<B>,
+        client: &Client,
+        log: &RequestLog,
+    ) -> Response<ProxyBody> {
         let started = std::time::Instant::now();
         let head = request.method() == Method::HEAD;
         let routed = self.router.route(
@@ -160,10 +236,10 @@ impl App {
         let route = match routed {
             Ok(Routed::Base) => return base_response(head),
             Ok(Routed::Repository(route)) => route,
-            Err(e) => return reject(e, head),
+            Err(e) => return reject(e, head, log),
         };
-        let span = tracing::Span::current();
-        span.record("reference", route.canonical());
+        let canonical = route.canonical();
+        log.set_reference(canonical.clone());
         let upstream = &self.upstreams[route.upstream];
         let result = match &route.endpoint {
             Endpoint::Base => return base_response(head),
@@ -171,10 +247,12 @@ impl App {
                 manifest::serve(
                     self,
                     &route,
+                    &canonical,
                     reference,
                     request.headers(),
                     head,
                     client,
+                    log,
                     started,
                 )
                 .await
@@ -182,20 +260,19 @@ impl App {
             Endpoint::Blob(digest) => match self.verifier.blob_allowed(&route, digest).await {
                 Ok(()) => blob::serve(upstream, &route, digest, request.headers(), head).await,
                 Err(decision) => {
-                    let subject = format!("blob {}@{digest}", route.canonical());
-                    self.observer
-                        .record(DecisionRecord::new(
-                            client,
-                            Subject::Blob,
-                            &route.canonical(),
-                            None,
-                            &digest.to_string(),
-                            &decision,
-                            decision.message(&subject),
-                            false,
-                            started.elapsed(),
-                        ))
-                        .await;
+                    let decided = Decided {
+                        at: std::time::SystemTime::now(),
+                        client: client.clone(),
+                        subject: Subject::Blob,
+                        reference: canonical,
+                        tag: None,
+                        digest: digest.clone(),
+                        decision: Arc::clone(&decision),
+                        cache_hit: false,
+                        latency: started.elapsed(),
+                    };
+                    let subject = decided.subject_text();
+                    self.observer.decided(decided).await;
                     Err(ServeError::Denied { subject, decision })
                 }
             },
@@ -209,11 +286,13 @@ impl App {
         };
         result.unwrap_or_else(|e| {
             let error = ApiError::from(e);
-            if error.status.is_server_error() {
-                tracing::warn!(code = ?error.code, error = %error.message, "request failed");
-            } else {
-                tracing::info!(code = ?error.code, error = %error.message, "request refused");
-            }
+            log.in_scope(|| {
+                if error.status.is_server_error() {
+                    tracing::warn!(code = ?error.code, error = %error.message, "request failed");
+                } else {
+                    tracing::info!(code = ?error.code, error = %error.message, "request refused");
+                }
+            });
             error.into_response(head)
         })
     }
@@ -289,8 +368,8 @@ fn base_response(head: bool) -> Response<ProxyBody> {
     response
 }
 
-fn reject(e: RouteError, head: bool) -> Response<ProxyBody> {
-    tracing::info!(error = %e, "rejected request");
+fn reject(e: RouteError, head: bool, log: &RequestLog) -> Response<ProxyBody> {
+    log.in_scope(|| tracing::info!(error = %e, "rejected request"));
     ApiError::from(e).into_response(head)
 }
 
@@ -373,5 +452,89 @@ pub(crate) async fn upstream_failure(
         upstream_message,
         detail,
         what,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Lines logged through a [`RequestLog`] carry the request span's
+    /// fields (as the JSON log format writes them), whether the reference
+    /// was known when the span was made or recorded after; nothing logged,
+    /// no span made.
+    #[test]
+    fn request_log_makes_its_span_on_first_use_with_every_field() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let peer: SocketAddr = "127.0.0.1:4711".parse().expect("address");
+        let new = |id: u64| {
+            RequestLog::new(
+                id,
+                Method::GET,
+                "/v2/demo/app/manifests/v1?ns=r.io".parse().expect("uri"),
+                peer,
+            )
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let quiet = new(1);
+            quiet.set_reference("r.io/demo/app".into());
+            assert!(quiet.span.get().is_none(), "no span without a line");
+
+            let routed_first = new(2);
+            routed_first.set_reference("r.io/demo/app".into());
+            routed_first.in_scope(|| tracing::info!("first"));
+
+            let logged_first = new(3);
+            logged_first.in_scope(|| tracing::info!("before routing"));
+            logged_first.set_reference("r.io/demo/web".into());
+            logged_first.in_scope(|| tracing::warn!(status = 502, "after routing"));
+        });
+        let text = String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let span = |i: usize| &lines[i]["span"];
+        for (i, id, reference) in [
+            (0, 2, Some("r.io/demo/app")),
+            (1, 3, None),
+            (2, 3, Some("r.io/demo/web")),
+        ] {
+            assert_eq!(span(i)["name"], "request", "{text}");
+            assert_eq!(span(i)["id"], id, "{text}");
+            assert_eq!(span(i)["method"], "GET", "{text}");
+            assert_eq!(span(i)["path"], "/v2/demo/app/manifests/v1", "{text}");
+            assert_eq!(span(i)["peer"], "127.0.0.1:4711", "{text}");
+            assert_eq!(span(i)["reference"].as_str(), reference, "{text}");
+        }
+        assert_eq!(lines[2]["status"], 502);
     }
 }

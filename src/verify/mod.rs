@@ -9,15 +9,19 @@
 //!   (pure).
 //! - Evidence comes from [`cosign`] (tag-based `.sig` signatures) and is
 //!   checked by [`simple_signing`] (pure).
-//! - Verdicts are cached by (policy revision, upstream, repository,
-//!   digest) — never by tag — with separate allow/deny TTLs; concurrent
-//!   misses for one key share one verification. Failures to check are
-//!   errors, never cached as denials.
+//! - Verdicts are cached by (generation, upstream, repository, digest) —
+//!   never by tag — with separate allow/deny TTLs; the generation changes
+//!   with the policy revision and with the attestation store's evidence.
+//!   Concurrent misses for one key share one verification. Failures to
+//!   check are errors, never cached as denials. See [`cache`].
 //! - Admitted indexes admit the child manifests they list; admitted
-//!   manifests admit their config and layer blobs ([`Verifier::blob_allowed`]).
+//!   manifests admit their config and layer blobs ([`Verifier::blob_allowed`]),
+//!   for as long as their verdict is served (a verdict-cache hit registers
+//!   them again when they may have aged out).
 
 pub mod binauthz;
 pub mod bundle;
+mod cache;
 pub mod cosign;
 pub mod dsse;
 pub mod evidence;
@@ -29,26 +33,29 @@ pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use http::StatusCode;
-use moka::future::Cache;
+
+use cache::{Clock, Content, Flights, Hit, Key, Scope, Verdicts};
 
 use crate::config::CacheConfig;
 use crate::oci::Digest;
 use crate::policy::{
-    self, Attestor, Decision, EnforcementMode, EvaluationMode, Evidence, Policy, RuleSource,
+    self, Attestor, Decision, EnforcementMode, EvaluationMode, Evidence, Policy, Rule, RuleSource,
     Verdict,
 };
 use crate::routing::Route;
 use crate::serve::manifest::Manifest;
 use crate::upstream::{Upstream, UpstreamError};
 
-/// Admitted child manifests and blobs remembered, at most. Each admitted
-/// image adds its layers; this bounds memory whatever is pulled.
-pub const MAX_ADMITTED_CONTENT: u64 = 1_000_000;
+/// Admitted child manifests and blobs remembered, at most (32 bytes
+/// each). Each admitted image adds its config and layers; this bounds
+/// memory whatever is pulled. Twice 7/8 of 2^20: each of the two segments
+/// of [`cache::Content`] then fills a 2^20-bucket table exactly (~33 MiB)
+/// instead of growing a 2^21 one for a few more entries.
+pub const MAX_ADMITTED_CONTENT: u64 = 2 * (7 << 17);
 /// Largest image config read to tell a signature artifact from an image.
 const MAX_ARTIFACT_CONFIG_BYTES: usize = 64 * 1024;
 
@@ -90,46 +97,6 @@ pub enum Outcome<'m> {
     },
 }
 
-#[derive(Clone, Hash, PartialEq, Eq)]
-struct Key {
-    revision: Arc<str>,
-    upstream: usize,
-    repository: Arc<str>,
-    digest: Arc<str>,
-}
-
-impl Key {
-    /// The key of `digest` in `route`'s repository under `policy`.
-    fn new(policy: &Policy, route: &Route, digest: &Digest) -> Key {
-        Key {
-            revision: policy.revision.as_str().into(),
-            upstream: route.upstream,
-            repository: route.repository.as_str().into(),
-            digest: digest.to_string().into(),
-        }
-    }
-}
-
-struct VerdictExpiry {
-    allow: Duration,
-    deny: Duration,
-}
-
-impl moka::Expiry<Key, Arc<Decision>> for VerdictExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &Key,
-        value: &Arc<Decision>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(if value.verdict == Verdict::Deny {
-            self.deny
-        } else {
-            self.allow
-        })
-    }
-}
-
 /// Counters other layers (metrics, tests, `verify`) read.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -144,15 +111,59 @@ pub struct Stats {
 
 /// Holds the current policy and the caches.
 pub struct Verifier {
-    policy: RwLock<Arc<Policy>>,
-    verdicts: Cache<Key, Arc<Decision>>,
-    /// Child manifest → the admitted index that lists it.
-    children: Cache<Key, Arc<str>>,
-    /// Blobs of admitted manifests (and of signature artifacts).
-    blobs: Cache<Key, ()>,
+    state: RwLock<Arc<State>>,
+    /// Serializes generation changes (policy and store).
+    changing: Mutex<()>,
+    verdicts: Verdicts,
+    /// Blobs of admitted manifests (and of signature artifacts), and
+    /// child manifests of admitted indexes.
+    content: Content,
+    flights: Flights<Result<Hit, VerifyError>>,
     /// The local attestation store, when configured.
     store: Option<Arc<store::Store>>,
     pub stats: Stats,
+}
+
+/// The policy in force and the generation of cache keys under it.
+struct State {
+    policy: Arc<Policy>,
+    generation: u32,
+    /// Decisions that depend on the rule alone (ALWAYS_ALLOW, ALWAYS_DENY,
+    /// allowlist, the artifact exemption), one `Arc` per rule and
+    /// enforcement shared by every image they decide; at most twice the
+    /// policy's rules.
+    shared: Mutex<HashMap<(RuleSource, bool), Arc<Decision>>>,
+    /// The decision for everything when no policy is configured.
+    unconfigured: OnceLock<Arc<Decision>>,
+}
+
+impl State {
+    fn new(policy: Arc<Policy>, generation: u32) -> State {
+        State {
+            policy,
+            generation,
+            shared: Mutex::new(HashMap::new()),
+            unconfigured: OnceLock::new(),
+        }
+    }
+
+    /// The shared decision of `rule` (made by `make` the first time).
+    fn shared(&self, rule: &Rule, make: impl FnOnce() -> Decision) -> Arc<Decision> {
+        let dry_run = rule.enforcement == EnforcementMode::DryrunAuditLogOnly;
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(
+            shared
+                .entry((rule.source.clone(), dry_run))
+                .or_insert_with(|| Arc::new(make())),
+        )
+    }
+
+    fn scope(&self, route: &Route) -> Scope {
+        Scope::new(self.generation, route.upstream, &route.repository)
+    }
 }
 
 /// Which tag-based evidence a lookup fetches (referrers are always read).
@@ -214,24 +225,25 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     pub fn new(policy: Policy, cache: CacheConfig) -> Verifier {
-        let verdicts = Cache::builder()
-            .max_capacity(cache.max_entries)
-            .expire_after(VerdictExpiry {
-                allow: cache.allow_ttl,
-                deny: cache.deny_ttl,
-            })
-            .build();
-        fn admitted<V: Clone + Send + Sync + 'static>(ttl: Duration) -> Cache<Key, V> {
-            Cache::builder()
-                .max_capacity(MAX_ADMITTED_CONTENT)
-                .time_to_live(ttl)
-                .build()
-        }
+        Verifier::with_content_capacity(policy, cache, MAX_ADMITTED_CONTENT as usize)
+    }
+
+    fn with_content_capacity(policy: Policy, cache: CacheConfig, content: usize) -> Verifier {
+        let clock = Arc::new(Clock::new());
         Verifier {
-            policy: RwLock::new(Arc::new(policy)),
-            verdicts,
-            children: admitted(cache.allow_ttl),
-            blobs: admitted(cache.allow_ttl),
+            state: RwLock::new(Arc::new(State::new(Arc::new(policy), 0))),
+            changing: Mutex::new(()),
+            verdicts: Verdicts::new(
+                cache.max_entries,
+                cache.allow_ttl,
+                cache.deny_ttl,
+                Arc::clone(&clock),
+            ),
+            // Rotated every allow TTL: admitted content stays servable at
+            // least that long after the last manifest request found it
+            // current (see `admit`).
+            content: Content::new(content, cache.allow_ttl, clock),
+            flights: Flights::new(),
             store: None,
             stats: Stats::default(),
         }
@@ -254,92 +266,145 @@ impl Verifier {
     pub fn refresh_store(&self) -> bool {
         let changed = self.store.as_ref().is_some_and(|s| s.refresh());
         if changed {
-            self.verdicts.invalidate_all();
-            self.children.invalidate_all();
-            self.blobs.invalidate_all();
+            self.change(None);
         }
         changed
     }
 
-    pub fn policy(&self) -> Arc<Policy> {
-        match self.policy.read() {
-            Ok(p) => Arc::clone(&p),
+    fn state(&self) -> Arc<State> {
+        match self.state.read() {
+            Ok(s) => Arc::clone(&s),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
-    /// Replaces the policy. Cached verdicts of the old revision are never
-    /// consulted again (the revision is part of every key) and are dropped.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.state().policy)
+    }
+
+    /// Replaces the policy. A changed revision starts a new generation:
+    /// cached verdicts and admitted content are dropped, and verdicts of
+    /// verifications still running under the old policy are never stored
+    /// where the new generation looks.
     pub fn set_policy(&self, policy: Policy) {
-        let changed = self.policy().revision != policy.revision;
-        match self.policy.write() {
-            Ok(mut p) => *p = Arc::new(policy),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+        self.change(Some(policy));
+    }
+
+    /// Installs `policy` (or keeps the current one, for a store change);
+    /// starts a new generation unless the policy's revision is unchanged.
+    fn change(&self, policy: Option<Policy>) {
+        let _changing = self
+            .changing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let old = self.state();
+        let (policy, generation) = match policy {
+            Some(p) if p.revision == old.policy.revision => (Arc::new(p), old.generation),
+            Some(p) => (Arc::new(p), old.generation.wrapping_add(1)),
+            None => (Arc::clone(&old.policy), old.generation.wrapping_add(1)),
+        };
+        if generation != old.generation {
+            // The tables first: from here on they ignore the old
+            // generation (requests holding the old state miss, and what
+            // their verifications store is dropped), and no request gets
+            // the new generation before the tables hold it, so nothing
+            // registered under it is dropped.
+            self.verdicts.clear(generation);
+            self.content.clear(generation);
         }
-        if changed {
-            self.verdicts.invalidate_all();
-            self.children.invalidate_all();
-            self.blobs.invalidate_all();
+        let new = Arc::new(State::new(policy, generation));
+        match self.state.write() {
+            Ok(mut s) => *s = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
         }
     }
 
     /// Decides whether `manifest`, fetched for `route`, may be served.
+    ///
+    /// A verdict-cache hit costs a key hash and a table lookup: the
+    /// manifest is parsed again only when its admitted content may have
+    /// aged out of the content table (once per rotation, for images still
+    /// pulled), so blobs stay servable as long as the verdict is served.
     pub async fn admit<'m>(
         &self,
         upstreams: &[Arc<Upstream>],
         route: &Route,
         manifest: &'m Manifest,
     ) -> Result<Outcome<'m>, VerifyError> {
-        let policy = self.policy();
-        let image = format!("{}@{}", route.canonical(), manifest.digest);
+        let state = self.state();
+        let policy = &state.policy;
         if !policy.configured {
+            let decision = state.unconfigured.get_or_init(|| {
+                Arc::new(policy::evaluate(
+                    &policy.rule_for(&route.canonical()),
+                    &HashMap::new(),
+                ))
+            });
             return Ok(Outcome::Admitted(Admission {
                 manifest,
-                decision: Arc::new(policy::evaluate(&policy.rule_for(&image), &HashMap::new())),
+                decision: Arc::clone(decision),
                 cache_hit: false,
             }));
         }
-        let key = Key::new(&policy, route, &manifest.digest);
-        let shape = cosign::shape(&manifest.bytes);
-        let (decision, cache_hit) = match self.verdicts.get(&key).await {
-            Some(d) => {
+        let scope = state.scope(route);
+        let key = scope.key_of(&manifest.digest);
+        let mut shape = None;
+        let (hit, cache_hit) = match self.verdicts.get(&key) {
+            Some(hit) => {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                (d, true)
+                (hit, true)
             }
             None => {
                 self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-                let upstream = Arc::clone(&upstreams[route.upstream]);
-                let decision = self
-                    .verdicts
-                    .try_get_with(
-                        key.clone(),
-                        self.decide(
-                            &policy,
-                            upstreams,
-                            upstream,
-                            route,
-                            manifest,
-                            shape.as_ref(),
-                            &key,
-                        ),
-                    )
-                    .await
-                    // The loader's error, shared by every waiter: keep its
-                    // kind (a timeout stays a timeout).
-                    .map_err(|e| (*e).clone())?;
-                (decision, false)
+                let parsed = shape.insert(cosign::shape(&manifest.bytes));
+                let parsed = parsed.as_ref();
+                // Boxed: the verification's state (kilobytes of nested
+                // futures) is only allocated on a miss, so the future of
+                // every request, hits included, stays small.
+                let hit = Box::pin(self.flights.run(key, || async {
+                    // A verification of this key may have finished
+                    // between the miss above and joining the flight.
+                    if let Some(hit) = self.verdicts.get(&key) {
+                        return Ok(hit);
+                    }
+                    let upstream = Arc::clone(&upstreams[route.upstream]);
+                    let mut decision = self
+                        .decide(&state, upstreams, upstream, route, manifest, parsed, &key)
+                        .await?;
+                    if !decision.serves() {
+                        // An index listing it may have been admitted while
+                        // this verification ran (its denial would otherwise
+                        // stick until the deny TTL).
+                        if let Some(listed) = self.content.child(&key) {
+                            decision = listed;
+                        }
+                    }
+                    // Content first: a verdict is only found with its
+                    // content in place.
+                    let content = if decision.serves() {
+                        self.register(&state, &scope, route, manifest, parsed)
+                    } else {
+                        self.content.epoch()
+                    };
+                    self.verdicts.insert(&key, Arc::clone(&decision), content);
+                    Ok(Hit { decision, content })
+                }))
+                .await?;
+                (hit, false)
             }
         };
+        let decision = hit.decision;
         if !decision.serves() {
             return Ok(Outcome::Denied {
-                image,
+                image: format!("{}@{}", route.canonical(), manifest.digest),
                 decision,
                 cache_hit,
             });
         }
-        if let Some(shape) = &shape {
-            self.remember_admitted(&key, shape, &manifest.media_type)
-                .await;
+        if !self.content.is_current(hit.content) {
+            let shape = shape.get_or_insert_with(|| cosign::shape(&manifest.bytes));
+            let content = self.register(&state, &scope, route, manifest, shape.as_ref());
+            self.verdicts.set_content(&key, content);
         }
         Ok(Outcome::Admitted(Admission {
             manifest,
@@ -357,12 +422,9 @@ impl Verifier {
         manifest: &'m Manifest,
         decision: Arc<Decision>,
     ) -> Admission<'m> {
-        let policy = self.policy();
-        let key = Key::new(&policy, route, &manifest.digest);
-        if let Some(shape) = cosign::shape(&manifest.bytes) {
-            self.remember_admitted(&key, &shape, &manifest.media_type)
-                .await;
-        }
+        let state = self.state();
+        let shape = cosign::shape(&manifest.bytes);
+        self.register(&state, &state.scope(route), route, manifest, shape.as_ref());
         Admission {
             manifest,
             decision,
@@ -374,18 +436,19 @@ impl Verifier {
     /// ALWAYS_ALLOW or dry-run rule, or when an admitted manifest in the
     /// same repository references it.
     pub async fn blob_allowed(&self, route: &Route, digest: &Digest) -> Result<(), Arc<Decision>> {
-        let policy = self.policy();
+        let state = self.state();
+        let policy = &state.policy;
         if !policy.configured {
+            return Ok(());
+        }
+        // The cheaper test first; the answer does not depend on the order.
+        if self.content.has_blob(&state.scope(route).key_of(digest)) {
             return Ok(());
         }
         let rule = policy.rule_for(&route.canonical());
         if rule.evaluation == EvaluationMode::AlwaysAllow
             || rule.enforcement == EnforcementMode::DryrunAuditLogOnly
         {
-            return Ok(());
-        }
-        let key = Key::new(&policy, route, digest);
-        if self.blobs.contains_key(&key) {
             return Ok(());
         }
         Err(Arc::new(Decision {
@@ -398,10 +461,9 @@ impl Verifier {
         }))
     }
 
-    /// Verdicts currently cached.
+    /// Verdicts currently cached (expired ones are dropped first).
     pub async fn cached_verdicts(&self) -> u64 {
-        self.verdicts.run_pending_tasks().await;
-        self.verdicts.entry_count()
+        self.verdicts.purge_expired()
     }
 
     /// Evaluates without the cache, for `portcullis verify`.
@@ -411,12 +473,12 @@ impl Verifier {
         route: &Route,
         manifest: &Manifest,
     ) -> Result<Decision, VerifyError> {
-        let policy = self.policy();
-        let key = Key::new(&policy, route, &manifest.digest);
+        let state = self.state();
+        let key = state.scope(route).key_of(&manifest.digest);
         let shape = cosign::shape(&manifest.bytes);
         let upstream = Arc::clone(&upstreams[route.upstream]);
         self.decide(
-            &policy,
+            &state,
             upstreams,
             upstream,
             route,
@@ -431,7 +493,7 @@ impl Verifier {
     #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
-        policy: &Policy,
+        state: &State,
         upstreams: &[Arc<Upstream>],
         upstream: Arc<Upstream>,
         route: &Route,
@@ -439,6 +501,7 @@ impl Verifier {
         shape: Option<&cosign::ManifestShape>,
         key: &Key,
     ) -> Result<Arc<Decision>, VerifyError> {
+        let policy = &*state.policy;
         let name = route.canonical();
         let rule = policy.rule_for(&name);
         if let Some(shape) = shape {
@@ -447,70 +510,71 @@ impl Verifier {
                     .artifact_config_is_inert(&upstream, route, shape)
                     .await?
             {
-                return Ok(Arc::new(Decision {
+                let exemption = Rule {
+                    source: RuleSource::Artifact,
+                    ..rule
+                };
+                return Ok(state.shared(&exemption, || Decision {
                     verdict: Verdict::Exempt,
                     rule: RuleSource::Artifact,
                     evaluation: EvaluationMode::AlwaysAllow,
-                    enforcement: rule.enforcement,
+                    enforcement: exemption.enforcement,
                     attestors: Vec::new(),
                     reason: "signature/attestation artifact: served unverified so verifiers can read it; it cannot run".into(),
                 }));
             }
         }
-        if let Some(index) = self.children.get(key).await {
-            return Ok(Arc::new(Decision {
-                verdict: Verdict::Allow,
-                rule: rule.source,
-                evaluation: rule.evaluation,
-                enforcement: rule.enforcement,
-                attestors: Vec::new(),
-                reason: format!("listed by admitted index {index}"),
+        if let Some(listed) = self.content.child(key) {
+            return Ok(listed);
+        }
+        if rule.evaluation != EvaluationMode::RequireAttestation {
+            // No evidence is read: the decision is the rule's alone.
+            return Ok(state.shared(&rule, || {
+                policy::evaluate_in(policy, &rule, &HashMap::new())
             }));
         }
         let mut evidence: HashMap<String, Vec<Evidence>> = HashMap::new();
-        if rule.evaluation == EvaluationMode::RequireAttestation {
-            let target = evidence::Target {
-                name: &name,
-                digest: &manifest.digest,
-                manifest: &manifest.bytes,
-                identity: &rule.signed_identity,
+        let target = evidence::Target {
+            name: &name,
+            digest: &manifest.digest,
+            manifest: &manifest.bytes,
+            identity: &rule.signed_identity,
+        };
+        // One lookup per signature location, shared by the attestors
+        // that keep their signatures there.
+        let mut locations: HashMap<(usize, String), Vec<&Attestor>> = HashMap::new();
+        for name in &rule.attestors {
+            let Some(attestor) = policy.attestors.get(name) else {
+                continue;
             };
-            // One lookup per signature location, shared by the attestors
-            // that keep their signatures there.
-            let mut locations: HashMap<(usize, String), Vec<&Attestor>> = HashMap::new();
+            let location =
+                signature_location(upstreams, route, attestor.signature_repository.as_deref());
+            locations.entry(location).or_default().push(attestor);
+        }
+        for ((upstream_index, repository), attestors) in locations {
+            let found = self
+                .lookup(
+                    Arc::clone(&upstreams[upstream_index]),
+                    &repository,
+                    &manifest.digest,
+                    Wants::for_attestors(&attestors),
+                )
+                .await?;
+            for attestor in attestors {
+                evidence
+                    .entry(attestor.name.clone())
+                    .or_default()
+                    .extend(found.check(attestor, &target));
+            }
+        }
+        if let Some(store) = &self.store {
+            let items = store.items_for(manifest.digest.hex());
             for name in &rule.attestors {
-                let Some(attestor) = policy.attestors.get(name) else {
-                    continue;
-                };
-                let location =
-                    signature_location(upstreams, route, attestor.signature_repository.as_deref());
-                locations.entry(location).or_default().push(attestor);
-            }
-            for ((upstream_index, repository), attestors) in locations {
-                let found = self
-                    .lookup(
-                        Arc::clone(&upstreams[upstream_index]),
-                        &repository,
-                        &manifest.digest,
-                        Wants::for_attestors(&attestors),
-                    )
-                    .await?;
-                for attestor in attestors {
+                if let Some(attestor) = policy.attestors.get(name) {
                     evidence
-                        .entry(attestor.name.clone())
+                        .entry(name.clone())
                         .or_default()
-                        .extend(found.check(attestor, &target));
-                }
-            }
-            if let Some(store) = &self.store {
-                let items = store.items_for(manifest.digest.hex());
-                for name in &rule.attestors {
-                    if let Some(attestor) = policy.attestors.get(name) {
-                        evidence
-                            .entry(name.clone())
-                            .or_default()
-                            .extend(evidence::from_store(&items, attestor, &target));
-                    }
+                        .extend(evidence::from_store(&items, attestor, &target));
                 }
             }
         }
@@ -642,34 +706,51 @@ impl Verifier {
         Ok(cosign::config_is_inert(&bytes))
     }
 
-    async fn remember_admitted(
+    /// Makes the config and layers of an admitted manifest servable and,
+    /// for an index, admits the manifests it lists (they are then allowed
+    /// as "listed by admitted index …", one decision shared by them all);
+    /// returns the content epoch they were registered in.
+    fn register(
         &self,
-        key: &Key,
-        shape: &cosign::ManifestShape,
-        media_type: &http::HeaderValue,
-    ) {
-        let with_digest = |digest: &str| Key {
-            digest: digest.into(),
-            ..key.clone()
+        state: &State,
+        scope: &Scope,
+        route: &Route,
+        manifest: &Manifest,
+        shape: Option<&cosign::ManifestShape>,
+    ) -> u32 {
+        let Some(shape) = shape else {
+            // Nothing to register: current by definition.
+            return self.content.epoch();
         };
-        let content_type = media_type.to_str().unwrap_or("");
-        if shape.is_index(content_type) {
-            for child in &shape.children {
-                let child_key = with_digest(child);
-                // A child denied before its index was admitted is admitted now.
-                if let Some(cached) = self.verdicts.get(&child_key).await {
-                    if !cached.serves() {
-                        self.verdicts.invalidate(&child_key).await;
-                    }
-                }
-                self.children
-                    .insert(child_key, Arc::clone(&key.digest))
-                    .await;
-            }
+        let blobs: Vec<cache::Id> = shape
+            .config
+            .iter()
+            .chain(shape.layers.iter())
+            .map(|b| scope.key(&b.digest).id)
+            .collect();
+        let content_type = manifest.media_type.to_str().unwrap_or("");
+        if !shape.is_index(content_type) {
+            return self.content.admit(state.generation, &blobs, &[], None);
         }
-        for blob in shape.config.iter().chain(shape.layers.iter()) {
-            self.blobs.insert(with_digest(&blob.digest), ()).await;
+        let children: Vec<Key> = shape.children.iter().map(|c| scope.key(c)).collect();
+        let ids: Vec<cache::Id> = children.iter().map(|k| k.id).collect();
+        let rule = state.policy.rule_for(&route.canonical());
+        let listed = Arc::new(Decision {
+            verdict: Verdict::Allow,
+            rule: rule.source,
+            evaluation: rule.evaluation,
+            enforcement: rule.enforcement,
+            attestors: Vec::new(),
+            reason: format!("listed by admitted index {}", manifest.digest),
+        });
+        let epoch = self
+            .content
+            .admit(state.generation, &blobs, &ids, Some(&listed));
+        // A child denied before its index was admitted is admitted now.
+        for child in &children {
+            self.verdicts.remove_denied(child);
         }
+        epoch
     }
 }
 
@@ -699,4 +780,402 @@ fn signature_location(
         }
     }
     (route.upstream, repo.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::routing::{Routed, Router};
+    use http::{HeaderValue, Method};
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    use std::path::Path;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Env {
+        verifier: Verifier,
+        upstreams: Vec<Arc<Upstream>>,
+        router: Router,
+        config: Config,
+    }
+
+    /// A proxy configuration for `registry.example` at `url` with `policy`
+    /// (YAML, indented under `policy:`) and an attestor `ci`.
+    fn config(url: &str, policy: &str) -> Config {
+        let signing = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let pem = signing
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("pem");
+        let pem: String = pem.lines().map(|l| format!("            {l}\n")).collect();
+        let yaml = format!(
+            "listen: 127.0.0.1:0\n\
+             upstreams:\n  - registry: registry.example\n    url: {url}\n    default: true\n\
+             policy:\n{policy}\
+             attestors:\n  - name: ci\n    publicKeys:\n      - id: k1\n        pkixPublicKey:\n          publicKeyPem: |\n{pem}          signatureAlgorithm: ECDSA_P256_SHA256\n\
+             cache: {{allowTtl: 10m, denyTtl: 30s, maxEntries: 1000}}\n"
+        );
+        Config::from_yaml(&yaml, Path::new(".")).expect("config")
+    }
+
+    const REQUIRE: &str = "  defaultAdmissionRule:\n    evaluationMode: REQUIRE_ATTESTATION\n    \
+                           requireAttestationsBy: [ci]\n";
+    const ALLOW: &str = "  defaultAdmissionRule:\n    evaluationMode: ALWAYS_ALLOW\n";
+
+    fn env(url: &str, policy: &str, content_capacity: usize) -> Env {
+        let config = config(url, policy);
+        let verifier = Verifier::with_content_capacity(
+            config.compile_policy().expect("policy"),
+            config.cache,
+            content_capacity,
+        );
+        let upstreams = vec![Arc::new(
+            Upstream::new(&config.upstreams[0], config.timeouts).expect("upstream"),
+        )];
+        Env {
+            verifier,
+            upstreams,
+            router: Router::new(&config),
+            config,
+        }
+    }
+
+    impl Env {
+        fn route(&self, digest: &Digest) -> Route {
+            match self
+                .router
+                .route(
+                    &Method::GET,
+                    &format!("/v2/demo/app/manifests/{digest}"),
+                    None,
+                )
+                .expect("route")
+            {
+                Routed::Repository(r) => r,
+                Routed::Base => panic!("not a repository route"),
+            }
+        }
+
+        async fn admit(&self, manifest: &Manifest) -> (Arc<Decision>, bool) {
+            let route = self.route(&manifest.digest);
+            match self
+                .verifier
+                .admit(&self.upstreams, &route, manifest)
+                .await
+                .expect("admit")
+            {
+                Outcome::Admitted(a) => (a.decision, a.cache_hit),
+                Outcome::Denied {
+                    decision,
+                    cache_hit,
+                    ..
+                } => (decision, cache_hit),
+            }
+        }
+
+        async fn blob_allowed(&self, digest: &str) -> bool {
+            let digest: Digest = digest.parse().expect("digest");
+            let route = self.route(&digest);
+            self.verifier.blob_allowed(&route, &digest).await.is_ok()
+        }
+
+        /// Caches `decision` for `manifest` as an earlier verification
+        /// would have, its content registered in an epoch long gone.
+        fn cache(&self, manifest: &Manifest, decision: Verdict) {
+            let state = self.verifier.state();
+            let key = state
+                .scope(&self.route(&manifest.digest))
+                .key_of(&manifest.digest);
+            let decision = Arc::new(Decision {
+                verdict: decision,
+                rule: RuleSource::Default,
+                evaluation: EvaluationMode::RequireAttestation,
+                enforcement: EnforcementMode::EnforcedBlockAndAuditLog,
+                attestors: Vec::new(),
+                reason: "attestor ci: verified".into(),
+            });
+            let stale = self.verifier.content.epoch().wrapping_sub(7);
+            self.verifier.verdicts.insert(&key, decision, stale);
+        }
+    }
+
+    fn digest_text(n: u64) -> String {
+        format!("sha256:{n:064x}")
+    }
+
+    /// An image manifest with config `n` and layer `n + 1`.
+    fn image(n: u64) -> Manifest {
+        let text = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+             \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"{}\",\"size\":2}},\
+             \"layers\":[{{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"{}\",\"size\":3}}]}}",
+            digest_text(n),
+            digest_text(n + 1)
+        );
+        let bytes = Bytes::from(text);
+        Manifest::new(
+            bytes.clone(),
+            Digest::sha256_of(&bytes),
+            HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+        )
+    }
+
+    fn index(children: &[&Manifest]) -> Manifest {
+        let listed: Vec<String> = children
+            .iter()
+            .map(|m| {
+                format!(
+                    "{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"{}\",\"size\":{}}}",
+                    m.digest,
+                    m.bytes.len()
+                )
+            })
+            .collect();
+        let text = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{}]}}",
+            listed.join(",")
+        );
+        let bytes = Bytes::from(text);
+        Manifest::new(
+            bytes.clone(),
+            Digest::sha256_of(&bytes),
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        )
+    }
+
+    /// An upstream answering 404 to everything, once `open` is sent
+    /// `true`; counts the requests it received.
+    async fn gated_upstream() -> (String, tokio::sync::watch::Sender<bool>, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut gate = gate.clone();
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                        if !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            continue;
+                        }
+                        request.clear();
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        if gate.wait_for(|open| *open).await.is_err() {
+                            return;
+                        }
+                        let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, open, requests)
+    }
+
+    #[tokio::test]
+    async fn a_verdict_decided_under_an_old_policy_is_never_served_after_a_change() {
+        let (url, open, requests) = gated_upstream().await;
+        let env = Arc::new(env(&url, REQUIRE, MAX_ADMITTED_CONTENT as usize));
+        let manifest = image(1);
+        // A cold pull under REQUIRE_ATTESTATION: its signature lookup waits
+        // at the upstream.
+        let old = {
+            let env = Arc::clone(&env);
+            let manifest = manifest.clone();
+            tokio::spawn(async move { env.admit(&manifest).await })
+        };
+        for _ in 0..200 {
+            if requests.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(requests.load(Ordering::SeqCst) > 0, "no lookup started");
+        // The policy changes while that verification runs.
+        let allow = config(&url, ALLOW).compile_policy().expect("policy");
+        env.verifier.set_policy(allow);
+        // A pull under the new policy neither waits for nor reuses the
+        // running verification.
+        let (decision, cache_hit) =
+            tokio::time::timeout(Duration::from_secs(5), env.admit(&manifest))
+                .await
+                .expect("the new generation joined the old verification");
+        assert_eq!(decision.verdict, Verdict::Allow);
+        assert!(!cache_hit);
+        // The old verification finishes: denied under the old policy (no
+        // signature), which its own request gets.
+        open.send(true).expect("open");
+        let (decision, _) = old.await.expect("old admit");
+        assert_eq!(decision.verdict, Verdict::Deny, "{}", decision.reason);
+        // Its verdict was not stored for the new generation.
+        let (decision, cache_hit) = env.admit(&manifest).await;
+        assert_eq!(decision.verdict, Verdict::Allow, "{}", decision.reason);
+        assert!(cache_hit, "the new generation's own verdict is cached");
+    }
+
+    #[tokio::test]
+    async fn a_generation_change_drops_verdicts_and_content() {
+        let env = env("http://127.0.0.1:9", REQUIRE, MAX_ADMITTED_CONTENT as usize);
+        let manifest = image(10);
+        env.cache(&manifest, Verdict::Allow);
+        assert!(env.admit(&manifest).await.1);
+        assert!(env.blob_allowed(&digest_text(10)).await);
+        // The attestation store changed (what `refresh_store` does).
+        env.verifier.change(None);
+        assert!(!env.blob_allowed(&digest_text(10)).await);
+        assert_eq!(env.verifier.cached_verdicts().await, 0);
+        // The same revision again keeps everything.
+        env.cache(&manifest, Verdict::Allow);
+        env.admit(&manifest).await;
+        env.verifier
+            .set_policy(env.config.compile_policy().expect("policy"));
+        assert!(env.blob_allowed(&digest_text(10)).await);
+        assert!(env.admit(&manifest).await.1);
+    }
+
+    #[tokio::test]
+    async fn blobs_of_an_admitted_image_stay_servable_while_its_verdict_is_served() {
+        // Room for 8 blobs: 4 per segment, two images each.
+        let env = env("http://127.0.0.1:9", REQUIRE, 8);
+        let manifest = image(100);
+        env.cache(&manifest, Verdict::Allow);
+        assert!(!env.blob_allowed(&digest_text(100)).await);
+        // A verdict-cache hit registers the content that aged out.
+        assert!(env.admit(&manifest).await.1);
+        assert!(env.blob_allowed(&digest_text(100)).await);
+        assert!(env.blob_allowed(&digest_text(101)).await);
+        assert!(
+            !env.blob_allowed(&digest_text(102)).await,
+            "a blob the image does not list"
+        );
+        // Other images push it out of the content table (two rotations).
+        for n in 0..4 {
+            let other = image(1000 + 10 * n);
+            env.cache(&other, Verdict::Allow);
+            env.admit(&other).await;
+        }
+        assert!(!env.blob_allowed(&digest_text(100)).await);
+        // Its next pull is still a hit, and makes its blobs servable again.
+        assert!(env.admit(&manifest).await.1);
+        assert!(env.blob_allowed(&digest_text(100)).await);
+        assert!(env.blob_allowed(&digest_text(101)).await);
+        // A hit with the content current registers nothing again.
+        let key = env
+            .verifier
+            .state()
+            .scope(&env.route(&manifest.digest))
+            .key_of(&manifest.digest);
+        let epoch = env.verifier.content.epoch();
+        assert!(env.admit(&manifest).await.1);
+        assert_eq!(env.verifier.content.epoch(), epoch);
+        assert_eq!(
+            env.verifier.verdicts.get(&key).map(|h| h.content),
+            Some(epoch)
+        );
+        // A denied image's blobs are not servable.
+        let denied = image(200);
+        env.cache(&denied, Verdict::Deny);
+        assert_eq!(env.admit(&denied).await.0.verdict, Verdict::Deny);
+        assert!(!env.blob_allowed(&digest_text(200)).await);
+    }
+
+    #[tokio::test]
+    async fn an_admitted_index_admits_its_children_and_lifts_their_denials() {
+        let env = env("http://127.0.0.1:9", REQUIRE, MAX_ADMITTED_CONTENT as usize);
+        let (a, b) = (image(300), image(310));
+        let list = index(&[&a, &b]);
+        env.cache(&b, Verdict::Deny);
+        assert_eq!(env.admit(&b).await.0.verdict, Verdict::Deny);
+        env.cache(&list, Verdict::Allow);
+        assert!(env.admit(&list).await.1);
+        // The children are decided from the index alone (the upstream at
+        // 127.0.0.1:9 would fail a lookup), with one shared decision.
+        let (da, hit) = env.admit(&a).await;
+        assert!(!hit);
+        assert_eq!(da.verdict, Verdict::Allow);
+        assert_eq!(
+            da.reason,
+            format!("listed by admitted index {}", list.digest)
+        );
+        let (db, _) = env.admit(&b).await;
+        assert_eq!(db.verdict, Verdict::Allow, "the child's denial was kept");
+        assert!(Arc::ptr_eq(&da, &db));
+        assert!(env.blob_allowed(&digest_text(301)).await);
+    }
+
+    #[tokio::test]
+    async fn a_child_verified_while_its_index_is_admitted_is_not_left_denied() {
+        let (url, open, requests) = gated_upstream().await;
+        let env = Arc::new(env(&url, REQUIRE, MAX_ADMITTED_CONTENT as usize));
+        let child = image(500);
+        let list = index(&[&child]);
+        // The child's own verification starts (and waits at the upstream)
+        // before the index is admitted.
+        let verifying = {
+            let env = Arc::clone(&env);
+            let child = child.clone();
+            tokio::spawn(async move { env.admit(&child).await })
+        };
+        for _ in 0..200 {
+            if requests.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(requests.load(Ordering::SeqCst) > 0, "no lookup started");
+        env.cache(&list, Verdict::Allow);
+        assert!(env.admit(&list).await.1);
+        // The child has no signature of its own: denied by the rule, but
+        // listed by the index admitted meanwhile.
+        open.send(true).expect("open");
+        let (decision, _) = verifying.await.expect("child admit");
+        assert_eq!(decision.verdict, Verdict::Allow, "{}", decision.reason);
+        let (decision, hit) = env.admit(&child).await;
+        assert!(hit);
+        assert_eq!(decision.verdict, Verdict::Allow, "{}", decision.reason);
+    }
+
+    #[tokio::test]
+    async fn decisions_that_depend_on_the_rule_alone_are_shared() {
+        let env = env("http://127.0.0.1:9", ALLOW, MAX_ADMITTED_CONTENT as usize);
+        let (first, _) = env.admit(&image(400)).await;
+        let (second, hit) = env.admit(&image(410)).await;
+        assert!(!hit);
+        assert_eq!(second.reason, "ALWAYS_ALLOW");
+        assert!(Arc::ptr_eq(&first, &second));
+        let unconfigured = Verifier::new(Policy::allow_all(), CacheConfig::default());
+        let route = env.route(&image(1).digest);
+        let decide = |m: Manifest| {
+            let unconfigured = &unconfigured;
+            let route = &route;
+            let upstreams = &env.upstreams;
+            async move {
+                match unconfigured
+                    .admit(upstreams, route, &m)
+                    .await
+                    .expect("admit")
+                {
+                    Outcome::Admitted(a) => a.decision,
+                    Outcome::Denied { .. } => panic!("denied without a policy"),
+                }
+            }
+        };
+        let (x, y) = (decide(image(1)).await, decide(image(2)).await);
+        assert!(Arc::ptr_eq(&x, &y));
+        assert_eq!(x.verdict, Verdict::Exempt);
+    }
 }
