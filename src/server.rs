@@ -28,6 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use crate::audit::{Client, Observer};
 use crate::config::{Config, TlsConfig};
@@ -301,8 +302,18 @@ async fn handle(
     role: Role,
 ) -> Response<ProxyBody> {
     let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
-    // The `request` span is made when something is logged.
+    // At info and above, the `request` span is made only when a line of
+    // this request is logged (see `RequestLog`). With debug logging on
+    // anywhere, it is made up front and the whole request runs in it, so
+    // that every line, from any module, carries it.
     let log = RequestLog::new(id, request.method().clone(), request.uri().clone(), peer);
+    let span = if tracing::level_filters::LevelFilter::current()
+        >= tracing::level_filters::LevelFilter::DEBUG
+    {
+        log.span().clone()
+    } else {
+        tracing::Span::none()
+    };
     let start = Instant::now();
     let metrics = Arc::clone(&app.observer.metrics);
     metrics.request_started();
@@ -334,6 +345,7 @@ async fn handle(
             },
         }
     }
+    .instrument(span)
     .await;
     let (mut parts, body) = response.into_parts();
     parts.headers.insert(X_REQUEST_ID, HeaderValue::from(id));

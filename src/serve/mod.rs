@@ -53,10 +53,12 @@ const READY_WINDOW: Duration = Duration::from_secs(30);
 
 /// One request's log context: id, method, path, peer and, once routed,
 /// the canonical reference. The `request` span that carries them (and
-/// that every line logged for the request is written in) is made on first
-/// use, so a request that logs nothing at an enabled level (a warm pull)
-/// pays for no span; every line that is logged has the same span fields
-/// as if the span had been made when the request arrived.
+/// that every line the serving layer logs for the request is written in)
+/// is made on first use, so a request that logs nothing at an enabled
+/// level (a warm pull) pays for no span; every line that is logged has
+/// the same span fields as if the span had been made when the request
+/// arrived. (With debug logging on, the server makes it up front and runs
+/// the whole request in it.)
 #[derive(Debug)]
 pub struct RequestLog {
     id: u64,
