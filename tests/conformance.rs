@@ -1316,4 +1316,32 @@ fn notation_referrers_fallback_index_is_read_and_its_signature_skipped() {
         0,
         "a notation signature was fetched as if it could be a sigstore bundle"
     );
+    // Having seen there is no referrers API, the next verification goes
+    // straight to the referrers tag (one round trip less).
+    let api_calls = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/referrers/"))
+        .count();
+    let r = get_manifest(&proxy, NOTATION_REPO, "notation-unsign");
+    assert_denied_with(&r, &["no signatures found"], "notation-unsigned image");
+    let unsigned = sha256_digest(&fixtures::read(&format!(
+        "{NOTATION_DIR}/manifests/notation-unsign.json"
+    )));
+    assert!(
+        fake.hits(&format!(
+            "/v2/{NOTATION_REPO}/manifests/{}",
+            unsigned.replacen(':', "-", 1)
+        )) >= 1,
+        "the referrers tag of the second image was not read"
+    );
+    let api_calls_after = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/referrers/"))
+        .count();
+    assert_eq!(
+        api_calls_after, api_calls,
+        "the referrers API was asked again right after answering 404"
+    );
 }

@@ -77,6 +77,11 @@ pub enum SetupError {
     AttestationStore(String),
 }
 
+/// How long an upstream that answered 404 (or 405/501) on the referrers
+/// API is assumed to still lack it: a registry upgraded meanwhile is
+/// asked again after this.
+pub const NO_REFERRERS_API_MEMORY: Duration = Duration::from_secs(300);
+
 /// One upstream registry and the means to talk to it.
 #[derive(Debug)]
 pub struct Upstream {
@@ -89,6 +94,10 @@ pub struct Upstream {
     /// Milliseconds since `epoch` at which the upstream last answered
     /// anything (0: never). Drives `/readyz`.
     last_answer_ms: AtomicU64,
+    /// Milliseconds since `epoch` at which the upstream last showed it has
+    /// no referrers API (0: not seen). Evidence lookups then go straight
+    /// to the referrers tag for [`NO_REFERRERS_API_MEMORY`].
+    no_referrers_api_ms: AtomicU64,
     epoch: Instant,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
@@ -123,6 +132,7 @@ impl Upstream {
             auth: AuthState::new(credentials),
             timeouts,
             last_answer_ms: AtomicU64::new(0),
+            no_referrers_api_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics: None,
         })
@@ -222,6 +232,22 @@ impl Upstream {
     }
 
     /// Whether the upstream answered anything within `window`.
+    /// Remembers that the referrers API answered "not here".
+    pub fn mark_no_referrers_api(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.no_referrers_api_ms
+            .store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether the upstream showed, recently, that it has no referrers API
+    /// (so a lookup can skip that round trip and read the referrers tag).
+    pub fn known_without_referrers_api(&self) -> bool {
+        let seen = self.no_referrers_api_ms.load(Ordering::Relaxed);
+        seen != 0
+            && self.epoch.elapsed().as_millis() as u64 - seen
+                <= NO_REFERRERS_API_MEMORY.as_millis() as u64
+    }
+
     pub fn answered_within(&self, window: Duration) -> bool {
         let last = self.last_answer_ms.load(Ordering::Relaxed);
         last != 0 && self.epoch.elapsed().as_millis() as u64 - last <= window.as_millis() as u64
