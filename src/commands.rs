@@ -24,6 +24,7 @@ use crate::verify::cosign::{
     DSSE_ENVELOPE, MAX_ENVELOPE_BYTES, SIGNATURE_ANNOTATION, SIMPLE_SIGNING,
 };
 use crate::verify::dsse::{pae, IN_TOTO_PAYLOAD_TYPE};
+use crate::verify::simple_signing::cosign_payload;
 
 /// The Accept header a runtime sends: every manifest type.
 pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -244,10 +245,10 @@ pub async fn sign(
             .collect();
         serde_json::to_string(&map).map_err(|e| e.to_string())?
     };
-    let identity = serde_json::to_string(&target.image.canonical()).map_err(|e| e.to_string())?;
-    let digest = &target.digest;
-    let payload = format!(
-        r#"{{"critical":{{"identity":{{"docker-reference":{identity}}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":{optional}}}"#
+    let payload = cosign_payload(
+        &target.image.canonical(),
+        &target.digest.to_string(),
+        &optional,
     );
     let layer = ArtifactLayer {
         media_type: SIMPLE_SIGNING,

@@ -1,6 +1,8 @@
 //! The verdict cache, counted at the upstream: single-flight for concurrent
 //! cold pulls, no signature lookup on a cache hit, and upstream errors
-//! during the lookup failing closed without being cached as denials.
+//! during the lookup failing closed without being cached as denials; and
+//! the signature payload round trip saved when cosign's default payload
+//! hashes to the signature layer's digest.
 //!
 //! The image and its signature are real (pushed to a real registry and
 //! signed there by `portcullis sign`), then copied into the in-process fake
@@ -45,7 +47,9 @@ impl Env {
     }
 }
 
-fn env() -> Env {
+/// An image signed by `portcullis sign` (cosign's payload) with
+/// `annotations` (none: cosign's default payload, `"optional":null`).
+fn env_signed_with(annotations: &[&str]) -> Env {
     let reg = Registry::start();
     let keys = tempfile::tempdir().expect("tempdir");
     let ci = trust::keygen(keys.path(), "ci");
@@ -63,7 +67,7 @@ fn env() -> Env {
         REPO,
         &img.digest,
         &ci,
-        &[],
+        annotations,
     );
     let fake = Fake::start();
     trust::copy_to_fake(&reg.url(), REPO, "v1", Some("v1"), &fake);
@@ -85,6 +89,10 @@ fn env() -> Env {
         payload_paths,
         proxy,
     }
+}
+
+fn env() -> Env {
+    env_signed_with(&[])
 }
 
 fn get_manifest(proxy: &Proxy, reference: &str) -> http::Response {
@@ -137,8 +145,38 @@ fn concurrent_cold_pulls_of_one_digest_cause_one_signature_lookup() {
 }
 
 #[test]
-fn verdict_cache_hit_does_no_signature_lookup() {
+fn default_cosign_payload_is_recognised_by_digest_not_fetched() {
+    // cosign's default payload is predictable: the proxy checks its guess
+    // against the layer digest and skips the payload round trip.
     let env = env();
+    assert_eq!(env.payload_paths.len(), 1, "one signature layer");
+    assert_served(&get_manifest(&env.proxy, "v1"), &env.img, "cold pull");
+    assert_eq!(env.sig_lookups(), 1, "the cold pull looks the signature up");
+    assert_eq!(
+        env.payload_fetches(),
+        0,
+        "the default payload was fetched although its digest is known"
+    );
+
+    // With annotations the payload is not the default one: it is fetched
+    // (and the image is admitted as before).
+    let annotated = env_signed_with(&["team=payments"]);
+    assert_served(
+        &get_manifest(&annotated.proxy, "v1"),
+        &annotated.img,
+        "cold pull, annotated signature",
+    );
+    assert_eq!(
+        annotated.payload_fetches(),
+        1,
+        "an annotated payload must be fetched"
+    );
+}
+
+#[test]
+fn verdict_cache_hit_does_no_signature_lookup() {
+    // Annotated: the payload is fetched, so its fetches can be counted.
+    let env = env_signed_with(&["team=payments"]);
     assert_served(
         &get_manifest(&env.proxy, "v1"),
         &env.img,
@@ -150,7 +188,7 @@ fn verdict_cache_hit_does_no_signature_lookup() {
         "the first pull looks the signature up"
     );
     let payloads = env.payload_fetches();
-    assert!(payloads >= 1, "the first pull fetched no signature payload");
+    assert_eq!(payloads, 1, "the first pull fetches the signature payload");
 
     // Every later pull of the same digest, by digest or by tag, GET or HEAD,
     // from a raw client or skopeo, is a verdict-cache hit.

@@ -58,10 +58,17 @@ pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
 pub const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
 
 /// All simple-signing signatures stored for `digest` in `repository`.
+///
+/// `likely` are payloads the signer probably wrote
+/// ([`super::simple_signing::likely_payloads`]): a layer whose digest one
+/// of them has is not fetched, since those are its bytes. With cosign's
+/// defaults that saves the payload round trip, the slowest step of a cold
+/// verification.
 pub async fn signatures(
     upstream: Arc<Upstream>,
     repository: &str,
     digest: &Digest,
+    likely: &[Vec<u8>],
 ) -> Result<Vec<Found>, VerifyError> {
     let layers = artifact_layers(
         upstream,
@@ -70,6 +77,7 @@ pub async fn signatures(
         "sig",
         SIMPLE_SIGNING,
         MAX_PAYLOAD_BYTES,
+        likely,
     )
     .await?;
     Ok(layers
@@ -104,6 +112,7 @@ pub async fn attestations(
         "att",
         DSSE_ENVELOPE,
         MAX_ENVELOPE_BYTES,
+        &[],
     )
     .await?;
     Ok(layers
@@ -115,7 +124,8 @@ pub async fn attestations(
 type Annotations = std::collections::HashMap<String, String>;
 
 /// The layers of `media_type` in the `sha256-<hex>.<suffix>` manifest, each
-/// fetched (concurrently, bounded by `limit` bytes) with its annotations.
+/// fetched (concurrently, bounded by `limit` bytes) with its annotations;
+/// a layer with the digest of one of the `known` contents is not fetched.
 async fn artifact_layers(
     upstream: Arc<Upstream>,
     repository: &str,
@@ -123,6 +133,7 @@ async fn artifact_layers(
     suffix: &str,
     media_type: &'static str,
     limit: usize,
+    known: &[Vec<u8>],
 ) -> Result<Vec<(String, Result<(Bytes, Annotations), String>)>, VerifyError> {
     let tag = format!("{}.{suffix}", digest.tag_form());
     let where_ = format!("{}/{repository}:{tag}", upstream.registry);
@@ -158,6 +169,7 @@ async fn artifact_layers(
         }
     };
     let mut found = Vec::new();
+    let mut fetched_known = Vec::new();
     let mut fetches = tokio::task::JoinSet::new();
     let matching = manifest
         .layers
@@ -192,15 +204,23 @@ async fn artifact_layers(
             ));
             continue;
         }
+        let annotations = layer.annotations;
+        let same = |bytes: &&Vec<u8>| {
+            bytes.len() as u64 == layer.size
+                && layer_digest.same_algorithm_of(bytes) == layer_digest
+        };
+        if let Some(bytes) = known.iter().find(same) {
+            fetched_known.push((index, source, (Bytes::copy_from_slice(bytes), annotations)));
+            continue;
+        }
         let upstream = Arc::clone(&upstream);
         let repository = repository.to_owned();
-        let annotations = layer.annotations;
         fetches.spawn(async move {
             let blob = fetch_blob(&upstream, &repository, &layer_digest, limit).await;
             (index, source, blob.map(|b| (b, annotations)))
         });
     }
-    let mut fetched = Vec::new();
+    let mut fetched = fetched_known;
     while let Some(joined) = fetches.join_next().await {
         let (index, source, result) = joined.map_err(|e| VerifyError::Internal(e.to_string()))?;
         fetched.push((index, source, result?));

@@ -556,6 +556,7 @@ impl Verifier {
                 .lookup(
                     Arc::clone(&upstreams[upstream_index]),
                     &repository,
+                    &name,
                     &manifest.digest,
                     Wants::for_attestors(&attestors),
                 )
@@ -582,12 +583,13 @@ impl Verifier {
     }
 
     /// Looks up, concurrently, everything one location holds for `digest`
-    /// that `attestors` can use: `.sig` signatures, `.att` envelopes and
-    /// referrer bundles.
+    /// (an image of the repository `name`) that `attestors` can use:
+    /// `.sig` signatures, `.att` envelopes and referrer bundles.
     pub async fn lookup(
         &self,
         upstream: Arc<Upstream>,
         repository: &str,
+        name: &str,
         digest: &Digest,
         wants: Wants,
     ) -> Result<Found, VerifyError> {
@@ -596,7 +598,8 @@ impl Verifier {
                 return Ok(Vec::new());
             }
             self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
-            cosign::signatures(Arc::clone(&upstream), repository, digest).await
+            let likely = simple_signing::likely_payloads(name, &digest.to_string());
+            cosign::signatures(Arc::clone(&upstream), repository, digest, &likely).await
         };
         let envelopes = async {
             if !wants.attestations {
@@ -650,6 +653,7 @@ impl Verifier {
                 .lookup(
                     Arc::clone(&upstreams[*upstream_index]),
                     repository,
+                    &name,
                     &manifest.digest,
                     Wants::ALL,
                 )

@@ -146,6 +146,33 @@ pub fn identity_matches(signed: &str, pulled: &str, rule: &SignedIdentity) -> bo
     }
 }
 
+/// The payload `cosign sign --key` writes for `digest` signed as
+/// `reference` (`optional` is the JSON of its annotations, `null` without
+/// any); `portcullis sign` writes the same bytes.
+pub fn cosign_payload(reference: &str, digest: &str, optional: &str) -> String {
+    let reference = serde_json::Value::String(reference.to_owned());
+    format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":{reference}}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":{optional}}}"#
+    )
+}
+
+/// The payloads cosign would have written, without annotations, when
+/// signing `digest` in the repository named `name` (canonical
+/// `<registry>/<repository>`): one per spelling of the name cosign uses.
+/// Verification uses one of them instead of fetching a payload blob only
+/// when it hashes to that blob's digest, i.e. is the same bytes.
+pub fn likely_payloads(name: &str, digest: &str) -> Vec<Vec<u8>> {
+    let mut names = vec![name.to_owned()];
+    if let Some(path) = name.strip_prefix("docker.io/") {
+        // go-containerregistry spells Docker Hub `index.docker.io`.
+        names.push(format!("index.docker.io/{path}"));
+    }
+    names
+        .iter()
+        .map(|n| cosign_payload(n, digest, "null").into_bytes())
+        .collect()
+}
+
 /// A reference reduced to `<registry>/<repository>`: tag and digest
 /// dropped, Docker Hub spellings unified (`index.docker.io/alpine`,
 /// `alpine` and `docker.io/library/alpine` are one repository).
@@ -181,6 +208,54 @@ pub fn normalize_repository(reference: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::testing::{fixture, fixture_text};
+
+    #[test]
+    fn cosign_payload_is_byte_identical_to_what_cosign_writes() {
+        // A real `cosign sign --key` (v3.0.4, classic .sig) payload, and
+        // the layer digest its .sig manifest names.
+        let dir = "wire-captures/cosign-v3.0.4-classic-signature";
+        let real = fixture(&format!("{dir}/payload.json"));
+        let digest = "sha256:f20c43161d73848408ef247f0ec7111b19fe58ffebc0cbcaa0d2c8bda4967268";
+        let made = cosign_payload("localhost:15381/tobby/fixture", digest, "null");
+        assert_eq!(made.as_bytes(), real.as_slice());
+        let sig: serde_json::Value =
+            serde_json::from_str(&fixture_text(&format!("{dir}/sig-manifest.json"))).unwrap();
+        let layer: crate::oci::Digest = sig["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(layer.same_algorithm_of(made.as_bytes()), layer);
+        assert_eq!(
+            likely_payloads("localhost:15381/tobby/fixture", digest),
+            vec![real]
+        );
+    }
+
+    #[test]
+    fn likely_payloads_cover_cosigns_docker_hub_spelling() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let likely = likely_payloads("docker.io/library/alpine", &digest);
+        let references: Vec<String> = likely
+            .iter()
+            .map(|p| {
+                let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+                v["critical"]["identity"]["docker-reference"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            references,
+            ["docker.io/library/alpine", "index.docker.io/library/alpine"]
+        );
+        // A name needing JSON escaping stays valid JSON.
+        let odd = cosign_payload("r.io/a\"b", &digest, "null");
+        let v: serde_json::Value = serde_json::from_str(&odd).unwrap();
+        assert_eq!(v["critical"]["identity"]["docker-reference"], "r.io/a\"b");
+    }
 
     #[test]
     fn normalization() {
