@@ -13,6 +13,7 @@
 mod common;
 
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use common::content::{self, PushedImage};
 use common::fake::{self, Fake};
@@ -171,6 +172,33 @@ fn default_cosign_payload_is_recognised_by_digest_not_fetched() {
         1,
         "an annotated payload must be fetched"
     );
+}
+
+#[test]
+fn signature_lookup_for_a_digest_runs_while_its_manifest_is_fetched() {
+    // Every upstream answer takes 1.5 s: a `.sig` request that reaches the
+    // upstream within 1.2 s of the pull was sent before the manifest came
+    // back, i.e. alongside its fetch.
+    let env = env();
+    env.fake
+        .set(|c| c.response_delay = Some(Duration::from_millis(1500)));
+    let url = format!("{}/v2/{REPO}/manifests/{}", env.proxy.url(), env.img.digest);
+    let pull = std::thread::spawn(move || {
+        http::request("GET", &url, &[("Accept", trust::MANIFEST_ACCEPT)], &[])
+    });
+    let overlapped = trust::wait_until(Duration::from_millis(1200), || env.sig_lookups() == 1);
+    let r = pull.join().expect("thread").expect("GET by digest");
+    assert_served(&r, &env.img, "cold pull by digest, slow upstream");
+    assert!(
+        overlapped,
+        "the signature lookup waited for the manifest: requests seen {:?}",
+        env.fake
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(env.sig_lookups(), 1, "one signature lookup");
 }
 
 #[test]

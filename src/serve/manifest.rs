@@ -149,16 +149,29 @@ pub async fn serve(
     started: Instant,
 ) -> Result<Response<ProxyBody>, ServeError> {
     let upstream = &app.upstreams[route.upstream];
-    let manifest = app
+    let fetch = app
         .manifests
-        .get_or_fetch(upstream, route, reference, client_headers)
-        .await?;
+        .get_or_fetch(upstream, route, reference, client_headers);
+    let mut verify_started = Instant::now();
+    let (manifest, early) = match reference {
+        // By digest, the evidence is looked up while the manifest is
+        // fetched (the verification time then includes the fetch).
+        Reference::Digest(digest) => {
+            app.verifier
+                .fetch_and_verify(&app.upstreams, route, digest, fetch)
+                .await?
+        }
+        Reference::Tag(_) => {
+            let manifest = fetch.await?;
+            verify_started = Instant::now();
+            (manifest, None)
+        }
+    };
     // Formatted only when a message or an error needs it.
     let image = || format!("image {canonical}@{}", manifest.digest);
-    let verify_started = Instant::now();
     let outcome = app
         .verifier
-        .admit(&app.upstreams, route, &manifest)
+        .admit_with(&app.upstreams, route, &manifest, early)
         .await
         .map_err(|source| ServeError::CannotVerify {
             image: image(),

@@ -32,6 +32,7 @@ pub mod store;
 pub(crate) mod testing;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -70,7 +71,24 @@ pub enum VerifyError {
     Invalid { what: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The manifest being verified could not be fetched (the fetching
+    /// request reports why); see [`Verifier::fetch_and_verify`].
+    #[error("the manifest could not be fetched")]
+    ManifestUnavailable,
 }
+
+/// A verdict [`Verifier::fetch_and_verify`] reached (or found cached)
+/// while fetching a manifest, for [`Verifier::admit_with`].
+#[derive(Debug)]
+pub struct Early {
+    key: Key,
+    result: Result<Hit, VerifyError>,
+    cache_hit: bool,
+}
+
+/// What each signature location holds, with the attestors that keep their
+/// evidence there.
+type Gathered<'p> = Vec<(Vec<&'p Attestor>, Found)>;
 
 /// A manifest the verifier allowed to be served, with the decision.
 #[derive(Debug)]
@@ -331,6 +349,18 @@ impl Verifier {
         route: &Route,
         manifest: &'m Manifest,
     ) -> Result<Outcome<'m>, VerifyError> {
+        self.admit_with(upstreams, route, manifest, None).await
+    }
+
+    /// [`Verifier::admit`], taking the verdict [`Verifier::fetch_and_verify`]
+    /// already reached for this manifest, if any.
+    pub async fn admit_with<'m>(
+        &self,
+        upstreams: &[Arc<Upstream>],
+        route: &Route,
+        manifest: &'m Manifest,
+        early: Option<Early>,
+    ) -> Result<Outcome<'m>, VerifyError> {
         let state = self.state();
         let policy = &state.policy;
         if !policy.configured {
@@ -349,49 +379,36 @@ impl Verifier {
         let scope = state.scope(route);
         let key = scope.key_of(&manifest.digest);
         let mut shape = None;
-        let (hit, cache_hit) = match self.verdicts.get(&key) {
-            Some(hit) => {
-                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                (hit, true)
-            }
-            None => {
-                self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-                let parsed = shape.insert(cosign::shape(&manifest.bytes));
-                let parsed = parsed.as_ref();
-                // Boxed: the verification's state (kilobytes of nested
-                // futures) is only allocated on a miss, so the future of
-                // every request, hits included, stays small.
-                let hit = Box::pin(self.flights.run(key, || async {
-                    // A verification of this key may have finished
-                    // between the miss above and joining the flight.
-                    if let Some(hit) = self.verdicts.get(&key) {
-                        return Ok(hit);
-                    }
-                    let upstream = Arc::clone(&upstreams[route.upstream]);
-                    let mut decision = self
-                        .decide(&state, upstreams, upstream, route, manifest, parsed, &key)
-                        .await?;
-                    if !decision.serves() {
-                        // An index listing it may have been admitted while
-                        // this verification ran (its denial would otherwise
-                        // stick until the deny TTL).
-                        if let Some(listed) = self.content.child(&key) {
-                            decision = listed;
+        let (hit, cache_hit) = match early {
+            // Reached under the current generation for these bytes.
+            Some(early) if early.key == key => (early.result?, early.cache_hit),
+            _ => match self.verdicts.get(&key) {
+                Some(hit) => {
+                    self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    (hit, true)
+                }
+                None => {
+                    self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                    let parsed = shape.insert(cosign::shape(&manifest.bytes));
+                    let parsed = parsed.as_ref();
+                    // Boxed: the verification's state (kilobytes of nested
+                    // futures) is only allocated on a miss, so the future of
+                    // every request, hits included, stays small.
+                    let hit = Box::pin(self.flights.run(key, || async {
+                        // A verification of this key may have finished
+                        // between the miss above and joining the flight.
+                        if let Some(hit) = self.verdicts.get(&key) {
+                            return Ok(hit);
                         }
-                    }
-                    // Content first: a verdict is only found with its
-                    // content in place.
-                    let content = if decision.serves() {
-                        self.register(&state, &scope, route, manifest, parsed)
-                    } else {
-                        self.content.epoch()
-                    };
-                    self.verdicts.insert(&key, Arc::clone(&decision), content);
-                    Ok(Hit { decision, content })
-                }))
-                .await?;
-                (hit, false)
-            }
+                        self.verify_miss(
+                            &state, &scope, upstreams, route, manifest, parsed, &key, None,
+                        )
+                        .await
+                    }))
+                    .await?;
+                    (hit, false)
+                }
+            },
         };
         let decision = hit.decision;
         if !decision.serves() {
@@ -411,6 +428,153 @@ impl Verifier {
             decision,
             cache_hit,
         }))
+    }
+
+    /// Fetches a manifest requested by `digest` with `fetch` and, on a
+    /// verdict-cache miss, verifies it: the evidence lookups need only the
+    /// digest, so they run while the manifest is fetched, saving a cold
+    /// verification one upstream round trip. Concurrent requests for the
+    /// digest share one verification, as in [`Verifier::admit`]. Returns
+    /// the manifest and what to hand [`Verifier::admit_with`]; a failed
+    /// fetch is returned as is, and then nothing else is looked up.
+    pub async fn fetch_and_verify<E, F>(
+        &self,
+        upstreams: &[Arc<Upstream>],
+        route: &Route,
+        digest: &Digest,
+        fetch: F,
+    ) -> Result<(Manifest, Option<Early>), E>
+    where
+        F: Future<Output = Result<Manifest, E>>,
+    {
+        let state = self.state();
+        if !state.policy.configured {
+            return Ok((fetch.await?, None));
+        }
+        let scope = state.scope(route);
+        let key = scope.key_of(digest);
+        if let Some(hit) = self.verdicts.get(&key) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            let manifest = fetch.await?;
+            let early = Early {
+                key,
+                result: Ok(hit),
+                cache_hit: true,
+            };
+            return Ok((manifest, Some(early)));
+        }
+        let name = route.canonical();
+        let rule = state.policy.rule_for(&name);
+        if rule.evaluation != EvaluationMode::RequireAttestation
+            || self.content.child(&key).is_some()
+        {
+            // Nothing to look up early: `admit_with` decides.
+            return Ok((fetch.await?, None));
+        }
+        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let mut fetch = std::pin::pin!(fetch);
+        // What this call's fetch gave, if it ran (not when it joined a
+        // verification already in flight).
+        let mut fetched: Option<Result<Manifest, E>> = None;
+        let slot = &mut fetched;
+        let fetching = fetch.as_mut();
+        let result = Box::pin(self.flights.run(key, move || async move {
+            if let Some(hit) = self.verdicts.get(&key) {
+                return Ok(hit);
+            }
+            let gather = self.gather(&state, upstreams, route, &rule, digest);
+            let mut gather = std::pin::pin!(gather);
+            let mut fetching = fetching;
+            let mut gathered = None;
+            let manifest = loop {
+                tokio::select! {
+                    manifest = fetching.as_mut() => break manifest,
+                    found = gather.as_mut(), if gathered.is_none() => gathered = Some(found),
+                }
+            };
+            let manifest = match manifest {
+                Ok(m) => m,
+                Err(e) => {
+                    // The lookups are dropped: nothing more for a
+                    // manifest that is not there.
+                    *slot = Some(Err(e));
+                    return Err(VerifyError::ManifestUnavailable);
+                }
+            };
+            let gathered = match gathered {
+                Some(g) => g,
+                None => gather.await,
+            };
+            *slot = Some(Ok(manifest.clone()));
+            let shape = cosign::shape(&manifest.bytes);
+            self.verify_miss(
+                &state,
+                &scope,
+                upstreams,
+                route,
+                &manifest,
+                shape.as_ref(),
+                &key,
+                Some(gathered),
+            )
+            .await
+        }))
+        .await;
+        let manifest = match fetched {
+            Some(manifest) => manifest?,
+            // Joined another request's verification (or the verdict
+            // appeared): this request still needs the bytes.
+            None => fetch.await?,
+        };
+        let early = match result {
+            // Another request's fetch failed: this one's did not, so
+            // verify as usual.
+            Err(VerifyError::ManifestUnavailable) => None,
+            result => Some(Early {
+                key,
+                result,
+                cache_hit: false,
+            }),
+        };
+        Ok((manifest, early))
+    }
+
+    /// A verdict-cache miss: decides, registers the admitted content and
+    /// caches the verdict.
+    #[allow(clippy::too_many_arguments)]
+    async fn verify_miss(
+        &self,
+        state: &State,
+        scope: &Scope,
+        upstreams: &[Arc<Upstream>],
+        route: &Route,
+        manifest: &Manifest,
+        shape: Option<&cosign::ManifestShape>,
+        key: &Key,
+        gathered: Option<Result<Gathered<'_>, VerifyError>>,
+    ) -> Result<Hit, VerifyError> {
+        let upstream = Arc::clone(&upstreams[route.upstream]);
+        let mut decision = self
+            .decide(
+                state, upstreams, upstream, route, manifest, shape, key, gathered,
+            )
+            .await?;
+        if !decision.serves() {
+            // An index listing it may have been admitted while this
+            // verification ran (its denial would otherwise stick until
+            // the deny TTL).
+            if let Some(listed) = self.content.child(key) {
+                decision = listed;
+            }
+        }
+        // Content first: a verdict is only found with its content in place.
+        let content = if decision.serves() {
+            self.register(state, scope, route, manifest, shape)
+        } else {
+            self.content.epoch()
+        };
+        self.verdicts.insert(key, Arc::clone(&decision), content);
+        Ok(Hit { decision, content })
     }
 
     /// Admits a denied manifest because a valid break-glass credential was
@@ -485,6 +649,7 @@ impl Verifier {
             manifest,
             shape.as_ref(),
             &key,
+            None,
         )
         .await
         .map(|d| (*d).clone())
@@ -500,6 +665,7 @@ impl Verifier {
         manifest: &Manifest,
         shape: Option<&cosign::ManifestShape>,
         key: &Key,
+        gathered: Option<Result<Gathered<'_>, VerifyError>>,
     ) -> Result<Arc<Decision>, VerifyError> {
         let policy = &*state.policy;
         let name = route.canonical();
@@ -540,27 +706,14 @@ impl Verifier {
             manifest: &manifest.bytes,
             identity: &rule.signed_identity,
         };
-        // One lookup per signature location, shared by the attestors
-        // that keep their signatures there.
-        let mut locations: HashMap<(usize, String), Vec<&Attestor>> = HashMap::new();
-        for name in &rule.attestors {
-            let Some(attestor) = policy.attestors.get(name) else {
-                continue;
-            };
-            let location =
-                signature_location(upstreams, route, attestor.signature_repository.as_deref());
-            locations.entry(location).or_default().push(attestor);
-        }
-        for ((upstream_index, repository), attestors) in locations {
-            let found = self
-                .lookup(
-                    Arc::clone(&upstreams[upstream_index]),
-                    &repository,
-                    &name,
-                    &manifest.digest,
-                    Wants::for_attestors(&attestors),
-                )
-                .await?;
+        let gathered = match gathered {
+            Some(gathered) => gathered?,
+            None => {
+                self.gather(state, upstreams, route, &rule, &manifest.digest)
+                    .await?
+            }
+        };
+        for (attestors, found) in gathered {
             for attestor in attestors {
                 evidence
                     .entry(attestor.name.clone())
@@ -580,6 +733,44 @@ impl Verifier {
             }
         }
         Ok(Arc::new(policy::evaluate_in(policy, &rule, &evidence)))
+    }
+
+    /// Looks up the evidence `rule`'s attestors can use for `digest`: one
+    /// lookup per signature location, shared by the attestors that keep
+    /// their signatures there. Needs the digest only, not the manifest.
+    async fn gather<'s>(
+        &self,
+        state: &'s State,
+        upstreams: &[Arc<Upstream>],
+        route: &Route,
+        rule: &Rule,
+        digest: &Digest,
+    ) -> Result<Gathered<'s>, VerifyError> {
+        let policy = &*state.policy;
+        let name = route.canonical();
+        let mut locations: HashMap<(usize, String), Vec<&'s Attestor>> = HashMap::new();
+        for attestor_name in &rule.attestors {
+            let Some(attestor) = policy.attestors.get(attestor_name) else {
+                continue;
+            };
+            let location =
+                signature_location(upstreams, route, attestor.signature_repository.as_deref());
+            locations.entry(location).or_default().push(attestor);
+        }
+        let mut gathered = Vec::with_capacity(locations.len());
+        for ((upstream_index, repository), attestors) in locations {
+            let found = self
+                .lookup(
+                    Arc::clone(&upstreams[upstream_index]),
+                    &repository,
+                    &name,
+                    digest,
+                    Wants::for_attestors(&attestors),
+                )
+                .await?;
+            gathered.push((attestors, found));
+        }
+        Ok(gathered)
     }
 
     /// Looks up, concurrently, everything one location holds for `digest`
