@@ -4,7 +4,8 @@
 # proxy hop and an nginx `return 200` (the machine's HTTP floor), in one run.
 #
 #   bench/run.sh            full run (3 repetitions, 256 MiB blob, 1 and 4
-#                           streams, criterion; ~10-15 minutes)
+#                           streams, criterion; ~14 minutes from a fresh
+#                           clone, build included)
 #   bench/run.sh --quick    CI/local smoke run (1 repetition, short runs,
 #                           32 MiB blob, 1 stream, tiny criterion; < 2 min)
 #   --no-install            do not apt-get install missing tools

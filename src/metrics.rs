@@ -140,7 +140,7 @@ impl Metrics {
         let verification_seconds = seconds_histogram();
         registry.register(
             "verification_duration_seconds",
-            "Time to decide on a manifest (cache misses only)",
+            "Time a request waited for a new verdict (cache misses only; by digest it includes the manifest fetch, which the evidence lookups overlap)",
             verification_seconds.clone(),
         );
         let upstream_seconds =
