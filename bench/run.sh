@@ -11,7 +11,8 @@
 #   --no-install            do not apt-get install missing tools
 #   --no-build              use an existing release build
 #
-# Environment: CARGO_TARGET_DIR (default target/), BENCH_SERVER_CPUS
+# Environment: CARGO_TARGET_DIR (default target/), BENCH_RESULTS_DIR
+# (default bench/results/), BENCH_SERVER_CPUS
 # (default: all CPUs), BENCH_CLIENT_CPUS (default: the last CPU; load
 # generators and pull clients are pinned there), BENCH_KEEP=1 keeps the
 # work directory.
@@ -565,10 +566,11 @@ END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "versions=$(docker-registry --version 2>/dev/null | awk '{print $NF}' | head -1) (distribution), $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $2}') (wrk), $(skopeo --version | awk '{print $3}') (skopeo), $(ctr --version | awk '{print $3}') (ctr), $(rustc --version | awk '{print $2}') (rustc)"
     echo "elapsed=$(($(date +%s) - STARTED)) s (of which building: ${BUILD_S} s)"
 } >"$WORK/meta.txt"
-mkdir -p "$SELF_DIR/results"
-OUT="$SELF_DIR/results/$(date -u +%Y-%m-%d)-$MODE.md"
+RESULTS=${BENCH_RESULTS_DIR:-$SELF_DIR/results}
+mkdir -p "$RESULTS"
+OUT="$RESULTS/$(date -u +%Y-%m-%d)-$MODE.md"
 python3 "$SELF_DIR/report.py" "$RAW" "$WORK/meta.txt" >"$OUT"
-cp "$OUT" "$SELF_DIR/results/latest.md"
-cp "$RAW" "$SELF_DIR/results/latest-raw.tsv"
+cp "$OUT" "$RESULTS/latest.md"
+cp "$RAW" "$RESULTS/latest-raw.tsv"
 cat "$OUT"
-log "wrote $OUT and bench/results/latest.md"
+log "wrote $OUT and $RESULTS/latest.md"

@@ -7,7 +7,11 @@
 #      containerd (ctr);
 #   2. finds the Rust toolchain (it never downloads one);
 #   3. runs cargo fmt --check, cargo clippy -D warnings, cargo build --release;
-#   4. runs the whole test suite (cargo nextest if present, else cargo test).
+#   4. runs the whole test suite (cargo nextest if present, else cargo test);
+#   5. runs the benchmark's quick mode (bench/run.sh --quick, ~3 minutes)
+#      as a smoke test: it fails on a broken benchmark (a peer that does not
+#      start, a pull that fails, an unsigned image that is served), never on
+#      a timing target. Its report goes to a temporary directory.
 # It exits non-zero on the first failing stage.
 #
 # The tests start every service they need themselves (registries, containerd,
@@ -19,6 +23,7 @@
 #   PORTCULLIS_TEST_THREADS=N    test parallelism (default: number of CPUs)
 #   PORTCULLIS_TEST_FILTER=...   extra arguments passed to the test runner,
 #                                e.g. PORTCULLIS_TEST_FILTER='skopeo'
+#   PORTCULLIS_SKIP_BENCH=1      skip stage 5 (also skipped with a filter)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -58,6 +63,7 @@ as_root() {
 #                    and recommends are not installed)
 #   chromium         the headless browser tests/dashboard.rs drives the
 #                    dashboard (/-/ui) in, through playwright-core
+#   nginx, wrk       the benchmark's peers and load generator (stage 5)
 #   nodejs, npm      only when no `node` is on PATH (a NodeSource nodejs
 #                    bundles npm and conflicts with Debian's npm package);
 #                    tests/ui/ pins a playwright-core that runs on Node >= 18
@@ -67,6 +73,7 @@ APT_PACKAGES=(
     python3-securesystemslib python3-cryptography
     uidmap iptables slirp4netns
     chromium
+    nginx wrk
 )
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     APT_PACKAGES+=(nodejs npm)
@@ -98,7 +105,7 @@ install_packages() {
     # Always run the install so a fresh machine and this one take the same path.
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
-    for p in docker-registry skopeo podman ctr containerd curl chromium node npm; do
+    for p in docker-registry skopeo podman ctr containerd curl chromium node npm nginx wrk; do
         command -v "$p" >/dev/null 2>&1 || die "$p not on PATH after apt-get install"
     done
 }
@@ -169,6 +176,18 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     stage "cargo test --release (${THREADS} threads; cargo-nextest not installed)"
     cargo test --release --locked --no-fail-fast "${EXTRA[@]}" -- --test-threads "$THREADS"
+fi
+
+if [ "${PORTCULLIS_SKIP_BENCH:-0}" = 1 ] || [ "${#EXTRA[@]}" -gt 0 ]; then
+    stage "Skipping the benchmark smoke run"
+else
+    BENCH_OUT=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench-smoke.XXXXXX")
+    stage "bench/run.sh --quick (smoke run; timings never fail it; report in $BENCH_OUT)"
+    BENCH_RESULTS_DIR=$BENCH_OUT bench/run.sh --quick --no-install >"$BENCH_OUT/stdout.md"
+    grep -q '^## Issue 6 targets' "$BENCH_OUT/stdout.md" || die "the benchmark report has no targets table"
+    grep -q 'unsigned image via pc-require → HTTP 403' "$BENCH_OUT/stdout.md" ||
+        die "the benchmark's REQUIRE_ATTESTATION proxy did not refuse the unsigned image"
+    grep '^| .* | \*\*\(met\|MISSED\)\*\* |$' "$BENCH_OUT/stdout.md" | sed 's/^/    /' || true
 fi
 
 stage "All checks passed (${REPO_ROOT})"
