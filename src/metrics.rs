@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,6 +19,60 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::policy::RuleSource;
+
+/// One upstream's round-trip metrics. Each labelled series is looked up
+/// once, on first use, so reporting a response is an atomic add: no label
+/// copies or family lookups per request.
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    metrics: Arc<Metrics>,
+    upstream: String,
+    seconds: OnceLock<Histogram>,
+    /// Responses by status class, indexed by `status / 100`.
+    classes: [OnceLock<Counter>; 10],
+}
+
+impl UpstreamMetrics {
+    pub fn new(metrics: Arc<Metrics>, upstream: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            metrics,
+            upstream: upstream.to_owned(),
+            seconds: OnceLock::new(),
+            classes: Default::default(),
+        }
+    }
+
+    /// One round trip: its status code, or the transport error kind
+    /// (`timeout`, `connect-error`, `protocol-error`), and its duration.
+    pub fn response(&self, status: Result<u16, &'static str>, took: Duration) {
+        self.seconds
+            .get_or_init(|| {
+                self.metrics
+                    .upstream_seconds
+                    .get_or_create(&UpstreamLabels {
+                        upstream: self.upstream.clone(),
+                    })
+                    .clone()
+            })
+            .observe(took.as_secs_f64());
+        match status {
+            Ok(code) => {
+                let class = usize::from(code / 100).min(9);
+                self.classes[class]
+                    .get_or_init(|| {
+                        self.metrics
+                            .upstream_responses(&self.upstream, format!("{class}xx"))
+                    })
+                    .inc();
+            }
+            Err(kind) => {
+                self.metrics
+                    .upstream_responses(&self.upstream, kind.to_owned())
+                    .inc();
+            }
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -347,27 +401,15 @@ impl Metrics {
         self.verification_seconds.observe(took.as_secs_f64());
     }
 
-    pub fn upstream_response(
-        &self,
-        upstream: &str,
-        status: Result<u16, &'static str>,
-        took: Duration,
-    ) {
-        self.upstream_seconds
-            .get_or_create(&UpstreamLabels {
-                upstream: upstream.to_owned(),
-            })
-            .observe(took.as_secs_f64());
-        let status = match status {
-            Ok(code) => format!("{}xx", code / 100),
-            Err(kind) => kind.to_owned(),
-        };
+    /// The counter of `upstream`'s responses of `status` (a class such
+    /// as `2xx`, or a transport error kind).
+    fn upstream_responses(&self, upstream: &str, status: String) -> Counter {
         self.upstream_responses
             .get_or_create(&UpstreamStatusLabels {
                 upstream: upstream.to_owned(),
                 status,
             })
-            .inc();
+            .clone()
     }
 
     pub fn served_bytes(&self, n: u64) {
@@ -437,15 +479,18 @@ mod tests {
 
     #[test]
     fn exposition_names_follow_conventions() {
-        let m = Metrics::new();
+        let m = Arc::new(Metrics::new());
         m.decision("deny", "default admission rule", "no-signatures");
         m.decision(
             "dryrun-deny",
             "repository admission rule r/**",
             "unknown-key",
         );
-        m.upstream_response("r.io", Ok(404), Duration::from_millis(3));
-        m.upstream_response("r.io", Err("timeout"), Duration::from_secs(1));
+        let upstream = UpstreamMetrics::new(Arc::clone(&m), "r.io");
+        upstream.response(Ok(404), Duration::from_millis(3));
+        upstream.response(Ok(410), Duration::from_millis(3));
+        upstream.response(Ok(200), Duration::from_millis(3));
+        upstream.response(Err("timeout"), Duration::from_secs(1));
         m.policy_loaded("abc");
         m.reload(false);
         let text = m.encode(Snapshot {
@@ -456,7 +501,9 @@ mod tests {
         for want in [
             r#"portcullis_decisions_total{verdict="deny",rule="default admission rule",reason="no-signatures"} 1"#,
             r#"portcullis_dryrun_would_deny_total{rule="repository admission rule r/**"} 1"#,
-            r#"portcullis_upstream_responses_total{upstream="r.io",status="4xx"} 1"#,
+            r#"portcullis_upstream_responses_total{upstream="r.io",status="4xx"} 2"#,
+            r#"portcullis_upstream_responses_total{upstream="r.io",status="2xx"} 1"#,
+            r#"portcullis_upstream_request_duration_seconds_count{upstream="r.io"} 4"#,
             r#"portcullis_upstream_responses_total{upstream="r.io",status="timeout"} 1"#,
             r#"portcullis_policy_revision_info{revision="abc"} 1"#,
             r#"portcullis_policy_reloads_total{result="failure"} 1"#,

@@ -14,7 +14,8 @@ use base64::Engine as _;
 use common::clients::{require_tool, run, run_unchecked};
 use common::content::{self, sha256_digest};
 use common::registry::Registry;
-use common::trust::{self, KeyPair, MANIFEST_ACCEPT};
+use common::trust::pull_v1 as pull;
+use common::trust::{self, KeyPair};
 use common::Proxy;
 
 const BUILDER: &str = "https://ci.example.com/builder@v1";
@@ -90,16 +91,6 @@ fn config(registry: &Registry, public_pem: &str) -> String {
         host = registry.host(),
         url = registry.url(),
     )
-}
-
-fn pull(proxy: &Proxy, repo: &str) -> common::http::Response {
-    common::http::request(
-        "GET",
-        &format!("{}/v2/{repo}/manifests/v1", proxy.url()),
-        &[("Accept", MANIFEST_ACCEPT)],
-        &[],
-    )
-    .unwrap()
 }
 
 #[test]

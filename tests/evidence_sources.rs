@@ -23,7 +23,8 @@ use base64::Engine as _;
 use common::content::{self, sha256_digest};
 use common::fake::Fake;
 use common::registry::Registry;
-use common::trust::{self, KeyPair, MANIFEST_ACCEPT, PORTCULLIS};
+use common::trust::pull_v1 as pull;
+use common::trust::{self, KeyPair, PORTCULLIS};
 use common::Proxy;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -37,16 +38,6 @@ fn pem_block(pem: &str, indent: usize) -> String {
     pem.lines()
         .map(|l| format!("{}{l}\n", " ".repeat(indent)))
         .collect()
-}
-
-fn pull(proxy: &Proxy, repo: &str) -> common::http::Response {
-    common::http::request(
-        "GET",
-        &format!("{}/v2/{repo}/manifests/v1", proxy.url()),
-        &[("Accept", MANIFEST_ACCEPT)],
-        &[],
-    )
-    .unwrap()
 }
 
 fn portcullis(args: &[&str], config: &Path) -> Output {

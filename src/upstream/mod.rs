@@ -99,7 +99,7 @@ pub struct Upstream {
     /// to the referrers tag for [`NO_REFERRERS_API_MEMORY`].
     no_referrers_api_ms: AtomicU64,
     epoch: Instant,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    metrics: Option<crate::metrics::UpstreamMetrics>,
 }
 
 impl Upstream {
@@ -140,7 +140,10 @@ impl Upstream {
 
     /// Reports upstream round trips to `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Upstream {
-        self.metrics = Some(metrics);
+        self.metrics = Some(crate::metrics::UpstreamMetrics::new(
+            metrics,
+            &self.registry,
+        ));
         self
     }
 
@@ -341,7 +344,7 @@ impl Upstream {
                 Ok(Err(_)) => Err("protocol-error"),
                 Err(_) => Err("timeout"),
             };
-            metrics.upstream_response(&self.registry, status, started.elapsed());
+            metrics.response(status, started.elapsed());
         }
         match result {
             Err(_) => Err(UpstreamError::Timeout {

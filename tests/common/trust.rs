@@ -181,6 +181,18 @@ pub fn get_manifest(base_url: &str, repo: &str, reference: &str) -> Result<(Stri
     Ok((ct, r.body))
 }
 
+/// `GET <repo>:v1` through `proxy` with every manifest type accepted,
+/// whatever the status (the tests assert it).
+pub fn pull_v1(proxy: &super::Proxy, repo: &str) -> http::Response {
+    http::request(
+        "GET",
+        &format!("{}/v2/{repo}/manifests/v1", proxy.url()),
+        &[("Accept", MANIFEST_ACCEPT)],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("GET {repo}:v1 through the proxy: {e}"))
+}
+
 /// GET a blob's bytes; panics unless 200.
 pub fn get_blob(base_url: &str, repo: &str, digest: &str) -> Vec<u8> {
     let url = format!("{base_url}/v2/{repo}/blobs/{digest}");
