@@ -394,18 +394,26 @@ impl Verifier {
                     // Boxed: the verification's state (kilobytes of nested
                     // futures) is only allocated on a miss, so the future of
                     // every request, hits included, stays small.
-                    let hit = Box::pin(self.flights.run(key, || async {
-                        // A verification of this key may have finished
-                        // between the miss above and joining the flight.
-                        if let Some(hit) = self.verdicts.get(&key) {
-                            return Ok(hit);
-                        }
-                        self.verify_miss(
-                            &state, &scope, upstreams, route, manifest, parsed, &key, None,
-                        )
-                        .await
-                    }))
-                    .await?;
+                    let flight = || {
+                        Box::pin(self.flights.run(key, || async {
+                            // A verification of this key may have finished
+                            // between the miss above and joining the flight.
+                            if let Some(hit) = self.verdicts.get(&key) {
+                                return Ok(hit);
+                            }
+                            self.verify_miss(
+                                &state, &scope, upstreams, route, manifest, parsed, &key, None,
+                            )
+                            .await
+                        }))
+                    };
+                    let hit = match flight().await {
+                        // Joined a `fetch_and_verify` whose manifest fetch
+                        // failed; this request has the manifest, so it
+                        // verifies it in a flight of its own.
+                        Err(VerifyError::ManifestUnavailable) => flight().await?,
+                        result => result?,
+                    };
                     (hit, false)
                 }
             },
@@ -1220,6 +1228,67 @@ mod tests {
         let (decision, cache_hit) = env.admit(&manifest).await;
         assert_eq!(decision.verdict, Verdict::Allow, "{}", decision.reason);
         assert!(cache_hit, "the new generation's own verdict is cached");
+    }
+
+    #[tokio::test]
+    async fn a_pull_joining_a_verification_whose_manifest_fetch_failed_verifies_on_its_own() {
+        let (url, open, requests) = gated_upstream().await;
+        let env = Arc::new(env(&url, REQUIRE, MAX_ADMITTED_CONTENT as usize));
+        let manifest = image(20);
+        // A pull by digest: its evidence lookups start (and wait at the
+        // upstream) while its manifest fetch is pending.
+        let (fail, failed) = tokio::sync::oneshot::channel::<()>();
+        let by_digest = {
+            let env = Arc::clone(&env);
+            let digest = manifest.digest.clone();
+            tokio::spawn(async move {
+                let route = env.route(&digest);
+                let fetch = async move {
+                    let _ = failed.await;
+                    Err::<Manifest, &str>("upstream answered 500")
+                };
+                env.verifier
+                    .fetch_and_verify(&env.upstreams, &route, &digest, fetch)
+                    .await
+                    .map(|_| ())
+            })
+        };
+        for _ in 0..200 {
+            if requests.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(requests.load(Ordering::SeqCst) > 0, "no lookup started");
+        // Another pull of the same digest, which has the manifest (by tag),
+        // joins that verification; then the first fetch fails.
+        let by_tag = {
+            let env = Arc::clone(&env);
+            let manifest = manifest.clone();
+            tokio::spawn(async move {
+                let route = env.route(&manifest.digest);
+                env.verifier
+                    .admit(&env.upstreams, &route, &manifest)
+                    .await
+                    .map(|o| matches!(o, Outcome::Admitted(_)))
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fail.send(()).expect("fail the fetch");
+        assert_eq!(
+            by_digest.await.expect("task").err(),
+            Some("upstream answered 500"),
+            "the fetching pull gets its own fetch error"
+        );
+        open.send(true).expect("open");
+        // The joined pull is not failed by the other pull's missing
+        // manifest: it verifies (no signature upstream: denied).
+        let admitted = tokio::time::timeout(Duration::from_secs(10), by_tag)
+            .await
+            .expect("the joined pull finished")
+            .expect("task")
+            .expect("verified on its own, not failed with the other fetch");
+        assert!(!admitted, "no signature: denied");
     }
 
     #[tokio::test]
