@@ -6,7 +6,9 @@
 #      a CNCF distribution registry (docker-registry), skopeo, podman and
 #      containerd (ctr);
 #   2. finds the Rust toolchain (it never downloads one);
-#   3. runs cargo fmt --check, cargo clippy -D warnings, cargo build --release;
+#   3. checks that nothing refers to a path outside the repository
+#      (scripts/check-self-contained.sh: fixtures live in tests/fixtures);
+#      runs cargo fmt --check, cargo clippy -D warnings, cargo build --release;
 #   4. runs the whole test suite (cargo nextest if present, else cargo test);
 #   5. runs the benchmark's quick mode (bench/run.sh --quick, ~3 minutes)
 #      as a smoke test: it fails on a broken benchmark (a peer that does not
@@ -144,6 +146,9 @@ install_packages
 find_cargo
 
 stage "Toolchain: $(cargo --version), $(rustc --version)"
+
+stage "scripts/check-self-contained.sh (nothing refers to a path outside the repository)"
+scripts/check-self-contained.sh
 
 stage "cargo fmt --all -- --check"
 cargo fmt --all -- --check

@@ -1,5 +1,5 @@
 //! Conformance against the third-party signature fixtures in
-//! `../shared/fixtures`: every case of
+//! `tests/fixtures` (copied from the team's fixture sets): every case of
 //!
 //! 1. `containers-image/sigstore`, served the way cosign stores it in a
 //!    registry (`synthesized-registry-views`),

@@ -1,5 +1,5 @@
 //! Test helpers shared by the verification modules' unit tests: fixtures
-//! from `../shared/fixtures`, keys and attestors.
+//! from `tests/fixtures`, keys and attestors.
 
 use std::path::PathBuf;
 
@@ -9,9 +9,12 @@ use crate::crypto::{Algorithm, PublicKey};
 use crate::policy::attestation::Requirement;
 use crate::policy::{Attestor, AttestorKey};
 
-/// The shared fixtures directory (beside the repository).
+#[path = "../../tests/common/fixture_dir.rs"]
+mod fixture_dir;
+
+/// The fixtures directory, `tests/fixtures`.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    fixture_dir::fixtures_dir()
 }
 
 /// A fixture's bytes; panics naming the file when it cannot be read.

@@ -1,4 +1,4 @@
-//! Loading the third-party signature fixtures of `../shared/fixtures` into
+//! Loading the third-party signature fixtures of `tests/fixtures` into
 //! the in-process fake upstream ([`super::fake::Fake`]), and building the
 //! proxy configurations (policy + attestors) the conformance tests use.
 //!
@@ -29,9 +29,9 @@ pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.v1+prettyjws, \
      application/vnd.docker.distribution.manifest.v1+json";
 
-/// `../shared/fixtures`, next to the project.
+/// `tests/fixtures` (see [`super::fixture_dir`]).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    super::fixture_dir::fixtures_dir()
 }
 
 /// The exact bytes of a fixture file (path relative to [`root`]).

@@ -7,6 +7,7 @@
 pub mod clients;
 pub mod content;
 pub mod fake;
+pub mod fixture_dir;
 pub mod fixtures;
 pub mod http;
 pub mod proxy;
