@@ -86,6 +86,36 @@ pub struct Config {
     /// indexed by the digest their signed content names.
     #[serde(default)]
     pub attestation_store: Option<AttestationStoreConfig>,
+    /// Bounds on the work an upstream can make a verification do.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `limits:`: what one verification, and all of them together, may read.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Limits {
+    /// Evidence bytes one verification may read (signature and
+    /// attestation manifests, payloads, envelopes, bundles, referrers),
+    /// each distinct digest counted once. An image whose evidence needs
+    /// more is denied with "evidence exceeds limits" (cached for the deny
+    /// TTL only). 8 MiB holds dozens of real signatures and provenance
+    /// attestations; an upstream that lists one 4 MiB blob a hundred
+    /// times cannot make a verification read it more than once.
+    pub evidence_bytes: u64,
+    /// Evidence bytes held by all verifications at once; verifications
+    /// wait for room past it. Bounds memory whatever the number of
+    /// concurrent cold pulls.
+    pub evidence_bytes_in_flight: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            evidence_bytes: 8 * 1024 * 1024,
+            evidence_bytes_in_flight: 64 * 1024 * 1024,
+        }
+    }
 }
 
 fn default_store_path() -> PathBuf {
@@ -456,6 +486,23 @@ impl Config {
                 "upstreams",
                 "",
                 "at least one upstream is required".into(),
+            ));
+        }
+        let limits = &self.limits;
+        if limits.evidence_bytes < 64 * 1024 {
+            return Err(invalid(
+                "limits.evidenceBytes".into(),
+                "evidenceBytes",
+                "",
+                "must be at least 65536 (64 KiB): real signatures need that much".into(),
+            ));
+        }
+        if limits.evidence_bytes_in_flight < limits.evidence_bytes {
+            return Err(invalid(
+                "limits.evidenceBytesInFlight".into(),
+                "evidenceBytesInFlight",
+                "",
+                "must be at least limits.evidenceBytes".into(),
             ));
         }
         let mut registries = HashSet::new();

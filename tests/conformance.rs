@@ -1221,10 +1221,25 @@ fn cosign_v3_classic_signature() {
         v.output()
     );
 
-    // The captured .sig manifest itself is served unverified, byte for byte.
+    // The captured .sig manifest is evidence for an image that is not in
+    // the repository (the capture has no subject manifest): evidence is
+    // served only for admitted images, so it is refused.
     let tag = format!("{}.sig", V3_SUBJECT.replacen(':', "-", 1));
     let r = get_manifest(&proxy, V3_REPO, &tag);
-    assert_served(&r, &sig, "captured .sig manifest");
+    assert_denied_with(
+        &r,
+        &[&format!(
+            "the image it is evidence for ({V3_SUBJECT}) is not in the repository"
+        )],
+        "captured .sig manifest of an absent image",
+    );
+    // The same bytes as evidence of the stand-in, which they do not sign:
+    // the stand-in is denied, so its evidence is refused too.
+    let standin_tag = format!("{}.sig", standin.manifest_digest.replacen(':', "-", 1));
+    let r = get_manifest(&proxy, V3_REPO, &standin_tag);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains(&sha256_digest(&sig)), "{}", r.text());
+    assert!(r.text().contains("is not admitted"), "{}", r.text());
     drop(proxy);
 
     // Another key: the same signature does not verify at all.

@@ -497,3 +497,113 @@ fn referrer_bundles_are_read_through_the_referrers_api() {
         "the tag fallback was read although the API answered"
     );
 }
+
+/// Pushes `bundle` as a referrer of `image_digest` in `repo`, with the
+/// referrers tag that distribution 2.8 needs (it has no referrers API).
+fn attach_bundle(url: &str, repo: &str, image_digest: &str, image_size: usize, bundle: &[u8]) {
+    let mut push = |bytes: &[u8]| content::push_blob(url, repo, bytes).digest;
+    let (manifest, descriptor) =
+        referrer(&mut push, image_digest, image_size, bundle, SIGN_PREDICATE);
+    content::push_manifest(
+        url,
+        repo,
+        &sha256_digest(&manifest),
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    );
+    content::push_manifest(
+        url,
+        repo,
+        &image_digest.replace(':', "-"),
+        "application/vnd.oci.image.index.v1+json",
+        &index(&[descriptor]),
+    );
+}
+
+#[test]
+fn bundles_are_bound_to_the_repository_their_signed_statement_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let signer = trust::keygen(dir.path(), "release");
+    let ci = trust::keygen(dir.path(), "ci");
+    let arch = common::host_arch();
+    let url = registry.url();
+    let host = registry.host();
+    // The same image in four repositories (same seed, same digest).
+    let repos = ["team/app", "copy/app", "anon/app", "strict/app"];
+    let mut image = None;
+    for repo in repos {
+        image = Some(content::push_image(
+            &url,
+            repo,
+            Some("v1"),
+            arch,
+            90,
+            &[256],
+        ));
+    }
+    let image = image.unwrap();
+    let size = image.manifest.len();
+    // cosign v3's signature statement names the repository it signed.
+    let named = serde_json::to_vec(&serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": format!("{host}/team/app"), "digest": {"sha256": image.digest.trim_start_matches("sha256:")}}],
+        "predicateType": SIGN_PREDICATE,
+    }))
+    .unwrap();
+    let named = bundle(dir.path(), &signer, &named);
+    // Made for team/app, and copied with the image into copy/app.
+    attach_bundle(&url, "team/app", &image.digest, size, &named);
+    attach_bundle(&url, "copy/app", &image.digest, size, &named);
+    // A statement that names no repository binds the digest only.
+    let unnamed = bundle(
+        dir.path(),
+        &signer,
+        &statement(&image.digest, SIGN_PREDICATE, None),
+    );
+    attach_bundle(&url, "anon/app", &image.digest, size, &unnamed);
+    attach_bundle(&url, "strict/app", &image.digest, size, &unnamed);
+
+    let config = bundle_config(&host, &url, &signer, &ci).replace(
+        "  repositoryAdmissionRules:\n",
+        &format!(
+            "  repositoryAdmissionRules:\n    \"{host}/strict/**\":\n      evaluationMode: REQUIRE_ATTESTATION\n      \
+             requireAttestationsBy: [release-signer]\n      requireNamedIdentity: true\n"
+        ),
+    );
+    let proxy = Proxy::start(&config);
+    let r = pull(&proxy, "team/app");
+    assert_eq!(
+        r.status,
+        200,
+        "the repository it was made for: {}",
+        r.text()
+    );
+    let r = pull(&proxy, "copy/app");
+    assert_eq!(
+        r.status,
+        403,
+        "copied into another repository: {}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("for another repository")
+            && r.text().contains(&format!("{host}/team/app")),
+        "{}",
+        r.text()
+    );
+    // Digest-only evidence counts, and the decision says what it binds.
+    let r = pull(&proxy, "anon/app");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = portcullis(
+        &["verify", &format!("{host}/anon/app:v1")],
+        &proxy.config_path(),
+    );
+    let text = trust::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("names no repository"), "{text}");
+    // Unless the rule requires a named identity.
+    let r = pull(&proxy, "strict/app");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("requireNamedIdentity"), "{}", r.text());
+}

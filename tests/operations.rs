@@ -340,18 +340,38 @@ fn break_glass_serves_a_denied_image_and_is_audited_and_alerted() {
     );
     let served = pull(Some("glass-7d1c9e5b2a4f8e60 INC-42 prod is down"));
     assert_eq!(served.status, 200, "{}", served.text());
-    // The image's blobs are servable like an admitted image's.
+    // The image's blobs are served to break-glass requests only: the
+    // admission is its user's, not everyone's.
     let manifest: serde_json::Value = serde_json::from_slice(&served.body).unwrap();
     let layer = manifest["layers"][0]["digest"].as_str().unwrap();
-    let blob =
-        common::http::get(&format!("{}/v2/elsewhere/app/blobs/{layer}", s.proxy.url())).unwrap();
+    let blob_url = format!("{}/v2/elsewhere/app/blobs/{layer}", s.proxy.url());
+    let anonymous = common::http::get(&blob_url).unwrap();
+    assert_eq!(
+        anonymous.status, 403,
+        "an anonymous client got a break-glass blob"
+    );
+    let blob = common::http::request(
+        "GET",
+        &blob_url,
+        &[(
+            "X-Portcullis-Break-Glass",
+            "glass-7d1c9e5b2a4f8e60 INC-42 prod is down",
+        )],
+        &[],
+    )
+    .unwrap();
     assert_eq!(blob.status, 200);
+    assert_eq!(
+        pull(None).status,
+        403,
+        "the denial still holds for everyone else"
+    );
 
     assert!(trust::wait_until(Duration::from_secs(5), || lines(
         &s.audit
     )
     .iter()
-    .any(|r| r["verdict"] == "breakglass")));
+    .any(|r| r["verdict"] == "breakglass" && r["subject"] == "blob")));
     let records = lines(&s.audit);
     let glass = records
         .iter()
@@ -360,9 +380,24 @@ fn break_glass_serves_a_denied_image_and_is_audited_and_alerted() {
     assert_eq!(glass["identity"], "oncall");
     assert_eq!(glass["break_glass_justification"], "INC-42 prod is down");
     assert_eq!(
-        records.iter().filter(|r| r["verdict"] == "deny").count(),
-        3,
+        records
+            .iter()
+            .filter(|r| r["verdict"] == "deny" && r["subject"] == "manifest")
+            .count(),
+        4,
         "the refused attempts are audited as denials"
+    );
+    let blob_glass = records
+        .iter()
+        .find(|r| r["verdict"] == "breakglass" && r["subject"] == "blob")
+        .expect("the break-glass blob serve is audited");
+    assert_eq!(blob_glass["identity"], "oncall");
+    assert_eq!(blob_glass["digest"], layer);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["verdict"] == "deny" && r["subject"] == "blob" && r["digest"] == layer),
+        "the anonymous blob request is audited as a denial"
     );
     let text = std::fs::read_to_string(&s.audit).unwrap();
     assert!(

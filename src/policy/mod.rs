@@ -80,6 +80,11 @@ pub struct RuleDoc {
     /// How the signed `docker-reference` must relate to the request.
     #[serde(default)]
     pub signed_identity: SignedIdentity,
+    /// Evidence counts only when its signed content names a repository
+    /// (checked under `signedIdentity`): digest-only evidence (message
+    /// signatures, in-toto subjects without a name) is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_named_identity: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -253,6 +258,8 @@ pub struct Rule {
     pub enforcement: EnforcementMode,
     pub attestors: Vec<String>,
     pub signed_identity: SignedIdentity,
+    /// Refuse evidence whose signed content names no repository.
+    pub require_named_identity: bool,
 }
 
 /// A compiled attestor key.
@@ -331,6 +338,7 @@ impl Policy {
                 enforcement: EnforcementMode::EnforcedBlockAndAuditLog,
                 attestors: Vec::new(),
                 signed_identity: SignedIdentity::MatchRepository,
+                require_named_identity: false,
             },
             repository_rules: Vec::new(),
             repository_index: PatternIndex::default(),
@@ -390,6 +398,7 @@ impl Policy {
                     .unwrap_or(EnforcementMode::EnforcedBlockAndAuditLog),
                 attestors: attestor_names,
                 signed_identity: rule.signed_identity.clone(),
+                require_named_identity: rule.require_named_identity,
             })
         };
         let default_rule = compile_rule(
@@ -479,6 +488,7 @@ impl Policy {
                 enforcement: EnforcementMode::EnforcedBlockAndAuditLog,
                 attestors: Vec::new(),
                 signed_identity: SignedIdentity::Ignore,
+                require_named_identity: false,
             };
         }
         self.repository_index
@@ -782,11 +792,27 @@ impl AttestorResult {
     /// `no valid signature (3 checked: 1 by unknown key or altered, 2 for another digest)`.
     pub fn summary(&self) -> String {
         if self.satisfied {
-            let key = self.evidence.iter().find_map(|e| match &e.check {
+            let valid = self
+                .evidence
+                .iter()
+                .find(|e| matches!(e.check, Check::Valid { .. }));
+            let key = valid.and_then(|e| match &e.check {
                 Check::Valid { key_id } => Some(key_id.as_str()),
                 _ => None,
             });
-            return format!("verified (key {})", key.unwrap_or("?"));
+            // Say so when what counted binds the digest but no repository.
+            let unbound = valid
+                .and_then(|e| e.note.as_deref())
+                .is_some_and(|n| n.contains(UNNAMED_NOTE));
+            return format!(
+                "verified (key {}){}",
+                key.unwrap_or("?"),
+                if unbound {
+                    format!("; {UNNAMED_NOTE}")
+                } else {
+                    String::new()
+                }
+            );
         }
         if self.evidence.is_empty() {
             return if self.wants_attestation {
@@ -909,6 +935,27 @@ impl Decision {
 /// Evaluates `rule` given each required attestor's evidence (pure).
 /// Attestors are ANDed; within one attestor any valid evidence suffices.
 /// An attestor with no entry in `evidence` has no evidence.
+/// How evidence whose signed content names no repository is noted (and
+/// how a decision that rests on it says so).
+pub const UNNAMED_NOTE: &str = "the signed content names no repository: bound by digest only";
+
+/// A refusal by `rule` for a reason found before any evidence was weighed
+/// (an ambiguous manifest, evidence beyond limits): `Deny`, or
+/// `DryRunDeny` (served, logged) under a dry-run rule.
+pub fn refuse(rule: &Rule, reason: String) -> Decision {
+    Decision {
+        verdict: match rule.enforcement {
+            EnforcementMode::EnforcedBlockAndAuditLog => Verdict::Deny,
+            EnforcementMode::DryrunAuditLogOnly => Verdict::DryRunDeny,
+        },
+        rule: rule.source.clone(),
+        evaluation: rule.evaluation,
+        enforcement: rule.enforcement,
+        attestors: Vec::new(),
+        reason,
+    }
+}
+
 pub fn evaluate(rule: &Rule, evidence: &HashMap<String, Vec<Evidence>>) -> Decision {
     evaluate_with(rule, evidence, |_| false)
 }

@@ -156,6 +156,7 @@ fn rule(evaluation: EvaluationMode, enforcement: EnforcementMode, attestors: &[&
         enforcement,
         attestors: attestors.iter().map(|s| s.to_string()).collect(),
         signed_identity: SignedIdentity::MatchRepository,
+        require_named_identity: false,
     }
 }
 

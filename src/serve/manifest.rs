@@ -262,7 +262,7 @@ pub async fn serve(
             if let Attempt::Valid(glass) = attempt {
                 let admission = app
                     .verifier
-                    .admit_break_glass(route, &manifest, Arc::clone(&decision))
+                    .admit_break_glass(route, &manifest, Arc::clone(&decision), &glass)
                     .await;
                 let mut rec = decided(&decision, cache_hit).to_record();
                 rec.verdict = RecordedVerdict::Breakglass;

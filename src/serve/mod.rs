@@ -261,6 +261,24 @@ impl App {
             }
             Endpoint::Blob(digest) => match self.verifier.blob_allowed(&route, digest).await {
                 Ok(()) => blob::serve(upstream, &route, digest, request.headers(), head).await,
+                // A blob of an image admitted by break-glass: only for a
+                // request carrying a valid break-glass credential, and
+                // audited as such.
+                Err(decision)
+                    if self
+                        .break_glass_blob(
+                            &route,
+                            digest,
+                            request.headers(),
+                            client,
+                            &canonical,
+                            &decision,
+                            started,
+                        )
+                        .await =>
+                {
+                    blob::serve(upstream, &route, digest, request.headers(), head).await
+                }
                 Err(decision) => {
                     let decided = Decided {
                         at: std::time::SystemTime::now(),
@@ -297,6 +315,53 @@ impl App {
             });
             error.into_response(head)
         })
+    }
+
+    /// Whether the denied blob `digest` may be served by break-glass: the
+    /// request carries a valid break-glass credential and the blob belongs
+    /// to an image admitted by break-glass in this repository. Each such
+    /// serve is audited (verdict `breakglass`, with the identity).
+    #[allow(clippy::too_many_arguments)]
+    async fn break_glass_blob(
+        &self,
+        route: &Route,
+        digest: &Digest,
+        headers: &http::HeaderMap,
+        client: &Client,
+        canonical: &str,
+        decision: &Arc<Decision>,
+        started: std::time::Instant,
+    ) -> bool {
+        let Some(glass) = &self.break_glass else {
+            return false;
+        };
+        let crate::breakglass::Attempt::Valid(used) = glass.check(headers) else {
+            return false;
+        };
+        if !self.verifier.break_glass_blob(route, digest) {
+            return false;
+        }
+        let decided = Decided {
+            at: std::time::SystemTime::now(),
+            client: client.clone(),
+            subject: Subject::Blob,
+            reference: canonical.to_owned(),
+            tag: None,
+            digest: digest.clone(),
+            decision: Arc::clone(decision),
+            cache_hit: false,
+            latency: started.elapsed(),
+        };
+        let mut record = decided.to_record();
+        record.verdict = crate::audit::RecordedVerdict::Breakglass;
+        record.identity = Some(used.identity.clone());
+        record.break_glass_justification = Some(used.justification.clone());
+        record.reason = format!(
+            "{} — served by break-glass ({}: {})",
+            record.reason, used.identity, used.justification
+        );
+        self.observer.record(record).await;
+        true
     }
 
     /// The `/metrics` exposition.

@@ -73,6 +73,9 @@ pub struct Artifact<'a> {
     /// The manifest's exact bytes, when available: a `messageSignature`
     /// signs them, so it cannot be checked without them.
     pub bytes: Option<&'a [u8]>,
+    /// The repository the signed content must name (see
+    /// [`dsse::Binding`]); `None` checks none (unit tests, indexing).
+    pub binding: Option<dsse::Binding<'a>>,
 }
 
 /// A parsed bundle. Nothing in it is trusted until [`Bundle::check`].
@@ -265,6 +268,16 @@ impl Bundle {
     /// read without verifying anything: the statement's subjects, or a
     /// message signature's SHA2_256 `messageDigest`. Only for indexing
     /// evidence by digest, never for a verdict.
+    /// Whether the signed content names a repository for `digest_hex`
+    /// (a DSSE statement's subject name); a message signature never does.
+    /// Read without verifying: only for notes on evidence that verified.
+    pub fn names_repository(&self, digest_hex: &str) -> bool {
+        match &self.content {
+            Content::Dsse(envelope) => !envelope.claimed_names(digest_hex).is_empty(),
+            Content::Message(_) => false,
+        }
+    }
+
     pub fn claimed_subjects(&self) -> Vec<String> {
         match &self.content {
             Content::Dsse(envelope) => envelope.claimed_subjects(),
@@ -285,8 +298,19 @@ impl Bundle {
     /// one of them.
     pub fn check(&self, attestor: &Attestor, artifact: &Artifact<'_>) -> (Check, Option<String>) {
         match &self.content {
-            Content::Dsse(envelope) => self.check_dsse(envelope, attestor, artifact.digest_hex),
-            Content::Message(message) => (self.check_message(message, attestor, artifact), None),
+            Content::Dsse(envelope) => self.check_dsse(envelope, attestor, artifact),
+            Content::Message(message) => {
+                let check = self.check_message(message, attestor, artifact);
+                // A message signature names no repository.
+                let check = match (check, &artifact.binding) {
+                    (Check::Valid { key_id }, Some(binding)) => match binding.check(&[]) {
+                        Ok(()) => Check::Valid { key_id },
+                        Err(refused) => refused,
+                    },
+                    (check, _) => check,
+                };
+                (check, None)
+            }
         }
     }
 
@@ -294,8 +318,10 @@ impl Bundle {
         &self,
         envelope: &Envelope,
         attestor: &Attestor,
-        digest_hex: &str,
+        artifact: &Artifact<'_>,
     ) -> (Check, Option<String>) {
+        let digest_hex = artifact.digest_hex;
+        let binding = artifact.binding.as_ref();
         let verified = match envelope.verify(attestor) {
             Ok(verified) => verified,
             Err(check) => return (self.unverified(check), None),
@@ -305,9 +331,9 @@ impl Bundle {
                 predicate_type: SIGNATURE_PREDICATE_TYPE.into(),
                 conditions: Vec::new(),
             };
-            verified.check(digest_hex, Some(&signature))
+            verified.check(digest_hex, Some(&signature), binding)
         } else {
-            dsse::check_for_attestor(&verified, attestor, digest_hex)
+            dsse::check_for_attestor(&verified, attestor, digest_hex, binding)
         };
         (check, Some(verified.predicate_type().to_owned()))
     }
@@ -404,6 +430,7 @@ mod tests {
         Artifact {
             digest_hex,
             bytes: None,
+            binding: None,
         }
     }
 
@@ -488,6 +515,7 @@ mod tests {
                 &Artifact {
                     digest_hex: &digest,
                     bytes: Some(&artifact),
+                    binding: None,
                 },
             );
             assert_eq!(
@@ -525,6 +553,7 @@ mod tests {
         let target = Artifact {
             digest_hex: &digest,
             bytes: Some(&artifact),
+            binding: None,
         };
         // Key-based: never falls back to keyless, whatever the keys.
         assert_eq!(
@@ -565,6 +594,7 @@ mod tests {
             &Artifact {
                 digest_hex: &mutated_digest,
                 bytes: Some(&mutated),
+                binding: None,
             },
         );
         assert_eq!(
@@ -579,6 +609,7 @@ mod tests {
             &Artifact {
                 digest_hex: &digest,
                 bytes: Some(&mutated),
+                binding: None,
             },
         );
         assert!(matches!(check, Check::Malformed { .. }), "{check:?}");
@@ -599,6 +630,7 @@ mod tests {
         let target = Artifact {
             digest_hex: &digest,
             bytes: Some(&artifact),
+            binding: None,
         };
         assert_eq!(altered.check(&signer, &target).0, Check::UnknownKey);
         // A valid signature does not satisfy an attestor wanting provenance.

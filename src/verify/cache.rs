@@ -73,6 +73,7 @@ impl Scope {
 
     /// The key of a digest written as text (`sha256:<hex>`), as manifests
     /// list them.
+    #[cfg(test)]
     pub fn key(&self, digest: &str) -> Key {
         let mut h = self.prefix.clone();
         h.update(digest.as_bytes());

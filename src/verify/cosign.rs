@@ -14,10 +14,11 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
+use super::budget::Budget;
 use super::simple_signing::Candidate;
 use super::VerifyError;
-use crate::oci::{media, Digest};
-use crate::serve::MAX_MANIFEST_BYTES;
+use crate::oci::Digest;
+
 use crate::upstream::Upstream;
 
 /// The layer media type of a cosign / containers-image signature.
@@ -34,10 +35,53 @@ pub const MAX_SIGNATURE_LAYERS: usize = 64;
 /// A candidate, or why the layer could not be one.
 pub type Found = (String, Result<Candidate, String>);
 
-#[derive(Deserialize)]
-struct SigManifest {
-    #[serde(default)]
-    layers: Vec<Layer>,
+/// The layers of an evidence manifest (`.sig`, `.att`, a referrer), read
+/// with the same unambiguous reading as every manifest
+/// ([`crate::oci::json::Strict`]): colliding keys are refused, fields are
+/// found as a Go runtime finds them.
+pub(crate) fn read_layers(bytes: &[u8]) -> Result<Vec<Layer>, String> {
+    use crate::oci::json::Strict;
+    let doc = Strict::parse(bytes).map_err(|e| e.to_string())?;
+    if doc.has("manifests") {
+        return Err("an index, not an image manifest".into());
+    }
+    let layers = match doc.get("layers") {
+        None | Some(Strict::Null) => return Ok(Vec::new()),
+        Some(Strict::Array(layers)) => layers,
+        Some(_) => return Err("layers is not a list".into()),
+    };
+    layers
+        .iter()
+        .map(|l| {
+            let text = |key: &str| match l.get(key) {
+                None | Some(Strict::Null) => Ok(String::new()),
+                Some(Strict::String(s)) => Ok(s.clone()),
+                Some(_) => Err(format!("layer {key} is not a string")),
+            };
+            let mut annotations = std::collections::HashMap::new();
+            match l.get("annotations") {
+                None | Some(Strict::Null) => {}
+                Some(Strict::Object(entries)) => {
+                    for (k, v) in entries {
+                        let Strict::String(v) = v else {
+                            return Err(format!("annotation {k} is not a string"));
+                        };
+                        annotations.insert(k.clone(), v.clone());
+                    }
+                }
+                Some(_) => return Err("annotations is not an object".into()),
+            }
+            Ok(Layer {
+                media_type: text("mediaType")?,
+                digest: text("digest")?,
+                size: match l.get("size") {
+                    None | Some(Strict::Null) => 0,
+                    Some(n) => n.as_u64().ok_or("layer size is not a number")?,
+                },
+                annotations,
+            })
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -66,12 +110,14 @@ pub const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
 /// verification.
 pub async fn signatures(
     upstream: Arc<Upstream>,
+    budget: &Arc<Budget>,
     repository: &str,
     digest: &Digest,
     likely: &[Vec<u8>],
 ) -> Result<Vec<Found>, VerifyError> {
     let layers = artifact_layers(
         upstream,
+        budget,
         repository,
         digest,
         "sig",
@@ -102,11 +148,13 @@ pub async fn signatures(
 /// for `digest` in `repository`.
 pub async fn attestations(
     upstream: Arc<Upstream>,
+    budget: &Arc<Budget>,
     repository: &str,
     digest: &Digest,
 ) -> Result<Vec<(String, Result<Bytes, String>)>, VerifyError> {
     let layers = artifact_layers(
         upstream,
+        budget,
         repository,
         digest,
         "att",
@@ -126,8 +174,12 @@ type Annotations = std::collections::HashMap<String, String>;
 /// The layers of `media_type` in the `sha256-<hex>.<suffix>` manifest, each
 /// fetched (concurrently, bounded by `limit` bytes) with its annotations;
 /// a layer with the digest of one of the `known` contents is not fetched.
+/// Everything read is charged to `budget`; a digest listed by several
+/// layers is fetched once.
+#[allow(clippy::too_many_arguments)]
 async fn artifact_layers(
     upstream: Arc<Upstream>,
+    budget: &Arc<Budget>,
     repository: &str,
     digest: &Digest,
     suffix: &str,
@@ -158,21 +210,15 @@ async fn artifact_layers(
             })
         }
     }
-    let bytes = read_bounded(response.into_body(), MAX_MANIFEST_BYTES, &where_).await?;
-    let manifest: SigManifest = match serde_json::from_slice(&bytes) {
+    let bytes = budget.read_manifest(response, &where_).await?;
+    let manifest = match read_layers(&bytes) {
         Ok(m) => m,
-        Err(e) => {
-            return Ok(vec![(
-                where_,
-                Err(format!("{suffix} manifest is not valid JSON: {e}")),
-            )])
-        }
+        Err(e) => return Ok(vec![(where_, Err(format!("{suffix} manifest: {e}")))]),
     };
     let mut found = Vec::new();
     let mut fetched_known = Vec::new();
     let mut fetches = tokio::task::JoinSet::new();
     let matching = manifest
-        .layers
         .into_iter()
         .enumerate()
         .filter(|(_, l)| l.media_type == media_type);
@@ -214,9 +260,13 @@ async fn artifact_layers(
             continue;
         }
         let upstream = Arc::clone(&upstream);
+        let budget = Arc::clone(budget);
         let repository = repository.to_owned();
+        let size = layer.size;
         fetches.spawn(async move {
-            let blob = fetch_blob(&upstream, &repository, &layer_digest, limit).await;
+            let blob = budget
+                .blob(&upstream, &repository, &layer_digest, size, limit)
+                .await;
             (index, source, blob.map(|b| (b, annotations)))
         });
     }
@@ -272,113 +322,4 @@ pub(crate) async fn read_bounded(
             what: what.to_owned(),
             reason: e.to_string(),
         })
-}
-
-/// Media types of layers that carry signatures or attestations, never
-/// runnable content.
-pub const SIGNATURE_LAYER_TYPES: [&str; 5] = [
-    SIMPLE_SIGNING,
-    "application/vnd.dsse.envelope.v1+json",
-    "application/vnd.dev.sigstore.bundle.v0.3+json",
-    "application/vnd.dev.sigstore.bundle+json;version=0.1",
-    "application/vnd.dev.sigstore.bundle+json;version=0.2",
-];
-
-/// What a manifest's shape says about it.
-pub(crate) struct ManifestShape {
-    pub media_type: Option<String>,
-    pub config: Option<Layer>,
-    pub layers: Vec<Layer>,
-    pub children: Vec<String>,
-}
-
-pub(crate) fn shape(bytes: &[u8]) -> Option<ManifestShape> {
-    #[derive(Deserialize)]
-    struct Raw {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-        config: Option<Layer>,
-        #[serde(default)]
-        layers: Vec<Layer>,
-        #[serde(default)]
-        manifests: Vec<Layer>,
-    }
-    let raw: Raw = serde_json::from_slice(bytes).ok()?;
-    Some(ManifestShape {
-        media_type: raw.media_type,
-        config: raw.config,
-        layers: raw.layers,
-        children: raw.manifests.into_iter().map(|m| m.digest).collect(),
-    })
-}
-
-impl ManifestShape {
-    pub fn is_index(&self, content_type: &str) -> bool {
-        let ct = content_type.split(';').next().unwrap_or("").trim();
-        let declared = self.media_type.as_deref().unwrap_or("");
-        [ct, declared]
-            .iter()
-            .any(|t| *t == media::OCI_INDEX || *t == media::DOCKER_LIST)
-            || (self.config.is_none() && !self.children.is_empty())
-    }
-
-    /// Every layer is a signature/attestation media type (and there is at
-    /// least one). The config still has to be checked (see
-    /// [`config_is_inert`]).
-    pub fn looks_like_artifact(&self) -> bool {
-        !self.layers.is_empty()
-            && self
-                .layers
-                .iter()
-                .all(|l| SIGNATURE_LAYER_TYPES.contains(&l.media_type.as_str()))
-    }
-}
-
-/// A config that cannot start a container: no OS, no architecture, no
-/// entrypoint or command (cosign writes exactly such a config).
-pub(crate) fn config_is_inert(config: &[u8]) -> bool {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(config) else {
-        return false;
-    };
-    let empty = |v: Option<&serde_json::Value>| match v {
-        None | Some(serde_json::Value::Null) => true,
-        Some(serde_json::Value::String(s)) => s.is_empty(),
-        Some(serde_json::Value::Array(a)) => a.is_empty(),
-        _ => false,
-    };
-    let inner = value.get("config");
-    empty(value.get("os"))
-        && empty(value.get("architecture"))
-        && empty(inner.and_then(|c| c.get("Entrypoint")))
-        && empty(inner.and_then(|c| c.get("Cmd")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cosign_config_is_inert_and_image_config_is_not() {
-        let cosign = br#"{"architecture":"","created":"0001-01-01T00:00:00Z","history":[{"created":"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":["sha256:4306feade2f8d7aa22ad654dfd61d0ee66a94f8970fba8d825f45641e9087a78"]},"config":{}}"#;
-        assert!(config_is_inert(cosign));
-        let image = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":[]}}"#;
-        assert!(!config_is_inert(image));
-        let sneaky = br#"{"architecture":"","os":"","config":{"Entrypoint":["/x"]}}"#;
-        assert!(!config_is_inert(sneaky));
-        assert!(!config_is_inert(b"not json"));
-    }
-
-    #[test]
-    fn shapes() {
-        let sig = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","size":233,"digest":"sha256:d748d2b76ebf8a245176858c537a245f62f4cd9271dcad170c107bd399384703"},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","size":250,"digest":"sha256:4306feade2f8d7aa22ad654dfd61d0ee66a94f8970fba8d825f45641e9087a78","annotations":{"dev.cosignproject.cosign/signature":"x"}}]}"#;
-        let s = shape(sig).unwrap();
-        assert!(s.looks_like_artifact());
-        assert!(!s.is_index(media::OCI_MANIFEST));
-        let image = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","size":1,"digest":"sha256:00"},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":1,"digest":"sha256:01"},{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","size":1,"digest":"sha256:02"}]}"#;
-        assert!(!shape(image).unwrap().looks_like_artifact());
-        let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:0a"}]}"#;
-        let s = shape(index).unwrap();
-        assert!(s.is_index(media::OCI_INDEX));
-        assert_eq!(s.children, vec!["sha256:0a".to_string()]);
-    }
 }

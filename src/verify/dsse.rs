@@ -55,7 +55,51 @@ struct Statement {
 #[derive(Deserialize)]
 struct Subject {
     #[serde(default)]
+    name: String,
+    #[serde(default)]
     digest: std::collections::HashMap<String, String>,
+}
+
+/// What the signed content must say about the pulled repository: the
+/// rule's `signedIdentity`, applied to every repository the signed
+/// content names for the image (in-toto subject names, cosign's
+/// `cosign/sign/v1` statements); `require_named` refuses content that
+/// names none.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    /// Canonical `<registry>/<repository>` pulled.
+    pub name: &'a str,
+    pub identity: &'a crate::policy::SignedIdentity,
+    pub require_named: bool,
+}
+
+/// What evidence that names no repository is noted with.
+pub const UNNAMED: &str = crate::policy::UNNAMED_NOTE;
+
+impl Binding<'_> {
+    /// Checks the repositories the signed content names (`names`, empty
+    /// when it names none).
+    pub fn check(&self, names: &[&str]) -> Result<(), Check> {
+        if names.is_empty() {
+            return if self.require_named {
+                Err(Check::OtherRepository {
+                    signed: "none (the signed content names no repository, and the rule sets requireNamedIdentity)".into(),
+                })
+            } else {
+                Ok(())
+            };
+        }
+        if names
+            .iter()
+            .any(|n| super::simple_signing::identity_matches(n, self.name, self.identity))
+        {
+            Ok(())
+        } else {
+            Err(Check::OtherRepository {
+                signed: names.join(", "),
+            })
+        }
+    }
 }
 
 /// DSSE's pre-authentication encoding.
@@ -132,6 +176,24 @@ impl Envelope {
         })
     }
 
+    /// The names the statement *claims* for the subjects with sha256
+    /// `digest_hex`, read without verifying anything: for notes only.
+    pub fn claimed_names(&self, digest_hex: &str) -> Vec<String> {
+        let Some(payload) = self.decoded_payload() else {
+            return Vec::new();
+        };
+        let Ok(statement) = serde_json::from_slice::<Statement>(&payload) else {
+            return Vec::new();
+        };
+        statement
+            .subject
+            .into_iter()
+            .filter(|s| s.digest.get("sha256").is_some_and(|d| d == digest_hex))
+            .map(|s| s.name)
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
     /// The sha256 subjects (lowercase hex) the statement *claims*, read
     /// without verifying anything: only for indexing evidence by digest
     /// (an attestation store), never for a verdict. Malformed content
@@ -167,6 +229,18 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// The names the signed statement gives the subjects with sha256
+    /// `digest_hex` (empty names left out).
+    pub fn subject_names(&self, digest_hex: &str) -> Vec<&str> {
+        self.statement
+            .subject
+            .iter()
+            .filter(|s| s.digest.get("sha256").is_some_and(|d| d == digest_hex))
+            .map(|s| s.name.as_str())
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
     pub fn predicate_type(&self) -> &str {
         &self.statement.predicate_type
     }
@@ -174,7 +248,12 @@ impl Verified {
     /// Checks the statement binds `digest_hex` (sha256) and meets
     /// `requirement` (when given; without one, any predicate type counts,
     /// as for cosign v3's `https://sigstore.dev/cosign/sign/v1`).
-    pub fn check(&self, digest_hex: &str, requirement: Option<&Requirement>) -> Check {
+    pub fn check(
+        &self,
+        digest_hex: &str,
+        requirement: Option<&Requirement>,
+        binding: Option<&Binding<'_>>,
+    ) -> Check {
         let subjects = &self.statement.subject;
         if !subjects
             .iter()
@@ -197,6 +276,11 @@ impl Verified {
                         .join(", "),
                 }
             };
+        }
+        if let Some(binding) = binding {
+            if let Err(check) = binding.check(&self.subject_names(digest_hex)) {
+                return check;
+            }
         }
         if let Some(requirement) = requirement {
             if self.statement.predicate_type != requirement.predicate_type {
@@ -235,11 +319,16 @@ pub fn claimed_subjects(envelope: &[u8]) -> Vec<String> {
 /// attestor's requirements; otherwise the most telling failure (a failed
 /// condition on the right predicate type before "another predicate
 /// type", so the message names what to fix).
-pub fn check_for_attestor(verified: &Verified, attestor: &Attestor, digest_hex: &str) -> Check {
+pub fn check_for_attestor(
+    verified: &Verified,
+    attestor: &Attestor,
+    digest_hex: &str,
+    binding: Option<&Binding<'_>>,
+) -> Check {
     let checks: Vec<Check> = attestor
         .attestations
         .iter()
-        .map(|r| verified.check(digest_hex, Some(r)))
+        .map(|r| verified.check(digest_hex, Some(r), binding))
         .collect();
     if let Some(valid) = checks.iter().find(|c| matches!(c, Check::Valid { .. })) {
         return valid.clone();
@@ -283,7 +372,7 @@ mod tests {
     fn check(case: &str, requirement: Option<&Requirement>) -> Check {
         let env = envelope(case);
         match verify(&env, &cosign_attestor()) {
-            Ok(v) => v.check(BLOB, requirement),
+            Ok(v) => v.check(BLOB, requirement, None),
             Err(c) => c,
         }
     }
@@ -335,7 +424,10 @@ mod tests {
         let env = envelope("blobSLSAProvenanceSignature");
         let v = verify(&env, &ci).ok().unwrap();
         let other = "sha256 of another-blob";
-        assert!(matches!(v.check(other, None), Check::OtherDigest { .. }));
+        assert!(matches!(
+            v.check(other, None, None),
+            Check::OtherDigest { .. }
+        ));
         // Another key.
         let other_attestor = attestor("ci", vec![p256_pair("cosign").1], &[]);
         assert!(matches!(
@@ -385,7 +477,7 @@ mod tests {
         let mut check_with = |requirements: Vec<Requirement>, digest: &str| {
             ci.attestations = requirements;
             let verified = verify(&env, &ci).ok().unwrap();
-            check_for_attestor(&verified, &ci, digest)
+            check_for_attestor(&verified, &ci, digest, None)
         };
         assert_eq!(
             check_with(

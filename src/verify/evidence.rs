@@ -31,6 +31,8 @@ pub struct Target<'a> {
     /// The exact manifest bytes being served.
     pub manifest: &'a [u8],
     pub identity: &'a SignedIdentity,
+    /// The rule's `requireNamedIdentity`.
+    pub require_named: bool,
 }
 
 impl Target<'_> {
@@ -42,6 +44,16 @@ impl Target<'_> {
         Artifact {
             digest_hex: self.digest.hex(),
             bytes: Some(self.manifest),
+            binding: Some(self.binding()),
+        }
+    }
+
+    /// What signed content must say about the repository.
+    pub fn binding(&self) -> dsse::Binding<'_> {
+        dsse::Binding {
+            name: self.name,
+            identity: self.identity,
+            require_named: self.require_named,
         }
     }
 }
@@ -73,18 +85,20 @@ fn signature_check(
 
 /// A DSSE envelope, for either kind of attestor; with the signed
 /// predicate type when the signature verified.
-pub fn envelope_check(
-    envelope: &[u8],
-    attestor: &Attestor,
-    digest_hex: &str,
-) -> (Check, Option<String>) {
+pub fn envelope_check(envelope: &[u8], attestor: &Attestor, target: &Target<'_>) -> Checked {
+    let digest_hex = target.digest.hex();
+    let binding = target.binding();
     let verified = match dsse::verify(envelope, attestor) {
         Ok(v) => v,
-        Err(check) => return (check, None),
+        Err(check) => return (check, None, None),
     };
     let predicate_type = Some(verified.predicate_type().to_owned());
+    let note = verified
+        .subject_names(digest_hex)
+        .is_empty()
+        .then(|| dsse::UNNAMED.to_owned());
     let check = if attestor.attestations.is_empty() {
-        match verified.check(digest_hex, None) {
+        match verified.check(digest_hex, None, Some(&binding)) {
             Check::Valid { .. } if verified.predicate_type() != SIGNATURE_PREDICATE_TYPE => {
                 Check::OtherPredicate {
                     signed: verified.predicate_type().to_owned(),
@@ -93,9 +107,9 @@ pub fn envelope_check(
             other => other,
         }
     } else {
-        dsse::check_for_attestor(&verified, attestor, digest_hex)
+        dsse::check_for_attestor(&verified, attestor, digest_hex, Some(&binding))
     };
-    (check, predicate_type)
+    (check, predicate_type, note)
 }
 
 /// A check's outcome: the verdict, the signed predicate type, a note.
@@ -140,8 +154,7 @@ pub fn from_envelopes(
     target: &Target<'_>,
 ) -> Vec<Evidence> {
     each(EvidenceKind::AttTag, found, |bytes| {
-        let (check, predicate) = envelope_check(bytes, attestor, target.digest.hex());
-        (check, predicate, None)
+        envelope_check(bytes, attestor, target)
     })
 }
 
@@ -155,7 +168,7 @@ pub fn from_bundles(
         match bundle::parse(bytes) {
             Ok(bundle) => {
                 let (check, predicate) = bundle.check(attestor, &target.artifact());
-                (check, predicate, Some(bundle_note(&bundle)))
+                (check, predicate, Some(bundle_note(&bundle, target)))
             }
             Err(reason) => (malformed(&reason), None, None),
         }
@@ -165,13 +178,21 @@ pub fn from_bundles(
 /// What a bundle carries besides its signature: transparency-log
 /// entries are recorded, not verified (keyless verification, which needs
 /// them, is not supported).
-fn bundle_note(bundle: &bundle::Bundle) -> String {
+fn bundle_note(bundle: &bundle::Bundle, target: &Target<'_>) -> String {
     let entries = match bundle.tlog_entries() {
         0 => "no transparency-log entry".to_owned(),
         1 => "1 transparency-log entry (recorded, not verified)".to_owned(),
         n => format!("{n} transparency-log entries (recorded, not verified)"),
     };
-    format!("sigstore bundle ({}); {entries}", bundle.media_type())
+    let unnamed = if bundle.names_repository(target.digest.hex()) {
+        String::new()
+    } else {
+        format!("; {}", dsse::UNNAMED)
+    };
+    format!(
+        "sigstore bundle ({}); {entries}{unnamed}",
+        bundle.media_type()
+    )
 }
 
 /// Items from the attestation store that name this digest.
@@ -201,12 +222,13 @@ pub fn from_store(items: &[Arc<Item>], attestor: &Attestor, target: &Target<'_>)
                     }
                 }
                 Content::Envelope(envelope) => {
-                    envelope_check(envelope, attestor, target.digest.hex())
+                    let (check, predicate, _) = envelope_check(envelope, attestor, target);
+                    (check, predicate)
                 }
                 Content::Bundle(bundle) => bundle.check(attestor, &target.artifact()),
             };
             let note = match &item.content {
-                Content::Bundle(bundle) => bundle_note(bundle),
+                Content::Bundle(bundle) => bundle_note(bundle, target),
                 other => other.kind().to_owned(),
             };
             Evidence::new(EvidenceKind::Store, item.source.clone(), check)

@@ -19,7 +19,9 @@
 //!   for as long as their verdict is served (a verdict-cache hit registers
 //!   them again when they may have aged out).
 
+mod artifact;
 pub mod binauthz;
+pub mod budget;
 pub mod bundle;
 mod cache;
 pub mod cosign;
@@ -41,13 +43,14 @@ use http::StatusCode;
 
 use cache::{Clock, Content, Flights, Hit, Key, Scope, Verdicts};
 
-use crate::config::CacheConfig;
-use crate::oci::Digest;
+use crate::config::{CacheConfig, Limits};
+use crate::oci::manifest::{Kind, Reading};
+use crate::oci::{Digest, Reference};
 use crate::policy::{
     self, Attestor, Decision, EnforcementMode, EvaluationMode, Evidence, Policy, Rule, RuleSource,
     Verdict,
 };
-use crate::routing::Route;
+use crate::routing::{Endpoint, Route};
 use crate::serve::manifest::Manifest;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -57,8 +60,9 @@ use crate::upstream::{Upstream, UpstreamError};
 /// of [`cache::Content`] then fills a 2^20-bucket table exactly (~33 MiB)
 /// instead of growing a 2^21 one for a few more entries.
 pub const MAX_ADMITTED_CONTENT: u64 = 2 * (7 << 17);
-/// Largest image config read to tell a signature artifact from an image.
-const MAX_ARTIFACT_CONFIG_BYTES: usize = 64 * 1024;
+/// Blobs and children of break-glass admissions remembered, at most: break
+/// glass is rare and audited, a few thousand images' worth is plenty.
+const MAX_BREAK_GLASS_CONTENT: usize = 64 * 1024;
 
 /// Could not check: the image is not served, and nothing is cached.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -75,6 +79,10 @@ pub enum VerifyError {
     /// request reports why); see [`Verifier::fetch_and_verify`].
     #[error("the manifest could not be fetched")]
     ManifestUnavailable,
+    /// Evidence beyond the verification's budget ([`budget`]): the
+    /// verifier turns it into a denial, never an allow.
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// A verdict [`Verifier::fetch_and_verify`] reached (or found cached)
@@ -87,8 +95,12 @@ pub struct Early {
 }
 
 /// What each signature location holds, with the attestors that keep their
-/// evidence there.
-type Gathered<'p> = Vec<(Vec<&'p Attestor>, Found)>;
+/// evidence there, and the budget the bytes were read under (held until
+/// the evidence is weighed, so the global in-flight budget counts them).
+struct Gathered<'p> {
+    locations: Vec<(Vec<&'p Attestor>, Found)>,
+    _budget: Arc<budget::Budget>,
+}
 
 /// A manifest the verifier allowed to be served, with the decision.
 #[derive(Debug)]
@@ -139,6 +151,11 @@ pub struct Verifier {
     flights: Flights<Result<Hit, VerifyError>>,
     /// The local attestation store, when configured.
     store: Option<Arc<store::Store>>,
+    /// What evidence reads may cost, per verification and in total.
+    evidence: budget::EvidenceLimits,
+    /// Blobs and child manifests of break-glass admissions, served only to
+    /// requests that present a valid break-glass credential.
+    break_glass: cache::Content,
     pub stats: Stats,
 }
 
@@ -260,11 +277,24 @@ impl Verifier {
             // Rotated every allow TTL: admitted content stays servable at
             // least that long after the last manifest request found it
             // current (see `admit`).
-            content: Content::new(content, cache.allow_ttl, clock),
+            content: Content::new(content, cache.allow_ttl, Arc::clone(&clock)),
             flights: Flights::new(),
             store: None,
+            evidence: budget::EvidenceLimits::new(&Limits::default()),
+            break_glass: Content::new(MAX_BREAK_GLASS_CONTENT, cache.allow_ttl, clock),
             stats: Stats::default(),
         }
+    }
+
+    /// Bounds evidence reads with `limits` (the defaults otherwise).
+    pub fn with_limits(mut self, limits: &Limits) -> Verifier {
+        self.evidence = budget::EvidenceLimits::new(limits);
+        self
+    }
+
+    /// Evidence bytes all verifications hold right now.
+    pub fn evidence_in_flight(&self) -> u64 {
+        self.evidence.in_flight_bytes()
     }
 
     /// Adds the local attestation store as an evidence source.
@@ -329,6 +359,7 @@ impl Verifier {
             // registered under it is dropped.
             self.verdicts.clear(generation);
             self.content.clear(generation);
+            self.break_glass.clear(generation);
         }
         let new = Arc::new(State::new(policy, generation));
         match self.state.write() {
@@ -378,7 +409,6 @@ impl Verifier {
         }
         let scope = state.scope(route);
         let key = scope.key_of(&manifest.digest);
-        let mut shape = None;
         let (hit, cache_hit) = match early {
             // Reached under the current generation for these bytes.
             Some(early) if early.key == key => (early.result?, early.cache_hit),
@@ -389,8 +419,6 @@ impl Verifier {
                 }
                 None => {
                     self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-                    let parsed = shape.insert(cosign::shape(&manifest.bytes));
-                    let parsed = parsed.as_ref();
                     // Boxed: the verification's state (kilobytes of nested
                     // futures) is only allocated on a miss, so the future of
                     // every request, hits included, stays small.
@@ -401,10 +429,8 @@ impl Verifier {
                             if let Some(hit) = self.verdicts.get(&key) {
                                 return Ok(hit);
                             }
-                            self.verify_miss(
-                                &state, &scope, upstreams, route, manifest, parsed, &key, None,
-                            )
-                            .await
+                            self.verify_miss(&state, &scope, upstreams, route, manifest, &key, None)
+                                .await
                         }))
                     };
                     let hit = match flight().await {
@@ -427,8 +453,7 @@ impl Verifier {
             });
         }
         if !self.content.is_current(hit.content) {
-            let shape = shape.get_or_insert_with(|| cosign::shape(&manifest.bytes));
-            let content = self.register(&state, &scope, route, manifest, shape.as_ref());
+            let content = self.register(&state, &scope, route, manifest);
             self.verdicts.set_content(&key, content);
         }
         Ok(Outcome::Admitted(Admission {
@@ -514,14 +539,12 @@ impl Verifier {
                 None => gather.await,
             };
             *slot = Some(Ok(manifest.clone()));
-            let shape = cosign::shape(&manifest.bytes);
             self.verify_miss(
                 &state,
                 &scope,
                 upstreams,
                 route,
                 &manifest,
-                shape.as_ref(),
                 &key,
                 Some(gathered),
             )
@@ -557,15 +580,11 @@ impl Verifier {
         upstreams: &[Arc<Upstream>],
         route: &Route,
         manifest: &Manifest,
-        shape: Option<&cosign::ManifestShape>,
         key: &Key,
         gathered: Option<Result<Gathered<'_>, VerifyError>>,
     ) -> Result<Hit, VerifyError> {
-        let upstream = Arc::clone(&upstreams[route.upstream]);
         let mut decision = self
-            .decide(
-                state, upstreams, upstream, route, manifest, shape, key, gathered,
-            )
+            .decide(state, upstreams, route, manifest, key, gathered)
             .await?;
         if !decision.serves() {
             // An index listing it may have been admitted while this
@@ -577,7 +596,7 @@ impl Verifier {
         }
         // Content first: a verdict is only found with its content in place.
         let content = if decision.serves() {
-            self.register(state, scope, route, manifest, shape)
+            self.register(state, scope, route, manifest)
         } else {
             self.content.epoch()
         };
@@ -586,22 +605,43 @@ impl Verifier {
     }
 
     /// Admits a denied manifest because a valid break-glass credential was
-    /// presented (the caller has checked it and records the use). Its blobs
-    /// become servable like an admitted image's.
+    /// presented (`proof`, which only [`crate::breakglass`] makes; the
+    /// caller records the use). Nothing is admitted for anyone else: its
+    /// blobs and children go to the break-glass table, which only
+    /// requests carrying a valid credential consult
+    /// ([`Verifier::break_glass_blob`]), and cached denials stay.
     pub async fn admit_break_glass<'m>(
         &self,
         route: &Route,
         manifest: &'m Manifest,
         decision: Arc<Decision>,
+        proof: &crate::breakglass::Use,
     ) -> Admission<'m> {
+        let _ = proof;
         let state = self.state();
-        let shape = cosign::shape(&manifest.bytes);
-        self.register(&state, &state.scope(route), route, manifest, shape.as_ref());
+        let scope = state.scope(route);
+        if let Ok(reading) = read(manifest) {
+            let blobs: Vec<cache::Id> = reading
+                .config
+                .iter()
+                .chain(reading.layers.iter())
+                .map(|b| scope.key_of(&b.digest).id)
+                .collect();
+            self.break_glass.admit(state.generation, &blobs, &[], None);
+        }
         Admission {
             manifest,
             decision,
             cache_hit: false,
         }
+    }
+
+    /// Whether `digest` belongs to an image admitted by break-glass in this
+    /// repository (the caller has checked the request's credential).
+    pub fn break_glass_blob(&self, route: &Route, digest: &Digest) -> bool {
+        let state = self.state();
+        self.break_glass
+            .has_blob(&state.scope(route).key_of(digest))
     }
 
     /// Whether a blob may be served: always without a policy, under an
@@ -647,81 +687,79 @@ impl Verifier {
     ) -> Result<Decision, VerifyError> {
         let state = self.state();
         let key = state.scope(route).key_of(&manifest.digest);
-        let shape = cosign::shape(&manifest.bytes);
-        let upstream = Arc::clone(&upstreams[route.upstream]);
-        self.decide(
-            &state,
-            upstreams,
-            upstream,
-            route,
-            manifest,
-            shape.as_ref(),
-            &key,
-            None,
-        )
-        .await
-        .map(|d| (*d).clone())
+        self.decide(&state, upstreams, route, manifest, &key, None)
+            .await
+            .map(|d| (*d).clone())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Decides on `manifest` without the cache. The rule comes first: a
+    /// rule that reads no evidence decides alone (`ALWAYS_DENY` serves
+    /// nothing, whatever the manifest says it is). Under
+    /// `REQUIRE_ATTESTATION`, the manifest must have one unambiguous
+    /// reading ([`crate::oci::manifest`]); then it is allowed when an
+    /// admitted index lists it, when it is evidence of an admitted image
+    /// ([`artifact`]), or when its attestors are satisfied.
     async fn decide(
         &self,
         state: &State,
         upstreams: &[Arc<Upstream>],
-        upstream: Arc<Upstream>,
         route: &Route,
         manifest: &Manifest,
-        shape: Option<&cosign::ManifestShape>,
         key: &Key,
         gathered: Option<Result<Gathered<'_>, VerifyError>>,
     ) -> Result<Arc<Decision>, VerifyError> {
         let policy = &*state.policy;
         let name = route.canonical();
         let rule = policy.rule_for(&name);
-        if let Some(shape) = shape {
-            if shape.looks_like_artifact()
-                && self
-                    .artifact_config_is_inert(&upstream, route, shape)
-                    .await?
-            {
-                let exemption = Rule {
-                    source: RuleSource::Artifact,
-                    ..rule
-                };
-                return Ok(state.shared(&exemption, || Decision {
-                    verdict: Verdict::Exempt,
-                    rule: RuleSource::Artifact,
-                    evaluation: EvaluationMode::AlwaysAllow,
-                    enforcement: exemption.enforcement,
-                    attestors: Vec::new(),
-                    reason: "signature/attestation artifact: served unverified so verifiers can read it; it cannot run".into(),
-                }));
-            }
-        }
-        if let Some(listed) = self.content.child(key) {
-            return Ok(listed);
-        }
         if rule.evaluation != EvaluationMode::RequireAttestation {
             // No evidence is read: the decision is the rule's alone.
             return Ok(state.shared(&rule, || {
                 policy::evaluate_in(policy, &rule, &HashMap::new())
             }));
         }
+        let reading = match read(manifest) {
+            Ok(reading) => reading,
+            Err(unreadable) => return Ok(Arc::new(policy::refuse(&rule, unreadable.to_string()))),
+        };
+        if let Some(listed) = self.content.child(key) {
+            return Ok(listed);
+        }
+        // Evidence of an admitted image is served as evidence; a manifest
+        // that fails that test is an image like any other.
+        let not_evidence = match artifact::relation(route, &manifest.digest, &reading) {
+            Ok(None) => None,
+            Ok(Some(subject)) => {
+                match self
+                    .evidence_artifact(state, upstreams, route, &rule, &reading, &subject)
+                    .await?
+                {
+                    Ok(decision) => return Ok(decision),
+                    Err(why) => Some(why),
+                }
+            }
+            Err(why) => Some(why),
+        };
+        let gathered = match gathered {
+            Some(gathered) => gathered,
+            None => {
+                self.gather(state, upstreams, route, &rule, &manifest.digest)
+                    .await
+            }
+        };
+        let gathered = match gathered {
+            Ok(gathered) => gathered,
+            Err(VerifyError::Limit(why)) => return Ok(Arc::new(policy::refuse(&rule, why))),
+            Err(e) => return Err(e),
+        };
         let mut evidence: HashMap<String, Vec<Evidence>> = HashMap::new();
         let target = evidence::Target {
             name: &name,
             digest: &manifest.digest,
             manifest: &manifest.bytes,
             identity: &rule.signed_identity,
+            require_named: rule.require_named_identity,
         };
-        let gathered = match gathered {
-            Some(gathered) => gathered?,
-            None => {
-                self.gather(state, upstreams, route, &rule, &manifest.digest)
-                    .await?
-            }
-        };
-        for (attestors, found) in gathered {
+        for (attestors, found) in &gathered.locations {
             for attestor in attestors {
                 evidence
                     .entry(attestor.name.clone())
@@ -740,12 +778,104 @@ impl Verifier {
                 }
             }
         }
-        Ok(Arc::new(policy::evaluate_in(policy, &rule, &evidence)))
+        let mut decision = policy::evaluate_in(policy, &rule, &evidence);
+        if let (Some(why), false) = (not_evidence, decision.serves()) {
+            decision.reason = format!("{}; not served as evidence: {why}", decision.reason);
+        }
+        Ok(Arc::new(decision))
+    }
+
+    /// Whether a manifest reached as evidence of `subject` is served as
+    /// evidence: `subject` is admitted, and the manifest's bytes are
+    /// evidence ([`artifact::check_content`]). `Ok(Err(why))` when not.
+    async fn evidence_artifact(
+        &self,
+        state: &State,
+        upstreams: &[Arc<Upstream>],
+        route: &Route,
+        rule: &Rule,
+        reading: &Reading,
+        subject: &Digest,
+    ) -> Result<Result<Arc<Decision>, String>, VerifyError> {
+        if let Err(why) = self
+            .subject_admitted(state, upstreams, route, subject)
+            .await?
+        {
+            return Ok(Err(why));
+        }
+        let budget = self.evidence.budget();
+        let upstream = &upstreams[route.upstream];
+        match artifact::check_content(upstream, &budget, &route.repository, reading).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) | Err(VerifyError::Limit(why)) => return Ok(Err(why)),
+            Err(e) => return Err(e),
+        }
+        Ok(Ok(Arc::new(Decision {
+            verdict: Verdict::Exempt,
+            rule: RuleSource::Artifact,
+            evaluation: rule.evaluation,
+            enforcement: rule.enforcement,
+            attestors: Vec::new(),
+            reason: format!(
+                "evidence for admitted image {subject}: every layer is a signature or \
+                 attestation (content checked), so it cannot run"
+            ),
+        })))
+    }
+
+    /// Whether the image `subject` (in `route`'s repository) is admitted
+    /// under the current policy: a cached verdict, an admitted index
+    /// listing it, or a verification now. `Ok(Err(why))` when it is not.
+    async fn subject_admitted(
+        &self,
+        state: &State,
+        upstreams: &[Arc<Upstream>],
+        route: &Route,
+        subject: &Digest,
+    ) -> Result<Result<(), String>, VerifyError> {
+        let key = state.scope(route).key_of(subject);
+        let denied = |decision: &Decision| {
+            Err(format!(
+                "the image it is evidence for ({subject}) is not admitted: {}",
+                decision.reason
+            ))
+        };
+        if let Some(hit) = self.verdicts.get(&key) {
+            return Ok(if hit.decision.serves() {
+                Ok(())
+            } else {
+                denied(&hit.decision)
+            });
+        }
+        if self.content.child(&key).is_some() {
+            return Ok(Ok(()));
+        }
+        let upstream = &upstreams[route.upstream];
+        let Some(manifest) = fetch_manifest(upstream, &route.repository, subject).await? else {
+            return Ok(Err(format!(
+                "the image it is evidence for ({subject}) is not in the repository"
+            )));
+        };
+        // Evidence of evidence is not followed: one level only.
+        if read(&manifest).is_ok_and(|r| r.subject.is_some()) {
+            return Ok(Err(format!(
+                "{subject}, which it is evidence for, is itself a referrer"
+            )));
+        }
+        let subject_route = Route {
+            endpoint: Endpoint::Manifest(Reference::Digest(subject.clone())),
+            ..route.clone()
+        };
+        match Box::pin(self.admit(upstreams, &subject_route, &manifest)).await? {
+            Outcome::Admitted(_) => Ok(Ok(())),
+            Outcome::Denied { decision, .. } => Ok(denied(&decision)),
+        }
     }
 
     /// Looks up the evidence `rule`'s attestors can use for `digest`: one
     /// lookup per signature location, shared by the attestors that keep
-    /// their signatures there. Needs the digest only, not the manifest.
+    /// their signatures there, all under one evidence budget. Needs the
+    /// digest only, not the manifest.
     async fn gather<'s>(
         &self,
         state: &'s State,
@@ -756,6 +886,7 @@ impl Verifier {
     ) -> Result<Gathered<'s>, VerifyError> {
         let policy = &*state.policy;
         let name = route.canonical();
+        let budget = self.evidence.budget();
         let mut locations: HashMap<(usize, String), Vec<&'s Attestor>> = HashMap::new();
         for attestor_name in &rule.attestors {
             let Some(attestor) = policy.attestors.get(attestor_name) else {
@@ -770,6 +901,7 @@ impl Verifier {
             let found = self
                 .lookup(
                     Arc::clone(&upstreams[upstream_index]),
+                    &budget,
                     &repository,
                     &name,
                     digest,
@@ -778,15 +910,20 @@ impl Verifier {
                 .await?;
             gathered.push((attestors, found));
         }
-        Ok(gathered)
+        Ok(Gathered {
+            locations: gathered,
+            _budget: budget,
+        })
     }
 
     /// Looks up, concurrently, everything one location holds for `digest`
     /// (an image of the repository `name`) that `attestors` can use:
-    /// `.sig` signatures, `.att` envelopes and referrer bundles.
+    /// `.sig` signatures, `.att` envelopes and referrer bundles, every
+    /// byte charged to `budget`.
     pub async fn lookup(
         &self,
         upstream: Arc<Upstream>,
+        budget: &Arc<budget::Budget>,
         repository: &str,
         name: &str,
         digest: &Digest,
@@ -798,18 +935,18 @@ impl Verifier {
             }
             self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
             let likely = simple_signing::likely_payloads(name, &digest.to_string());
-            cosign::signatures(Arc::clone(&upstream), repository, digest, &likely).await
+            cosign::signatures(Arc::clone(&upstream), budget, repository, digest, &likely).await
         };
         let envelopes = async {
             if !wants.attestations {
                 return Ok(Vec::new());
             }
             self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
-            cosign::attestations(Arc::clone(&upstream), repository, digest).await
+            cosign::attestations(Arc::clone(&upstream), budget, repository, digest).await
         };
         let bundles = async {
             self.stats.referrer_lookups.fetch_add(1, Ordering::Relaxed);
-            referrers::bundles(Arc::clone(&upstream), repository, digest).await
+            referrers::bundles(Arc::clone(&upstream), budget, repository, digest).await
         };
         let (signatures, envelopes, bundles) = tokio::try_join!(signatures, envelopes, bundles)?;
         Ok(Found {
@@ -836,6 +973,7 @@ impl Verifier {
             digest: &manifest.digest,
             manifest: &manifest.bytes,
             identity: &rule.signed_identity,
+            require_named: rule.require_named_identity,
         };
         let mut attestors: Vec<&Attestor> = policy.attestors.values().collect();
         attestors.sort_by(|a, b| a.name.cmp(&b.name));
@@ -845,12 +983,14 @@ impl Verifier {
                 signature_location(upstreams, route, attestor.signature_repository.as_deref());
             locations.entry(location).or_default().push(attestor);
         }
+        let budget = self.evidence.budget();
         let mut found: HashMap<&str, Vec<Evidence>> = HashMap::new();
         for ((upstream_index, repository), at_location) in &locations {
             // Everything there, whatever these attestors would use.
             let all = self
                 .lookup(
                     Arc::clone(&upstreams[*upstream_index]),
+                    &budget,
                     repository,
                     &name,
                     &manifest.digest,
@@ -884,58 +1024,30 @@ impl Verifier {
             .collect())
     }
 
-    async fn artifact_config_is_inert(
-        &self,
-        upstream: &Upstream,
-        route: &Route,
-        shape: &cosign::ManifestShape,
-    ) -> Result<bool, VerifyError> {
-        let Some(config) = &shape.config else {
-            return Ok(false);
-        };
-        let Ok(digest) = config.digest.parse::<Digest>() else {
-            return Ok(false);
-        };
-        if config.size > MAX_ARTIFACT_CONFIG_BYTES as u64 {
-            return Ok(false);
-        }
-        let bytes = cosign::fetch_blob(
-            upstream,
-            &route.repository,
-            &digest,
-            MAX_ARTIFACT_CONFIG_BYTES,
-        )
-        .await?;
-        Ok(cosign::config_is_inert(&bytes))
-    }
-
     /// Makes the config and layers of an admitted manifest servable and,
     /// for an index, admits the manifests it lists (they are then allowed
     /// as "listed by admitted index …", one decision shared by them all);
-    /// returns the content epoch they were registered in.
-    fn register(
-        &self,
-        state: &State,
-        scope: &Scope,
-        route: &Route,
-        manifest: &Manifest,
-        shape: Option<&cosign::ManifestShape>,
-    ) -> u32 {
-        let Some(shape) = shape else {
+    /// returns the content epoch they were registered in. A manifest
+    /// without one unambiguous reading registers nothing.
+    fn register(&self, state: &State, scope: &Scope, route: &Route, manifest: &Manifest) -> u32 {
+        let Ok(reading) = read(manifest) else {
             // Nothing to register: current by definition.
             return self.content.epoch();
         };
-        let blobs: Vec<cache::Id> = shape
+        let blobs: Vec<cache::Id> = reading
             .config
             .iter()
-            .chain(shape.layers.iter())
-            .map(|b| scope.key(&b.digest).id)
+            .chain(reading.layers.iter())
+            .map(|b| scope.key_of(&b.digest).id)
             .collect();
-        let content_type = manifest.media_type.to_str().unwrap_or("");
-        if !shape.is_index(content_type) {
+        if reading.kind != Kind::Index {
             return self.content.admit(state.generation, &blobs, &[], None);
         }
-        let children: Vec<Key> = shape.children.iter().map(|c| scope.key(c)).collect();
+        let children: Vec<Key> = reading
+            .children
+            .iter()
+            .map(|c| scope.key_of(&c.digest))
+            .collect();
         let ids: Vec<cache::Id> = children.iter().map(|k| k.id).collect();
         let rule = state.policy.rule_for(&route.canonical());
         let listed = Arc::new(Decision {
@@ -955,6 +1067,59 @@ impl Verifier {
         }
         epoch
     }
+}
+
+/// The one reading of a manifest ([`crate::oci::manifest::read`]).
+fn read(manifest: &Manifest) -> Result<Reading, crate::oci::manifest::Unreadable> {
+    crate::oci::manifest::read(&manifest.bytes, manifest.media_type.to_str().unwrap_or(""))
+}
+
+/// Every manifest type a client may accept, for fetching a subject image.
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
+
+/// Fetches the manifest `digest` of `repository` (bounded, digest-checked);
+/// `None` when the upstream does not have it.
+async fn fetch_manifest(
+    upstream: &Upstream,
+    repository: &str,
+    digest: &Digest,
+) -> Result<Option<Manifest>, VerifyError> {
+    let what = format!("{}/{repository}@{digest}", upstream.registry);
+    let mut accept = http::HeaderMap::new();
+    accept.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(ACCEPT_MANIFESTS),
+    );
+    let path = format!("/v2/{repository}/manifests/{digest}");
+    let response = upstream
+        .fetch(http::Method::GET, &path, repository, &accept)
+        .await?;
+    match response.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Ok(None),
+        status => return Err(VerifyError::Status { what, status }),
+    }
+    let media_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| http::HeaderValue::from_static(""));
+    let bytes = cosign::read_bounded(
+        response.into_body(),
+        crate::serve::MAX_MANIFEST_BYTES,
+        &what,
+    )
+    .await?;
+    if digest.same_algorithm_of(&bytes) != *digest {
+        return Err(VerifyError::Invalid {
+            what,
+            reason: "content does not match its digest".into(),
+        });
+    }
+    Ok(Some(Manifest::new(bytes, digest.clone(), media_type)))
 }
 
 /// Statuses meaning "no referrers API here": the spec says 404; some

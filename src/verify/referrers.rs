@@ -13,13 +13,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use serde::Deserialize;
 
+use super::budget::Budget;
 use super::bundle::is_bundle_media_type;
-use super::cosign::{fetch_blob, read_bounded, MAX_ENVELOPE_BYTES};
+use super::cosign::MAX_ENVELOPE_BYTES;
 use super::VerifyError;
 use crate::oci::{media, Digest};
-use crate::serve::MAX_MANIFEST_BYTES;
 use crate::upstream::Upstream;
 
 /// Referrer manifests examined per image; more is a hostile or broken
@@ -34,51 +33,49 @@ const EMPTY_ARTIFACT: &str = "application/vnd.oci.empty.v1+json";
 /// A bundle found, or why a referrer could not give one.
 pub type Found = (String, Result<Bytes, String>);
 
-#[derive(Deserialize)]
 struct Index {
-    #[serde(default)]
     manifests: Vec<Descriptor>,
 }
 
-#[derive(Deserialize)]
 struct Descriptor {
-    #[serde(default)]
     digest: String,
-    #[serde(rename = "artifactType", default)]
     artifact_type: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ReferrerManifest {
-    #[serde(default)]
-    layers: Vec<super::cosign::Layer>,
-    #[serde(default)]
-    subject: Option<Subject>,
-}
-
-#[derive(Deserialize)]
-struct Subject {
-    #[serde(default)]
-    digest: String,
+/// A referrers index, read unambiguously ([`crate::oci::json::Strict`]).
+fn read_index(bytes: &[u8]) -> Result<Index, String> {
+    use crate::oci::json::Strict;
+    let doc = Strict::parse(bytes).map_err(|e| e.to_string())?;
+    let manifests = match doc.get("manifests") {
+        None | Some(Strict::Null) => &[][..],
+        Some(Strict::Array(m)) => m,
+        Some(_) => return Err("manifests is not a list".into()),
+    };
+    let text = |d: &Strict, key: &str| d.get(key).and_then(Strict::as_str).map(str::to_owned);
+    Ok(Index {
+        manifests: manifests
+            .iter()
+            .map(|d| Descriptor {
+                digest: text(d, "digest").unwrap_or_default(),
+                artifact_type: text(d, "artifactType"),
+            })
+            .collect(),
+    })
 }
 
 /// Every sigstore bundle attached to `digest` in `repository`.
 pub async fn bundles(
     upstream: Arc<Upstream>,
+    budget: &Arc<Budget>,
     repository: &str,
     digest: &Digest,
 ) -> Result<Vec<Found>, VerifyError> {
-    let Some((listing, index)) = list(&upstream, repository, digest).await? else {
+    let Some((listing, index)) = list(&upstream, budget, repository, digest).await? else {
         return Ok(Vec::new());
     };
-    let index: Index = match serde_json::from_slice(&index) {
+    let index = match read_index(&index) {
         Ok(i) => i,
-        Err(e) => {
-            return Ok(vec![(
-                listing,
-                Err(format!("referrers index is not valid JSON: {e}")),
-            )])
-        }
+        Err(e) => return Ok(vec![(listing, Err(format!("referrers index: {e}")))]),
     };
     let mut found = Vec::new();
     let mut fetches = tokio::task::JoinSet::new();
@@ -103,10 +100,12 @@ pub async fn bundles(
             continue;
         };
         let upstream = Arc::clone(&upstream);
+        let budget = Arc::clone(budget);
         let repository = repository.to_owned();
         let subject = digest.to_string();
         fetches.spawn(async move {
-            let result = referrer_bundles(&upstream, &repository, &referrer, &subject).await;
+            let result =
+                referrer_bundles(&upstream, &budget, &repository, &referrer, &subject).await;
             (count, source, result)
         });
     }
@@ -144,6 +143,7 @@ fn may_hold_bundle(artifact_type: Option<&str>) -> bool {
 /// tag when the upstream has no API. `None` when there is neither.
 async fn list(
     upstream: &Upstream,
+    budget: &Budget,
     repository: &str,
     digest: &Digest,
 ) -> Result<Option<(String, Bytes)>, VerifyError> {
@@ -159,7 +159,7 @@ async fn list(
             .await?;
         match response.status() {
             StatusCode::OK => {
-                let bytes = read_bounded(response.into_body(), MAX_MANIFEST_BYTES, &what).await?;
+                let bytes = budget.read_manifest(response, &what).await?;
                 return Ok(Some((what, bytes)));
             }
             // No referrers API: the tag schema.
@@ -175,7 +175,7 @@ async fn list(
         .await?;
     match response.status() {
         StatusCode::OK => {
-            let bytes = read_bounded(response.into_body(), MAX_MANIFEST_BYTES, &what).await?;
+            let bytes = budget.read_manifest(response, &what).await?;
             Ok(Some((what, bytes)))
         }
         StatusCode::NOT_FOUND => Ok(None),
@@ -188,6 +188,7 @@ async fn list(
 /// an unparsable manifest); upstream failures are `VerifyError`s inside.
 async fn referrer_bundles(
     upstream: &Upstream,
+    budget: &Budget,
     repository: &str,
     referrer: &Digest,
     subject: &str,
@@ -208,19 +209,19 @@ async fn referrer_bundles(
         StatusCode::NOT_FOUND => return Ok(Err("listed referrer manifest not found".into())),
         status => return Err(VerifyError::Status { what, status }),
     }
-    let bytes = read_bounded(response.into_body(), MAX_MANIFEST_BYTES, &what).await?;
+    let bytes = budget.read_manifest(response, &what).await?;
     if referrer.same_algorithm_of(&bytes) != *referrer {
         return Err(VerifyError::Invalid {
             what,
             reason: "content does not match its digest".into(),
         });
     }
-    let manifest: ReferrerManifest = match serde_json::from_slice(&bytes) {
+    let manifest = match crate::oci::manifest::read(&bytes, media::OCI_MANIFEST) {
         Ok(m) => m,
-        Err(e) => return Ok(Err(format!("referrer manifest is not valid JSON: {e}"))),
+        Err(e) => return Ok(Err(format!("referrer manifest: {e}"))),
     };
     if let Some(s) = &manifest.subject {
-        if s.digest != subject {
+        if s.digest.to_string() != subject {
             return Ok(Err(format!(
                 "referrer's subject is {}, not {subject}",
                 s.digest
@@ -244,13 +245,7 @@ async fn referrer_bundles(
             ));
             continue;
         }
-        let Ok(digest) = layer.digest.parse::<Digest>() else {
-            out.push((
-                number,
-                Err(format!("invalid layer digest {:?}", layer.digest)),
-            ));
-            continue;
-        };
+        let digest = &layer.digest;
         if layer.size > MAX_ENVELOPE_BYTES as u64 {
             out.push((
                 number,
@@ -261,7 +256,9 @@ async fn referrer_bundles(
             ));
             continue;
         }
-        let blob = fetch_blob(upstream, repository, &digest, MAX_ENVELOPE_BYTES).await?;
+        let blob = budget
+            .blob(upstream, repository, digest, layer.size, MAX_ENVELOPE_BYTES)
+            .await?;
         out.push((number, Ok(blob)));
     }
     Ok(Ok(out))

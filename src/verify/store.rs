@@ -535,6 +535,7 @@ mod tests {
             digest: &digest,
             manifest: b"",
             identity: &SignedIdentity::MatchRepository,
+            require_named: false,
         };
         let items = store.items_for(KRITIS_DIGEST);
         let found = evidence::from_store(&items, &kritis, &target);

@@ -1,6 +1,9 @@
 //! OCI vocabulary: digests, repository names, tags and media types, with the
 //! validation rules of the distribution spec.
 
+pub mod json;
+pub mod manifest;
+
 use std::fmt;
 use std::str::FromStr;
 

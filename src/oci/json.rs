@@ -1,0 +1,259 @@
+//! One unambiguous reading of JSON that Portcullis and container runtimes
+//! both parse.
+//!
+//! Go's `encoding/json`, which distribution, containerd, podman, cri-o and
+//! skopeo decode manifests and configs with, matches object keys to struct
+//! fields case-insensitively (Unicode simple folding: `"Config"`,
+//! `"CONFIG"` and even `"\u017Fize"` for `size`) and keeps the last of
+//! duplicate keys. serde matches exact keys and (for structs) rejects
+//! duplicates or (for maps) keeps the last. Where the two readings can
+//! differ, an attacker who controls the bytes chooses which one each side
+//! sees. [`Strict`] refuses every document where they could differ: any
+//! object, at any depth, holding two keys that are equal after case
+//! folding. What remains reads the same either way, and [`Strict::get`]
+//! looks keys up the way Go does (case-insensitively), so Portcullis sees
+//! the fields a runtime will see.
+//!
+//! Nesting is bounded by serde_json's recursion limit (128).
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// A JSON value whose objects have no case-folding key collisions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strict {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+    Array(Vec<Strict>),
+    /// Entries in document order; keys are unique after [`fold`].
+    Object(Vec<(String, Strict)>),
+}
+
+/// Why bytes have no single reading.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ambiguous {
+    #[error("not valid JSON: {0}")]
+    Syntax(String),
+    #[error("keys {first:?} and {second:?} collide (JSON decoders disagree on which one counts)")]
+    Collision { first: String, second: String },
+}
+
+/// A key as Go's decoder compares it: Unicode simple case folding, which
+/// also maps the Kelvin sign to `k` and the long s to `s`.
+pub fn fold(key: &str) -> String {
+    key.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl Strict {
+    /// Parses `bytes`, refusing colliding keys anywhere in the document.
+    pub fn parse(bytes: &[u8]) -> Result<Strict, Ambiguous> {
+        serde_json::from_slice::<Parsed>(bytes)
+            .map(|p| p.0)
+            .map_err(|e| {
+                let text = e.to_string();
+                match text.strip_prefix(COLLISION) {
+                    Some(rest) => {
+                        let (first, second) = rest.split_once('\u{0}').unwrap_or((rest, ""));
+                        let second = second.split(" at line").next().unwrap_or(second);
+                        Ambiguous::Collision {
+                            first: first.to_owned(),
+                            second: second.to_owned(),
+                        }
+                    }
+                    None => Ambiguous::Syntax(text),
+                }
+            })
+    }
+
+    /// The value of `key` in an object, matched case-insensitively as a
+    /// Go decoder would (unambiguous: keys do not collide).
+    pub fn get(&self, key: &str) -> Option<&Strict> {
+        let Strict::Object(entries) = self else {
+            return None;
+        };
+        let folded = fold(key);
+        entries
+            .iter()
+            .find(|(k, _)| k == key || fold(k) == folded)
+            .map(|(_, v)| v)
+    }
+
+    /// Whether an object has `key` (case-insensitively), whatever its
+    /// value, `null` included.
+    pub fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Strict::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Strict]> {
+        match self {
+            Strict::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Strict::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+
+    pub fn is_object(&self) -> bool {
+        matches!(self, Strict::Object(_))
+    }
+
+    /// Absent-like for a Go decoder: `null`, `""`, `[]`, `{}` or `false`
+    /// leave a field at its zero value.
+    pub fn is_empty_value(&self) -> bool {
+        match self {
+            Strict::Null => true,
+            Strict::Bool(b) => !b,
+            Strict::String(s) => s.is_empty(),
+            Strict::Array(a) => a.is_empty(),
+            Strict::Object(o) => o.is_empty(),
+            Strict::Number(_) => false,
+        }
+    }
+}
+
+/// Marks a collision in serde's custom error text (NUL separates the keys).
+const COLLISION: &str = "portcullis-json-collision:";
+
+struct Parsed(Strict);
+
+impl<'de> Deserialize<'de> for Parsed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Parsed)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Strict, E> {
+        serde_json::Number::from_f64(v)
+            .map(Strict::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict::String(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Parsed(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Strict::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut entries: Vec<(String, Strict)> = Vec::new();
+        let mut folded: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let f = fold(&key);
+            if let Some(i) = folded.iter().position(|g| *g == f) {
+                return Err(de::Error::custom(format_args!(
+                    "{COLLISION}{}\u{0}{key}",
+                    entries[i].0
+                )));
+            }
+            let Parsed(value) = map.next_value()?;
+            folded.push(f);
+            entries.push((key, value));
+        }
+        Ok(Strict::Object(entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_documents_parse_and_keys_are_found_as_go_finds_them() {
+        let v = Strict::parse(
+            br#"{"Config":{"Entrypoint":["/x"]},"os":"linux","n":[1,2.5,null,true]}"#,
+        )
+        .expect("parses");
+        assert!(v.get("config").and_then(|c| c.get("entrypoint")).is_some());
+        assert_eq!(v.get("OS").and_then(Strict::as_str), Some("linux"));
+        assert!(v.get("missing").is_none());
+    }
+
+    #[test]
+    fn duplicates_and_case_variants_are_refused_at_any_depth() {
+        for doc in [
+            &br#"{"os":"","os":"linux"}"#[..],
+            br#"{"os":"","OS":"linux"}"#,
+            br#"{"config":{"Entrypoint":null,"entrypoint":["/bin/sh"]}}"#,
+            br#"{"a":[{"b":{"size":1,"SIZE":2}}]}"#,
+            // Go folds the Kelvin sign to k and the long s to s.
+            "{\"kind\":1,\"\u{212A}ind\":2}".as_bytes(),
+            "{\"size\":1,\"\u{17F}ize\":2}".as_bytes(),
+        ] {
+            match Strict::parse(doc) {
+                Err(Ambiguous::Collision { .. }) => {}
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(doc)),
+            }
+        }
+    }
+
+    #[test]
+    fn the_collision_names_both_keys() {
+        let err = Strict::parse(br#"{"layers":[],"Layers":[]}"#).expect_err("collides");
+        assert_eq!(
+            err,
+            Ambiguous::Collision {
+                first: "layers".into(),
+                second: "Layers".into()
+            }
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_not_collisions() {
+        assert!(matches!(Strict::parse(b"{"), Err(Ambiguous::Syntax(_))));
+        assert!(matches!(Strict::parse(b"[1,]"), Err(Ambiguous::Syntax(_))));
+    }
+}
