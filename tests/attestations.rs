@@ -21,11 +21,13 @@ use common::Proxy;
 const BUILDER: &str = "https://ci.example.com/builder@v1";
 const SLSA_V1: &str = "https://slsa.dev/provenance/v1";
 
-/// A SLSA v1 statement about `digest`, built by `builder` from `source`.
-fn statement(digest: &str, builder: &str, source: &str) -> Vec<u8> {
+/// A SLSA v1 statement about `digest` in the repository `name` (as cosign
+/// names its subject: `<registry>/<repository>`), built by `builder` from
+/// `source`.
+fn statement(name: &str, digest: &str, builder: &str, source: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": "app", "digest": {"sha256": digest.trim_start_matches("sha256:")}}],
+        "subject": [{"name": name, "digest": {"sha256": digest.trim_start_matches("sha256:")}}],
         "predicateType": SLSA_V1,
         "predicate": {
             "buildDefinition": {
@@ -124,20 +126,35 @@ fn built_by_ci_provenance_rule() {
     let good = openssl_envelope(
         dir.path(),
         &key,
-        &statement(&digests[0], BUILDER, good_source),
+        &statement(
+            &format!("{}/good/app", registry.host()),
+            &digests[0],
+            BUILDER,
+            good_source,
+        ),
     );
     push_attestation(&registry, "good/app", &digests[0], &good);
     // Provenance from another builder, properly signed.
     let evil = openssl_envelope(
         dir.path(),
         &key,
-        &statement(&digests[1], "https://evil.example/builder", good_source),
+        &statement(
+            &format!("{}/evil/app", registry.host()),
+            &digests[1],
+            "https://evil.example/builder",
+            good_source,
+        ),
     );
     push_attestation(&registry, "evil/app", &digests[1], &evil);
     // Good provenance for another digest, replayed.
     push_attestation(&registry, "replayed/app", &digests[2], &good);
     // Provenance whose predicate was edited after signing.
-    let honest = statement(&digests[3], "https://evil.example/builder", good_source);
+    let honest = statement(
+        &format!("{}/edited/app", registry.host()),
+        &digests[3],
+        "https://evil.example/builder",
+        good_source,
+    );
     let signed = openssl_envelope(dir.path(), &key, &honest);
     let mut envelope: serde_json::Value = serde_json::from_slice(&signed).unwrap();
     let edited = String::from_utf8(honest)
@@ -322,10 +339,23 @@ fn securesystemslib_provenance_is_enforced() {
     let (pem, envelopes) = securesystemslib_envelopes(
         dir.path(),
         &[
-            ("good", statement(&good.digest, BUILDER, source)),
+            (
+                "good",
+                statement(
+                    &format!("{}/sslib/good", registry.host()),
+                    &good.digest,
+                    BUILDER,
+                    source,
+                ),
+            ),
             (
                 "evil",
-                statement(&evil.digest, "https://evil.example/builder", source),
+                statement(
+                    &format!("{}/sslib/evil", registry.host()),
+                    &evil.digest,
+                    "https://evil.example/builder",
+                    source,
+                ),
             ),
         ],
     );

@@ -1234,12 +1234,12 @@ fn cosign_v3_classic_signature() {
         "captured .sig manifest of an absent image",
     );
     // The same bytes as evidence of the stand-in, which they do not sign:
-    // the stand-in is denied, so its evidence is refused too.
+    // the stand-in is denied, so they are not served there either.
     let standin_tag = format!("{}.sig", standin.manifest_digest.replacen(':', "-", 1));
     let r = get_manifest(&proxy, V3_REPO, &standin_tag);
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains(&sha256_digest(&sig)), "{}", r.text());
-    assert!(r.text().contains("is not admitted"), "{}", r.text());
+    assert!(r.text().contains("not served as evidence"), "{}", r.text());
     drop(proxy);
 
     // Another key: the same signature does not verify at all.
