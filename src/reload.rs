@@ -54,6 +54,7 @@ pub fn reload(app: &App, config_path: &Path, why: &str) -> Result<String, String
         Err(e) => {
             app.observer.metrics.reload(false);
             tracing::error!(%why, kept = %previous, "policy reload failed; keeping the previous policy: {e}");
+            app.observer.reload_failed(why, &previous, &e);
             Err(e)
         }
     }
