@@ -521,6 +521,19 @@ impl Config {
                     ),
                 ));
             }
+            if crate::oci::DOCKER_HUB_ALIASES.contains(&u.registry.as_str()) {
+                return Err(invalid(
+                    field("registry"),
+                    "registry",
+                    &u.registry,
+                    format!(
+                        "{:?} is Docker Hub, which Portcullis names docker.io (as image \
+                         references, policies and signatures do): write registry: docker.io \
+                         (its default url is https://registry-1.docker.io)",
+                        u.registry
+                    ),
+                ));
+            }
             if !registries.insert(u.registry.as_str()) {
                 return Err(invalid(
                     field("registry"),
@@ -667,6 +680,17 @@ impl Config {
             .iter()
             .position(|u| u.default)
             .or((self.upstreams.len() == 1).then_some(0))
+    }
+
+    /// What is worth a warning in a policy that loads: name patterns that
+    /// can match no image served through this configuration's upstreams.
+    /// `portcullis check` prints them; `serve` logs them at startup and on
+    /// every reload, and starts anyway (a policy may be shared by proxies
+    /// fronting other registries, and images of a registry that is not an
+    /// upstream cannot be pulled through this one at all).
+    pub fn policy_warnings(&self, policy: &Policy) -> Vec<String> {
+        let registries: Vec<&str> = self.upstreams.iter().map(|u| u.registry.as_str()).collect();
+        policy.unreachable_patterns(&registries)
     }
 
     /// A human summary for `portcullis check` and the startup log.
@@ -830,6 +854,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("upstreams[0].registry"), "{e}");
+
+        for alias in crate::oci::DOCKER_HUB_ALIASES {
+            let e = load(&format!(
+                "listen: 127.0.0.1:1\nupstreams:\n  - registry: {alias}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("upstreams[0].registry") && e.contains("write registry: docker.io"),
+                "{e}"
+            );
+        }
 
         let e = load("listen: nope\nupstreams:\n  - registry: a.io\n")
             .unwrap_err()

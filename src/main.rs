@@ -188,6 +188,9 @@ fn main() -> ExitCode {
                         config.summary(),
                         policy.summary()
                     );
+                    for warning in config.policy_warnings(&policy) {
+                        eprintln!("warning: {warning}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -148,6 +148,7 @@ pub struct Metrics {
     alerts_sent: Counter<u64, AtomicU64>,
     alerts_failed: Counter<u64, AtomicU64>,
     alerts_dropped: Counter<u64, AtomicU64>,
+    alerts_coalesced: Counter<u64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,6 +169,7 @@ pub struct Snapshot {
     pub alerts_sent: u64,
     pub alerts_failed: u64,
     pub alerts_dropped: u64,
+    pub alerts_coalesced: u64,
 }
 
 impl Default for Metrics {
@@ -294,8 +296,14 @@ impl Metrics {
         let alerts_dropped = Counter::<u64, AtomicU64>::default();
         registry.register(
             "alerts_dropped",
-            "Webhook alerts dropped because the queue was full",
+            "Webhook alerts dropped because the webhook's queue (lane) was full",
             alerts_dropped.clone(),
+        );
+        let alerts_coalesced = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "alerts_coalesced",
+            "Denials and dry-run would-denials folded into a coalesced alert (one alert with a count) instead of sent on their own",
+            alerts_coalesced.clone(),
         );
         Metrics {
             registry,
@@ -319,6 +327,7 @@ impl Metrics {
             alerts_sent,
             alerts_failed,
             alerts_dropped,
+            alerts_coalesced,
         }
     }
 
@@ -460,6 +469,7 @@ impl Metrics {
         set(&self.alerts_sent, snapshot.alerts_sent);
         set(&self.alerts_failed, snapshot.alerts_failed);
         set(&self.alerts_dropped, snapshot.alerts_dropped);
+        set(&self.alerts_coalesced, snapshot.alerts_coalesced);
         self.cache_entries
             .set(i64::try_from(snapshot.cache_entries).unwrap_or(i64::MAX));
         let mut out = String::new();

@@ -41,19 +41,26 @@ pub fn reload(app: &App, config_path: &Path, why: &str) -> Result<String, String
     let previous = app.verifier.policy().revision.clone();
     let result = Config::load(config_path)
         .map_err(|e| e.to_string())
-        .and_then(|c| c.compile_policy().map_err(|e| e.to_string()));
+        .and_then(|c| {
+            let policy = c.compile_policy().map_err(|e| e.to_string())?;
+            Ok((c.policy_warnings(&policy), policy))
+        });
     match result {
-        Ok(policy) => {
+        Ok((warnings, policy)) => {
             let revision = policy.revision.clone();
             app.verifier.set_policy(policy);
             app.observer.metrics.reload(true);
             app.observer.metrics.policy_loaded(&revision);
             tracing::info!(%why, %previous, %revision, "policy reloaded");
+            for warning in warnings {
+                tracing::warn!(%revision, "{warning}");
+            }
             Ok(revision)
         }
         Err(e) => {
             app.observer.metrics.reload(false);
             tracing::error!(%why, kept = %previous, "policy reload failed; keeping the previous policy: {e}");
+            app.observer.reload_failed(why, &previous, &e);
             Err(e)
         }
     }

@@ -116,6 +116,9 @@ pub async fn serve(
         for line in policy.summary().lines() {
             tracing::info!("{line}");
         }
+        for warning in config.policy_warnings(&policy) {
+            tracing::warn!("{warning}");
+        }
     } else {
         tracing::warn!(
             "NO POLICY CONFIGURED: every image is served without any signature check (ALWAYS_ALLOW)"

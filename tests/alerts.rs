@@ -1,6 +1,7 @@
 //! Alert webhooks against a local HTTP receiver: JSON and Slack bodies,
 //! per-webhook filters, retry with backoff, non-retryable failures, full
-//! queues and timeouts. The module is driven directly as a library.
+//! queues and timeouts, the urgent lane and coalescing. The module is
+//! driven directly as a library.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
@@ -55,6 +56,8 @@ struct Receiver {
 struct Behaviour {
     script: Mutex<VecDeque<u16>>,
     then: u16,
+    /// Which requests (by body) wait at the gate.
+    hold: fn(&[u8]) -> bool,
     gate: Arc<Semaphore>,
     seen: Arc<Mutex<Vec<Seen>>>,
     count: watch::Sender<usize>,
@@ -68,6 +71,21 @@ impl Receiver {
 
     /// `open: false` holds every response until [`Receiver::release`].
     async fn start_gated(script: &[u16], then: u16, open: bool) -> Receiver {
+        Self::start_with(script, then, open, |_| true).await
+    }
+
+    /// Answers 200, but holds the responses to the requests whose body
+    /// `hold` picks until [`Receiver::release`].
+    async fn start_holding(hold: fn(&[u8]) -> bool) -> Receiver {
+        Self::start_with(&[], 200, false, hold).await
+    }
+
+    async fn start_with(
+        script: &[u16],
+        then: u16,
+        open: bool,
+        hold: fn(&[u8]) -> bool,
+    ) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let gate = Arc::new(Semaphore::new(if open {
@@ -80,6 +98,7 @@ impl Receiver {
         let behaviour = Arc::new(Behaviour {
             script: Mutex::new(script.iter().copied().collect()),
             then,
+            hold,
             gate: Arc::clone(&gate),
             seen: Arc::clone(&seen),
             count: count_tx,
@@ -148,6 +167,7 @@ async fn handle(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
+    let held = (b.hold)(&body);
     let status = {
         let mut seen = b.seen.lock().unwrap();
         seen.push(Seen {
@@ -161,7 +181,11 @@ async fn handle(
         b.script.lock().unwrap().pop_front().unwrap_or(b.then)
     };
     // Held here until released (a stalled webhook).
-    let _permit = b.gate.acquire().await;
+    let _permit = if held {
+        Some(b.gate.acquire().await)
+    } else {
+        None
+    };
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
     Ok(response)
@@ -271,7 +295,13 @@ async fn slack_body_is_a_slack_message() {
 
     let seen = rx.seen();
     assert_eq!(seen.len(), 2);
-    let deny = seen[0].json();
+    // The two go on different lanes (break-glass on the urgent one), so
+    // either may arrive first.
+    let (deny, glass): (Vec<_>, Vec<_>) = seen
+        .iter()
+        .map(Seen::json)
+        .partition(|b| b["text"].as_str().unwrap().starts_with(":no_entry:"));
+    let deny = deny[0].clone();
     assert_eq!(
         deny["text"],
         ":no_entry: Portcullis denied 127.0.0.1:5001/demo/app:latest@sha256:\
@@ -307,7 +337,7 @@ async fn slack_body_is_a_slack_message() {
     // No record dump in a Slack message.
     assert!(deny.get("record").is_none());
 
-    let glass = seen[1].json();
+    let glass = glass[0].clone();
     let text = glass["text"].as_str().unwrap();
     assert!(
         text.starts_with(":rotating_light: Portcullis break-glass"),
@@ -345,8 +375,11 @@ async fn each_webhook_gets_only_the_events_it_asked_for() {
     flushed(&alerter).await;
     assert_eq!(counts(&alerter.stats()), (4, 0, 0, 0));
 
+    // By request: break-glass goes on the urgent lane, so a webhook may
+    // get it before an earlier denial.
     let events = |rx: &Receiver| -> Vec<(String, u64)> {
-        rx.seen()
+        let mut events: Vec<(String, u64)> = rx
+            .seen()
             .iter()
             .map(|s| {
                 let b = s.json();
@@ -355,7 +388,9 @@ async fn each_webhook_gets_only_the_events_it_asked_for() {
                     b["record"]["request_id"].as_u64().unwrap(),
                 )
             })
-            .collect()
+            .collect();
+        events.sort_by_key(|(_, id)| *id);
+        events
     };
     assert_eq!(events(&denies), [("deny".to_owned(), 1)]);
     assert_eq!(events(&dryruns), [("dryrun".to_owned(), 3)]);
@@ -472,13 +507,14 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
     let stats = alerter.stats();
     // The first alert reaches the receiver and stalls there: the delivery
     // task is busy with it and the queue is empty.
-    alerter.notify(&record(RecordedVerdict::Deny, 0));
+    alerter.notify(&of_image(record(RecordedVerdict::Deny, 0), 0));
     rx.wait_for(1).await;
 
     // Two more fit in the queue; the other three are dropped at once.
+    // (Denials of six images: repeats of one would be coalesced.)
     let started = Instant::now();
     for i in 1..=5 {
-        alerter.notify(&record(RecordedVerdict::Deny, i));
+        alerter.notify(&of_image(record(RecordedVerdict::Deny, i), i));
     }
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -489,11 +525,153 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
 
     rx.release();
     flushed(&alerter).await;
-    assert_eq!(counts(&stats), (3, 0, 3, 0));
-    let ids: Vec<u64> = rx
-        .seen()
+    let seen: Vec<serde_json::Value> = rx.seen().iter().map(Seen::json).collect();
+    let ids: Vec<u64> = seen
         .iter()
-        .map(|s| s.json()["record"]["request_id"].as_u64().unwrap())
+        .filter(|b| b["event"] == "deny")
+        .map(|b| b["record"]["request_id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, [0, 1, 2], "delivered in order, the overflow dropped");
+    // The webhook was told, on its urgent lane, of all three drops.
+    let notices: Vec<&serde_json::Value> =
+        seen.iter().filter(|b| b["event"] == "dropped").collect();
+    assert!(!notices.is_empty());
+    assert_eq!(
+        notices
+            .iter()
+            .map(|n| n["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        3
+    );
+    assert_eq!(counts(&stats), (3 + notices.len() as u64, 0, 3, 0));
+}
+
+/// `record` as a denial of another image (its own digest).
+fn of_image(mut record: DecisionRecord, image: u64) -> DecisionRecord {
+    record.digest = format!("sha256:{image:064x}");
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_and_reload_alerts_overtake_a_stalled_denial_backlog() {
+    // The webhook holds its answers to denials: the denial in flight
+    // never completes, and the queue behind it never drains.
+    let rx = Receiver::start_holding(|body| {
+        serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|b| b["event"] == "deny")
+    })
+    .await;
+    let alerter = Alerter::start(&config(&format!(
+        "queueSize: 2\ncoalesce: 0s\nwebhooks:\n  - url: {}\n    \
+         on: [deny, breakglass, reload]\n    timeout: 60s\n",
+        rx.url("/")
+    )))
+    .unwrap();
+    let stats = alerter.stats();
+    alerter.notify(&record(RecordedVerdict::Deny, 0));
+    rx.wait_for(1).await;
+    for i in 1..=2000 {
+        alerter.notify(&record(RecordedVerdict::Deny, i));
+    }
+    assert_eq!(counts(&stats).2, 1998, "two queued, the rest dropped");
+    alerter.notify(&record(RecordedVerdict::Breakglass, 5000));
+    alerter.notify_reload_failed("SIGHUP", "abc123", "policy: bad");
+    // Delivered while the denial is still in flight: the urgent lane has
+    // its own task. The first drop's notice went ahead of them.
+    rx.wait_for(4).await;
+    let events = |rx: &Receiver| -> Vec<String> {
+        rx.seen()
+            .iter()
+            .map(|s| s.json()["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(events(&rx), ["deny", "dropped", "breakglass", "reload"]);
+    let seen: Vec<serde_json::Value> = rx.seen().iter().map(Seen::json).collect();
+    assert_eq!(seen[2]["record"]["request_id"], 5000);
+    assert_eq!(seen[3]["kept_revision"], "abc123");
+    assert_eq!(seen[3]["trigger"], "SIGHUP");
+    assert_eq!(seen[3]["error"], "policy: bad");
+    assert!(seen[3]["time"].as_str().unwrap().ends_with('Z'));
+
+    rx.release();
+    flushed(&alerter).await;
+    let seen: Vec<serde_json::Value> = rx.seen().iter().map(Seen::json).collect();
+    let dropped: u64 = seen
+        .iter()
+        .filter(|b| b["event"] == "dropped")
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped, 1998, "every drop is told");
+    assert_eq!(
+        seen.iter().filter(|b| b["event"] == "deny").count(),
+        3,
+        "the one in flight and the two queued"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_are_coalesced_into_one_alert_with_a_count() {
+    let rx = Receiver::start(&[], 200).await;
+    let alerter = Alerter::start(&config(&format!(
+        "coalesce: 1s\nwebhooks:\n  - url: {}\n    on: [deny, dryrun]\n  \
+         - url: {}\n    coalesce: 0s\n",
+        rx.url("/coalescing"),
+        rx.url("/every")
+    )))
+    .unwrap();
+    let stats = alerter.stats();
+    for i in 0..1000 {
+        let mut r = record(RecordedVerdict::Deny, i);
+        r.time = format!("2026-05-09T07:30:{:02}.{:03}Z", i / 1000, i % 1000);
+        alerter.notify(&r);
+    }
+    alerter.notify(&record(RecordedVerdict::DryrunDeny, 2000));
+    // The window ends on its own (the ticker), without a flush.
+    rx.wait_for(3 + 1000).await;
+    let coalescing: Vec<serde_json::Value> = rx
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/coalescing")
+        .map(Seen::json)
+        .collect();
+    assert_eq!(coalescing.len(), 3, "{coalescing:#?}");
+    let denials: Vec<&serde_json::Value> =
+        coalescing.iter().filter(|b| b["event"] == "deny").collect();
+    assert_eq!(denials.len(), 2);
+    assert_eq!(denials[0]["record"]["request_id"], 0);
+    assert!(denials[0].get("count").is_none());
+    assert_eq!(denials[1]["count"], 999);
+    assert_eq!(denials[1]["first_time"], "2026-05-09T07:30:00.001Z");
+    assert_eq!(denials[1]["record"]["request_id"], 999);
+    assert_eq!(denials[1]["record"]["time"], "2026-05-09T07:30:00.999Z");
+    assert_eq!(
+        coalescing.iter().filter(|b| b["event"] == "dryrun").count(),
+        1
+    );
+    // The webhook with `coalesce: 0s` got every one.
+    assert_eq!(
+        rx.seen().iter().filter(|s| s.path == "/every").count(),
+        1000
+    );
+    flushed(&alerter).await;
+    assert_eq!(stats.coalesced.load(Ordering::Relaxed), 999);
+    assert_eq!(counts(&stats), (1003, 0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_ends_open_windows() {
+    let rx = Receiver::start(&[], 200).await;
+    let alerter =
+        Alerter::start(&config(&format!("webhooks:\n  - url: {}\n", rx.url("/")))).unwrap();
+    for i in 0..5 {
+        alerter.notify(&record(RecordedVerdict::Deny, i));
+    }
+    // The default window is a minute; a flush (as at shutdown) does not
+    // wait for it, and loses no count.
+    flushed(&alerter).await;
+    let counts: Vec<u64> = rx
+        .seen()
+        .iter()
+        .map(|s| s.json()["count"].as_u64().unwrap_or(1))
+        .collect();
+    assert_eq!(counts, [1, 4]);
 }

@@ -27,12 +27,27 @@ use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::policy::Decision;
 
+/// Alert delivery counters, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlertCounts {
+    pub sent: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    /// Decisions folded into a coalesced alert.
+    pub coalesced: u64,
+}
+
 /// Where decisions go to become alerts (the webhook alerter).
 pub trait AlertSink: Send + Sync {
     /// Queues an alert for `record` if it warrants one; never blocks.
     fn notify(&self, record: &DecisionRecord);
-    /// (sent, failed, dropped), for metrics.
-    fn counts(&self) -> (u64, u64, u64);
+    /// Delivery counters, for metrics.
+    fn counts(&self) -> AlertCounts;
+    /// A policy reload (triggered by `trigger`) failed with `error`;
+    /// `kept_revision` stays in force. Never blocks.
+    fn reload_failed(&self, trigger: &str, kept_revision: &str, error: &str) {
+        let _ = (trigger, kept_revision, error);
+    }
     /// Whether a record with `verdict` can raise an alert at all; when not,
     /// [`AlertSink::notify`] is not called for it (and the record need not
     /// be built for the alerter).
@@ -147,18 +162,23 @@ impl AlertSink for crate::alerts::Alerter {
         crate::alerts::Alerter::notify(self, record);
     }
 
-    fn counts(&self) -> (u64, u64, u64) {
+    fn counts(&self) -> AlertCounts {
         use std::sync::atomic::Ordering::Relaxed;
         let s = self.stats();
-        (
-            s.sent.load(Relaxed),
-            s.failed.load(Relaxed),
-            s.dropped.load(Relaxed),
-        )
+        AlertCounts {
+            sent: s.sent.load(Relaxed),
+            failed: s.failed.load(Relaxed),
+            dropped: s.dropped.load(Relaxed),
+            coalesced: s.coalesced.load(Relaxed),
+        }
     }
 
     fn wants(&self, verdict: RecordedVerdict) -> bool {
         crate::alerts::AlertEvent::for_verdict(verdict).is_some()
+    }
+
+    fn reload_failed(&self, trigger: &str, kept_revision: &str, error: &str) {
+        self.notify_reload_failed(trigger, kept_revision, error);
     }
 }
 
@@ -374,12 +394,20 @@ impl Observer {
             .unwrap_or((0, 0))
     }
 
-    /// Alert counters (sent, failed, dropped), for metrics.
-    pub fn alert_counts(&self) -> (u64, u64, u64) {
+    /// Alert counters, for metrics.
+    pub fn alert_counts(&self) -> AlertCounts {
         self.alerter
             .as_ref()
             .map(|a| a.counts())
-            .unwrap_or((0, 0, 0))
+            .unwrap_or_default()
+    }
+
+    /// Tells the alerter that a policy reload failed (the previous policy,
+    /// `kept_revision`, stays in force).
+    pub fn reload_failed(&self, trigger: &str, kept_revision: &str, error: &str) {
+        if let Some(alerter) = &self.alerter {
+            alerter.reload_failed(trigger, kept_revision, error);
+        }
     }
 }
 

@@ -14,6 +14,14 @@ use sha2::{Digest as _, Sha256, Sha512};
 pub const MAX_NAME_LEN: usize = 255;
 /// Longest tag allowed by the spec's tag grammar (1 + 127 characters).
 pub const MAX_TAG_LEN: usize = 128;
+/// Docker Hub's other host names. Portcullis names Docker Hub `docker.io`
+/// everywhere (canonical references, policies, upstreams); signatures and
+/// name patterns that spell it one of these ways are read as `docker.io`.
+pub const DOCKER_HUB_ALIASES: [&str; 3] = [
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
 
 /// Manifest media types.
 pub mod media {

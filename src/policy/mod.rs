@@ -19,7 +19,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::crypto::{self, PublicKey};
-pub use pattern::{Pattern, PatternIndex};
+pub use pattern::{canonical_pattern, Pattern, PatternIndex};
 
 /// `policy:` as written.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -299,6 +299,11 @@ pub struct Policy {
     pub attestors: HashMap<String, Attestor>,
     /// Human notes about accepted-but-ignored BinAuthz fields.
     pub ignored: Vec<String>,
+    /// Name patterns read in their canonical form, as written → as read
+    /// (`docker.io/nginx` → `docker.io/library/nginx`), for `check`.
+    pub rewritten: Vec<String>,
+    /// Every name pattern (canonical) with the field it came from.
+    patterns: Vec<(String, String)>,
     /// Whether a `policy:` was configured at all.
     pub configured: bool,
 }
@@ -344,6 +349,8 @@ impl Policy {
             repository_index: PatternIndex::default(),
             attestors: HashMap::new(),
             ignored: Vec::new(),
+            rewritten: Vec::new(),
+            patterns: Vec::new(),
             configured: false,
         }
     }
@@ -406,11 +413,35 @@ impl Policy {
             RuleSource::Default,
             &doc.default_admission_rule,
         )?;
-        let mut repository_rules = Vec::new();
+        // Requests are matched on canonical names, so patterns are read in
+        // canonical form too; one that cannot be is an error, never a rule
+        // that silently matches nothing.
+        let mut rewritten = Vec::new();
+        let mut patterns = Vec::new();
+        let mut canonical = |field: &str, written: &str| -> Result<Pattern, PolicyError> {
+            let text = canonical_pattern(written).map_err(|m| err(field, m))?;
+            if text != written {
+                rewritten.push(format!("{field}: {written:?} is read as {text:?}"));
+            }
+            patterns.push((field.to_owned(), text.clone()));
+            Pattern::new(&text).map_err(|m| err(field, m))
+        };
+        let mut repository_rules: Vec<(Pattern, Rule)> = Vec::new();
+        let mut written_as: HashMap<String, &str> = HashMap::new();
         for (key, rule) in &doc.repository_admission_rules {
             let field = format!("policy.repositoryAdmissionRules[{key:?}]");
-            let pattern = Pattern::new(key).map_err(|m| err(&field, m))?;
-            let rule = compile_rule(&field, RuleSource::Repository(key.clone()), rule)?;
+            let pattern = canonical(&field, key)?;
+            if let Some(other) = written_as.insert(pattern.as_str().to_owned(), key) {
+                return Err(err(
+                    &field,
+                    format!(
+                        "{key:?} and {other:?} both mean {:?}; keep one rule",
+                        pattern.as_str()
+                    ),
+                ));
+            }
+            let source = RuleSource::Repository(pattern.as_str().to_owned());
+            let rule = compile_rule(&field, source, rule)?;
             repository_rules.push((pattern, rule));
         }
         repository_rules.sort_by(|(a, _), (b, _)| Pattern::specificity_order(a, b));
@@ -419,8 +450,10 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                Pattern::new(&p.name_pattern)
-                    .map_err(|m| err(format!("policy.admissionWhitelistPatterns[{i}]"), m))
+                canonical(
+                    &format!("policy.admissionWhitelistPatterns[{i}]"),
+                    &p.name_pattern,
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut ignored = Vec::new();
@@ -465,8 +498,23 @@ impl Policy {
             repository_index,
             attestors,
             ignored,
+            rewritten,
+            patterns,
             configured: true,
         })
+    }
+
+    /// Name patterns that can match no image served through upstreams
+    /// named `registries`, each with its field and why (for `portcullis
+    /// check` and the startup log): a typo in a registry, or a pattern
+    /// written for another proxy's upstreams.
+    pub fn unreachable_patterns(&self, registries: &[&str]) -> Vec<String> {
+        self.patterns
+            .iter()
+            .filter_map(|(field, text)| {
+                pattern::unreachable_reason(text, registries).map(|why| format!("{field}: {why}"))
+            })
+            .collect()
     }
 
     /// The rule that applies to `name` (`<registry>/<repository>`): an
@@ -569,6 +617,9 @@ impl Policy {
         }
         for note in &self.ignored {
             out.push_str(&format!("  ignored: {note}\n"));
+        }
+        for note in &self.rewritten {
+            out.push_str(&format!("  canonical name: {note}\n"));
         }
         out
     }

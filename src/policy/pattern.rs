@@ -14,9 +14,94 @@
 //! trying them all: only the patterns whose literal prefix is a prefix of
 //! the name can match, and those are found by one binary search over the
 //! distinct literal prefixes.
+//!
+//! [`canonical_pattern`] puts a pattern as written into the form requests
+//! are matched in (see [`crate::routing`]): the registry lowercased, Docker
+//! Hub's other host names read as `docker.io`, and Docker's `library/`
+//! added to a one-component Docker Hub name. A pattern that holds a tag, a
+//! digest or an uppercase repository name could never match a request, so
+//! it is an error rather than a rule that silently guards nothing.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+
+/// `text` in the form requests are matched in: `Docker.io/nginx`,
+/// `index.docker.io/library/nginx` and `registry-1.docker.io/nginx` all
+/// become `docker.io/library/nginx`; wildcards keep their meaning
+/// (`docker.io/*` is `docker.io/library/*`, `docker.io/**` is unchanged).
+/// A tag, a digest or an uppercase letter in the repository part is an
+/// error naming the pattern.
+pub fn canonical_pattern(text: &str) -> Result<String, String> {
+    const FORM: &str = "name patterns match <registry>/<repository>, every tag and digest of it";
+    if let Some(at) = text.find('@') {
+        return Err(format!(
+            "{text:?} holds a digest ({:?}): {FORM}; write {:?}",
+            &text[at..],
+            &text[..at]
+        ));
+    }
+    let Some((host, path)) = text.split_once('/') else {
+        // A registry (or wildcard) only: left as written; `check` reports
+        // one that can match nothing.
+        return Ok(text.to_owned());
+    };
+    if let Some(colon) = path.find(':') {
+        return Err(format!(
+            "{text:?} holds a tag ({:?}): {FORM}; write {:?}",
+            &path[colon..],
+            format!("{host}/{}", &path[..colon])
+        ));
+    }
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "{text:?}: repository names are lowercase (registries refuse any other), \
+             so this pattern could never match; write {:?}",
+            format!("{host}/{}", path.to_ascii_lowercase())
+        ));
+    }
+    let mut host = host.to_ascii_lowercase();
+    if crate::oci::DOCKER_HUB_ALIASES.contains(&host.as_str()) {
+        host = "docker.io".to_owned();
+    }
+    // Requests for a one-component Docker Hub name are routed as
+    // `library/<name>`; a pattern of one component means the same (`**`
+    // already spans components, so it is left alone).
+    if host == "docker.io" && !path.is_empty() && !path.contains('/') && !path.contains("**") {
+        return Ok(format!("docker.io/library/{path}"));
+    }
+    Ok(format!("{host}/{path}"))
+}
+
+/// Why `pattern` (canonical, as [`canonical_pattern`] returns it) can
+/// match no request served through upstreams named `registries`, if it
+/// cannot: it names no repository, or its registry part matches none of
+/// them.
+pub fn unreachable_reason(pattern: &str, registries: &[&str]) -> Option<String> {
+    let Some((host, _)) = pattern.split_once('/') else {
+        return (!pattern.contains("**")).then(|| {
+            format!(
+                "{pattern:?} names no repository (requests are matched on \
+                 <registry>/<repository>), so it matches no image"
+            )
+        });
+    };
+    if host.contains("**") {
+        return None;
+    }
+    let host_pattern = Pattern::new(host).ok()?;
+    if registries.iter().any(|r| host_pattern.matches(r)) {
+        return None;
+    }
+    Some(format!(
+        "registry {host:?} of {pattern:?} is not a configured upstream ({}), so it matches \
+         no image served here",
+        if registries.is_empty() {
+            "none is configured".to_owned()
+        } else {
+            format!("upstreams: {}", registries.join(", "))
+        }
+    ))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
@@ -501,5 +586,103 @@ mod tests {
         assert!(Pattern::new("").is_err());
         assert!(Pattern::new("a/***").is_err());
         assert!(Pattern::new("a/b@sha256:x").is_err());
+    }
+
+    #[test]
+    fn patterns_are_put_in_canonical_form() {
+        let table: &[(&str, &str)] = &[
+            // Docker Hub, every spelling.
+            ("docker.io/library/nginx", "docker.io/library/nginx"),
+            ("docker.io/nginx", "docker.io/library/nginx"),
+            ("index.docker.io/library/nginx", "docker.io/library/nginx"),
+            ("index.docker.io/nginx", "docker.io/library/nginx"),
+            (
+                "registry-1.docker.io/library/nginx",
+                "docker.io/library/nginx",
+            ),
+            ("registry.hub.docker.com/nginx", "docker.io/library/nginx"),
+            ("Docker.io/library/nginx", "docker.io/library/nginx"),
+            ("DOCKER.IO/nginx", "docker.io/library/nginx"),
+            ("docker.io/bitnami/nginx", "docker.io/bitnami/nginx"),
+            // Wildcards keep their meaning.
+            ("docker.io/*", "docker.io/library/*"),
+            ("docker.io/ngin*", "docker.io/library/ngin*"),
+            ("docker.io/**", "docker.io/**"),
+            ("docker.io/ngin**", "docker.io/ngin**"),
+            ("docker.io/*/nginx", "docker.io/*/nginx"),
+            ("index.docker.io/library/**", "docker.io/library/**"),
+            // Other registries: only the host is lowercased.
+            ("GHCR.io/org/app", "ghcr.io/org/app"),
+            ("ghcr.io/nginx", "ghcr.io/nginx"),
+            ("127.0.0.1:5001/demo/app", "127.0.0.1:5001/demo/app"),
+            ("r:5001/base/*", "r:5001/base/*"),
+            ("*/library/*", "*/library/*"),
+            ("**", "**"),
+            ("docker.io", "docker.io"),
+        ];
+        for (written, want) in table {
+            assert_eq!(
+                canonical_pattern(written).as_deref(),
+                Ok(*want),
+                "{written}"
+            );
+            // Canonical is a fixed point.
+            assert_eq!(canonical_pattern(want).as_deref(), Ok(*want), "{want}");
+        }
+    }
+
+    #[test]
+    fn tags_digests_and_uppercase_repositories_are_refused() {
+        let refused: &[(&str, &str)] = &[
+            ("docker.io/library/nginx:v1", "tag (\":v1\")"),
+            ("docker.io/nginx:latest", "tag"),
+            ("127.0.0.1:5001/demo/app:*", "tag"),
+            (
+                "docker.io/library/nginx@sha256:0123",
+                "digest (\"@sha256:0123\")",
+            ),
+            ("docker.io/library/NGINX", "lowercase"),
+        ];
+        for (written, why) in refused {
+            let e = canonical_pattern(written).unwrap_err();
+            assert!(e.contains(why), "{written}: {e}");
+            assert!(
+                e.contains(&format!("{written:?}")),
+                "names the pattern: {e}"
+            );
+        }
+        let e = canonical_pattern("docker.io/library/nginx:v1").unwrap_err();
+        assert!(e.contains("write \"docker.io/library/nginx\""), "{e}");
+    }
+
+    #[test]
+    fn unreachable_patterns_are_found() {
+        let upstreams = ["docker.io", "127.0.0.1:5001"];
+        for reachable in [
+            "docker.io/library/nginx",
+            "127.0.0.1:5001/demo/**",
+            "*/library/*",
+            "127.0.0.1:*/x",
+            "**",
+            "**/nginx",
+        ] {
+            assert_eq!(
+                unreachable_reason(reachable, &upstreams),
+                None,
+                "{reachable}"
+            );
+        }
+        for (unreachable, why) in [
+            ("ghcr.io/org/app", "registry \"ghcr.io\""),
+            ("dockerio/library/nginx", "not a configured upstream"),
+            ("library/nginx", "registry \"library\""),
+            ("docker.io", "names no repository"),
+            ("*", "names no repository"),
+            ("gcr.*/x", "not a configured upstream"),
+        ] {
+            let reason = unreachable_reason(unreachable, &upstreams)
+                .unwrap_or_else(|| panic!("{unreachable} should be unreachable"));
+            assert!(reason.contains(why), "{unreachable}: {reason}");
+        }
     }
 }

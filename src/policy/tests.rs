@@ -149,6 +149,139 @@ admissionWhitelistPatterns:
     assert_eq!(source("other/x"), RuleSource::Default);
 }
 
+/// Rules and allowlist entries written with any spelling of a Docker Hub
+/// name match the canonical names requests carry; the rule is reported by
+/// its canonical pattern.
+#[test]
+fn docker_hub_spellings_match_canonical_names() {
+    for written in [
+        "docker.io/library/nginx",
+        "docker.io/nginx",
+        "index.docker.io/library/nginx",
+        "registry-1.docker.io/nginx",
+        "Docker.io/library/nginx",
+    ] {
+        let p = policy(
+            &format!(
+                "defaultAdmissionRule: {{evaluationMode: ALWAYS_ALLOW}}\n\
+                 repositoryAdmissionRules:\n  \"{written}\": {{evaluationMode: ALWAYS_DENY}}\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let rule = p.rule_for("docker.io/library/nginx");
+        assert_eq!(
+            rule.source,
+            RuleSource::Repository("docker.io/library/nginx".into()),
+            "{written}"
+        );
+        assert_eq!(rule.evaluation, EvaluationMode::AlwaysDeny, "{written}");
+        assert_eq!(
+            p.rule_for("docker.io/library/redis").source,
+            RuleSource::Default
+        );
+        assert_eq!(
+            p.rewritten.is_empty(),
+            written == "docker.io/library/nginx",
+            "{written}: {:?}",
+            p.rewritten
+        );
+        if written != "docker.io/library/nginx" {
+            assert!(p.summary().contains(&format!(
+                "{written:?} is read as \"docker.io/library/nginx\""
+            )));
+        }
+    }
+    // The allowlist too, globs kept.
+    let p = policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_DENY}\n\
+         admissionWhitelistPatterns:\n  - namePattern: index.docker.io/*\n  \
+         - namePattern: Docker.io/bitnami/**\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        p.rule_for("docker.io/library/alpine").source,
+        RuleSource::Allowlist("docker.io/library/*".into())
+    );
+    assert_eq!(
+        p.rule_for("docker.io/bitnami/redis/x").source,
+        RuleSource::Allowlist("docker.io/bitnami/**".into())
+    );
+    assert_eq!(p.rule_for("docker.io/other/x").source, RuleSource::Default);
+}
+
+#[test]
+fn patterns_with_tags_or_digests_or_two_spellings_are_refused() {
+    let deny = |key: &str| {
+        policy(
+            &format!(
+                "defaultAdmissionRule: {{evaluationMode: ALWAYS_ALLOW}}\n\
+                 repositoryAdmissionRules:\n  \"{key}\": {{evaluationMode: ALWAYS_DENY}}\n"
+            ),
+            &[],
+        )
+    };
+    let e = deny("docker.io/library/nginx:v1").unwrap_err();
+    assert_eq!(
+        e.field,
+        "policy.repositoryAdmissionRules[\"docker.io/library/nginx:v1\"]"
+    );
+    assert!(e.message.contains("tag"), "{e}");
+    let e = deny("docker.io/library/nginx@sha256:abc").unwrap_err();
+    assert!(e.to_string().contains("digest"), "{e}");
+    let e = policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n\
+         admissionWhitelistPatterns:\n  - namePattern: ghcr.io/org/app:latest\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "policy.admissionWhitelistPatterns[0]");
+    assert!(
+        e.message.contains("\"ghcr.io/org/app:latest\" holds a tag"),
+        "{e}"
+    );
+    // Two spellings of one name are two rules for one image: ambiguous.
+    let e = policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n\
+         repositoryAdmissionRules:\n  \"docker.io/nginx\": {evaluationMode: ALWAYS_DENY}\n  \
+         \"docker.io/library/nginx\": {evaluationMode: ALWAYS_ALLOW}\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("both mean \"docker.io/library/nginx\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn patterns_for_registries_without_an_upstream_are_reported() {
+    let p = policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n\
+         admissionWhitelistPatterns:\n  - namePattern: gcr.io/google_containers/*\n\
+         repositoryAdmissionRules:\n  \"dockerio/library/nginx\": {evaluationMode: ALWAYS_DENY}\n  \
+         \"docker.io/library/redis\": {evaluationMode: ALWAYS_DENY}\n",
+        &[],
+    )
+    .unwrap();
+    let warnings = p.unreachable_patterns(&["docker.io"]);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "policy.repositoryAdmissionRules[\"dockerio/library/nginx\"]: registry \"dockerio\""
+        ),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("policy.admissionWhitelistPatterns[0]: registry \"gcr.io\""),
+        "{warnings:?}"
+    );
+    assert!(p
+        .unreachable_patterns(&["docker.io", "gcr.io", "dockerio"])
+        .is_empty());
+}
+
 fn rule(evaluation: EvaluationMode, enforcement: EnforcementMode, attestors: &[&str]) -> Rule {
     Rule {
         source: RuleSource::Default,

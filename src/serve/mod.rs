@@ -368,7 +368,7 @@ impl App {
     pub async fn metrics_text(&self) -> String {
         let stats = &self.verifier.stats;
         let (audit_written, audit_dropped) = self.observer.audit_counts();
-        let (alerts_sent, alerts_failed, alerts_dropped) = self.observer.alert_counts();
+        let alerts = self.observer.alert_counts();
         use std::sync::atomic::Ordering::Relaxed;
         self.observer.metrics.encode(Snapshot {
             cache_hits: stats.cache_hits.load(Relaxed),
@@ -377,9 +377,10 @@ impl App {
             signature_lookups: stats.signature_lookups.load(Relaxed),
             audit_written,
             audit_dropped,
-            alerts_sent,
-            alerts_failed,
-            alerts_dropped,
+            alerts_sent: alerts.sent,
+            alerts_failed: alerts.failed,
+            alerts_dropped: alerts.dropped,
+            alerts_coalesced: alerts.coalesced,
         })
     }
 

@@ -191,11 +191,10 @@ pub fn normalize_repository(reference: &str) -> String {
         }
         _ => ("docker.io".to_owned(), without_tag.to_owned()),
     };
-    let host = match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".to_owned()
-        }
-        _ => host,
+    let host = if crate::oci::DOCKER_HUB_ALIASES.contains(&host.as_str()) {
+        "docker.io".to_owned()
+    } else {
+        host
     };
     let path = if host == "docker.io" && !path.contains('/') {
         format!("library/{path}")

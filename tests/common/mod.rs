@@ -13,6 +13,7 @@ pub mod http;
 pub mod proxy;
 pub mod registry;
 pub mod trust;
+pub mod webhook;
 
 #[allow(unused_imports)]
 pub use proxy::{free_port, Proxy};
