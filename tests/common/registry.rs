@@ -26,6 +26,16 @@ impl Registry {
     /// (e.g. an `auth:` section). `{dir}` in it is replaced by the registry's
     /// temp dir.
     pub fn start_with_extra(extra_yaml: &str) -> Registry {
+        Self::start_inner(extra_yaml, false)
+    }
+
+    /// Starts a registry that writes an access log line (Apache combined
+    /// format) per request to [`Registry::logs`], to count what it was asked.
+    pub fn start_with_access_log() -> Registry {
+        Self::start_inner("", true)
+    }
+
+    fn start_inner(extra_yaml: &str, access_log: bool) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: install it with `apt-get install -y docker-registry` \
@@ -41,10 +51,11 @@ impl Registry {
             let extra = extra_yaml.replace("{dir}", &dir.path().display().to_string());
             let config = format!(
                 "version: 0.1\n\
-                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: {}\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
                  http:\n  addr: 127.0.0.1:{port}\n  secret: portcullis-test-secret\n\
                  {extra}\n",
+                !access_log,
                 storage.display()
             );
             let cfg = dir.path().join("config.yml");
