@@ -152,6 +152,12 @@ pub struct AuditConfig {
     pub queue_size: usize,
     #[serde(default = "default_on_full")]
     pub on_full: OnFull,
+    /// Audit files (and rotated ones) are created `0640` instead of `0600`,
+    /// for a log shipper running in the file's group. The trail names
+    /// client addresses, user agents and break-glass justifications, so it
+    /// is never world-readable.
+    #[serde(default)]
+    pub group_readable: bool,
 }
 
 fn default_fsync() -> FsyncMode {

@@ -245,6 +245,53 @@ fn the_audit_file_rotates_by_size() {
     }
 }
 
+/// The permission bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// The audit trail (client addresses, user agents, justifications) is
+/// never world-readable: `0600` by default, `0640` with `groupReadable`,
+/// for the live file and the rotated ones alike.
+#[test]
+fn audit_files_are_private_before_and_after_rotation() {
+    for (options, want) in [("", 0o600), (", groupReadable: true", 0o640)] {
+        let s = setup(&format!(
+            "audit: {{path: {{path}}, fsync: always, maxSizeBytes: 2000, maxFiles: 2{options}}}\n"
+        ));
+        assert_eq!(get_manifest(&s.proxy, "elsewhere/app"), 403);
+        assert!(
+            trust::wait_until(Duration::from_secs(5), || !lines(&s.audit).is_empty()),
+            "nothing was audited"
+        );
+        assert_eq!(
+            mode_of(&s.audit),
+            want,
+            "audit file mode with options {options:?}: {:o}",
+            mode_of(&s.audit)
+        );
+        let rotated = std::path::PathBuf::from(format!("{}.1", s.audit.display()));
+        for _ in 0..8 {
+            assert_eq!(get_manifest(&s.proxy, "elsewhere/app"), 403);
+        }
+        assert!(
+            trust::wait_until(Duration::from_secs(5), || rotated.exists()),
+            "no rotation happened"
+        );
+        assert_eq!(mode_of(&rotated), want, "rotated file, options {options:?}");
+        assert_eq!(
+            mode_of(&s.audit),
+            want,
+            "new file after rotation, options {options:?}"
+        );
+    }
+}
+
 /// A webhook receiver: records each request body, answers 200.
 fn receiver() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
     use std::io::{BufRead, BufReader, Read, Write};
