@@ -135,6 +135,17 @@ pub struct FakeConfig {
     /// this string answer `500 UNKNOWN` (e.g. `".sig"` to break signature
     /// lookups while images stay reachable).
     pub fail_manifests_ending_with: Option<String>,
+    /// A blob GET *without* `Range` is answered `206 Partial Content`
+    /// (`Content-Range: bytes 0-<size-1>/<size>`, the whole body, with
+    /// `corrupt_blob` applied): a lying upstream.
+    pub partial_without_range: bool,
+    /// A blob GET with a `Range` is answered with a different range than
+    /// asked for: one byte further (or back, at the end of the blob), with
+    /// a `Content-Range` and bytes to match.
+    pub shifted_ranges: bool,
+    /// Ranged blob bodies have one byte flipped (same length, honest
+    /// `Content-Range`).
+    pub corrupt_ranges: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -1303,7 +1314,20 @@ fn serve_blob(
             return r;
         }
         RangeSpec::Single(s, e) => {
-            let part = blob.slice(s as usize..=e as usize);
+            let (s, e) = if !cfg.shifted_ranges {
+                (s, e)
+            } else if e + 1 < size {
+                (s + 1, e + 1)
+            } else {
+                (s.saturating_sub(1), e.saturating_sub(1))
+            };
+            let mut part = blob.slice(s as usize..=e as usize);
+            if cfg.corrupt_ranges {
+                let mut b = part.to_vec();
+                let mid = b.len() / 2;
+                b[mid] ^= 0xff;
+                part = Bytes::from(b);
+            }
             return base()
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header("content-type", "application/octet-stream")
@@ -1323,6 +1347,18 @@ fn serve_blob(
     } else {
         blob
     };
+    if cfg.partial_without_range {
+        return base()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header("content-type", "application/octet-stream")
+            .header(
+                "content-range",
+                format!("bytes 0-{}/{size}", size.saturating_sub(1)),
+            )
+            .header("content-length", size)
+            .body(FakeBody::Full(Some(body)))
+            .expect("response");
+    }
     let half = body.len() / 2;
     let chunk_delay = cfg.blob_chunk_delay;
     let drop_mid = cfg.drop_connection_mid_blob;
