@@ -264,6 +264,13 @@ pub struct UpstreamConfig {
 pub struct AuthConfig {
     pub username: String,
     pub password_file: PathBuf,
+    /// Token endpoints on other hosts that may receive these credentials
+    /// (e.g. `https://auth.docker.io/token` for Docker Hub). Credentials
+    /// go to a bearer realm only on the upstream's own origin (scheme,
+    /// host and port) or on one listed here; any other realm is asked for
+    /// an anonymous token. An `https` upstream cannot list `http` realms.
+    #[serde(default)]
+    pub token_realms: Vec<String>,
 }
 
 /// Timeouts, written as `500ms`, `10s`, `2m` or `1h`.
@@ -523,6 +530,17 @@ impl Config {
                 }
             }
             if let Some(auth) = &u.auth {
+                let https = u.base_url().starts_with("https://");
+                for (j, realm) in auth.token_realms.iter().enumerate() {
+                    if let Err(message) = check_token_realm(realm, https) {
+                        return Err(invalid(
+                            field(&format!("auth.tokenRealms[{j}]")),
+                            "tokenRealms",
+                            "",
+                            message,
+                        ));
+                    }
+                }
                 if let Err(e) = std::fs::metadata(&auth.password_file) {
                     return Err(invalid(
                         field("auth.passwordFile"),
@@ -723,6 +741,33 @@ fn check_upstream_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A configured token realm: an absolute `http(s)` URL without query;
+/// `https` only when the upstream is `https`.
+fn check_token_realm(realm: &str, upstream_https: bool) -> Result<(), String> {
+    let uri: http::Uri = realm
+        .parse()
+        .map_err(|e| format!("{realm:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if !upstream_https => {}
+        Some("http") => {
+            return Err(format!(
+                "{realm:?}: credentials for an https upstream are never sent over plain http"
+            ))
+        }
+        _ => return Err(format!("{realm:?} must start with https:// (or http://)")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{realm:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!(
+            "{realm:?}: give the token endpoint without a query"
+        ));
+    }
+    Ok(())
+}
+
 /// Best-effort line number of `key: value` in the config text, so semantic
 /// errors point where the user should look.
 fn line_of(text: &str, key: &str, value: &str) -> Option<usize> {
@@ -820,6 +865,35 @@ mod tests {
             "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\ntimeouts: {read: 0s}\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn token_realms_are_urls_and_never_plain_http_for_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let config = |url: &str, realms: &str| {
+            format!(
+                "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n    url: {url}\n    auth: {{username: u, passwordFile: {}, tokenRealms: {realms}}}\n",
+                pw.display()
+            )
+        };
+        let c = load(&config("https://a.io", "[https://auth.a.io/token]")).unwrap();
+        let auth = c.upstreams[0].auth.as_ref().unwrap();
+        assert_eq!(auth.token_realms, ["https://auth.a.io/token"]);
+        assert!(load(&config("http://a.io", "[http://auth.a.io/token]")).is_ok());
+        for (url, realms, want) in [
+            ("https://a.io", "[http://auth.a.io/token]", "plain http"),
+            ("https://a.io", "[auth.a.io/token]", "not a URL"),
+            ("https://a.io", "[\"https://auth.a.io/token?x=1\"]", "query"),
+            ("https://a.io", "[ftp://auth.a.io/token]", "https://"),
+        ] {
+            let e = load(&config(url, realms)).unwrap_err().to_string();
+            assert!(
+                e.contains("upstreams[0].auth.tokenRealms[0]") && e.contains(want),
+                "{realms}: {e}"
+            );
+        }
     }
 
     #[test]
