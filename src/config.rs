@@ -108,6 +108,11 @@ pub struct AttestationStoreConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// A file holding a bearer token (one line, at least 16 visible ASCII
+    /// characters) that every admin endpoint except `/healthz`, `/readyz`
+    /// and the dashboard page itself then requires. Read at start.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// When audit lines reach the disk.
@@ -442,6 +447,9 @@ impl Config {
                 fix(&mut c.token_file);
             }
         }
+        if let Some(path) = self.admin.as_mut().and_then(|a| a.token_file.as_mut()) {
+            fix(path);
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
@@ -618,6 +626,11 @@ impl Config {
                     "the admin listener needs its own address".into(),
                 ));
             }
+            if let Some(path) = &admin.token_file {
+                if let Err(message) = crate::admin::AdminToken::from_file(path) {
+                    return Err(invalid("admin.tokenFile".into(), "tokenFile", "", message));
+                }
+            }
         }
         let t = &self.timeouts;
         for (name, value) in [
@@ -672,8 +685,13 @@ impl Config {
         }
         if let Some(admin) = &self.admin {
             out.push_str(&format!(
-                "admin: {} (/metrics, /-/ui, /-/api, /healthz, /readyz)\n",
-                admin.listen
+                "admin: {} (/metrics, /-/ui, /-/api, /healthz, /readyz){}\n",
+                admin.listen,
+                if admin.token_file.is_some() {
+                    ", bearer token required"
+                } else {
+                    ", no token: anyone who reaches it can read it"
+                }
             ));
         }
         match &self.audit {
@@ -849,25 +867,6 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("1d").is_err());
-        let c = load("listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\ntimeouts: {read: 3s}\n")
-            .unwrap();
-        assert_eq!(c.timeouts.read, Duration::from_secs(3));
-        assert_eq!(c.timeouts.connect, Duration::from_secs(10));
-        assert!(load(
-            "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\ntimeouts: {read: 0s}\n"
-        )
-        .is_err());
-    }
-
-    #[test]
     fn token_realms_are_urls_and_never_plain_http_for_https() {
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
@@ -894,6 +893,25 @@ mod tests {
                 "{realms}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1d").is_err());
+        let c = load("listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\ntimeouts: {read: 3s}\n")
+            .unwrap();
+        assert_eq!(c.timeouts.read, Duration::from_secs(3));
+        assert_eq!(c.timeouts.connect, Duration::from_secs(10));
+        assert!(load(
+            "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\ntimeouts: {read: 0s}\n"
+        )
+        .is_err());
     }
 
     #[test]
