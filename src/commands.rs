@@ -124,6 +124,11 @@ pub struct RegistryOptions {
     /// CA certificates (PEM) to trust for the registry's TLS certificate.
     #[arg(long)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// A token endpoint on another host that may receive the credentials
+    /// (e.g. https://auth.docker.io/token); repeatable. Without it,
+    /// credentials go only to token endpoints on the registry's own origin.
+    #[arg(long = "token-realm")]
+    pub token_realms: Vec<String>,
 }
 
 fn registry_client(registry: &str, options: &RegistryOptions) -> Result<Upstream, String> {
@@ -132,6 +137,7 @@ fn registry_client(registry: &str, options: &RegistryOptions) -> Result<Upstream
         (Some(username), Some(password_file)) => Some(AuthConfig {
             username: username.clone(),
             password_file: password_file.clone(),
+            token_realms: options.token_realms.clone(),
         }),
         (None, None) => None,
         _ => return Err("--username and --password-file go together".into()),

@@ -138,6 +138,11 @@ pub struct AttestationStoreConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// A file holding a bearer token (one line, at least 16 visible ASCII
+    /// characters) that every admin endpoint except `/healthz`, `/readyz`
+    /// and the dashboard page itself then requires. Read at start.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// When audit lines reach the disk.
@@ -182,6 +187,12 @@ pub struct AuditConfig {
     pub queue_size: usize,
     #[serde(default = "default_on_full")]
     pub on_full: OnFull,
+    /// Audit files (and rotated ones) are created `0640` instead of `0600`,
+    /// for a log shipper running in the file's group. The trail names
+    /// client addresses, user agents and break-glass justifications, so it
+    /// is never world-readable.
+    #[serde(default)]
+    pub group_readable: bool,
 }
 
 fn default_fsync() -> FsyncMode {
@@ -288,6 +299,13 @@ pub struct UpstreamConfig {
 pub struct AuthConfig {
     pub username: String,
     pub password_file: PathBuf,
+    /// Token endpoints on other hosts that may receive these credentials
+    /// (e.g. `https://auth.docker.io/token` for Docker Hub). Credentials
+    /// go to a bearer realm only on the upstream's own origin (scheme,
+    /// host and port) or on one listed here; any other realm is asked for
+    /// an anonymous token. An `https` upstream cannot list `http` realms.
+    #[serde(default)]
+    pub token_realms: Vec<String>,
 }
 
 /// Timeouts, written as `500ms`, `10s`, `2m` or `1h`.
@@ -459,6 +477,9 @@ impl Config {
                 fix(&mut c.token_file);
             }
         }
+        if let Some(path) = self.admin.as_mut().and_then(|a| a.token_file.as_mut()) {
+            fix(path);
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
@@ -577,6 +598,17 @@ impl Config {
                 }
             }
             if let Some(auth) = &u.auth {
+                let https = u.base_url().starts_with("https://");
+                for (j, realm) in auth.token_realms.iter().enumerate() {
+                    if let Err(message) = check_token_realm(realm, https) {
+                        return Err(invalid(
+                            field(&format!("auth.tokenRealms[{j}]")),
+                            "tokenRealms",
+                            "",
+                            message,
+                        ));
+                    }
+                }
                 if let Err(e) = std::fs::metadata(&auth.password_file) {
                     return Err(invalid(
                         field("auth.passwordFile"),
@@ -654,6 +686,11 @@ impl Config {
                     "the admin listener needs its own address".into(),
                 ));
             }
+            if let Some(path) = &admin.token_file {
+                if let Err(message) = crate::admin::AdminToken::from_file(path) {
+                    return Err(invalid("admin.tokenFile".into(), "tokenFile", "", message));
+                }
+            }
         }
         let t = &self.timeouts;
         for (name, value) in [
@@ -719,8 +756,13 @@ impl Config {
         }
         if let Some(admin) = &self.admin {
             out.push_str(&format!(
-                "admin: {} (/metrics, /-/ui, /-/api, /healthz, /readyz)\n",
-                admin.listen
+                "admin: {} (/metrics, /-/ui, /-/api, /healthz, /readyz){}\n",
+                admin.listen,
+                if admin.token_file.is_some() {
+                    ", bearer token required"
+                } else {
+                    ", no token: anyone who reaches it can read it"
+                }
             ));
         }
         match &self.audit {
@@ -783,6 +825,33 @@ fn check_upstream_url(url: &str) -> Result<(), String> {
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!(
             "{url:?} must be a bare scheme://host[:port]; registries serve /v2/ at the root"
+        ));
+    }
+    Ok(())
+}
+
+/// A configured token realm: an absolute `http(s)` URL without query;
+/// `https` only when the upstream is `https`.
+fn check_token_realm(realm: &str, upstream_https: bool) -> Result<(), String> {
+    let uri: http::Uri = realm
+        .parse()
+        .map_err(|e| format!("{realm:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if !upstream_https => {}
+        Some("http") => {
+            return Err(format!(
+                "{realm:?}: credentials for an https upstream are never sent over plain http"
+            ))
+        }
+        _ => return Err(format!("{realm:?} must start with https:// (or http://)")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{realm:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!(
+            "{realm:?}: give the token endpoint without a query"
         ));
     }
     Ok(())
@@ -878,6 +947,35 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("upstreams[0].auth.passwordFile"), "{e}");
+    }
+
+    #[test]
+    fn token_realms_are_urls_and_never_plain_http_for_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let config = |url: &str, realms: &str| {
+            format!(
+                "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n    url: {url}\n    auth: {{username: u, passwordFile: {}, tokenRealms: {realms}}}\n",
+                pw.display()
+            )
+        };
+        let c = load(&config("https://a.io", "[https://auth.a.io/token]")).unwrap();
+        let auth = c.upstreams[0].auth.as_ref().unwrap();
+        assert_eq!(auth.token_realms, ["https://auth.a.io/token"]);
+        assert!(load(&config("http://a.io", "[http://auth.a.io/token]")).is_ok());
+        for (url, realms, want) in [
+            ("https://a.io", "[http://auth.a.io/token]", "plain http"),
+            ("https://a.io", "[auth.a.io/token]", "not a URL"),
+            ("https://a.io", "[\"https://auth.a.io/token?x=1\"]", "query"),
+            ("https://a.io", "[ftp://auth.a.io/token]", "https://"),
+        ] {
+            let e = load(&config(url, realms)).unwrap_err().to_string();
+            assert!(
+                e.contains("upstreams[0].auth.tokenRealms[0]") && e.contains(want),
+                "{realms}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -64,6 +64,10 @@ enum Command {
         password_file: Option<PathBuf>,
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// A token endpoint on another host that may receive the
+        /// credentials (e.g. https://auth.docker.io/token); repeatable.
+        #[arg(long = "token-realm")]
+        token_realms: Vec<String>,
     },
     /// Attest an image the way `cosign attest --key` does: resolve it at its
     /// registry and append a signed in-toto statement (a DSSE envelope) to
@@ -225,12 +229,14 @@ fn main() -> ExitCode {
             username,
             password_file,
             ca_file,
+            token_realms,
         } => {
             let options = commands::RegistryOptions {
                 insecure,
                 username,
                 password_file,
                 ca_file,
+                token_realms,
             };
             let result = runtime().and_then(|rt| {
                 rt.block_on(commands::sign(&reference, &key, &annotations, &options))

@@ -143,10 +143,21 @@ pub async fn serve(
             let admin_listener = TcpListener::bind(admin.listen)
                 .await
                 .map_err(|e| format!("cannot listen on {} (admin): {e}", admin.listen))?;
-            tracing::info!(listen = %admin.listen, "admin listener: /metrics, /-/ui, /-/api, /healthz, /readyz");
+            let token = match &admin.token_file {
+                Some(path) => Some(Arc::new(
+                    crate::admin::AdminToken::from_file(path)
+                        .map_err(|e| format!("admin.tokenFile: {e}"))?,
+                )),
+                None => None,
+            };
+            tracing::info!(
+                listen = %admin.listen,
+                token = token.is_some(),
+                "admin listener: /metrics, /-/ui, /-/api, /healthz, /readyz"
+            );
             Some(tokio::spawn(run(
                 admin_listener,
-                Role::Admin,
+                Role::Admin { token },
                 Arc::clone(&app),
                 None,
                 config.timeouts.shutdown,
@@ -224,8 +235,10 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
+        let role = role.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let app = Arc::clone(&app);
+            let role = role.clone();
             async move { Ok::<_, Infallible>(handle(&app, request, peer, role).await) }
         });
         let builder = builder.clone();
@@ -289,13 +302,16 @@ async fn health_response(app: &App, path: &str) -> Response<ProxyBody> {
 }
 
 /// Which endpoints a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Role {
     /// The registry API; `/healthz` and `/readyz` too when there is no
     /// admin listener.
     Registry { health: bool },
-    /// `/metrics`, `/-/ui`, `/-/api/…`, `/healthz`, `/readyz`.
-    Admin,
+    /// `/metrics`, `/-/ui`, `/-/api/…`, `/healthz`, `/readyz`; with a
+    /// token, everything but the health endpoints and the page requires it.
+    Admin {
+        token: Option<Arc<crate::admin::AdminToken>>,
+    },
 }
 
 async fn handle(
@@ -342,9 +358,9 @@ async fn handle(
                     text(StatusCode::NOT_FOUND, "not found\n")
                 }
             }
-            Role::Admin => match path {
+            Role::Admin { token } => match path {
                 "/healthz" | "/readyz" => health_response(app, path).await,
-                _ => crate::admin::handle(app, &request).await,
+                _ => crate::admin::handle(app, &request, token.as_deref()).await,
             },
         }
     }

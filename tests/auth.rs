@@ -115,6 +115,127 @@ fn basic_auth_uses_password_file() {
     assert_not_logged(&proxy, &[pass, b64]);
 }
 
+/// A bearer challenge whose realm is on another host (another loopback
+/// address and port, plain http) gets no credentials: the proxy asks it
+/// for an anonymous token, logs a warning once, and the pull still works.
+/// Without this, any upstream (or whoever can rewrite its challenge) could
+/// collect the configured password.
+#[test]
+fn a_token_realm_on_another_host_never_receives_the_credentials() {
+    let user = "puller";
+    let pass = unique_secret("realmpw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(&dir, &pass);
+    let fake = Fake::with_config(token_config(TokenAuth {
+        foreign_realm: true,
+        ..Default::default()
+    }));
+    let img = fake.put_image(REPO, Some("v1"), 11, 20_000);
+    let cfg = proxy_yaml(
+        &[Upstream::new(&fake.host(), &fake.url())
+            .with_default()
+            .auth(user, &pw)],
+        None,
+    );
+    let proxy = Proxy::start(&cfg);
+    let r = get_ok(&proxy, &format!("/v2/{REPO}/manifests/v1"));
+    assert_eq!(r.body, img.manifest);
+    // Another scope: another token request, and no second warning.
+    get(&proxy, "/v2/team/other/manifests/v1");
+    let tokens = fake.token_requests();
+    assert!(!tokens.is_empty(), "the foreign realm was never asked");
+    for t in &tokens {
+        assert!(
+            t.on_storage,
+            "token request went to the registry's own host"
+        );
+        assert_eq!(
+            t.header("authorization"),
+            None,
+            "the realm on another host received the credentials: {:?}",
+            t.headers
+        );
+    }
+    let logs = proxy.logs();
+    assert_eq!(
+        logs.matches("tokenRealms").count(),
+        1,
+        "expected one warning naming auth.tokenRealms:\n{logs}"
+    );
+    let b64 = basic_header(user, &pass)
+        .strip_prefix("Basic ")
+        .unwrap()
+        .to_string();
+    assert_not_logged(&proxy, &[pass, b64]);
+}
+
+/// The same foreign realm listed in `auth.tokenRealms` gets the
+/// credentials (and demands them here), and the pull works.
+#[test]
+fn a_configured_token_realm_receives_the_credentials() {
+    let user = "puller";
+    let pass = unique_secret("realmpw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(&dir, &pass);
+    let fake = Fake::with_config(token_config(TokenAuth {
+        foreign_realm: true,
+        basic: Some((user.into(), pass.clone())),
+        ..Default::default()
+    }));
+    let img = fake.put_image(REPO, Some("v1"), 12, 20_000);
+    let cfg = proxy_yaml(
+        &[Upstream::new(&fake.host(), &fake.url())
+            .with_default()
+            .auth(user, &pw)
+            .token_realm(&format!("{}/token", fake.storage_url()))],
+        None,
+    );
+    let proxy = Proxy::start(&cfg);
+    let r = get_ok(&proxy, &format!("/v2/{REPO}/manifests/v1"));
+    assert_eq!(r.body, img.manifest);
+    let want = basic_header(user, &pass);
+    let tokens = fake.token_requests();
+    assert!(
+        !tokens.is_empty()
+            && tokens
+                .iter()
+                .all(|t| t.on_storage && t.header("authorization") == Some(want.as_str())),
+        "the configured realm did not get the credentials: {:?}",
+        tokens.iter().map(|t| &t.headers).collect::<Vec<_>>()
+    );
+}
+
+/// A realm on the upstream's own origin still gets the credentials without
+/// any configuration (the token endpoint demands them), and the pull works.
+#[test]
+fn the_upstreams_own_token_realm_receives_the_credentials() {
+    let user = "puller";
+    let pass = unique_secret("realmpw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(&dir, &pass);
+    let fake = Fake::with_config(token_config(TokenAuth {
+        basic: Some((user.into(), pass.clone())),
+        ..Default::default()
+    }));
+    let img = fake.put_image(REPO, Some("v1"), 13, 20_000);
+    let cfg = proxy_yaml(
+        &[Upstream::new(&fake.host(), &fake.url())
+            .with_default()
+            .auth(user, &pw)],
+        None,
+    );
+    let proxy = Proxy::start(&cfg);
+    let r = get_ok(&proxy, &format!("/v2/{REPO}/blobs/{}", img.layer_digest));
+    assert!(r.body == img.layer);
+    let want = basic_header(user, &pass);
+    let tokens = fake.token_requests();
+    assert!(!tokens.is_empty());
+    for t in &tokens {
+        assert!(!t.on_storage);
+        assert_eq!(t.header("authorization"), Some(want.as_str()));
+    }
+}
+
 /// Bearer flow: 401 challenge → token endpoint (service + scope) → retry
 /// with the token. The token is cached per scope: more requests for the same
 /// repository fetch no new token; another repository gets its own.

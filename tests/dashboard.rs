@@ -226,3 +226,69 @@ fn denied_pull_appears_live_on_the_dashboard_in_headless_chromium() {
         eprintln!("updated {}", docs.join("dashboard.png").display());
     }
 }
+
+/// With `admin.tokenFile`, the dashboard asks for the token (calling the
+/// API for nothing before it has one), refuses a wrong one, works with the
+/// right one (sent as `Authorization: Bearer` on every API call) and keeps
+/// it for the tab across a reload, without a cookie.
+#[test]
+fn the_dashboard_asks_for_the_admin_token_and_works_with_it() {
+    let ui = require_browser_tooling();
+    let reg = Registry::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let ci = trust::keygen(keys.path(), "ci");
+    let token = format!("dash-{}", common::fake::unique_secret("admintoken"));
+    let token_file = keys.path().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("write the token file");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = TrustConfig::new(&reg.host(), &reg.url(), &[("ci-2026", &ci)]).yaml()
+        + &format!(
+            "admin: {{listen: {admin}, tokenFile: {}}}\n",
+            token_file.display()
+        );
+    let _proxy = Proxy::start_with_health(&config, &format!("http://{admin}/healthz"));
+
+    let mut child = Command::new("node")
+        .current_dir(&ui)
+        .arg(ui.join("login.mjs"))
+        .args(["--url", &format!("http://{admin}/-/ui")])
+        .args(["--token", &token])
+        .args(["--wrong-token", &format!("{token}-wrong")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node tests/ui/login.mjs");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for node") {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = out_reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()) && out.lines().any(|l| l.starts_with("OK ")),
+        "the token sign-in check failed (exit: {status:?}; None = timed out after 90 s)\n\
+         --- stdout ---\n{out}\n--- stderr ---\n{err}"
+    );
+    eprintln!("dashboard with token: {}", out.trim());
+}

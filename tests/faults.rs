@@ -57,7 +57,12 @@ impl BodyOutcome {
 }
 
 fn get_body_outcome(proxy: &Proxy, target: &str) -> BodyOutcome {
-    let r = match http::request_streaming("GET", &format!("{}{target}", proxy.url()), &[], None) {
+    get_body_outcome_with(proxy, target, &[])
+}
+
+fn get_body_outcome_with(proxy: &Proxy, target: &str, headers: &[(&str, &str)]) -> BodyOutcome {
+    let r = match http::request_streaming("GET", &format!("{}{target}", proxy.url()), headers, None)
+    {
         Ok(r) => r,
         // The connection was closed before a status line: the client got
         // nothing at all (e.g. a small corrupt blob whose only chunk was
@@ -465,6 +470,94 @@ fn corrupted_blob_is_never_delivered_complete() {
             BodyOutcome::Refused(_) => {}
         }
     }
+}
+
+/// An upstream that answers `206 Partial Content` to a blob request that
+/// had no `Range` is lying about what it sends: the proxy fails closed
+/// with an OCI error and serves nothing, corrupt or not.
+#[test]
+fn upstream_206_to_a_request_without_range_is_refused() {
+    let fake = Fake::with_config(FakeConfig {
+        partial_without_range: true,
+        ..Default::default()
+    });
+    let blob = pseudo_random(31, 300_000);
+    let digest = fake.put_blob(REPO, &blob);
+    let proxy = Proxy::start(&fake.proxy_config());
+    let target = format!("/v2/{REPO}/blobs/{digest}");
+    for corrupt in [true, false] {
+        fake.set(|c| c.corrupt_blob = corrupt);
+        let r = get(&proxy, &target, &[]);
+        let what = format!("206 without Range (corrupt body: {corrupt})");
+        assert_oci_error(&r, 502, None, &what);
+        assert!(
+            r.text().contains("206"),
+            "{what}: the error should say what the upstream did: {}",
+            r.text()
+        );
+    }
+    // A client that asked for a range still gets it from this upstream.
+    let r = get(&proxy, &target, &[("Range", "bytes=10-19")]);
+    assert_eq!((r.status, &r.body[..]), (206, &blob[10..20]));
+}
+
+/// A `206` whose `Content-Range` is not exactly the range requested is an
+/// upstream error, never passed on.
+#[test]
+fn upstream_206_with_another_range_is_refused() {
+    let fake = Fake::with_config(FakeConfig {
+        shifted_ranges: true,
+        ..Default::default()
+    });
+    let blob = pseudo_random(32, 100_000);
+    let digest = fake.put_blob(REPO, &blob);
+    let proxy = Proxy::start(&fake.proxy_config());
+    let target = format!("/v2/{REPO}/blobs/{digest}");
+    for range in ["bytes=10-19", "bytes=99990-", "bytes=-10", "bytes=0-"] {
+        let r = get(&proxy, &target, &[("Range", range)]);
+        assert_oci_error(&r, 502, None, &format!("shifted answer to Range {range}"));
+    }
+    fake.set(|c| c.shifted_ranges = false);
+    let r = get(&proxy, &target, &[("Range", "bytes=-10")]);
+    assert_eq!(r.status, 206, "control: an honest answer passes");
+    assert_eq!(r.header("content-range"), Some("bytes 99990-99999/100000"));
+    assert_eq!(r.body, blob[99_990..]);
+}
+
+/// `Range: bytes=0-` asks for the whole blob: it is hashed like a full
+/// body, and a corrupt one never reaches the client complete. (A true part
+/// of a blob cannot be checked on its own: it passes at its exact length,
+/// and the client checks the assembled blob.)
+#[test]
+fn a_whole_blob_asked_for_by_range_is_verified() {
+    let fake = Fake::start();
+    let blob = pseudo_random(33, 2 * MIB + 7);
+    let digest = fake.put_blob(REPO, &blob);
+    let proxy = Proxy::start(&fake.proxy_config());
+    let target = format!("/v2/{REPO}/blobs/{digest}");
+    let range = [("Range", "bytes=0-")];
+
+    match get_body_outcome_with(&proxy, &target, &range) {
+        BodyOutcome::Complete(b) => assert!(b == blob, "intact bytes=0-: bytes differ"),
+        other => panic!("intact bytes=0-: {}", other.describe()),
+    }
+    fake.set(|c| c.corrupt_ranges = true);
+    let outcome = get_body_outcome_with(&proxy, &target, &range);
+    eprintln!("corrupt bytes=0-: {}", outcome.describe());
+    match outcome {
+        BodyOutcome::Complete(b) => panic!(
+            "a corrupt blob asked for with bytes=0- was delivered complete ({} bytes)",
+            b.len()
+        ),
+        BodyOutcome::Aborted(n) => assert!(n < blob.len(), "aborted only after the whole body"),
+        BodyOutcome::Refused(_) => {}
+    }
+    let r = get(&proxy, &target, &[("Range", "bytes=10-19")]);
+    assert_eq!(
+        (r.status, r.body.len()),
+        (206, 10),
+        "a part passes at its exact length"
+    );
 }
 
 /// An upstream that drops the connection half-way through a blob: the

@@ -245,6 +245,149 @@ fn the_audit_file_rotates_by_size() {
     }
 }
 
+/// The permission bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// The audit trail (client addresses, user agents, justifications) is
+/// never world-readable: `0600` by default, `0640` with `groupReadable`,
+/// for the live file and the rotated ones alike.
+#[test]
+fn audit_files_are_private_before_and_after_rotation() {
+    for (options, want) in [("", 0o600), (", groupReadable: true", 0o640)] {
+        let s = setup(&format!(
+            "audit: {{path: {{path}}, fsync: always, maxSizeBytes: 2000, maxFiles: 2{options}}}\n"
+        ));
+        assert_eq!(get_manifest(&s.proxy, "elsewhere/app"), 403);
+        assert!(
+            trust::wait_until(Duration::from_secs(5), || !lines(&s.audit).is_empty()),
+            "nothing was audited"
+        );
+        assert_eq!(
+            mode_of(&s.audit),
+            want,
+            "audit file mode with options {options:?}: {:o}",
+            mode_of(&s.audit)
+        );
+        let rotated = std::path::PathBuf::from(format!("{}.1", s.audit.display()));
+        for _ in 0..8 {
+            assert_eq!(get_manifest(&s.proxy, "elsewhere/app"), 403);
+        }
+        assert!(
+            trust::wait_until(Duration::from_secs(5), || rotated.exists()),
+            "no rotation happened"
+        );
+        assert_eq!(mode_of(&rotated), want, "rotated file, options {options:?}");
+        assert_eq!(
+            mode_of(&s.audit),
+            want,
+            "new file after rotation, options {options:?}"
+        );
+    }
+}
+
+/// With `admin.tokenFile`, every admin endpoint but the health endpoints,
+/// the dashboard page and its redirect requires the bearer token: nothing
+/// or a wrong token gets `401` with `WWW-Authenticate: Bearer`, the token
+/// gets the data. The token never reaches the log.
+#[test]
+fn the_admin_token_guards_everything_but_health_and_the_page() {
+    let fake = common::fake::Fake::start();
+    fake.put_image("team/app", Some("v1"), 1, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let token = common::fake::unique_secret("admintoken");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = fake.proxy_config()
+        + &format!(
+            "admin: {{listen: {admin}, tokenFile: {}}}\n",
+            token_file.display()
+        );
+    let proxy = Proxy::start_with_health(&config, &format!("http://{admin}/healthz"));
+    // A decision, so the API has something to withhold.
+    assert_eq!(get_manifest(&proxy, "team/app"), 200);
+
+    let request = |method: &str, path: &str, authorization: Option<&str>| {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        common::http::request(method, &format!("http://{admin}{path}"), &headers, &[]).unwrap()
+    };
+    let right = format!("Bearer {token}");
+    let wrong = format!("Bearer {token}x");
+    for path in [
+        "/metrics",
+        "/-/api/decisions",
+        "/-/api/decisions?verdict=allow",
+        "/-/api/summary",
+        "/-/api/policy",
+        "/no-such-page",
+    ] {
+        for (what, authorization) in [
+            ("no token", None),
+            ("a wrong token", Some(wrong.as_str())),
+            ("a Basic header", Some("Basic YWRtaW46YWRtaW4=")),
+            ("a bare token", Some(token.as_str())),
+        ] {
+            let r = request("GET", path, authorization);
+            assert_eq!(r.status, 401, "GET {path} with {what}: {}", r.text());
+            let challenge = r.header("www-authenticate").unwrap_or("");
+            assert!(
+                challenge.starts_with("Bearer "),
+                "GET {path} with {what}: challenge {challenge:?}"
+            );
+            assert!(
+                !r.text().contains("team/app") && !r.text().contains("portcullis_"),
+                "GET {path} with {what} leaked data: {}",
+                r.text()
+            );
+        }
+        let r = request("GET", path, Some(&right));
+        let want = if path == "/no-such-page" { 404 } else { 200 };
+        assert_eq!(r.status, want, "GET {path} with the token: {}", r.text());
+    }
+    let r = request("GET", "/-/api/decisions", Some(&right));
+    assert!(r.text().contains("team/app"), "{}", r.text());
+    let r = request("GET", "/-/api/policy", Some(&format!("bearer {token}")));
+    assert_eq!(r.status, 200, "the scheme is case-insensitive");
+    let r = request("POST", "/-/api/policy", Some(&right));
+    assert_eq!(r.status, 405);
+    let r = request("POST", "/-/api/policy", None);
+    assert_eq!(r.status, 401);
+
+    // Open without the token: health, the page (which then asks for the
+    // token) and the redirect to it.
+    for (path, want) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/-/ui", 200),
+        ("/", 302),
+    ] {
+        let r = request("GET", path, None);
+        assert_eq!(r.status, want, "GET {path} without a token: {}", r.text());
+    }
+    let page = request("GET", "/-/ui", None).text();
+    assert!(page.contains(r#"<meta name="portcullis-admin-auth" content="token">"#));
+    assert!(!page.contains(&token));
+
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("/-/api/policy"),
+        "nothing logged to check:\n{logs}"
+    );
+    assert!(
+        !logs.contains(&token),
+        "the admin token reached the log:\n{logs}"
+    );
+}
+
 /// A webhook receiver: records each request body, answers 200.
 fn receiver() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
     use std::io::{BufRead, BufReader, Read, Write};

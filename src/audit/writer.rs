@@ -5,8 +5,15 @@
 //! Durability: with `fsync: always` every line is synced before the next
 //! is written; with `fsync: interval` lines are synced at least every
 //! `fsyncInterval`, so a crash or `kill -9` loses at most that much.
+//!
+//! Permissions: the trail names client addresses, user agents and
+//! break-glass justifications, so audit files are created `0600` (`0640`
+//! with `groupReadable`), whatever the umask, and a file left with wider
+//! permissions (by an older version, or by hand) is narrowed when it is
+//! opened; rotated files keep the mode.
 
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,7 +70,18 @@ enum Output {
         path: PathBuf,
         file: std::fs::File,
         size: u64,
+        mode: u32,
     },
+}
+
+/// The permissions audit files get: owner read/write, and group read if
+/// asked for. Never anything for others.
+pub fn file_mode(config: &AuditConfig) -> u32 {
+    if config.group_readable {
+        0o640
+    } else {
+        0o600
+    }
 }
 
 /// Opens the output and starts the writer task.
@@ -71,12 +89,22 @@ pub fn start(config: &AuditConfig) -> std::io::Result<AuditSink> {
     let output = match &config.path {
         None => Output::Stdout,
         Some(path) => {
-            let file = open_append(path)?;
+            let mode = file_mode(config);
+            let file = open_append(path, mode)?;
             let size = file.metadata()?.len();
+            // Rotated files from before (possibly written by a version that
+            // created them world-readable) get the same narrowing.
+            for n in 1..=config.max_files.max(1) {
+                let rotated = rotated_path(path, n);
+                if rotated.exists() {
+                    restrict(&rotated, mode)?;
+                }
+            }
             Output::File {
                 path: path.clone(),
                 file,
                 size,
+                mode,
             }
         }
     };
@@ -100,16 +128,39 @@ pub fn start(config: &AuditConfig) -> std::io::Result<AuditSink> {
     })
 }
 
-fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+/// Opens `path` for appending, creating it with `mode`; an existing file
+/// with more permissions than `mode` is narrowed to it (the umask may have
+/// taken bits away at creation, never added them).
+fn open_append(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)?;
         }
     }
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path)
+        .mode(mode)
+        .open(path)?;
+    let current = file.metadata()?.permissions().mode() & 0o7777;
+    if current != mode {
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(file)
+}
+
+/// Sets an existing file's permissions to `mode` unless they already are.
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if current != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// `audit.jsonl.<n>`
+fn rotated_path(path: &Path, n: u32) -> PathBuf {
+    PathBuf::from(format!("{}.{n}", path.display()))
 }
 
 struct Writer {
@@ -195,14 +246,20 @@ impl Writer {
 
     /// `audit.jsonl` → `audit.jsonl.1` → … → `audit.jsonl.<maxFiles>`.
     fn rotate_if_needed(&mut self) {
-        let Output::File { path, file, size } = &mut self.output else {
+        let Output::File {
+            path,
+            file,
+            size,
+            mode,
+        } = &mut self.output
+        else {
             return;
         };
         if self.max_size == 0 || *size < self.max_size {
             return;
         }
         let _ = file.sync_data();
-        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+        let numbered = |n: u32| rotated_path(path, n);
         let _ = std::fs::remove_file(numbered(self.max_files.max(1)));
         for n in (1..self.max_files.max(1)).rev() {
             let _ = std::fs::rename(numbered(n), numbered(n + 1));
@@ -212,7 +269,7 @@ impl Writer {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match open_append(path) {
+        match open_append(path, *mode) {
             Ok(f) => {
                 *file = f;
                 *size = 0;
@@ -267,6 +324,7 @@ mod tests {
             max_files: 2,
             queue_size: 10,
             on_full: OnFull::Block,
+            group_readable: false,
         };
         let sink = start(&config).unwrap();
         for _ in 0..3 {
@@ -287,5 +345,36 @@ mod tests {
         assert_eq!(lines(&dir.path().join("a.jsonl.1")), 1);
         assert_eq!(lines(&dir.path().join("a.jsonl.2")), 1);
         assert!(!dir.path().join("a.jsonl.3").exists());
+        for name in ["a.jsonl", "a.jsonl.1", "a.jsonl.2"] {
+            assert_eq!(mode_of(&dir.path().join(name)), 0o600, "{name}");
+        }
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn existing_files_are_narrowed_and_group_read_is_opt_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        for name in ["a.jsonl", "a.jsonl.1"] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        let config = AuditConfig {
+            path: Some(path.clone()),
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_secs(1),
+            max_size_bytes: 0,
+            max_files: 2,
+            queue_size: 10,
+            on_full: OnFull::Block,
+            group_readable: true,
+        };
+        let _sink = start(&config).unwrap();
+        assert_eq!(mode_of(&path), 0o640);
+        assert_eq!(mode_of(&dir.path().join("a.jsonl.1")), 0o640);
     }
 }

@@ -1,12 +1,18 @@
 //! Blobs: streamed from the upstream with flat memory. A whole blob is
-//! hashed while it streams ([`super::verifying`]); ranges pass through
-//! (a part of a blob cannot be checked on its own; clients check the
-//! assembled blob).
+//! hashed while it streams ([`super::verifying`]).
+//!
+//! Ranges: an upstream `206` is only accepted for a request that carried a
+//! `Range`, and only with a `Content-Range` that is exactly the range
+//! asked for (a `206` to a plain GET, or to another range, is an upstream
+//! error: nothing is served). A `206` that covers the whole blob (a client
+//! `bytes=0-`) is hashed like a full body; a true part of a blob cannot be
+//! checked on its own, so it is held to its exact length and clients check
+//! the assembled blob.
 
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::verifying::VerifyingBody;
+use super::verifying::{ExactLengthBody, VerifyingBody};
 use super::{body_from, upstream_failure, BoxError, ProxyBody, ServeError};
 use crate::error::ErrorCode;
 use crate::oci::Digest;
@@ -31,8 +37,9 @@ pub async fn serve(
     head: bool,
 ) -> Result<Response<ProxyBody>, ServeError> {
     let mut headers = HeaderMap::new();
+    let mut requested = None;
     if let Some(range) = client_headers.get(header::RANGE) {
-        check_range(range)?;
+        requested = Some(check_range(range)?);
         headers.insert(header::RANGE, range.clone());
     }
     let method = if head { Method::HEAD } else { Method::GET };
@@ -46,20 +53,47 @@ pub async fn serve(
         return Err(upstream_failure(route, response, what, ErrorCode::BlobUnknown).await);
     }
     let (parts, body) = response.into_parts();
-    let body = if head {
-        body_from(bytes::Bytes::new())
-    } else if status == StatusCode::OK {
-        VerifyingBody::new(body, digest.clone()).boxed_unsync()
+    // The part a 206 carries, checked against the request.
+    let part = if status == StatusCode::PARTIAL_CONTENT {
+        let invalid = |reason: String| ServeError::UpstreamInvalid {
+            what: format!("blob {}@{digest}", route.canonical()),
+            reason,
+        };
+        let Some(requested) = requested else {
+            return Err(invalid(
+                "it answered 206 Partial Content to a request without Range; \
+                 not serving a blob that cannot be verified"
+                    .into(),
+            ));
+        };
+        Some(check_partial(&requested, &parts.headers).map_err(invalid)?)
     } else {
-        body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+        None
+    };
+    let body = match part {
+        _ if head => body_from(bytes::Bytes::new()),
+        // A whole blob, as a 200 or as a 206 covering all of it.
+        None => VerifyingBody::new(body, digest.clone()).boxed_unsync(),
+        Some(part) if part.is_whole() => VerifyingBody::new(body, digest.clone()).boxed_unsync(),
+        Some(part) => {
+            ExactLengthBody::new(body.map_err(|e| -> BoxError { Box::new(e) }), part.len())
+                .boxed_unsync()
+        }
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
     let headers = out.headers_mut();
     for name in PASSED_HEADERS {
+        if name == header::CONTENT_RANGE && part.is_none() {
+            // Only a checked 206 describes a range.
+            continue;
+        }
         if let Some(value) = parts.headers.get(&name) {
             headers.insert(name, value.clone());
         }
+    }
+    if let Some(part) = part {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
     }
     headers
         .entry(header::CONTENT_TYPE)
@@ -70,10 +104,105 @@ pub async fn serve(
     Ok(out)
 }
 
+/// A client's byte range, as [`check_range`] accepted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRange {
+    /// `bytes=N-M` (`Some(M)`) or `bytes=N-` (`None`).
+    From(u64, Option<u64>),
+    /// `bytes=-N`: the last N bytes.
+    Suffix(u64),
+}
+
+/// The part of a blob an upstream `206` carries (`Content-Range: bytes
+/// first-last/total`), already checked against the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Part {
+    first: u64,
+    last: u64,
+    total: u64,
+}
+
+impl Part {
+    fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    /// The part is the whole blob: it can be hashed and checked.
+    fn is_whole(&self) -> bool {
+        self.first == 0 && self.last + 1 == self.total
+    }
+}
+
+/// Parses `bytes first-last/total` strictly (digits only, a known total,
+/// `first <= last < total`).
+fn parse_content_range(value: &str) -> Option<Part> {
+    let spec = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = spec.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let number = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let part = Part {
+        first: number(first)?,
+        last: number(last)?,
+        total: number(total)?,
+    };
+    (part.first <= part.last && part.last < part.total).then_some(part)
+}
+
+/// Checks an upstream `206` against the client's range: its
+/// `Content-Range` must be exactly the part the range selects from a blob
+/// of the size it states, and its `Content-Length` (if any) that part's
+/// length. The reason is for the error message.
+fn check_partial(requested: &ByteRange, headers: &HeaderMap) -> Result<Part, String> {
+    let raw = headers
+        .get(header::CONTENT_RANGE)
+        .ok_or("it answered 206 Partial Content without Content-Range")?;
+    let text = String::from_utf8_lossy(raw.as_bytes());
+    let part = parse_content_range(&text)
+        .ok_or_else(|| format!("it answered 206 with an invalid Content-Range {text:?}"))?;
+    let total = part.total;
+    let expected = match *requested {
+        ByteRange::From(first, _) if first >= total => None,
+        ByteRange::From(first, Some(last)) => Some((first, last.min(total - 1))),
+        ByteRange::From(first, None) => Some((first, total - 1)),
+        ByteRange::Suffix(n) => Some((total - n.min(total), total - 1)),
+    };
+    if expected != Some((part.first, part.last)) {
+        return Err(format!(
+            "it answered 206 with Content-Range {text:?}, which is not the range requested ({})",
+            describe(requested)
+        ));
+    }
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        let length = length
+            .to_str()
+            .ok()
+            .and_then(|l| l.trim().parse::<u64>().ok());
+        if length != Some(part.len()) {
+            return Err(format!(
+                "it answered 206 with Content-Range {text:?} but a Content-Length of {length:?}"
+            ));
+        }
+    }
+    Ok(part)
+}
+
+fn describe(range: &ByteRange) -> String {
+    match range {
+        ByteRange::From(first, Some(last)) => format!("bytes={first}-{last}"),
+        ByteRange::From(first, None) => format!("bytes={first}-"),
+        ByteRange::Suffix(n) => format!("bytes=-{n}"),
+    }
+}
+
 /// Accepts one byte range: `bytes=N-M`, `bytes=N-` or `bytes=-N`.
 /// Multiple ranges are refused: no registry client asks for them, and a
 /// multipart body is one more thing to get wrong.
-fn check_range(value: &HeaderValue) -> Result<(), ServeError> {
+fn check_range(value: &HeaderValue) -> Result<ByteRange, ServeError> {
     let bad = || {
         ServeError::BadRange(format!(
             "unsupported Range {:?}: one byte range (bytes=N-M, bytes=N- or bytes=-N) is supported",
@@ -93,9 +222,9 @@ fn check_range(value: &HeaderValue) -> Result<(), ServeError> {
         s.parse().map(Some).map_err(|_| bad())
     };
     match (number(start.trim())?, number(end.trim())?) {
-        (Some(s), Some(e)) if s <= e => Ok(()),
-        (Some(_), None) => Ok(()),
-        (None, Some(n)) if n > 0 => Ok(()),
+        (Some(s), Some(e)) if s <= e => Ok(ByteRange::From(s, Some(e))),
+        (Some(s), None) => Ok(ByteRange::From(s, None)),
+        (None, Some(n)) if n > 0 => Ok(ByteRange::Suffix(n)),
         _ => Err(bad()),
     }
 }
@@ -128,5 +257,59 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn partial(range: &str, content_range: &str, length: Option<&str>) -> Result<Part, String> {
+        let requested = check_range(&HeaderValue::from_str(range).unwrap()).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(content_range).unwrap(),
+        );
+        if let Some(l) = length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_str(l).unwrap());
+        }
+        check_partial(&requested, &headers)
+    }
+
+    #[test]
+    fn partial_answers_must_match_the_request() {
+        let whole = Part {
+            first: 0,
+            last: 99,
+            total: 100,
+        };
+        assert_eq!(
+            partial("bytes=0-", "bytes 0-99/100", Some("100")),
+            Ok(whole)
+        );
+        assert!(whole.is_whole());
+        assert_eq!(partial("bytes=0-999", "bytes 0-99/100", None), Ok(whole));
+        assert_eq!(partial("bytes=-1000", "bytes 0-99/100", None), Ok(whole));
+        let tail = partial("bytes=-10", "bytes 90-99/100", None).unwrap();
+        assert_eq!((tail.len(), tail.is_whole()), (10, false));
+        assert!(partial("bytes=10-19", "bytes 10-19/100", Some("10")).is_ok());
+        assert!(partial("bytes=90-", "bytes 90-99/100", None).is_ok());
+        for (range, content_range, length) in [
+            ("bytes=10-19", "bytes 11-20/100", None),
+            ("bytes=10-19", "bytes 10-18/100", None),
+            ("bytes=10-19", "bytes 10-19/100", Some("11")),
+            ("bytes=10-19", "bytes 10-19/*", None),
+            ("bytes=10-19", "bytes */100", None),
+            ("bytes=10-19", "bytes 19-10/100", None),
+            ("bytes=10-19", "bytes 10-19/15", None),
+            ("bytes=0-", "bytes 0-49/100", None),
+            ("bytes=-10", "bytes 0-99/100", None),
+            ("bytes=200-", "bytes 0-99/100", None),
+            ("bytes=0-", "items 0-99/100", None),
+            ("bytes=0-", "bytes +0-99/100", None),
+        ] {
+            assert!(
+                partial(range, content_range, length).is_err(),
+                "{range} answered with {content_range} ({length:?})"
+            );
+        }
+        let requested = check_range(&HeaderValue::from_static("bytes=0-")).unwrap();
+        assert!(check_partial(&requested, &HeaderMap::new()).is_err());
     }
 }

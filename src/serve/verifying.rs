@@ -110,6 +110,95 @@ where
     }
 }
 
+/// A part of a blob was not as long as its `Content-Range` said.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent {received} bytes for a {expected}-byte range; response aborted")]
+pub struct RangeLengthMismatch {
+    pub expected: u64,
+    pub received: u64,
+}
+
+/// Wraps the body of a checked partial response: it must be exactly
+/// `expected` bytes long. Past that the response fails before the excess
+/// is sent; a short body fails at its end.
+pub struct ExactLengthBody<B> {
+    inner: B,
+    expected: u64,
+    received: u64,
+    done: bool,
+}
+
+impl<B> ExactLengthBody<B> {
+    pub fn new(inner: B, expected: u64) -> ExactLengthBody<B> {
+        ExactLengthBody {
+            inner,
+            expected,
+            received: 0,
+            done: false,
+        }
+    }
+
+    fn mismatch(&mut self, received: u64) -> BoxError {
+        self.done = true;
+        Box::new(RangeLengthMismatch {
+            expected: self.expected,
+            received,
+        })
+    }
+}
+
+impl<B> Body for ExactLengthBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let received = this.received.saturating_add(data.len() as u64);
+                    if received > this.expected {
+                        return Poll::Ready(Some(Err(this.mismatch(received))));
+                    }
+                    this.received = received;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                if this.received != this.expected {
+                    let received = this.received;
+                    return Poll::Ready(Some(Err(this.mismatch(received))));
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.expected - self.received.min(self.expected))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +249,23 @@ mod tests {
         }
         assert!(failed);
         assert_eq!(&received[..], b"hello ", "the final chunk must not be sent");
+    }
+
+    #[tokio::test]
+    async fn exact_length_passes_only_the_announced_length() {
+        let out = ExactLengthBody::new(chunks(&[b"hello", b" world"]), 11)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&out[..], b"hello world");
+        let long = ExactLengthBody::new(chunks(&[b"hello", b" world"]), 5)
+            .collect()
+            .await;
+        assert!(long.is_err());
+        let short = ExactLengthBody::new(chunks(&[b"hello"]), 11)
+            .collect()
+            .await;
+        assert!(short.is_err());
     }
 }

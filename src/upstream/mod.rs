@@ -8,7 +8,7 @@
 pub mod auth;
 pub mod body;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,12 @@ pub struct Upstream {
     base: Uri,
     client: HttpClient,
     auth: AuthState,
+    /// Token endpoints on other origins that may receive the credentials
+    /// (`auth.tokenRealms`).
+    token_realms: Vec<Uri>,
+    /// Whether the "realm on another host gets no credentials" warning
+    /// was logged (it is logged once).
+    warned_foreign_realm: AtomicBool,
     timeouts: Timeouts,
     /// Milliseconds since `epoch` at which the upstream last answered
     /// anything (0: never). Drives `/readyz`.
@@ -124,12 +130,25 @@ impl Upstream {
                 Some(Credentials::new(auth.username.clone(), password))
             }
         };
+        let token_realms = config
+            .auth
+            .iter()
+            .flat_map(|auth| auth.token_realms.iter())
+            .map(|realm| {
+                realm.parse::<Uri>().map_err(|_| SetupError::Url {
+                    registry: registry.clone(),
+                    url: realm.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let client = build_client(config, &timeouts)?;
         Ok(Upstream {
             registry,
             base,
             client,
             auth: AuthState::new(credentials),
+            token_realms,
+            warned_foreign_realm: AtomicBool::new(false),
             timeouts,
             last_answer_ms: AtomicU64::new(0),
             no_referrers_api_ms: AtomicU64::new(0),
@@ -301,6 +320,29 @@ impl Upstream {
         })
     }
 
+    /// Whether the token endpoint `realm` may receive the upstream
+    /// credentials: it is on the upstream's own origin (scheme, host and
+    /// port), or configured in `auth.tokenRealms` (same origin and path).
+    /// Never a plain-http realm for an https upstream.
+    fn realm_gets_credentials(&self, realm: &str) -> bool {
+        let Ok(realm) = realm.parse::<Uri>() else {
+            return false;
+        };
+        let Some(origin) = Origin::of(&realm) else {
+            return false;
+        };
+        if self.base.scheme_str() == Some("https") && origin.scheme != "https" {
+            return false;
+        }
+        if Origin::of(&self.base).as_ref() == Some(&origin) {
+            return true;
+        }
+        self.token_realms.iter().any(|trusted| {
+            Origin::of(trusted).as_ref() == Some(&origin)
+                && normal_path(trusted.path()) == normal_path(realm.path())
+        })
+    }
+
     fn is_own_host(&self, uri: &Uri) -> bool {
         uri.authority() == self.base.authority() && uri.scheme() == self.base.scheme()
     }
@@ -452,7 +494,25 @@ impl Upstream {
         let uri: Uri = format!("{realm}{separator}{query}")
             .parse()
             .map_err(|_| auth_error(format!("token realm {realm:?} is not a URL")))?;
-        let basic = self.auth.credentials.as_ref().map(|c| c.basic_header());
+        let basic = match &self.auth.credentials {
+            Some(credentials) if self.realm_gets_credentials(realm) => {
+                Some(credentials.basic_header())
+            }
+            Some(_) => {
+                if !self.warned_foreign_realm.swap(true, Ordering::Relaxed) {
+                    let shown: String = realm.chars().take(200).collect();
+                    tracing::warn!(
+                        upstream = %self.registry,
+                        realm = %shown,
+                        "token realm is not on the upstream's own origin and not in \
+                         upstreams[].auth.tokenRealms: asking it for an anonymous token, \
+                         without the configured credentials (logged once)"
+                    );
+                }
+                None
+            }
+            None => None,
+        };
         let response = self
             .send(
                 Method::GET,
@@ -561,6 +621,44 @@ fn build_client(config: &UpstreamConfig, timeouts: &Timeouts) -> Result<HttpClie
         .build(https))
 }
 
+/// Scheme, host and port (the scheme's default when not given), lower
+/// case: what decides whether two URLs are the same party.
+#[derive(Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    fn of(uri: &Uri) -> Option<Origin> {
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return None,
+        };
+        let authority = uri.authority()?;
+        if authority.as_str().contains('@') {
+            // userinfo in a realm: not a plain token endpoint.
+            return None;
+        }
+        Some(Origin {
+            scheme,
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(default_port),
+        })
+    }
+}
+
+fn normal_path(path: &str) -> &str {
+    if path.is_empty() {
+        "/"
+    } else {
+        path
+    }
+}
+
 /// Resolves a `Location` header against the request URI.
 fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
     if location.starts_with("http://") || location.starts_with("https://") {
@@ -595,6 +693,53 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn upstream(url: &str, realms: &[&str]) -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "pw").unwrap();
+        let config = UpstreamConfig {
+            registry: "r.example".into(),
+            url: Some(url.into()),
+            prefix: None,
+            default: true,
+            auth: Some(crate::config::AuthConfig {
+                username: "u".into(),
+                password_file: pw,
+                token_realms: realms.iter().map(|r| r.to_string()).collect(),
+            }),
+            ca_file: None,
+        };
+        Upstream::new(&config, Timeouts::default()).unwrap()
+    }
+
+    #[test]
+    fn credentials_go_only_to_own_or_configured_realms() {
+        let u = upstream("https://r.example", &["https://auth.example/token"]);
+        for ok in [
+            "https://r.example/token",
+            "https://R.Example:443/v2/token",
+            "https://auth.example/token",
+            "https://auth.example:443/token",
+        ] {
+            assert!(u.realm_gets_credentials(ok), "{ok}");
+        }
+        for no in [
+            "http://r.example/token",
+            "https://r.example:8443/token",
+            "https://evil.example/token",
+            "https://auth.example/other",
+            "http://auth.example/token",
+            "https://user@r.example/token",
+            "not a url",
+        ] {
+            assert!(!u.realm_gets_credentials(no), "{no}");
+        }
+        let plain = upstream("http://127.0.0.1:5000", &[]);
+        assert!(plain.realm_gets_credentials("http://127.0.0.1:5000/token"));
+        assert!(!plain.realm_gets_credentials("http://127.0.0.2:5000/token"));
+        assert!(!plain.realm_gets_credentials("http://127.0.0.1:5001/token"));
+    }
 
     #[test]
     fn locations() {

@@ -71,6 +71,10 @@ pub struct TokenAuth {
     /// Write the challenge with parameters reordered, spaces after commas
     /// and an `error="insufficient_scope"` parameter, as some registries do.
     pub quirky_challenge: bool,
+    /// The challenge's realm is the storage listener's `/token` (another
+    /// loopback address, plain http): a token endpoint on another host.
+    /// The storage listener then serves the token endpoint too.
+    pub foreign_realm: bool,
 }
 
 impl Default for TokenAuth {
@@ -81,6 +85,7 @@ impl Default for TokenAuth {
             expires_in: Some(300),
             access_token_only: false,
             quirky_challenge: false,
+            foreign_realm: false,
         }
     }
 }
@@ -135,6 +140,17 @@ pub struct FakeConfig {
     /// this string answer `500 UNKNOWN` (e.g. `".sig"` to break signature
     /// lookups while images stay reachable).
     pub fail_manifests_ending_with: Option<String>,
+    /// A blob GET *without* `Range` is answered `206 Partial Content`
+    /// (`Content-Range: bytes 0-<size-1>/<size>`, the whole body, with
+    /// `corrupt_blob` applied): a lying upstream.
+    pub partial_without_range: bool,
+    /// A blob GET with a `Range` is answered with a different range than
+    /// asked for: one byte further (or back, at the end of the blob), with
+    /// a `Content-Range` and bytes to match.
+    pub shifted_ranges: bool,
+    /// Ranged blob bodies have one byte flipped (same length, honest
+    /// `Content-Range`).
+    pub corrupt_ranges: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -168,6 +184,9 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// Repository name parsed from the path (registry endpoints only).
     pub repo: Option<String>,
+    /// Received by the storage listener (the other host) rather than the
+    /// registry's own.
+    pub on_storage: bool,
 }
 
 impl RecordedRequest {
@@ -585,6 +604,8 @@ pub struct Upstream {
     pub prefix: Option<String>,
     pub default: bool,
     pub auth: Option<(String, String)>,
+    /// `auth.tokenRealms` (with `auth`).
+    pub token_realms: Vec<String>,
 }
 
 impl Upstream {
@@ -595,7 +616,14 @@ impl Upstream {
             prefix: None,
             default: false,
             auth: None,
+            token_realms: Vec::new(),
         }
+    }
+
+    /// Lists a token endpoint on another host that may get the credentials.
+    pub fn token_realm(mut self, realm: &str) -> Upstream {
+        self.token_realms.push(realm.to_string());
+        self
     }
 
     pub fn with_default(mut self) -> Upstream {
@@ -630,8 +658,16 @@ pub fn proxy_yaml(upstreams: &[Upstream], timeouts: Option<(&str, &str)>) -> Str
             y.push_str("    default: true\n");
         }
         if let Some((user, file)) = &u.auth {
+            let realms = if u.token_realms.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", tokenRealms: {}",
+                    serde_json::to_string(&u.token_realms).expect("json list")
+                )
+            };
             y.push_str(&format!(
-                "    auth: {{username: {}, passwordFile: {}}}\n",
+                "    auth: {{username: {}, passwordFile: {}{realms}}}\n",
                 serde_json::to_string(user).expect("json string"),
                 serde_json::to_string(file).expect("json string"),
             ));
@@ -804,9 +840,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, storage: bool) -> R
             )
         })
         .collect();
-    let r = if storage { Route::Other } else { route(&path) };
+    let storage_token = storage && path == "/token" && {
+        let cfg = lock(&shared.config);
+        cfg.require_token.as_ref().is_some_and(|t| t.foreign_realm)
+    };
+    let r = if storage_token {
+        Route::Token
+    } else if storage {
+        Route::Other
+    } else {
+        route(&path)
+    };
     let (kind, repo) = match &r {
-        _ if storage => (Kind::Storage, None),
+        _ if storage && !storage_token => (Kind::Storage, None),
         Route::Base => (Kind::Base, None),
         Route::Manifest(n, _) => (Kind::Manifest, Some(n.clone())),
         Route::Blob(n, _) => (Kind::Blob, Some(n.clone())),
@@ -822,6 +868,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, storage: bool) -> R
         query: query.clone(),
         headers,
         repo: repo.clone(),
+        on_storage: storage,
     });
 
     let cfg = lock(&shared.config).clone();
@@ -834,7 +881,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, storage: bool) -> R
         }
     }
 
-    if storage {
+    if storage && !storage_token {
         return serve_storage(&shared, &cfg, &method, &path, req.headers());
     }
     if let Route::Token = r {
@@ -900,7 +947,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, storage: bool) -> R
 }
 
 fn challenge(shared: &Shared, t: &TokenAuth, repo: Option<&str>, error: Option<&str>) -> String {
-    let realm = format!("http://{}/token", shared.addr);
+    let realm = if t.foreign_realm {
+        format!("{}/token", shared.storage_url)
+    } else {
+        format!("http://{}/token", shared.addr)
+    };
     let scope = repo.map(|r| format!("repository:{r}:pull"));
     if t.quirky_challenge {
         let mut c = format!("Bearer service=\"{}\"", t.service);
@@ -1303,7 +1354,20 @@ fn serve_blob(
             return r;
         }
         RangeSpec::Single(s, e) => {
-            let part = blob.slice(s as usize..=e as usize);
+            let (s, e) = if !cfg.shifted_ranges {
+                (s, e)
+            } else if e + 1 < size {
+                (s + 1, e + 1)
+            } else {
+                (s.saturating_sub(1), e.saturating_sub(1))
+            };
+            let mut part = blob.slice(s as usize..=e as usize);
+            if cfg.corrupt_ranges {
+                let mut b = part.to_vec();
+                let mid = b.len() / 2;
+                b[mid] ^= 0xff;
+                part = Bytes::from(b);
+            }
             return base()
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header("content-type", "application/octet-stream")
@@ -1323,6 +1387,18 @@ fn serve_blob(
     } else {
         blob
     };
+    if cfg.partial_without_range {
+        return base()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header("content-type", "application/octet-stream")
+            .header(
+                "content-range",
+                format!("bytes 0-{}/{size}", size.saturating_sub(1)),
+            )
+            .header("content-length", size)
+            .body(FakeBody::Full(Some(body)))
+            .expect("response");
+    }
     let half = body.len() / 2;
     let chunk_delay = cfg.blob_chunk_delay;
     let drop_mid = cfg.drop_connection_mid_blob;
