@@ -182,7 +182,7 @@ impl From<UpstreamError> for ApiError {
     fn from(e: UpstreamError) -> ApiError {
         let message = e.to_string();
         match e {
-            UpstreamError::Timeout { .. } => {
+            UpstreamError::Timeout { .. } | UpstreamError::Deadline { .. } => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable, message)
             }
             UpstreamError::Auth { .. } => {
@@ -237,9 +237,10 @@ impl From<ServeError> for ApiError {
             }
             ServeError::CannotVerify { source, .. } => {
                 let status = match source {
-                    VerifyError::Upstream(UpstreamError::Timeout { .. }) => {
-                        StatusCode::GATEWAY_TIMEOUT
-                    }
+                    VerifyError::Upstream(
+                        UpstreamError::Timeout { .. } | UpstreamError::Deadline { .. },
+                    )
+                    | VerifyError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::BAD_GATEWAY,
                 };
                 ApiError::new(

@@ -1032,6 +1032,65 @@ fn slow_but_live_upstream_is_not_timed_out() {
     );
 }
 
+/// An upstream that trickles every manifest (one byte every 400 ms, so
+/// the 5 s idle read timeout never fires and a manifest takes minutes):
+/// `504 UNAVAILABLE` naming `timeouts.manifest` within that deadline, by
+/// tag and by digest, instead of a pull that hangs (issue 11, class 7).
+#[test]
+fn trickling_manifest_answers_504_within_the_manifest_deadline() {
+    let fake = Fake::with_config(FakeConfig {
+        trickle_manifests: Some((String::new(), Duration::from_millis(400))),
+        ..Default::default()
+    });
+    let img = fake.put_image(REPO, Some("v1"), 23, 1000);
+    let cfg = format!(
+        "{}timeouts: {{connect: 2s, read: 5s, manifest: 3s}}\n",
+        common::fake::proxy_yaml(
+            &[Upstream::new(&fake.host(), &fake.url()).with_default()],
+            None
+        )
+    );
+    let proxy = Proxy::start(&cfg);
+    for reference in ["v1", img.manifest_digest.as_str()] {
+        let started = Instant::now();
+        let r = get(
+            &proxy,
+            &format!("/v2/{REPO}/manifests/{reference}"),
+            &[accept_manifest()],
+        );
+        let took = started.elapsed();
+        eprintln!(
+            "trickled manifest {reference}: HTTP {} after {took:?}",
+            r.status
+        );
+        assert_oci_error(
+            &r,
+            504,
+            Some("UNAVAILABLE"),
+            &format!("GET manifest {reference} from a trickling upstream"),
+        );
+        assert!(
+            r.text().contains("timeouts.manifest"),
+            "the error names the deadline: {}",
+            r.text()
+        );
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+            "GET manifest {reference}: 504 after {took:?} with a 3 s manifest deadline"
+        );
+    }
+    // Nothing stuck behind it: with the upstream answering normally, the
+    // manifest is served.
+    fake.set(|c| c.trickle_manifests = None);
+    let r = get(
+        &proxy,
+        &format!("/v2/{REPO}/manifests/v1"),
+        &[accept_manifest()],
+    );
+    assert_eq!(r.status, 200, "after the trickle: {}", r.text());
+    assert_eq!(r.body, img.manifest);
+}
+
 /// Blob storage that redirects to itself forever: the proxy gives up with a
 /// 5xx OCI error (502 expected) promptly instead of looping or hanging.
 #[test]

@@ -199,7 +199,7 @@ impl App {
             .compile_policy()
             .map_err(|e| SetupError::Policy(e.to_string()))?;
         observer.metrics.policy_loaded(&policy.revision);
-        let mut verifier = Verifier::new(policy, config.cache);
+        let mut verifier = Verifier::new(policy, config.cache).with_timeouts(config.timeouts);
         if let Some(store) = &config.attestation_store {
             let store = crate::verify::store::Store::open(&store.path)
                 .map_err(SetupError::AttestationStore)?;

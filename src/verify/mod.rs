@@ -35,13 +35,14 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 
 use cache::{Clock, Content, Flights, Hit, Key, Scope, Verdicts};
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, Timeouts};
 use crate::oci::Digest;
 use crate::policy::{
     self, Attestor, Decision, EnforcementMode, EvaluationMode, Evidence, Policy, Rule, RuleSource,
@@ -75,6 +76,11 @@ pub enum VerifyError {
     /// request reports why); see [`Verifier::fetch_and_verify`].
     #[error("the manifest could not be fetched")]
     ManifestUnavailable,
+    /// The verification ran past `timeouts.verification` (an upstream
+    /// that answers, slowly, every lookup). Like every error here it is
+    /// not cached: the next pull verifies again.
+    #[error("verification did not finish within {after:?} (timeouts.verification)")]
+    Deadline { after: Duration },
 }
 
 /// A verdict [`Verifier::fetch_and_verify`] reached (or found cached)
@@ -139,6 +145,9 @@ pub struct Verifier {
     flights: Flights<Result<Hit, VerifyError>>,
     /// The local attestation store, when configured.
     store: Option<Arc<store::Store>>,
+    /// `verification` and `evidence` bound every verification and every
+    /// evidence lookup.
+    timeouts: Timeouts,
     pub stats: Stats,
 }
 
@@ -263,8 +272,30 @@ impl Verifier {
             content: Content::new(content, cache.allow_ttl, clock),
             flights: Flights::new(),
             store: None,
+            timeouts: Timeouts::default(),
             stats: Stats::default(),
         }
+    }
+
+    /// Bounds verifications and evidence lookups by `timeouts`
+    /// (`verification`, `evidence`) instead of the defaults.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Verifier {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Runs one verification under `timeouts.verification`. The deadline
+    /// is inside the verification's flight, so every request joined to it
+    /// gets [`VerifyError::Deadline`] at the same moment, and none of them
+    /// is left waiting on an upstream that trickles.
+    async fn within_deadline<T>(
+        &self,
+        verification: impl Future<Output = Result<T, VerifyError>>,
+    ) -> Result<T, VerifyError> {
+        let after = self.timeouts.verification;
+        tokio::time::timeout(after, verification)
+            .await
+            .unwrap_or(Err(VerifyError::Deadline { after }))
     }
 
     /// Adds the local attestation store as an evidence source.
@@ -401,9 +432,9 @@ impl Verifier {
                             if let Some(hit) = self.verdicts.get(&key) {
                                 return Ok(hit);
                             }
-                            self.verify_miss(
+                            self.within_deadline(self.verify_miss(
                                 &state, &scope, upstreams, route, manifest, parsed, &key, None,
-                            )
+                            ))
                             .await
                         }))
                     };
@@ -486,46 +517,51 @@ impl Verifier {
         let mut fetched: Option<Result<Manifest, E>> = None;
         let slot = &mut fetched;
         let fetching = fetch.as_mut();
-        let result = Box::pin(self.flights.run(key, move || async move {
-            if let Some(hit) = self.verdicts.get(&key) {
-                return Ok(hit);
-            }
-            let gather = self.gather(&state, upstreams, route, &rule, digest);
-            let mut gather = std::pin::pin!(gather);
-            let mut fetching = fetching;
-            let mut gathered = None;
-            let manifest = loop {
-                tokio::select! {
-                    manifest = fetching.as_mut() => break manifest,
-                    found = gather.as_mut(), if gathered.is_none() => gathered = Some(found),
+        let result = Box::pin(self.flights.run(key, move || {
+            self.within_deadline(async move {
+                if let Some(hit) = self.verdicts.get(&key) {
+                    return Ok(hit);
                 }
-            };
-            let manifest = match manifest {
-                Ok(m) => m,
-                Err(e) => {
-                    // The lookups are dropped: nothing more for a
-                    // manifest that is not there.
-                    *slot = Some(Err(e));
-                    return Err(VerifyError::ManifestUnavailable);
-                }
-            };
-            let gathered = match gathered {
-                Some(g) => g,
-                None => gather.await,
-            };
-            *slot = Some(Ok(manifest.clone()));
-            let shape = cosign::shape(&manifest.bytes);
-            self.verify_miss(
-                &state,
-                &scope,
-                upstreams,
-                route,
-                &manifest,
-                shape.as_ref(),
-                &key,
-                Some(gathered),
-            )
-            .await
+                let gather = self.gather(&state, upstreams, route, &rule, digest);
+                let mut gather = std::pin::pin!(gather);
+                let mut fetching = fetching;
+                let mut gathered = None;
+                let manifest = loop {
+                    tokio::select! {
+                        manifest = fetching.as_mut() => break manifest,
+                        found = gather.as_mut(), if gathered.is_none() => gathered = Some(found),
+                    }
+                };
+                let manifest = match manifest {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // The lookups are dropped: nothing more for a
+                        // manifest that is not there.
+                        *slot = Some(Err(e));
+                        return Err(VerifyError::ManifestUnavailable);
+                    }
+                };
+                // Kept before anything else is awaited: if the deadline
+                // drops this verification from here on, the fetch has
+                // completed and must not be polled again.
+                *slot = Some(Ok(manifest.clone()));
+                let gathered = match gathered {
+                    Some(g) => g,
+                    None => gather.await,
+                };
+                let shape = cosign::shape(&manifest.bytes);
+                self.verify_miss(
+                    &state,
+                    &scope,
+                    upstreams,
+                    route,
+                    &manifest,
+                    shape.as_ref(),
+                    &key,
+                    Some(gathered),
+                )
+                .await
+            })
         }))
         .await;
         let manifest = match fetched {
@@ -649,7 +685,7 @@ impl Verifier {
         let key = state.scope(route).key_of(&manifest.digest);
         let shape = cosign::shape(&manifest.bytes);
         let upstream = Arc::clone(&upstreams[route.upstream]);
-        self.decide(
+        self.within_deadline(self.decide(
             &state,
             upstreams,
             upstream,
@@ -658,7 +694,7 @@ impl Verifier {
             shape.as_ref(),
             &key,
             None,
-        )
+        ))
         .await
         .map(|d| (*d).clone())
     }
@@ -783,7 +819,8 @@ impl Verifier {
 
     /// Looks up, concurrently, everything one location holds for `digest`
     /// (an image of the repository `name`) that `attestors` can use:
-    /// `.sig` signatures, `.att` envelopes and referrer bundles.
+    /// `.sig` signatures, `.att` envelopes and referrer bundles; all of it
+    /// within `timeouts.evidence`.
     pub async fn lookup(
         &self,
         upstream: Arc<Upstream>,
@@ -811,7 +848,14 @@ impl Verifier {
             self.stats.referrer_lookups.fetch_add(1, Ordering::Relaxed);
             referrers::bundles(Arc::clone(&upstream), repository, digest).await
         };
-        let (signatures, envelopes, bundles) = tokio::try_join!(signatures, envelopes, bundles)?;
+        let (signatures, envelopes, bundles) = upstream
+            .within(
+                self.timeouts.evidence,
+                "evidence",
+                || format!("the evidence for {repository}@{digest}"),
+                async { tokio::try_join!(signatures, envelopes, bundles) },
+            )
+            .await?;
         Ok(Found {
             signatures,
             envelopes,

@@ -135,6 +135,11 @@ pub struct FakeConfig {
     /// this string answer `500 UNKNOWN` (e.g. `".sig"` to break signature
     /// lookups while images stay reachable).
     pub fail_manifests_ending_with: Option<String>,
+    /// Manifest GET requests whose reference ends with the string (`""`:
+    /// every manifest) are answered at once, with `Content-Length`, but
+    /// the body trickles in one byte per interval: a live upstream that
+    /// never goes silent long enough for an idle read timeout.
+    pub trickle_manifests: Option<(String, Duration)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1134,6 +1139,25 @@ fn serve_manifest(
             .header("content-length", bytes.len())
             .body(FakeBody::Full(None))
             .expect("response");
+    }
+    if let Some((suffix, every)) = &cfg.trickle_manifests {
+        if reference.ends_with(suffix.as_str()) {
+            let every = *every;
+            let len = bytes.len();
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                for i in 0..bytes.len() {
+                    tokio::time::sleep(every).await;
+                    if tx.send(Ok(bytes.slice(i..i + 1))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            return builder
+                .header("content-length", len)
+                .body(FakeBody::Channel(rx))
+                .expect("response");
+        }
     }
     if cfg.chunked_manifests {
         let (tx, rx) = mpsc::channel(4);
