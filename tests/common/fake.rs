@@ -254,6 +254,10 @@ struct Shared {
     tokens: Mutex<HashMap<String, IssuedToken>>,
     expired_token_uses: AtomicU64,
     token_seq: AtomicU64,
+    /// Connections open now (registry and storage listeners).
+    open_connections: AtomicU64,
+    /// The most connections that were open at once.
+    peak_connections: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -358,6 +362,8 @@ impl Fake {
             tokens: Mutex::new(HashMap::new()),
             expired_token_uses: AtomicU64::new(0),
             token_seq: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
+            peak_connections: AtomicU64::new(0),
         });
 
         {
@@ -554,6 +560,16 @@ impl Fake {
         self.shared.expired_token_uses.load(Ordering::SeqCst)
     }
 
+    /// Connections to the fake (registry and storage) open now.
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open_connections.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at once so far.
+    pub fn peak_connections(&self) -> u64 {
+        self.shared.peak_connections.load(Ordering::SeqCst)
+    }
+
     /// Every token the fake has issued.
     pub fn issued_tokens(&self) -> Vec<String> {
         lock(&self.shared.tokens).keys().cloned().collect()
@@ -686,7 +702,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, sto
             continue;
         };
         let shared = shared.clone();
+        let open = shared.open_connections.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_connections.fetch_max(open, Ordering::SeqCst);
         tokio::spawn(async move {
+            let counted = shared.clone();
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(shared, req, storage).await) }
@@ -694,6 +713,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, sto
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
+            counted.open_connections.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

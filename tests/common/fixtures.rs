@@ -6,7 +6,7 @@
 //! against the digest its file name (or the manifest that lists it) claims,
 //! so a test can never silently run against different bytes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use base64::Engine as _;
