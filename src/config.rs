@@ -339,6 +339,10 @@ impl Timeouts {
     }
 }
 
+/// The largest value a `limits` key takes: far above any deployment, and
+/// below what the semaphores that enforce the limits can count.
+pub const MAX_LIMIT: usize = 1 << 24;
+
 /// Caps that keep one client (or many) from taking every connection or
 /// every upstream fetch.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -714,12 +718,12 @@ impl Config {
                 l.upstream_fetches_per_connection,
             ),
         ] {
-            if value == 0 {
+            if value == 0 || value > MAX_LIMIT {
                 return Err(invalid(
                     format!("limits.{name}"),
                     name,
                     "",
-                    "must be at least 1".into(),
+                    format!("must be between 1 and {MAX_LIMIT}"),
                 ));
             }
         }
@@ -1004,6 +1008,7 @@ mod tests {
             "limits: {upstreamFetches: 0}",
             "limits: {upstreamFetchesPerConnection: 0}",
             "limits: {bogus: 1}",
+            "limits: {connections: 16777217}",
         ] {
             assert!(load(&format!("{base}{bad}\n")).is_err(), "{bad}");
         }

@@ -235,6 +235,18 @@ impl From<ServeError> for ApiError {
                     .with_detail(decision_detail(&decision))
                     .with_reason(format!("Forbidden: {}", decision.short_reason()))
             }
+            ServeError::Busy { per_connection, .. } => {
+                let (status, code) = if per_connection {
+                    (StatusCode::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests)
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+                };
+                let mut error = ApiError::new(status, code, message);
+                error
+                    .headers
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                error
+            }
             ServeError::CannotVerify { source, .. } => {
                 let status = match source {
                     VerifyError::Upstream(

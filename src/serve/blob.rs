@@ -1,13 +1,19 @@
 //! Blobs: streamed from the upstream with flat memory. A whole blob is
 //! hashed while it streams ([`super::verifying`]); ranges pass through
 //! (a part of a blob cannot be checked on its own; clients check the
-//! assembled blob).
+//! assembled blob). Each fetch holds its [`FetchSlots`] until its response
+//! body ends or is dropped.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use super::verifying::VerifyingBody;
-use super::{body_from, upstream_failure, BoxError, ProxyBody, ServeError};
+use super::{body_from, upstream_failure, BoxError, FetchSlots, ProxyBody, ServeError};
 use crate::error::ErrorCode;
 use crate::oci::Digest;
 use crate::routing::Route;
@@ -23,12 +29,14 @@ const PASSED_HEADERS: [header::HeaderName; 5] = [
 ];
 
 /// `GET|HEAD /v2/<name>/blobs/<digest>`, with an optional single `Range`.
+/// A body streamed to the client keeps `slots`.
 pub async fn serve(
     upstream: &Upstream,
     route: &Route,
     digest: &Digest,
     client_headers: &HeaderMap,
     head: bool,
+    slots: FetchSlots,
 ) -> Result<Response<ProxyBody>, ServeError> {
     let mut headers = HeaderMap::new();
     if let Some(range) = client_headers.get(header::RANGE) {
@@ -47,11 +55,11 @@ pub async fn serve(
     }
     let (parts, body) = response.into_parts();
     let body = if head {
-        body_from(bytes::Bytes::new())
+        body_from(Bytes::new())
     } else if status == StatusCode::OK {
-        VerifyingBody::new(body, digest.clone()).boxed_unsync()
+        Holding::new(VerifyingBody::new(body, digest.clone()), slots).boxed_unsync()
     } else {
-        body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+        Holding::new(body.map_err(|e| -> BoxError { Box::new(e) }), slots).boxed_unsync()
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -68,6 +76,44 @@ pub async fn serve(
         headers.insert("docker-content-digest", value);
     }
     Ok(out)
+}
+
+/// A body that holds its fetch's slots until it is dropped.
+struct Holding<B> {
+    inner: B,
+    _slots: FetchSlots,
+}
+
+impl<B> Holding<B> {
+    fn new(inner: B, slots: FetchSlots) -> Holding<B> {
+        Holding {
+            inner,
+            _slots: slots,
+        }
+    }
+}
+
+impl<B> Body for Holding<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Accepts one byte range: `bytes=N-M`, `bytes=N-` or `bytes=-N`.

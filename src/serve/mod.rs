@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{Client, Decided, Observer, Subject};
 use crate::config::Config;
@@ -164,6 +165,45 @@ pub enum ServeError {
     },
     #[error("cannot verify {image}: {source}")]
     CannotVerify { image: String, source: VerifyError },
+    /// No upstream fetch slot came free within `timeouts.read`.
+    #[error("{}", busy_message(*per_connection, *limit))]
+    Busy {
+        /// The connection's own cap (`limits.upstreamFetchesPerConnection`)
+        /// rather than the proxy's (`limits.upstreamFetches`).
+        per_connection: bool,
+        limit: usize,
+    },
+}
+
+fn busy_message(per_connection: bool, limit: usize) -> String {
+    if per_connection {
+        format!(
+            "more than {limit} blob downloads at once on one connection \
+             (limits.upstreamFetchesPerConnection); retry when one has finished"
+        )
+    } else {
+        format!(
+            "the proxy is running its limit of {limit} upstream blob fetches \
+             (limits.upstreamFetches); retry later"
+        )
+    }
+}
+
+/// The upstream blob fetches one client connection may run at once
+/// (`limits.upstreamFetchesPerConnection`): HTTP/2 multiplexes many
+/// requests on a connection, and each fetch holds an upstream connection
+/// for as long as its client takes to read. The server puts one in the
+/// extensions of every request of a connection
+/// ([`App::connection_fetches`]).
+#[derive(Debug, Clone)]
+pub struct ConnectionFetches(Arc<Semaphore>);
+
+/// The slots an upstream blob fetch holds while it streams: released when
+/// the response body ends or is dropped.
+#[derive(Debug)]
+pub struct FetchSlots {
+    _connection: Option<OwnedSemaphorePermit>,
+    _proxy: OwnedSemaphorePermit,
 }
 
 /// The proxy: routing plus one client per upstream.
@@ -175,6 +215,13 @@ pub struct App {
     manifests: manifest::ManifestCache,
     pub observer: Arc<Observer>,
     break_glass: Option<crate::breakglass::BreakGlass>,
+    /// Upstream blob fetches running, proxy-wide (`limits.upstreamFetches`).
+    fetches: Arc<Semaphore>,
+    fetches_limit: usize,
+    /// `limits.upstreamFetchesPerConnection`.
+    fetches_per_connection: usize,
+    /// How long a blob request waits for a fetch slot (`timeouts.read`).
+    fetch_wait: Duration,
 }
 
 impl App {
@@ -217,7 +264,51 @@ impl App {
                 }
                 None => None,
             },
+            fetches: Arc::new(Semaphore::new(config.limits.upstream_fetches)),
+            fetches_limit: config.limits.upstream_fetches,
+            fetches_per_connection: config.limits.upstream_fetches_per_connection,
+            fetch_wait: config.timeouts.read,
         })
+    }
+
+    /// A new client connection's fetch slots.
+    pub fn connection_fetches(&self) -> ConnectionFetches {
+        ConnectionFetches(Arc::new(Semaphore::new(self.fetches_per_connection)))
+    }
+
+    /// Slots for one upstream blob fetch: the connection's (when the
+    /// request came through the server) and the proxy's, each waited for
+    /// up to `timeouts.read`. The connection's first, so a connection at
+    /// its own cap queues on itself without taking proxy-wide slots.
+    async fn fetch_slots(
+        &self,
+        connection: Option<&ConnectionFetches>,
+    ) -> Result<FetchSlots, ServeError> {
+        let wait = |semaphore: &Arc<Semaphore>| {
+            tokio::time::timeout(self.fetch_wait, Arc::clone(semaphore).acquire_owned())
+        };
+        let connection = match connection {
+            Some(ConnectionFetches(slots)) => match wait(slots).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    return Err(ServeError::Busy {
+                        per_connection: true,
+                        limit: self.fetches_per_connection,
+                    })
+                }
+            },
+            None => None,
+        };
+        match wait(&self.fetches).await {
+            Ok(Ok(permit)) => Ok(FetchSlots {
+                _connection: connection,
+                _proxy: permit,
+            }),
+            _ => Err(ServeError::Busy {
+                per_connection: false,
+                limit: self.fetches_limit,
+            }),
+        }
     }
 
     /// Answers one `/v2/` request. The canonical reference of the request
@@ -260,7 +351,12 @@ impl App {
                 .await
             }
             Endpoint::Blob(digest) => match self.verifier.blob_allowed(&route, digest).await {
-                Ok(()) => blob::serve(upstream, &route, digest, request.headers(), head).await,
+                Ok(()) => match self.fetch_slots(request.extensions().get()).await {
+                    Ok(slots) => {
+                        blob::serve(upstream, &route, digest, request.headers(), head, slots).await
+                    }
+                    Err(busy) => Err(busy),
+                },
                 Err(decision) => {
                     let decided = Decided {
                         at: std::time::SystemTime::now(),
