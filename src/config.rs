@@ -295,7 +295,8 @@ pub struct Timeouts {
     /// request's headers together.
     #[serde(deserialize_with = "duration")]
     pub handshake: Duration,
-    /// Total time of one upstream manifest fetch, headers and body.
+    /// Total time of one upstream manifest fetch (or tag list, or
+    /// referrers list), headers and body.
     #[serde(deserialize_with = "duration")]
     pub manifest: Duration,
     /// Total time of one evidence lookup (`.sig`, `.att`, referrers and

@@ -46,6 +46,10 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Largest upstream error body read to pass its OCI error on.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Longest an upstream error body may take to arrive: past it, the error
+/// is answered without the upstream's message (an upstream trickling an
+/// error body must not hold a blob request, which has no total deadline).
+const MAX_ERROR_BODY_TIME: Duration = Duration::from_secs(10);
 /// How long `/readyz` waits for an upstream that has been quiet.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// An upstream that answered within this window counts as reachable
@@ -374,13 +378,36 @@ impl App {
                     Err(ServeError::Denied { subject, decision })
                 }
             },
+            // Listings are read whole, like manifests, and bounded alike.
             Endpoint::TagsList { n, last } => {
-                listing::tags(upstream, &route, *n, last.as_deref(), head).await
+                upstream
+                    .within(
+                        upstream.timeouts().manifest,
+                        "manifest",
+                        || format!("the tag list of {}", route.repository),
+                        listing::tags(upstream, &route, *n, last.as_deref(), head),
+                    )
+                    .await
             }
             Endpoint::Referrers {
                 digest,
                 artifact_type,
-            } => listing::referrers(upstream, &route, digest, artifact_type.as_deref(), head).await,
+            } => {
+                upstream
+                    .within(
+                        upstream.timeouts().manifest,
+                        "manifest",
+                        || format!("the referrers of {}@{digest}", route.repository),
+                        listing::referrers(
+                            upstream,
+                            &route,
+                            digest,
+                            artifact_type.as_deref(),
+                            head,
+                        ),
+                    )
+                    .await
+            }
         };
         result.unwrap_or_else(|e| {
             let error = ApiError::from(e);
@@ -486,11 +513,15 @@ pub(crate) async fn upstream_failure(
             headers.insert(name, value.clone());
         }
     }
-    let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let body = tokio::time::timeout(
+        MAX_ERROR_BODY_TIME,
+        Limited::new(response.into_body(), MAX_ERROR_BODY).collect(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(|c| c.to_bytes())
+    .unwrap_or_default();
     #[derive(serde::Deserialize)]
     struct Envelope {
         errors: Vec<Entry>,

@@ -466,8 +466,26 @@ impl Upstream {
     }
 
     /// Gets a token for `scope` from the token endpoint and caches it under
-    /// `cache_key`.
+    /// `cache_key`; within `timeouts.read` in all (a token response is a
+    /// few hundred bytes: a token endpoint trickling it must not hold a
+    /// blob request, which has no total deadline of its own).
     async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        cache_key: &str,
+    ) -> Result<Secret, UpstreamError> {
+        self.within(
+            self.timeouts.read,
+            "read",
+            || "a token".to_owned(),
+            self.fetch_token_now(realm, service, scope, cache_key),
+        )
+        .await
+    }
+
+    async fn fetch_token_now(
         &self,
         realm: &str,
         service: Option<&str>,

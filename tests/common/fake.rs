@@ -140,6 +140,9 @@ pub struct FakeConfig {
     /// the body trickles in one byte per interval: a live upstream that
     /// never goes silent long enough for an idle read timeout.
     pub trickle_manifests: Option<(String, Duration)>,
+    /// Every whole-body response to a request of one of these kinds (a
+    /// tag list, a token, an error) trickles in one byte per interval.
+    pub trickle_responses: Option<(Vec<Kind>, Duration)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -816,6 +819,47 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>, storage: bool) -> Resp {
+    let trickle = lock(&shared.config).trickle_responses.clone();
+    let kind = if storage {
+        Kind::Storage
+    } else {
+        match route(req.uri().path()) {
+            Route::Base => Kind::Base,
+            Route::Manifest(..) => Kind::Manifest,
+            Route::Blob(..) => Kind::Blob,
+            Route::TagsList(_) => Kind::TagsList,
+            Route::Referrers(..) => Kind::Referrers,
+            Route::Token => Kind::Token,
+            Route::Other => Kind::Other,
+        }
+    };
+    let response = respond(shared, req, storage).await;
+    match trickle {
+        Some((kinds, every)) if kinds.contains(&kind) => trickled(response, every),
+        _ => response,
+    }
+}
+
+/// `response` with its whole body sent one byte per `every` (a body that
+/// is already streamed is left alone).
+fn trickled(response: Resp, every: Duration) -> Resp {
+    let (parts, body) = response.into_parts();
+    let FakeBody::Full(Some(bytes)) = body else {
+        return Response::from_parts(parts, body);
+    };
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..bytes.len() {
+            tokio::time::sleep(every).await;
+            if tx.send(Ok(bytes.slice(i..i + 1))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::from_parts(parts, FakeBody::Channel(rx))
+}
+
+async fn respond(shared: Arc<Shared>, req: Request<Incoming>, storage: bool) -> Resp {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let method = req.method().clone();
