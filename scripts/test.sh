@@ -63,6 +63,9 @@ as_root() {
 #                    an independent DSSE signer for tests/attestations.rs
 #                    (cryptography is only Recommended by securesystemslib,
 #                    and recommends are not installed)
+#   python3-h2       the HTTP/2 client tests/connections.rs drives a raw
+#                    socket with (tests/h2/client.py): zero-window streams,
+#                    half a preface
 #   chromium         the headless browser tests/dashboard.rs drives the
 #                    dashboard (/-/ui) in, through playwright-core
 #   nginx, wrk       the benchmark's peers and load generator (stage 5)
@@ -72,7 +75,7 @@ as_root() {
 APT_PACKAGES=(
     ca-certificates curl jq openssl
     docker-registry skopeo podman containerd
-    python3-securesystemslib python3-cryptography
+    python3-securesystemslib python3-cryptography python3-h2
     uidmap iptables slirp4netns
     chromium
     nginx wrk

@@ -48,9 +48,13 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The registries this proxy fronts.
     pub upstreams: Vec<UpstreamConfig>,
-    /// Upstream and shutdown timeouts.
+    /// Upstream, client-connection, verification and shutdown timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Caps on client connections, upstream blob fetches and the evidence
+    /// a verification may read.
+    #[serde(default)]
+    pub limits: Limits,
     /// The admission policy (Binary Authorization's policy YAML). Without
     /// it (and without `policyFile`), every image is served unchecked.
     #[serde(default)]
@@ -86,36 +90,6 @@ pub struct Config {
     /// indexed by the digest their signed content names.
     #[serde(default)]
     pub attestation_store: Option<AttestationStoreConfig>,
-    /// Bounds on the work an upstream can make a verification do.
-    #[serde(default)]
-    pub limits: Limits,
-}
-
-/// `limits:`: what one verification, and all of them together, may read.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct Limits {
-    /// Evidence bytes one verification may read (signature and
-    /// attestation manifests, payloads, envelopes, bundles, referrers),
-    /// each distinct digest counted once. An image whose evidence needs
-    /// more is denied with "evidence exceeds limits" (cached for the deny
-    /// TTL only). 8 MiB holds dozens of real signatures and provenance
-    /// attestations; an upstream that lists one 4 MiB blob a hundred
-    /// times cannot make a verification read it more than once.
-    pub evidence_bytes: u64,
-    /// Evidence bytes held by all verifications at once; verifications
-    /// wait for room past it. Bounds memory whatever the number of
-    /// concurrent cold pulls.
-    pub evidence_bytes_in_flight: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            evidence_bytes: 8 * 1024 * 1024,
-            evidence_bytes_in_flight: 64 * 1024 * 1024,
-        }
-    }
 }
 
 fn default_store_path() -> PathBuf {
@@ -309,6 +283,13 @@ pub struct AuthConfig {
 }
 
 /// Timeouts, written as `500ms`, `10s`, `2m` or `1h`.
+///
+/// Every wait on a peer is bounded by one of these: silence from an
+/// upstream (`read`), a client that stops reading (`clientStall`), a
+/// connection that carries no request (`handshake`, `idle`), and the total
+/// time of a manifest fetch, an evidence lookup and a verification
+/// (`manifest`, `evidence`, `verification`), which a live but trickling
+/// upstream cannot stretch.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Timeouts {
@@ -322,6 +303,37 @@ pub struct Timeouts {
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     #[serde(deserialize_with = "duration")]
     pub shutdown: Duration,
+    /// A client connection with no request in flight is closed after this
+    /// long (HTTP/1.1 keep-alive and HTTP/2 alike; an HTTP/2 connection
+    /// gets a GOAWAY first). Also bounds reading an HTTP/1.1 request's
+    /// headers.
+    #[serde(deserialize_with = "duration")]
+    pub idle: Duration,
+    /// From accepting a client connection to its first request: the TLS
+    /// handshake, HTTP version detection, the HTTP/2 preface and the first
+    /// request's headers together.
+    #[serde(deserialize_with = "duration")]
+    pub handshake: Duration,
+    /// Total time of one upstream manifest fetch (or tag list, or
+    /// referrers list), headers and body.
+    #[serde(deserialize_with = "duration")]
+    pub manifest: Duration,
+    /// Total time of one evidence lookup (`.sig`, `.att`, referrers and
+    /// the blobs they name) at one signature location.
+    #[serde(deserialize_with = "duration")]
+    pub evidence: Duration,
+    /// Total time of one verification: its evidence lookups and, for a
+    /// manifest requested by digest, the manifest fetch that runs
+    /// alongside them. Every request joined to the verification gets its
+    /// outcome.
+    #[serde(deserialize_with = "duration")]
+    pub verification: Duration,
+    /// A response stream whose client accepts no bytes for this long is
+    /// reset (HTTP/2 `RST_STREAM`; HTTP/1.1 closes the connection), and the
+    /// upstream fetch behind it is dropped. Unset: `read`, so one setting
+    /// bounds silence on both sides.
+    #[serde(deserialize_with = "optional_duration")]
+    pub client_stall: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -330,6 +342,68 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             read: Duration::from_secs(60),
             shutdown: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            handshake: Duration::from_secs(10),
+            manifest: Duration::from_secs(60),
+            evidence: Duration::from_secs(60),
+            verification: Duration::from_secs(120),
+            client_stall: None,
+        }
+    }
+}
+
+impl Timeouts {
+    /// `clientStall`, or `read` when it is not set.
+    pub fn client_stall(&self) -> Duration {
+        self.client_stall.unwrap_or(self.read)
+    }
+}
+
+/// The largest value a `limits` key takes: far above any deployment, and
+/// below what the semaphores that enforce the limits can count.
+pub const MAX_LIMIT: usize = 1 << 24;
+
+/// Caps that keep one client (or many) from taking every connection or
+/// every upstream fetch.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Limits {
+    /// Concurrent client connections, in total; past it new connections
+    /// are closed at once rather than queued without bound.
+    pub connections: usize,
+    /// Concurrent client connections from one IP address, so that one
+    /// host cannot take all of `connections`. Behind a load balancer that
+    /// does not keep client addresses, raise it to `connections`.
+    pub connections_per_client: usize,
+    /// Concurrent upstream blob fetches, in total (each holds an upstream
+    /// connection while it streams).
+    pub upstream_fetches: usize,
+    /// Concurrent upstream blob fetches per client connection (HTTP/2
+    /// multiplexes many on one): more wait for a slot.
+    pub upstream_fetches_per_connection: usize,
+    /// Evidence bytes one verification may read (signature and
+    /// attestation manifests, payloads, envelopes, bundles, referrers),
+    /// each distinct digest counted once. An image whose evidence needs
+    /// more is denied with "evidence exceeds limits" (cached for the deny
+    /// TTL only). 8 MiB holds dozens of real signatures and provenance
+    /// attestations; an upstream that lists one 4 MiB blob a hundred
+    /// times cannot make a verification read it more than once.
+    pub evidence_bytes: u64,
+    /// Evidence bytes held by all verifications at once; verifications
+    /// wait for room past it. Bounds memory whatever the number of
+    /// concurrent cold pulls.
+    pub evidence_bytes_in_flight: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 4096,
+            connections_per_client: 256,
+            upstream_fetches: 512,
+            upstream_fetches_per_connection: 16,
+            evidence_bytes: 8 * 1024 * 1024,
+            evidence_bytes_in_flight: 64 * 1024 * 1024,
         }
     }
 }
@@ -337,6 +411,10 @@ impl Default for Timeouts {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// Parses `250ms`, `10s`, `5m`, `1h`.
@@ -697,6 +775,12 @@ impl Config {
             ("connect", t.connect),
             ("read", t.read),
             ("shutdown", t.shutdown),
+            ("idle", t.idle),
+            ("handshake", t.handshake),
+            ("manifest", t.manifest),
+            ("evidence", t.evidence),
+            ("verification", t.verification),
+            ("clientStall", t.client_stall()),
         ] {
             if value.is_zero() {
                 return Err(invalid(
@@ -704,6 +788,25 @@ impl Config {
                     name,
                     "",
                     "must be greater than zero".into(),
+                ));
+            }
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("connections", l.connections),
+            ("connectionsPerClient", l.connections_per_client),
+            ("upstreamFetches", l.upstream_fetches),
+            (
+                "upstreamFetchesPerConnection",
+                l.upstream_fetches_per_connection,
+            ),
+        ] {
+            if value == 0 || value > MAX_LIMIT {
+                return Err(invalid(
+                    format!("limits.{name}"),
+                    name,
+                    "",
+                    format!("must be between 1 and {MAX_LIMIT}"),
                 ));
             }
         }
@@ -792,9 +895,27 @@ impl Config {
                     .join(", ")
             ));
         }
+        let t = &self.timeouts;
         out.push_str(&format!(
-            "timeouts: connect {:?}, read {:?}, shutdown {:?}\n",
-            self.timeouts.connect, self.timeouts.read, self.timeouts.shutdown
+            "timeouts: connect {:?}, read {:?}, shutdown {:?}, idle {:?}, handshake {:?}, \
+             manifest {:?}, evidence {:?}, verification {:?}, clientStall {:?}\n",
+            t.connect,
+            t.read,
+            t.shutdown,
+            t.idle,
+            t.handshake,
+            t.manifest,
+            t.evidence,
+            t.verification,
+            t.client_stall()
+        ));
+        let l = &self.limits;
+        out.push_str(&format!(
+            "limits: {} connections ({} per client), {} upstream blob fetches ({} per connection)\n",
+            l.connections,
+            l.connections_per_client,
+            l.upstream_fetches,
+            l.upstream_fetches_per_connection
         ));
         out
     }
@@ -995,6 +1116,69 @@ mod tests {
             "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\ntimeouts: {read: 0s}\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn connection_timeouts_and_limits() {
+        let base = "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n";
+        let c = load(base).unwrap();
+        let t = c.timeouts;
+        assert_eq!(t.idle, Duration::from_secs(60));
+        assert_eq!(t.handshake, Duration::from_secs(10));
+        assert_eq!(t.manifest, Duration::from_secs(60));
+        assert_eq!(t.evidence, Duration::from_secs(60));
+        assert_eq!(t.verification, Duration::from_secs(120));
+        assert_eq!(t.client_stall(), t.read, "clientStall follows read");
+        assert_eq!(c.limits.connections, 4096);
+        assert_eq!(c.limits.connections_per_client, 256);
+        assert_eq!(c.limits.upstream_fetches, 512);
+        assert_eq!(c.limits.upstream_fetches_per_connection, 16);
+
+        let c = load(&format!(
+            "{base}timeouts: {{read: 7s, idle: 1s, handshake: 2s, manifest: 3s, evidence: 4s, verification: 5s}}\n\
+             limits: {{connections: 10, connectionsPerClient: 2, upstreamFetches: 3, upstreamFetchesPerConnection: 1}}\n"
+        ))
+        .unwrap();
+        let t = c.timeouts;
+        assert_eq!(
+            (t.idle, t.handshake, t.manifest, t.evidence, t.verification),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(3),
+                Duration::from_secs(4),
+                Duration::from_secs(5)
+            )
+        );
+        assert_eq!(t.client_stall(), Duration::from_secs(7));
+        assert_eq!(
+            (
+                c.limits.connections,
+                c.limits.connections_per_client,
+                c.limits.upstream_fetches,
+                c.limits.upstream_fetches_per_connection
+            ),
+            (10, 2, 3, 1)
+        );
+        let c = load(&format!("{base}timeouts: {{clientStall: 9s}}\n")).unwrap();
+        assert_eq!(c.timeouts.client_stall(), Duration::from_secs(9));
+
+        for bad in [
+            "timeouts: {idle: 0s}",
+            "timeouts: {handshake: 0ms}",
+            "timeouts: {manifest: 0s}",
+            "timeouts: {evidence: 0s}",
+            "timeouts: {verification: 0s}",
+            "timeouts: {clientStall: 0s}",
+            "limits: {connections: 0}",
+            "limits: {connectionsPerClient: 0}",
+            "limits: {upstreamFetches: 0}",
+            "limits: {upstreamFetchesPerConnection: 0}",
+            "limits: {bogus: 1}",
+            "limits: {connections: 16777217}",
+        ] {
+            assert!(load(&format!("{base}{bad}\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl From<UpstreamError> for ApiError {
     fn from(e: UpstreamError) -> ApiError {
         let message = e.to_string();
         match e {
-            UpstreamError::Timeout { .. } => {
+            UpstreamError::Timeout { .. } | UpstreamError::Deadline { .. } => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable, message)
             }
             UpstreamError::Auth { .. } => {
@@ -235,11 +235,24 @@ impl From<ServeError> for ApiError {
                     .with_detail(decision_detail(&decision))
                     .with_reason(format!("Forbidden: {}", decision.short_reason()))
             }
+            ServeError::Busy { per_connection, .. } => {
+                let (status, code) = if per_connection {
+                    (StatusCode::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests)
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+                };
+                let mut error = ApiError::new(status, code, message);
+                error
+                    .headers
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                error
+            }
             ServeError::CannotVerify { source, .. } => {
                 let status = match source {
-                    VerifyError::Upstream(UpstreamError::Timeout { .. }) => {
-                        StatusCode::GATEWAY_TIMEOUT
-                    }
+                    VerifyError::Upstream(
+                        UpstreamError::Timeout { .. } | UpstreamError::Deadline { .. },
+                    )
+                    | VerifyError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::BAD_GATEWAY,
                 };
                 ApiError::new(

@@ -10,7 +10,9 @@
 //! - [`config`]: the YAML configuration: parsing, validation, defaults. Owns
 //!   nothing at run time; everything else is built from a [`config::Config`].
 //! - [`server`]: listeners (plain or TLS), HTTP/1.1 + HTTP/2 connections,
-//!   graceful shutdown, `/healthz` and `/readyz`.
+//!   graceful shutdown, `/healthz` and `/readyz`; [`server::conn`] bounds
+//!   what a connection holds (connection caps, handshake and idle
+//!   deadlines, the client-stall deadline of every response stream).
 //! - [`routing`]: turns a request into a [`routing::Route`]: which endpoint,
 //!   which upstream, which repository. Validates names, tags and digests so
 //!   malformed input never reaches an upstream.

@@ -2,7 +2,11 @@
 //! port, per-request logging, `/healthz` and `/readyz`, graceful shutdown.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
-//! bind `127.0.0.1:0` and drive the real server.
+//! bind `127.0.0.1:0` and drive the real server. What a connection may
+//! hold, and for how long (connection caps, handshake and idle deadlines,
+//! the progress deadline of response streams), is in [`conn`].
+
+pub mod conn;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,18 +24,17 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::audit::{Client, Observer};
-use crate::config::{Config, TlsConfig};
+use crate::config::{Config, Limits, Timeouts, TlsConfig};
 use crate::metrics::Metrics;
 use crate::serve::{body_from, App, BoxError, ProxyBody, RequestLog, Routine};
 
@@ -39,16 +42,17 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const DOCKER_DISTRIBUTION_API_VERSION: HeaderName =
     HeaderName::from_static("docker-distribution-api-version");
 
-/// Concurrent client connections; past it new connections are closed at
-/// once rather than queued without bound.
-pub const MAX_CONNECTIONS: usize = 4096;
-/// A client must send its request headers within this time (slow-loris
-/// protection for HTTP/1).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// A TLS handshake must finish within this time.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 streams per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// An HTTP/2 connection pings its client after this long without hearing
+/// from it...
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and is closed if the ping is not answered within this: a client
+/// that vanished without closing (a dropped NAT entry, a host switched
+/// off) holds its streams, and their upstream fetches, no longer than the
+/// two together. (A live client that answers pings but sends no request
+/// is closed by `timeouts.idle`.)
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Could not set up serving.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +164,10 @@ pub async fn serve(
                 Role::Admin { token },
                 Arc::clone(&app),
                 None,
-                config.timeouts.shutdown,
+                Connections {
+                    timeouts: config.timeouts,
+                    limits: config.limits,
+                },
                 stopped(stop_rx.clone()),
             )))
         }
@@ -177,7 +184,10 @@ pub async fn serve(
         },
         app,
         tls,
-        config.timeouts.shutdown,
+        Connections {
+            timeouts: config.timeouts,
+            limits: config.limits,
+        },
         stopped(stop_rx),
     );
     tokio::pin!(registry);
@@ -194,27 +204,103 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves one connection until it ends, the server stops (then it is
+/// closed gracefully), or its watchdog fires ([`conn::Connection::expired`]):
+/// no first request within `timeouts.handshake` or an HTTP/1.1 response
+/// whose client stopped reading for `timeouts.clientStall` drops it at
+/// once; `timeouts.idle` without a request closes it gracefully (an
+/// HTTP/2 client gets a `GOAWAY`), and drops it if it is still open, with
+/// nothing in flight, a moment later.
+///
+/// A macro rather than a generic `async fn`: rustc cannot prove such a
+/// function's future `Send` for hyper-util's connection type (a
+/// higher-ranked `From<Box<dyn Error>>` bound), and the plain and TLS
+/// connections are different types.
+macro_rules! drive {
+    ($connection:expr, $state:expr, $deadlines:expr, $stop:expr, $peer:expr) => {{
+        let connection = $connection;
+        let state: &conn::Connection = $state;
+        let deadlines: conn::Deadlines = $deadlines;
+        let mut stop: watch::Receiver<bool> = $stop;
+        let peer: SocketAddr = $peer;
+        tokio::pin!(connection);
+        let mut stopping = false;
+        let mut closing = None;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = stop.wait_for(|stop| *stop), if !stopping => {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                expiry = state.expired(&deadlines, closing) => match expiry {
+                    conn::Expiry::Idle if closing.is_none() => {
+                        tracing::debug!(%peer, "idle connection (timeouts.idle); closing");
+                        closing = Some(tokio::time::Instant::now());
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    conn::Expiry::Handshake => {
+                        tracing::debug!(%peer, "no request within timeouts.handshake; closing");
+                        break Ok(());
+                    }
+                    conn::Expiry::Stall => {
+                        tracing::info!(%peer, stall = ?deadlines.stall, "client accepted no bytes of a response for timeouts.clientStall; connection closed");
+                        break Ok(());
+                    }
+                    conn::Expiry::Idle | conn::Expiry::Closed => break Ok(()),
+                }
+            }
+        }
+    }};
+}
+
+/// What bounds a listener's connections: `timeouts` (`handshake`, `idle`,
+/// `clientStall`, and `shutdown` as the grace period) and `limits`
+/// (`connections`, `connectionsPerClient`).
+#[derive(Debug, Clone, Copy)]
+pub struct Connections {
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then stops
-/// accepting and lets in-flight requests finish for up to `grace`.
+/// accepting and lets in-flight requests finish for up to
+/// `timeouts.shutdown`.
 pub async fn run(
     listener: TcpListener,
     role: Role,
     app: Arc<App>,
     tls: Option<TlsAcceptor>,
-    grace: Duration,
+    connections: Connections,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let Connections { timeouts, limits } = connections;
+    let deadlines = conn::Deadlines {
+        handshake: timeouts.handshake,
+        idle: timeouts.idle,
+        stall: timeouts.client_stall(),
+    };
+    let mut builder = auto::Builder::new(conn::StreamExecutor {
+        stall: deadlines.stall,
+    });
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        // Reading a request's headers (and, in hyper, waiting for the next
+        // request on a keep-alive connection) is bounded like idleness.
+        .header_read_timeout(timeouts.idle);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    let open = Arc::new(Semaphore::new(limits.connections));
+    let per_client = conn::PerClient::new(limits.connections_per_client);
+    let (refused_total, refused_client) = (conn::Refusals::default(), conn::Refusals::default());
+    // Each connection holds a receiver: `stop` tells them to finish, and
+    // the sender sees when the last one is gone.
+    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -229,31 +315,54 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection limit reached; closing");
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            if let Some(refused) = refused_total.count() {
+                tracing::warn!(%peer, limit = limits.connections, refused, "connection limit (limits.connections) reached; closing");
+            }
             continue;
         };
+        let Some(slot) = per_client.admit(peer.ip()) else {
+            if let Some(refused) = refused_client.count() {
+                tracing::warn!(%peer, limit = limits.connections_per_client, refused, "per-client connection limit (limits.connectionsPerClient) reached; closing");
+            }
+            continue;
+        };
+        let accepted = tokio::time::Instant::now();
+        let connection = conn::Connection::new();
         let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
-        let role = role.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
+        let fetches = app.connection_fetches();
+        let service = {
             let app = Arc::clone(&app);
+            let connection = Arc::clone(&connection);
             let role = role.clone();
-            async move { Ok::<_, Infallible>(handle(&app, request, peer, role).await) }
-        });
+            service_fn(move |mut request: Request<Incoming>| {
+                let app = Arc::clone(&app);
+                let role = role.clone();
+                let active = connection.request();
+                request.extensions_mut().insert(fetches.clone());
+                async move { Ok::<_, Infallible>(handle(&app, request, peer, role, active).await) }
+            })
+        };
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let stopping = stopping.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
+            let progress = Arc::clone(&connection.progress);
             let result = match tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    let served = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    let driven = async { drive!(served, &connection, deadlines, stopping, peer) };
+                    conn::with_progress(progress, driven).await
                 }
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    let handshake = tokio::time::timeout_at(
+                        accepted + deadlines.handshake,
+                        acceptor.accept(stream),
+                    )
+                    .await;
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -261,12 +370,15 @@ pub async fn run(
                             return;
                         }
                         Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
+                            tracing::debug!(%peer, "TLS handshake timed out (timeouts.handshake)");
                             return;
                         }
                     };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    let served = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    let driven = async { drive!(served, &connection, deadlines, stopping, peer) };
+                    conn::with_progress(progress, driven).await
                 }
             };
             if let Err(e) = result {
@@ -275,11 +387,13 @@ pub async fn run(
         });
     }
     drop(listener);
-    tracing::info!(grace = ?grace, "shutting down: finishing in-flight requests");
+    drop(stopping);
+    tracing::info!(grace = ?timeouts.shutdown, "shutting down: finishing in-flight requests");
+    let _ = stop.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(grace = ?grace, "grace period over; dropping remaining connections");
+        () = stop.closed() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(timeouts.shutdown) => {
+            tracing::warn!(grace = ?timeouts.shutdown, "grace period over; dropping remaining connections");
         }
     }
 }
@@ -319,6 +433,7 @@ async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
     role: Role,
+    active: conn::ActiveRequest,
 ) -> Response<ProxyBody> {
     let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
     // At info and above, the `request` span is made only when a line of
@@ -373,6 +488,10 @@ async fn handle(
         HeaderValue::from_static("registry/2.0"),
     );
     let routine = parts.extensions.remove::<Routine>().is_some();
+    let progress = conn::current_progress();
+    if let Some(progress) = &progress {
+        progress.started();
+    }
     let logged = LoggedBody {
         metrics,
         inner: body,
@@ -382,6 +501,8 @@ async fn handle(
         start,
         outcome: Outcome::Incomplete,
         routine,
+        progress,
+        _active: active,
     };
     Response::from_parts(parts, logged.boxed_unsync())
 }
@@ -414,7 +535,9 @@ enum Outcome {
 }
 
 /// Counts the bytes sent and logs the request when the body is finished
-/// or dropped (a client that hangs up is logged as incomplete).
+/// or dropped (a client that hangs up is logged as incomplete). Reports
+/// the stream's [`conn::Progress`], and keeps the connection busy
+/// ([`conn::ActiveRequest`]) until it is dropped.
 ///
 /// The line is at info, except for a [`Routine`] response sent in full
 /// with a success status (a manifest served on a cached verdict, which
@@ -431,6 +554,8 @@ struct LoggedBody {
     start: Instant,
     outcome: Outcome,
     routine: bool,
+    progress: Option<Arc<conn::Progress>>,
+    _active: conn::ActiveRequest,
 }
 
 impl Body for LoggedBody {
@@ -443,23 +568,37 @@ impl Body for LoggedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let progress = this.progress.as_deref();
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
+                }
+                if let Some(p) = progress {
+                    p.sent();
                 }
             }
             Poll::Ready(Some(Err(e))) => {
                 this.outcome = Outcome::Failed;
                 this.log
                     .in_scope(|| tracing::warn!(error = %e, "response body aborted"));
+                if let Some(p) = progress {
+                    p.finished();
+                }
             }
             Poll::Ready(None) => {
                 if this.outcome == Outcome::Incomplete {
                     this.outcome = Outcome::Complete;
                 }
+                if let Some(p) = progress {
+                    p.finished();
+                }
             }
-            Poll::Pending => {}
+            Poll::Pending => {
+                if let Some(p) = progress {
+                    p.waiting_for_upstream();
+                }
+            }
         }
         polled
     }
@@ -475,6 +614,9 @@ impl Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
+        if let Some(progress) = &self.progress {
+            progress.finished();
+        }
         if self.outcome == Outcome::Incomplete && self.inner.is_end_stream() {
             self.outcome = Outcome::Complete;
         }

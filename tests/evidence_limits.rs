@@ -179,8 +179,16 @@ fn evidence_amplification_is_bounded_in_bytes_fetches_and_memory() {
         peak < 256 * 1024,
         "peak RSS {peak} KiB under the evidence-amplification attack (limit 256 MiB)"
     );
+    // The limit is the configured one: at 2 MiB, one 4 MiB envelope is
+    // already too much.
+    let strict =
+        Proxy::start(&(config(&registry, &key.pem) + "limits: {evidenceBytes: 2097152}\n"));
+    let r = pull(&strict, &images[0].0);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("evidence exceeds limits"), "{}", r.text());
+    drop(strict);
     // Each verification fetched the big blob once (three images), however
-    // many layers list it.
+    // many layers list it (the strict proxy refused before fetching it).
     let logs = registry.logs();
     for (repo, _) in &images {
         let big = sha256_digest(&filler(0, BIG));

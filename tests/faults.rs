@@ -1125,6 +1125,136 @@ fn slow_but_live_upstream_is_not_timed_out() {
     );
 }
 
+/// An upstream that trickles every manifest (one byte every 400 ms, so
+/// the 5 s idle read timeout never fires and a manifest takes minutes):
+/// `504 UNAVAILABLE` naming `timeouts.manifest` within that deadline, by
+/// tag and by digest, instead of a pull that hangs (issue 11, class 7).
+#[test]
+fn trickling_manifest_answers_504_within_the_manifest_deadline() {
+    let fake = Fake::with_config(FakeConfig {
+        trickle_manifests: Some((String::new(), Duration::from_millis(400))),
+        ..Default::default()
+    });
+    let img = fake.put_image(REPO, Some("v1"), 23, 1000);
+    let cfg = format!(
+        "{}timeouts: {{connect: 2s, read: 5s, manifest: 3s}}\n",
+        common::fake::proxy_yaml(
+            &[Upstream::new(&fake.host(), &fake.url()).with_default()],
+            None
+        )
+    );
+    let proxy = Proxy::start(&cfg);
+    for reference in ["v1", img.manifest_digest.as_str()] {
+        let started = Instant::now();
+        let r = get(
+            &proxy,
+            &format!("/v2/{REPO}/manifests/{reference}"),
+            &[accept_manifest()],
+        );
+        let took = started.elapsed();
+        eprintln!(
+            "trickled manifest {reference}: HTTP {} after {took:?}",
+            r.status
+        );
+        assert_oci_error(
+            &r,
+            504,
+            Some("UNAVAILABLE"),
+            &format!("GET manifest {reference} from a trickling upstream"),
+        );
+        assert!(
+            r.text().contains("timeouts.manifest"),
+            "the error names the deadline: {}",
+            r.text()
+        );
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+            "GET manifest {reference}: 504 after {took:?} with a 3 s manifest deadline"
+        );
+    }
+    // Nothing stuck behind it: with the upstream answering normally, the
+    // manifest is served.
+    fake.set(|c| c.trickle_manifests = None);
+    let r = get(
+        &proxy,
+        &format!("/v2/{REPO}/manifests/v1"),
+        &[accept_manifest()],
+    );
+    assert_eq!(r.status, 200, "after the trickle: {}", r.text());
+    assert_eq!(r.body, img.manifest);
+}
+
+/// Bodies the proxy reads whole besides manifests, trickled one byte
+/// every 300 ms: a tag list is cut off by `timeouts.manifest` (504), a
+/// token response by `timeouts.read` (504 for the blob that needed it),
+/// and an error body after 10 s (the 404 is answered without the
+/// upstream's message). None of them holds its request.
+#[test]
+fn trickling_listings_tokens_and_error_bodies_are_cut_off() {
+    let every = Duration::from_millis(300);
+    let fake = Fake::with_config(FakeConfig {
+        trickle_responses: Some((vec![Kind::TagsList, Kind::Blob], every)),
+        ..Default::default()
+    });
+    fake.put_tags(REPO, &["a", "b", "c"]);
+    let authed = Fake::with_config(FakeConfig {
+        require_token: Some(Default::default()),
+        trickle_responses: Some((vec![Kind::Token], every)),
+        ..Default::default()
+    });
+    let blob = authed.put_blob(REPO, b"layer");
+    let yaml = |f: &Fake| {
+        format!(
+            "{}timeouts: {{connect: 2s, read: 2s, manifest: 3s}}\n",
+            common::fake::proxy_yaml(&[Upstream::new(&f.host(), &f.url()).with_default()], None)
+        )
+    };
+    let proxy = Proxy::start(&yaml(&fake));
+    let authed_proxy = Proxy::start(&yaml(&authed));
+    let timed = |proxy: &Proxy, target: String| {
+        let url = format!("{}{target}", proxy.url());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let r = http::get(&url).expect("GET");
+            (r, started.elapsed())
+        })
+    };
+    let tags = timed(&proxy, format!("/v2/{REPO}/tags/list"));
+    let token = timed(&authed_proxy, format!("/v2/{REPO}/blobs/{blob}"));
+    let missing = timed(
+        &proxy,
+        format!("/v2/{REPO}/blobs/{}", sha256_digest(b"none")),
+    );
+
+    let (r, took) = tags.join().expect("thread");
+    eprintln!("trickled tag list: HTTP {} after {took:?}", r.status);
+    assert_oci_error(&r, 504, Some("UNAVAILABLE"), "trickled tag list");
+    assert!(r.text().contains("timeouts.manifest"), "{}", r.text());
+    assert!(
+        took < Duration::from_secs(6),
+        "tag list: 504 after {took:?}"
+    );
+
+    let (r, took) = token.join().expect("thread");
+    eprintln!("trickled token: HTTP {} after {took:?}", r.status);
+    assert_oci_error(&r, 504, Some("UNAVAILABLE"), "blob behind a trickled token");
+    assert!(r.text().contains("timeouts.read"), "{}", r.text());
+    assert!(took < Duration::from_secs(6), "token: 504 after {took:?}");
+
+    let (r, took) = missing.join().expect("thread");
+    eprintln!("trickled error body: HTTP {} after {took:?}", r.status);
+    assert_oci_error(
+        &r,
+        404,
+        Some("BLOB_UNKNOWN"),
+        "blob whose 404 body trickles",
+    );
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(14),
+        "404 after {took:?}; the error body is waited for 10 s"
+    );
+}
+
 /// Blob storage that redirects to itself forever: the proxy gives up with a
 /// 5xx OCI error (502 expected) promptly instead of looping or hanging.
 #[test]

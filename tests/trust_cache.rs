@@ -13,7 +13,7 @@
 mod common;
 
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::content::{self, PushedImage};
 use common::fake::{self, Fake};
@@ -51,6 +51,11 @@ impl Env {
 /// An image signed by `portcullis sign` (cosign's payload) with
 /// `annotations` (none: cosign's default payload, `"optional":null`).
 fn env_signed_with(annotations: &[&str]) -> Env {
+    env_configured(annotations, "")
+}
+
+/// [`env_signed_with`], with `extra` appended to the proxy's config.
+fn env_configured(annotations: &[&str], extra: &str) -> Env {
     let reg = Registry::start();
     let keys = tempfile::tempdir().expect("tempdir");
     let ci = trust::keygen(keys.path(), "ci");
@@ -79,8 +84,8 @@ fn env_signed_with(annotations: &[&str]) -> Env {
         .skip(1)
         .map(|d| format!("/v2/{REPO}/blobs/{d}"))
         .collect();
-    let proxy =
-        Proxy::start(&TrustConfig::new(&reg.host(), &fake.url(), &[("ci-2026", &ci)]).yaml());
+    let yaml = TrustConfig::new(&reg.host(), &fake.url(), &[("ci-2026", &ci)]).yaml();
+    let proxy = Proxy::start(&format!("{yaml}{extra}"));
     Env {
         _reg: reg,
         _keys: keys,
@@ -303,4 +308,120 @@ fn signature_lookup_error_fails_closed_and_is_not_cached_as_denial() {
         "layer after the image was admitted: {}",
         r.text()
     );
+}
+
+/// One byte every 400 ms: never silent for the 5 s read timeout the
+/// deadline tests configure, and a `.sig` manifest of a few hundred bytes
+/// takes minutes.
+const TRICKLE: Duration = Duration::from_millis(400);
+
+/// Fetches `reference` in a thread; the response and when it came.
+fn pull_in_thread(
+    proxy: &Proxy,
+    reference: &str,
+) -> std::thread::JoinHandle<(http::Response, Instant)> {
+    let url = format!("{}/v2/{REPO}/manifests/{reference}", proxy.url());
+    std::thread::spawn(move || {
+        let r = http::request("GET", &url, &[("Accept", trust::MANIFEST_ACCEPT)], &[])
+            .expect("GET manifest via proxy");
+        (r, Instant::now())
+    })
+}
+
+/// An upstream that trickles the `.sig` manifest (issue 11, class 7): the
+/// evidence lookup ends at `timeouts.evidence` with a 504, for the pull
+/// that started it and for a second pull joined to the same verification
+/// (which does not start a lookup of its own); the timeout is not cached
+/// as a denial.
+#[test]
+fn trickling_signature_lookup_answers_504_within_the_evidence_deadline() {
+    let env = env_configured(&[], "timeouts: {connect: 2s, read: 5s, evidence: 3s}\n");
+    env.fake
+        .set(|c| c.trickle_manifests = Some((".sig".into(), TRICKLE)));
+    let started = Instant::now();
+    let first = pull_in_thread(&env.proxy, "v1");
+    assert!(
+        trust::wait_until(Duration::from_secs(2), || env.sig_lookups() == 1),
+        "the first pull never looked the signature up"
+    );
+    // By digest: the same verification key, so it joins the running one.
+    let joined_at = Instant::now();
+    let second = pull_in_thread(&env.proxy, &env.img.digest);
+    let (r1, end1) = first.join().expect("first pull");
+    let (r2, end2) = second.join().expect("second pull");
+    for (r, what) in [(&r1, "first pull"), (&r2, "joined pull")] {
+        fake::assert_oci_error(r, 504, Some("UNAVAILABLE"), what);
+        assert!(
+            r.text().contains("timeouts.evidence"),
+            "{what}: the error names the deadline: {}",
+            r.text()
+        );
+        assert!(r.body != env.img.manifest, "{what}: the manifest leaked");
+    }
+    let (took1, took2) = (end1 - started, end2 - joined_at);
+    eprintln!("trickled evidence: 504 after {took1:?} (first), {took2:?} (joined)");
+    assert!(
+        took1 >= Duration::from_millis(2900) && took1 < Duration::from_secs(6),
+        "first pull: 504 after {took1:?}, evidence deadline 3 s"
+    );
+    assert!(
+        took2 < Duration::from_secs(4),
+        "joined pull: 504 after {took2:?}; it should end with the verification it joined"
+    );
+    assert_eq!(
+        env.sig_lookups(),
+        1,
+        "the joined pull started a lookup of its own"
+    );
+
+    // Not cached as a denial: with the upstream answering normally, the
+    // next pull verifies afresh and is served.
+    env.fake.set(|c| c.trickle_manifests = None);
+    assert_served(
+        &get_manifest(&env.proxy, "v1"),
+        &env.img,
+        "pull after the trickle stopped",
+    );
+    assert_eq!(env.sig_lookups(), 2, "a fresh lookup after the timeout");
+}
+
+/// `timeouts.verification` bounds the whole verification even when each
+/// evidence lookup is allowed longer: 504 at the verification deadline,
+/// for both pulls joined to it.
+#[test]
+fn trickling_signature_lookup_answers_504_within_the_verification_deadline() {
+    let env = env_configured(
+        &[],
+        "timeouts: {connect: 2s, read: 5s, evidence: 30s, verification: 3s}\n",
+    );
+    env.fake
+        .set(|c| c.trickle_manifests = Some((".sig".into(), TRICKLE)));
+    let started = Instant::now();
+    let first = pull_in_thread(&env.proxy, &env.img.digest);
+    assert!(
+        trust::wait_until(Duration::from_secs(2), || env.sig_lookups() == 1),
+        "the first pull never looked the signature up"
+    );
+    let second = pull_in_thread(&env.proxy, "v1");
+    let (r1, end1) = first.join().expect("first pull");
+    let (r2, end2) = second.join().expect("second pull");
+    for (r, what) in [(&r1, "first pull"), (&r2, "joined pull")] {
+        fake::assert_oci_error(r, 504, Some("UNAVAILABLE"), what);
+        assert!(
+            r.text().contains("timeouts.verification"),
+            "{what}: the error names the deadline: {}",
+            r.text()
+        );
+    }
+    let (took1, took2) = (end1 - started, end2 - started);
+    eprintln!("trickled verification: 504 after {took1:?} (first), {took2:?} (joined)");
+    assert!(
+        took1 >= Duration::from_millis(2900) && took1 < Duration::from_secs(6),
+        "first pull: 504 after {took1:?}, verification deadline 3 s"
+    );
+    assert!(
+        took2 < Duration::from_secs(6),
+        "joined pull: 504 after {took2:?} from the first pull's start"
+    );
+    assert_eq!(env.sig_lookups(), 1, "the joined pull looked up on its own");
 }

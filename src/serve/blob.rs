@@ -8,12 +8,20 @@
 //! `bytes=0-`) is hashed like a full body; a true part of a blob cannot be
 //! checked on its own, so it is held to its exact length and clients check
 //! the assembled blob.
+//!
+//! Each fetch holds its [`FetchSlots`] until its response body ends or is
+//! dropped.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use super::verifying::{ExactLengthBody, VerifyingBody};
-use super::{body_from, upstream_failure, BoxError, ProxyBody, ServeError};
+use super::{body_from, upstream_failure, BoxError, FetchSlots, ProxyBody, ServeError};
 use crate::error::ErrorCode;
 use crate::oci::Digest;
 use crate::routing::Route;
@@ -29,12 +37,14 @@ const PASSED_HEADERS: [header::HeaderName; 5] = [
 ];
 
 /// `GET|HEAD /v2/<name>/blobs/<digest>`, with an optional single `Range`.
+/// A body streamed to the client keeps `slots`.
 pub async fn serve(
     upstream: &Upstream,
     route: &Route,
     digest: &Digest,
     client_headers: &HeaderMap,
     head: bool,
+    slots: FetchSlots,
 ) -> Result<Response<ProxyBody>, ServeError> {
     let mut headers = HeaderMap::new();
     let mut requested = None;
@@ -71,14 +81,17 @@ pub async fn serve(
         None
     };
     let body = match part {
-        _ if head => body_from(bytes::Bytes::new()),
+        _ if head => body_from(Bytes::new()),
         // A whole blob, as a 200 or as a 206 covering all of it.
-        None => VerifyingBody::new(body, digest.clone()).boxed_unsync(),
-        Some(part) if part.is_whole() => VerifyingBody::new(body, digest.clone()).boxed_unsync(),
-        Some(part) => {
-            ExactLengthBody::new(body.map_err(|e| -> BoxError { Box::new(e) }), part.len())
-                .boxed_unsync()
+        None => Holding::new(VerifyingBody::new(body, digest.clone()), slots).boxed_unsync(),
+        Some(part) if part.is_whole() => {
+            Holding::new(VerifyingBody::new(body, digest.clone()), slots).boxed_unsync()
         }
+        Some(part) => Holding::new(
+            ExactLengthBody::new(body.map_err(|e| -> BoxError { Box::new(e) }), part.len()),
+            slots,
+        )
+        .boxed_unsync(),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -196,6 +209,44 @@ fn describe(range: &ByteRange) -> String {
         ByteRange::From(first, Some(last)) => format!("bytes={first}-{last}"),
         ByteRange::From(first, None) => format!("bytes={first}-"),
         ByteRange::Suffix(n) => format!("bytes=-{n}"),
+    }
+}
+
+/// A body that holds its fetch's slots until it is dropped.
+struct Holding<B> {
+    inner: B,
+    _slots: FetchSlots,
+}
+
+impl<B> Holding<B> {
+    fn new(inner: B, slots: FetchSlots) -> Holding<B> {
+        Holding {
+            inner,
+            _slots: slots,
+        }
+    }
+}
+
+impl<B> Body for Holding<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -23,7 +23,7 @@ use crate::oci::{Digest, Reference};
 use crate::policy::{Decision, Verdict};
 use crate::routing::Route;
 use crate::serve::App;
-use crate::upstream::Upstream;
+use crate::upstream::{BodyError, Upstream};
 use crate::verify::{Admission, Outcome};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -307,7 +307,28 @@ pub async fn serve(
 
 /// Fetches a manifest with the client's `Accept` header passed through
 /// unchanged, so index/list negotiation is the client's own.
+///
+/// The whole fetch (response headers and every byte of the body) runs
+/// under `timeouts.manifest`: the idle read timeout alone lets an upstream
+/// that trickles a byte now and then hold the request, and every request
+/// joined to it, forever.
 pub async fn fetch(
+    upstream: &Upstream,
+    route: &Route,
+    reference: &Reference,
+    client_headers: &HeaderMap,
+) -> Result<Manifest, ServeError> {
+    upstream
+        .within(
+            upstream.timeouts().manifest,
+            "manifest",
+            || format!("manifest {}:{reference}", route.repository),
+            fetch_now(upstream, route, reference, client_headers),
+        )
+        .await
+}
+
+async fn fetch_now(
     upstream: &Upstream,
     route: &Route,
     reference: &Reference,
@@ -345,6 +366,8 @@ pub async fn fetch(
                 ServeError::ManifestTooLarge {
                     limit: MAX_MANIFEST_BYTES,
                 }
+            } else if let Some(timeout) = BodyError::timeout_in(e.as_ref()) {
+                ServeError::Upstream(timeout)
             } else {
                 ServeError::UpstreamInvalid {
                     what: what.clone(),

@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{Client, Decided, Observer, Subject};
 use crate::config::Config;
@@ -45,6 +46,10 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Largest upstream error body read to pass its OCI error on.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Longest an upstream error body may take to arrive: past it, the error
+/// is answered without the upstream's message (an upstream trickling an
+/// error body must not hold a blob request, which has no total deadline).
+const MAX_ERROR_BODY_TIME: Duration = Duration::from_secs(10);
 /// How long `/readyz` waits for an upstream that has been quiet.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// An upstream that answered within this window counts as reachable
@@ -164,6 +169,45 @@ pub enum ServeError {
     },
     #[error("cannot verify {image}: {source}")]
     CannotVerify { image: String, source: VerifyError },
+    /// No upstream fetch slot came free within `timeouts.read`.
+    #[error("{}", busy_message(*per_connection, *limit))]
+    Busy {
+        /// The connection's own cap (`limits.upstreamFetchesPerConnection`)
+        /// rather than the proxy's (`limits.upstreamFetches`).
+        per_connection: bool,
+        limit: usize,
+    },
+}
+
+fn busy_message(per_connection: bool, limit: usize) -> String {
+    if per_connection {
+        format!(
+            "more than {limit} blob downloads at once on one connection \
+             (limits.upstreamFetchesPerConnection); retry when one has finished"
+        )
+    } else {
+        format!(
+            "the proxy is running its limit of {limit} upstream blob fetches \
+             (limits.upstreamFetches); retry later"
+        )
+    }
+}
+
+/// The upstream blob fetches one client connection may run at once
+/// (`limits.upstreamFetchesPerConnection`): HTTP/2 multiplexes many
+/// requests on a connection, and each fetch holds an upstream connection
+/// for as long as its client takes to read. The server puts one in the
+/// extensions of every request of a connection
+/// ([`App::connection_fetches`]).
+#[derive(Debug, Clone)]
+pub struct ConnectionFetches(Arc<Semaphore>);
+
+/// The slots an upstream blob fetch holds while it streams: released when
+/// the response body ends or is dropped.
+#[derive(Debug)]
+pub struct FetchSlots {
+    _connection: Option<OwnedSemaphorePermit>,
+    _proxy: OwnedSemaphorePermit,
 }
 
 /// The proxy: routing plus one client per upstream.
@@ -175,6 +219,13 @@ pub struct App {
     manifests: manifest::ManifestCache,
     pub observer: Arc<Observer>,
     break_glass: Option<crate::breakglass::BreakGlass>,
+    /// Upstream blob fetches running, proxy-wide (`limits.upstreamFetches`).
+    fetches: Arc<Semaphore>,
+    fetches_limit: usize,
+    /// `limits.upstreamFetchesPerConnection`.
+    fetches_per_connection: usize,
+    /// How long a blob request waits for a fetch slot (`timeouts.read`).
+    fetch_wait: Duration,
 }
 
 impl App {
@@ -199,7 +250,9 @@ impl App {
             .compile_policy()
             .map_err(|e| SetupError::Policy(e.to_string()))?;
         observer.metrics.policy_loaded(&policy.revision);
-        let mut verifier = Verifier::new(policy, config.cache);
+        let mut verifier = Verifier::new(policy, config.cache)
+            .with_timeouts(config.timeouts)
+            .with_limits(&config.limits);
         if let Some(store) = &config.attestation_store {
             let store = crate::verify::store::Store::open(&store.path)
                 .map_err(SetupError::AttestationStore)?;
@@ -217,7 +270,51 @@ impl App {
                 }
                 None => None,
             },
+            fetches: Arc::new(Semaphore::new(config.limits.upstream_fetches)),
+            fetches_limit: config.limits.upstream_fetches,
+            fetches_per_connection: config.limits.upstream_fetches_per_connection,
+            fetch_wait: config.timeouts.read,
         })
+    }
+
+    /// A new client connection's fetch slots.
+    pub fn connection_fetches(&self) -> ConnectionFetches {
+        ConnectionFetches(Arc::new(Semaphore::new(self.fetches_per_connection)))
+    }
+
+    /// Slots for one upstream blob fetch: the connection's (when the
+    /// request came through the server) and the proxy's, each waited for
+    /// up to `timeouts.read`. The connection's first, so a connection at
+    /// its own cap queues on itself without taking proxy-wide slots.
+    async fn fetch_slots(
+        &self,
+        connection: Option<&ConnectionFetches>,
+    ) -> Result<FetchSlots, ServeError> {
+        let wait = |semaphore: &Arc<Semaphore>| {
+            tokio::time::timeout(self.fetch_wait, Arc::clone(semaphore).acquire_owned())
+        };
+        let connection = match connection {
+            Some(ConnectionFetches(slots)) => match wait(slots).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    return Err(ServeError::Busy {
+                        per_connection: true,
+                        limit: self.fetches_per_connection,
+                    })
+                }
+            },
+            None => None,
+        };
+        match wait(&self.fetches).await {
+            Ok(Ok(permit)) => Ok(FetchSlots {
+                _connection: connection,
+                _proxy: permit,
+            }),
+            _ => Err(ServeError::Busy {
+                per_connection: false,
+                limit: self.fetches_limit,
+            }),
+        }
     }
 
     /// Answers one `/v2/` request. The canonical reference of the request
@@ -260,7 +357,12 @@ impl App {
                 .await
             }
             Endpoint::Blob(digest) => match self.verifier.blob_allowed(&route, digest).await {
-                Ok(()) => blob::serve(upstream, &route, digest, request.headers(), head).await,
+                Ok(()) => match self.fetch_slots(request.extensions().get()).await {
+                    Ok(slots) => {
+                        blob::serve(upstream, &route, digest, request.headers(), head, slots).await
+                    }
+                    Err(busy) => Err(busy),
+                },
                 // A blob of an image admitted by break-glass: only for a
                 // request carrying a valid break-glass credential, and
                 // audited as such.
@@ -277,7 +379,13 @@ impl App {
                         )
                         .await =>
                 {
-                    blob::serve(upstream, &route, digest, request.headers(), head).await
+                    match self.fetch_slots(request.extensions().get()).await {
+                        Ok(slots) => {
+                            blob::serve(upstream, &route, digest, request.headers(), head, slots)
+                                .await
+                        }
+                        Err(busy) => Err(busy),
+                    }
                 }
                 Err(decision) => {
                     let decided = Decided {
@@ -296,13 +404,36 @@ impl App {
                     Err(ServeError::Denied { subject, decision })
                 }
             },
+            // Listings are read whole, like manifests, and bounded alike.
             Endpoint::TagsList { n, last } => {
-                listing::tags(upstream, &route, *n, last.as_deref(), head).await
+                upstream
+                    .within(
+                        upstream.timeouts().manifest,
+                        "manifest",
+                        || format!("the tag list of {}", route.repository),
+                        listing::tags(upstream, &route, *n, last.as_deref(), head),
+                    )
+                    .await
             }
             Endpoint::Referrers {
                 digest,
                 artifact_type,
-            } => listing::referrers(upstream, &route, digest, artifact_type.as_deref(), head).await,
+            } => {
+                upstream
+                    .within(
+                        upstream.timeouts().manifest,
+                        "manifest",
+                        || format!("the referrers of {}@{digest}", route.repository),
+                        listing::referrers(
+                            upstream,
+                            &route,
+                            digest,
+                            artifact_type.as_deref(),
+                            head,
+                        ),
+                    )
+                    .await
+            }
         };
         result.unwrap_or_else(|e| {
             let error = ApiError::from(e);
@@ -456,11 +587,15 @@ pub(crate) async fn upstream_failure(
             headers.insert(name, value.clone());
         }
     }
-    let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let body = tokio::time::timeout(
+        MAX_ERROR_BODY_TIME,
+        Limited::new(response.into_body(), MAX_ERROR_BODY).collect(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(|c| c.to_bytes())
+    .unwrap_or_default();
     #[derive(serde::Deserialize)]
     struct Envelope {
         errors: Vec<Entry>,

@@ -23,6 +23,29 @@ pub enum BodyError {
     },
 }
 
+impl BodyError {
+    /// The timeout this is, as an [`super::UpstreamError`] (so a body that
+    /// stalls answers `504` like a response that never came); `None` for
+    /// other failures.
+    pub fn as_timeout(&self) -> Option<super::UpstreamError> {
+        match self {
+            BodyError::IdleTimeout { upstream, after } => Some(super::UpstreamError::Timeout {
+                upstream: upstream.clone(),
+                after: *after,
+            }),
+            BodyError::Upstream { .. } => None,
+        }
+    }
+
+    /// [`BodyError::as_timeout`] of a boxed error (as `Limited` returns
+    /// them).
+    pub fn timeout_in(error: &(dyn std::error::Error + 'static)) -> Option<super::UpstreamError> {
+        error
+            .downcast_ref::<BodyError>()
+            .and_then(BodyError::as_timeout)
+    }
+}
+
 /// An upstream body that errors if no frame arrives for `idle`.
 pub struct UpstreamBody {
     inner: Incoming,

@@ -44,6 +44,16 @@ pub enum UpstreamError {
     Connect { upstream: String, reason: String },
     #[error("upstream {upstream} did not answer within {after:?}")]
     Timeout { upstream: String, after: Duration },
+    /// A total deadline passed while the upstream was still answering: a
+    /// trickle that the idle read timeout never catches.
+    #[error("upstream {upstream} did not deliver {what} within {after:?} (timeouts.{setting})")]
+    Deadline {
+        upstream: String,
+        what: String,
+        after: Duration,
+        /// The `timeouts` key that set the deadline.
+        setting: &'static str,
+    },
     #[error("upstream {upstream} failed: {reason}")]
     Protocol { upstream: String, reason: String },
     #[error("cannot authenticate to upstream {upstream}: {reason}")]
@@ -253,7 +263,34 @@ impl Upstream {
         }
     }
 
-    /// Whether the upstream answered anything within `window`.
+    /// The timeouts this upstream's requests run under.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// Runs `work` (requests to this upstream and the reading of their
+    /// bodies) under a total deadline: once `after` has passed, `work` is
+    /// dropped, and with it its upstream connections, and the answer is
+    /// [`UpstreamError::Deadline`]. `setting` names the `timeouts` key;
+    /// `what` is made only when the deadline passes.
+    pub async fn within<T, E: From<UpstreamError>>(
+        &self,
+        after: Duration,
+        setting: &'static str,
+        what: impl FnOnce() -> String,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        match tokio::time::timeout(after, work).await {
+            Ok(result) => result,
+            Err(_) => Err(E::from(UpstreamError::Deadline {
+                upstream: self.registry.clone(),
+                what: what(),
+                after,
+                setting,
+            })),
+        }
+    }
+
     /// Remembers that the referrers API answered "not here".
     pub fn mark_no_referrers_api(&self) {
         let now = self.epoch.elapsed().as_millis() as u64;
@@ -270,6 +307,7 @@ impl Upstream {
                 <= NO_REFERRERS_API_MEMORY.as_millis() as u64
     }
 
+    /// Whether the upstream answered anything within `window`.
     pub fn answered_within(&self, window: Duration) -> bool {
         let last = self.last_answer_ms.load(Ordering::Relaxed);
         last != 0 && self.epoch.elapsed().as_millis() as u64 - last <= window.as_millis() as u64
@@ -470,8 +508,26 @@ impl Upstream {
     }
 
     /// Gets a token for `scope` from the token endpoint and caches it under
-    /// `cache_key`.
+    /// `cache_key`; within `timeouts.read` in all (a token response is a
+    /// few hundred bytes: a token endpoint trickling it must not hold a
+    /// blob request, which has no total deadline of its own).
     async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        cache_key: &str,
+    ) -> Result<Secret, UpstreamError> {
+        self.within(
+            self.timeouts.read,
+            "read",
+            || "a token".to_owned(),
+            self.fetch_token_now(realm, service, scope, cache_key),
+        )
+        .await
+    }
+
+    async fn fetch_token_now(
         &self,
         realm: &str,
         service: Option<&str>,

@@ -260,6 +260,7 @@ mod tests {
         EvidenceLimits::new(&Limits {
             evidence_bytes: per,
             evidence_bytes_in_flight: total,
+            ..Limits::default()
         })
     }
 

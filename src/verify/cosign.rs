@@ -318,8 +318,14 @@ pub(crate) async fn read_bounded(
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| VerifyError::Invalid {
-            what: what.to_owned(),
-            reason: e.to_string(),
-        })
+        .map_err(
+            |e| match crate::upstream::BodyError::timeout_in(e.as_ref()) {
+                // A stalled body is a timeout (504), not invalid content.
+                Some(timeout) => VerifyError::Upstream(timeout),
+                None => VerifyError::Invalid {
+                    what: what.to_owned(),
+                    reason: e.to_string(),
+                },
+            },
+        )
 }

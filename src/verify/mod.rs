@@ -37,13 +37,14 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 
 use cache::{Clock, Content, Flights, Hit, Key, Scope, Verdicts};
 
-use crate::config::{CacheConfig, Limits};
+use crate::config::{CacheConfig, Limits, Timeouts};
 use crate::oci::manifest::{Kind, Reading};
 use crate::oci::{Digest, Reference};
 use crate::policy::{
@@ -83,6 +84,11 @@ pub enum VerifyError {
     /// verifier turns it into a denial, never an allow.
     #[error("{0}")]
     Limit(String),
+    /// The verification ran past `timeouts.verification` (an upstream
+    /// that answers, slowly, every lookup). Like every error here it is
+    /// not cached: the next pull verifies again.
+    #[error("verification did not finish within {after:?} (timeouts.verification)")]
+    Deadline { after: Duration },
 }
 
 /// A verdict [`Verifier::fetch_and_verify`] reached (or found cached)
@@ -156,6 +162,9 @@ pub struct Verifier {
     /// Blobs and child manifests of break-glass admissions, served only to
     /// requests that present a valid break-glass credential.
     break_glass: cache::Content,
+    /// `verification` and `evidence` bound every verification and every
+    /// evidence lookup.
+    timeouts: Timeouts,
     pub stats: Stats,
 }
 
@@ -282,6 +291,7 @@ impl Verifier {
             store: None,
             evidence: budget::EvidenceLimits::new(&Limits::default()),
             break_glass: Content::new(MAX_BREAK_GLASS_CONTENT, cache.allow_ttl, clock),
+            timeouts: Timeouts::default(),
             stats: Stats::default(),
         }
     }
@@ -295,6 +305,27 @@ impl Verifier {
     /// Evidence bytes all verifications hold right now.
     pub fn evidence_in_flight(&self) -> u64 {
         self.evidence.in_flight_bytes()
+    }
+
+    /// Bounds verifications and evidence lookups by `timeouts`
+    /// (`verification`, `evidence`) instead of the defaults.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Verifier {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Runs one verification under `timeouts.verification`. The deadline
+    /// is inside the verification's flight, so every request joined to it
+    /// gets [`VerifyError::Deadline`] at the same moment, and none of them
+    /// is left waiting on an upstream that trickles.
+    async fn within_deadline<T>(
+        &self,
+        verification: impl Future<Output = Result<T, VerifyError>>,
+    ) -> Result<T, VerifyError> {
+        let after = self.timeouts.verification;
+        tokio::time::timeout(after, verification)
+            .await
+            .unwrap_or(Err(VerifyError::Deadline { after }))
     }
 
     /// Adds the local attestation store as an evidence source.
@@ -429,8 +460,10 @@ impl Verifier {
                             if let Some(hit) = self.verdicts.get(&key) {
                                 return Ok(hit);
                             }
-                            self.verify_miss(&state, &scope, upstreams, route, manifest, &key, None)
-                                .await
+                            self.within_deadline(self.verify_miss(
+                                &state, &scope, upstreams, route, manifest, &key, None,
+                            ))
+                            .await
                         }))
                     };
                     let hit = match flight().await {
@@ -511,44 +544,49 @@ impl Verifier {
         let mut fetched: Option<Result<Manifest, E>> = None;
         let slot = &mut fetched;
         let fetching = fetch.as_mut();
-        let result = Box::pin(self.flights.run(key, move || async move {
-            if let Some(hit) = self.verdicts.get(&key) {
-                return Ok(hit);
-            }
-            let gather = self.gather(&state, upstreams, route, &rule, digest);
-            let mut gather = std::pin::pin!(gather);
-            let mut fetching = fetching;
-            let mut gathered = None;
-            let manifest = loop {
-                tokio::select! {
-                    manifest = fetching.as_mut() => break manifest,
-                    found = gather.as_mut(), if gathered.is_none() => gathered = Some(found),
+        let result = Box::pin(self.flights.run(key, move || {
+            self.within_deadline(async move {
+                if let Some(hit) = self.verdicts.get(&key) {
+                    return Ok(hit);
                 }
-            };
-            let manifest = match manifest {
-                Ok(m) => m,
-                Err(e) => {
-                    // The lookups are dropped: nothing more for a
-                    // manifest that is not there.
-                    *slot = Some(Err(e));
-                    return Err(VerifyError::ManifestUnavailable);
-                }
-            };
-            let gathered = match gathered {
-                Some(g) => g,
-                None => gather.await,
-            };
-            *slot = Some(Ok(manifest.clone()));
-            self.verify_miss(
-                &state,
-                &scope,
-                upstreams,
-                route,
-                &manifest,
-                &key,
-                Some(gathered),
-            )
-            .await
+                let gather = self.gather(&state, upstreams, route, &rule, digest);
+                let mut gather = std::pin::pin!(gather);
+                let mut fetching = fetching;
+                let mut gathered = None;
+                let manifest = loop {
+                    tokio::select! {
+                        manifest = fetching.as_mut() => break manifest,
+                        found = gather.as_mut(), if gathered.is_none() => gathered = Some(found),
+                    }
+                };
+                let manifest = match manifest {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // The lookups are dropped: nothing more for a
+                        // manifest that is not there.
+                        *slot = Some(Err(e));
+                        return Err(VerifyError::ManifestUnavailable);
+                    }
+                };
+                // Kept before anything else is awaited: if the deadline
+                // drops this verification from here on, the fetch has
+                // completed and must not be polled again.
+                *slot = Some(Ok(manifest.clone()));
+                let gathered = match gathered {
+                    Some(g) => g,
+                    None => gather.await,
+                };
+                self.verify_miss(
+                    &state,
+                    &scope,
+                    upstreams,
+                    route,
+                    &manifest,
+                    &key,
+                    Some(gathered),
+                )
+                .await
+            })
         }))
         .await;
         let manifest = match fetched {
@@ -687,7 +725,7 @@ impl Verifier {
     ) -> Result<Decision, VerifyError> {
         let state = self.state();
         let key = state.scope(route).key_of(&manifest.digest);
-        self.decide(&state, upstreams, route, manifest, &key, None)
+        self.within_deadline(self.decide(&state, upstreams, route, manifest, &key, None))
             .await
             .map(|d| (*d).clone())
     }
@@ -919,7 +957,7 @@ impl Verifier {
     /// Looks up, concurrently, everything one location holds for `digest`
     /// (an image of the repository `name`) that `attestors` can use:
     /// `.sig` signatures, `.att` envelopes and referrer bundles, every
-    /// byte charged to `budget`.
+    /// byte charged to `budget`; all of it within `timeouts.evidence`.
     pub async fn lookup(
         &self,
         upstream: Arc<Upstream>,
@@ -948,7 +986,14 @@ impl Verifier {
             self.stats.referrer_lookups.fetch_add(1, Ordering::Relaxed);
             referrers::bundles(Arc::clone(&upstream), budget, repository, digest).await
         };
-        let (signatures, envelopes, bundles) = tokio::try_join!(signatures, envelopes, bundles)?;
+        let (signatures, envelopes, bundles) = upstream
+            .within(
+                self.timeouts.evidence,
+                "evidence",
+                || format!("the evidence for {repository}@{digest}"),
+                async { tokio::try_join!(signatures, envelopes, bundles) },
+            )
+            .await?;
         Ok(Found {
             signatures,
             envelopes,

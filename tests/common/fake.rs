@@ -151,6 +151,14 @@ pub struct FakeConfig {
     /// Ranged blob bodies have one byte flipped (same length, honest
     /// `Content-Range`).
     pub corrupt_ranges: bool,
+    /// Manifest GET requests whose reference ends with the string (`""`:
+    /// every manifest) are answered at once, with `Content-Length`, but
+    /// the body trickles in one byte per interval: a live upstream that
+    /// never goes silent long enough for an idle read timeout.
+    pub trickle_manifests: Option<(String, Duration)>,
+    /// Every whole-body response to a request of one of these kinds (a
+    /// tag list, a token, an error) trickles in one byte per interval.
+    pub trickle_responses: Option<(Vec<Kind>, Duration)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -268,6 +276,10 @@ struct Shared {
     tokens: Mutex<HashMap<String, IssuedToken>>,
     expired_token_uses: AtomicU64,
     token_seq: AtomicU64,
+    /// Connections open now (registry and storage listeners).
+    open_connections: AtomicU64,
+    /// The most connections that were open at once.
+    peak_connections: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -372,6 +384,8 @@ impl Fake {
             tokens: Mutex::new(HashMap::new()),
             expired_token_uses: AtomicU64::new(0),
             token_seq: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
+            peak_connections: AtomicU64::new(0),
         });
 
         {
@@ -568,6 +582,16 @@ impl Fake {
         self.shared.expired_token_uses.load(Ordering::SeqCst)
     }
 
+    /// Connections to the fake (registry and storage) open now.
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open_connections.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at once so far.
+    pub fn peak_connections(&self) -> u64 {
+        self.shared.peak_connections.load(Ordering::SeqCst)
+    }
+
     /// Every token the fake has issued.
     pub fn issued_tokens(&self) -> Vec<String> {
         lock(&self.shared.tokens).keys().cloned().collect()
@@ -717,7 +741,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, sto
             continue;
         };
         let shared = shared.clone();
+        let open = shared.open_connections.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_connections.fetch_max(open, Ordering::SeqCst);
         tokio::spawn(async move {
+            let counted = shared.clone();
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(shared, req, storage).await) }
@@ -725,6 +752,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, sto
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
+            counted.open_connections.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -827,6 +855,47 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>, storage: bool) -> Resp {
+    let trickle = lock(&shared.config).trickle_responses.clone();
+    let kind = if storage {
+        Kind::Storage
+    } else {
+        match route(req.uri().path()) {
+            Route::Base => Kind::Base,
+            Route::Manifest(..) => Kind::Manifest,
+            Route::Blob(..) => Kind::Blob,
+            Route::TagsList(_) => Kind::TagsList,
+            Route::Referrers(..) => Kind::Referrers,
+            Route::Token => Kind::Token,
+            Route::Other => Kind::Other,
+        }
+    };
+    let response = respond(shared, req, storage).await;
+    match trickle {
+        Some((kinds, every)) if kinds.contains(&kind) => trickled(response, every),
+        _ => response,
+    }
+}
+
+/// `response` with its whole body sent one byte per `every` (a body that
+/// is already streamed is left alone).
+fn trickled(response: Resp, every: Duration) -> Resp {
+    let (parts, body) = response.into_parts();
+    let FakeBody::Full(Some(bytes)) = body else {
+        return Response::from_parts(parts, body);
+    };
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..bytes.len() {
+            tokio::time::sleep(every).await;
+            if tx.send(Ok(bytes.slice(i..i + 1))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::from_parts(parts, FakeBody::Channel(rx))
+}
+
+async fn respond(shared: Arc<Shared>, req: Request<Incoming>, storage: bool) -> Resp {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let method = req.method().clone();
@@ -1185,6 +1254,25 @@ fn serve_manifest(
             .header("content-length", bytes.len())
             .body(FakeBody::Full(None))
             .expect("response");
+    }
+    if let Some((suffix, every)) = &cfg.trickle_manifests {
+        if reference.ends_with(suffix.as_str()) {
+            let every = *every;
+            let len = bytes.len();
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                for i in 0..bytes.len() {
+                    tokio::time::sleep(every).await;
+                    if tx.send(Ok(bytes.slice(i..i + 1))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            return builder
+                .header("content-length", len)
+                .body(FakeBody::Channel(rx))
+                .expect("response");
+        }
     }
     if cfg.chunked_manifests {
         let (tx, rx) = mpsc::channel(4);

@@ -100,8 +100,65 @@ pub fn request_streaming(
     headers: &[(&str, &str)],
     body: Option<(&mut dyn Read, u64)>,
 ) -> io::Result<StreamingResponse> {
-    let (host, path) = split_url(url)?;
+    let (host, _) = split_url(url)?;
     let stream = TcpStream::connect(&host)?;
+    exchange(stream, method, url, headers, body)
+}
+
+/// [`request`] from the local address `local` (e.g. `127.0.0.2`: another
+/// loopback client as far as the server can tell).
+pub fn request_from(
+    local: std::net::IpAddr,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<Response> {
+    let (host, _) = split_url(url)?;
+    let stream = connect_from(local, &host)?;
+    let r = exchange(stream, method, url, headers, None)?;
+    let mut out = Vec::new();
+    let mut b = r.body;
+    if method != "HEAD" {
+        b.read_to_end(&mut out)?;
+    }
+    Ok(Response {
+        status: r.status,
+        headers: r.headers,
+        body: out,
+    })
+}
+
+/// A TCP connection to `host` (`ip:port`) bound to the local address
+/// `local` (std cannot bind before connecting; tokio's socket can).
+pub fn connect_from(local: std::net::IpAddr, host: &str) -> io::Result<TcpStream> {
+    let addr: std::net::SocketAddr = host
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect {addr}")))?
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// Sends one request on `stream` and reads the response head.
+fn exchange(
+    stream: TcpStream,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&mut dyn Read, u64)>,
+) -> io::Result<StreamingResponse> {
+    let (host, path) = split_url(url)?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     stream.set_write_timeout(Some(Duration::from_secs(120)))?;
     let mut w = io::BufWriter::with_capacity(1 << 16, stream.try_clone()?);

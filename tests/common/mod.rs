@@ -4,6 +4,7 @@
 //! dead-code warnings are silenced here once.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod clients;
 pub mod content;
 pub mod fake;
