@@ -27,6 +27,9 @@
 //!   ([`verify::store`]); formats are checked by pure modules
 //!   ([`verify::simple_signing`], [`verify::dsse`], [`verify::bundle`],
 //!   [`verify::binauthz`]) and matched to attestors in [`verify::evidence`].
+//!   `verify::artifact` decides when a manifest is served as evidence
+//!   (never from its labels); [`verify::budget`] bounds what evidence
+//!   reads cost, per verification and in total.
 //! - [`policy`]: the Binary Authorization-style policy and its pure
 //!   evaluation; [`crypto`]: keys and signature verification (pure).
 //! - [`serve`]: the pull endpoints: manifests (read whole, hashed, bounded),
@@ -37,6 +40,8 @@
 //!   the JSON API and the dashboard on the admin listener.
 //! - [`oci`]: the vocabulary shared by all layers: digests, repository names,
 //!   tags, media types.
+//!   [`oci::json`] reads JSON the one way Portcullis and Go runtimes agree
+//!   on, and [`oci::manifest`] decides once what a manifest is.
 //! - [`error`]: OCI error codes and the wire envelope.
 //! - [`telemetry`]: logging setup; [`reload`]: policy hot reload (SIGHUP,
 //!   file changes); [`commands`]: the one-shot CLI commands (`keygen`,
