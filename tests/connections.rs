@@ -525,7 +525,7 @@ fn zero_window_attack(tls: bool) {
     // cap, never the hundreds of an uncapped proxy.
     let cap = ATTACKERS as u64 * PER_CONNECTION;
     assert!(
-        during <= cap + 2 && typical <= cap + 2 && peak <= 2 * cap + 4,
+        during <= cap + 2 && typical <= cap + 2 && peak <= 2 * cap + 8,
         "upstream connections: {during} at 1.5 s, 90th percentile {typical}, peak {peak}; \
          cap {cap} (limits.upstreamFetchesPerConnection x connections)"
     );
@@ -545,8 +545,12 @@ fn zero_window_attack(tls: bool) {
         released,
         "{after} upstream connections still open after the attackers left"
     );
+    // A ceiling, not the measure of the fix (the upstream connections
+    // above are): measured 19-25 MiB over the idle proxy with the caps,
+    // 34 MiB without them, much of an upstream connection's cost being
+    // kernel socket buffers that RSS does not show.
     assert!(
-        rss_peak < rss_before + 48 * 1024,
+        rss_peak < rss_before + 40 * 1024,
         "proxy peak RSS {rss_peak} KiB, {rss_before} KiB before the attack"
     );
 }
