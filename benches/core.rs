@@ -38,12 +38,14 @@ use criterion::{criterion_group, Criterion, Throughput};
 use http::{HeaderValue, Method};
 use p256::ecdsa::signature::Signer;
 use p256::pkcs8::{EncodePublicKey, LineEnding};
+use portcullis::breakglass::Attempt;
 use portcullis::config::Config;
 use portcullis::crypto::{Algorithm, PublicKey};
+use portcullis::oci::manifest::Manifest;
 use portcullis::oci::Digest;
+use portcullis::oci::Reference;
 use portcullis::policy::{self, AttestorDoc, Check, Evidence, EvidenceKind, Policy, PolicyDoc};
 use portcullis::routing::{Route, Routed, Router};
-use portcullis::serve::manifest::Manifest;
 use portcullis::upstream::Upstream;
 use portcullis::verify::{Outcome, Verifier};
 use sha2::Digest as _;
@@ -169,7 +171,6 @@ fn bench_p256(c: &mut Criterion) {
 /// rule is ALWAYS_ALLOW, so verdicts are cached without any upstream.
 struct Hot {
     verifier: Verifier,
-    upstreams: Vec<Arc<Upstream>>,
     router: Router,
 }
 
@@ -191,8 +192,7 @@ fn hot_verifier(max_entries: u64) -> Hot {
         Upstream::new(&config.upstreams[0], config.timeouts).expect("upstream"),
     )];
     Hot {
-        verifier: Verifier::new(policy, config.cache),
-        upstreams,
+        verifier: Verifier::new(policy, config.cache, upstreams),
         router: Router::new(&config),
     }
 }
@@ -207,8 +207,7 @@ fn image_manifest(n: u64) -> Manifest {
     );
     let bytes = bytes::Bytes::from(text);
     Manifest::new(
-        bytes.clone(),
-        Digest::sha256_of(&bytes),
+        bytes,
         HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
     )
 }
@@ -228,14 +227,16 @@ fn route(router: &Router, digest: &Digest) -> Route {
 }
 
 async fn admit(hot: &Hot, route: &Route, manifest: &Manifest) -> bool {
+    let reference = Reference::Digest(manifest.digest().clone());
+    let fetch = async { Ok::<_, ()>(manifest.clone()) };
     match hot
         .verifier
-        .admit(&hot.upstreams, route, manifest)
+        .admit(route, &reference, fetch, &Attempt::None)
         .await
         .expect("admit")
     {
-        Outcome::Admitted(a) => a.cache_hit,
-        Outcome::Denied { .. } => panic!("denied"),
+        Outcome::Admitted(a) => a.cache_hit(),
+        Outcome::Denied(_) => panic!("denied"),
     }
 }
 
@@ -246,7 +247,7 @@ fn bench_verdict_cache(c: &mut Criterion) {
         .expect("runtime");
     let hot = hot_verifier(100_000);
     let manifest = image_manifest(1);
-    let route = route(&hot.router, &manifest.digest);
+    let route = route(&hot.router, manifest.digest());
     rt.block_on(admit(&hot, &route, &manifest));
     assert!(
         rt.block_on(admit(&hot, &route, &manifest)),
@@ -261,7 +262,7 @@ fn bench_verdict_cache(c: &mut Criterion) {
         "abcdef012345".into(),
         0,
         "hot/app".into(),
-        manifest.digest.to_string().into(),
+        manifest.digest().to_string().into(),
     );
     rt.block_on(cache.insert(key.clone(), Arc::new("decision".into())));
 
@@ -273,14 +274,15 @@ fn bench_verdict_cache(c: &mut Criterion) {
         .parse()
         .expect("digest");
     assert!(rt
-        .block_on(hot.verifier.blob_allowed(&route, &layer))
+        .block_on(hot.verifier.permit_blob(&route, &layer, &Attempt::None))
         .is_ok());
     g.bench_function("verifier_blob_allowed_hit", |b| {
         b.iter(|| {
-            rt.block_on(
-                hot.verifier
-                    .blob_allowed(black_box(&route), black_box(&layer)),
-            )
+            rt.block_on(hot.verifier.permit_blob(
+                black_box(&route),
+                black_box(&layer),
+                &Attempt::None,
+            ))
         })
     });
     g.bench_function("moka_get_same_key_shape", |b| {
@@ -290,7 +292,7 @@ fn bench_verdict_cache(c: &mut Criterion) {
                     "abcdef012345".into(),
                     0,
                     "hot/app".into(),
-                    manifest.digest.to_string().into(),
+                    manifest.digest().to_string().into(),
                 );
                 cache.get(black_box(&k)).await
             })
@@ -344,7 +346,7 @@ fn verdict_rss(n: u64) {
     rt.block_on(async {
         for i in 0..n {
             let manifest = image_manifest(i);
-            let route = route(&hot.router, &manifest.digest);
+            let route = route(&hot.router, manifest.digest());
             admit(&hot, &route, &manifest).await;
         }
     });

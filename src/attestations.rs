@@ -266,7 +266,7 @@ pub async fn list(config: &Config, reference: &str) -> Result<(String, Vec<Liste
     let per_attestor = resolved
         .app
         .verifier
-        .all_evidence(&resolved.app.upstreams, &resolved.route, &resolved.manifest)
+        .all_evidence(&resolved.route, &resolved.manifest)
         .await
         .map_err(|e| format!("cannot look up evidence for {reference}: {e}"))?;
     Ok((resolved.name(), group(&per_attestor)))

@@ -66,10 +66,26 @@ impl fmt::Debug for BreakGlass {
 
 /// A break-glass request whose credential checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The proof a break-glass admission needs: its fields are private and
+/// only [`BreakGlass::check`] makes one, from a credential that checked
+/// out.
 pub struct Use {
     /// The credential's name: who broke the glass.
-    pub identity: String,
-    pub justification: String,
+    identity: String,
+    justification: String,
+}
+
+impl Use {
+    /// The credential's name: who broke the glass.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Why, as the request said it (at most 500 characters).
+    pub fn justification(&self) -> &str {
+        &self.justification
+    }
 }
 
 /// What a request's break-glass header amounted to.

@@ -15,10 +15,11 @@ use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, EncodePublicKey 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthConfig, Config, Timeouts, UpstreamConfig};
+use crate::oci::manifest::MAX_MANIFEST_BYTES;
 use crate::oci::{validate_name, Algorithm, Digest, Reference};
 use crate::policy::{Decision, Verdict};
 use crate::routing::{Endpoint, Route};
-use crate::serve::{manifest, App, MAX_MANIFEST_BYTES};
+use crate::serve::{manifest, App};
 use crate::upstream::{Access, Upstream};
 use crate::verify::cosign::{
     DSSE_ENVELOPE, MAX_ENVELOPE_BYTES, SIGNATURE_ANNOTATION, SIMPLE_SIGNING,
@@ -606,7 +607,7 @@ pub async fn verify(config: &Config, reference: &str) -> Result<(Decision, Strin
     let decision = resolved
         .app
         .verifier
-        .explain(&resolved.app.upstreams, &resolved.route, &resolved.manifest)
+        .explain(&resolved.route, &resolved.manifest)
         .await
         .map_err(|e| format!("cannot verify {reference}: {e}"))?;
     let name = resolved.name();
@@ -622,20 +623,20 @@ pub struct Resolved {
     pub app: App,
     pub image: ImageRef,
     pub route: Route,
-    pub manifest: manifest::Manifest,
+    pub manifest: crate::oci::manifest::Manifest,
 }
 
 impl Resolved {
     /// `<registry>/<repository>@<digest>`.
     pub fn name(&self) -> String {
-        format!("{}@{}", self.image.canonical(), self.manifest.digest)
+        format!("{}@{}", self.image.canonical(), self.manifest.digest())
     }
 }
 
 /// Fetches `reference`'s manifest from its configured upstream.
 pub async fn resolve_upstream(config: &Config, reference: &str) -> Result<Resolved, String> {
     let image = ImageRef::parse(reference)?;
-    let app = App::new(config).map_err(|e| e.to_string())?;
+    let app = crate::app::build_quiet(config).map_err(|e| e.to_string())?;
     let upstream_index = config
         .upstreams
         .iter()
@@ -651,7 +652,7 @@ pub async fn resolve_upstream(config: &Config, reference: &str) -> Result<Resolv
     };
     let mut headers = HeaderMap::new();
     headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT_ALL));
-    let upstream = Arc::clone(&app.upstreams[upstream_index]);
+    let upstream = Arc::clone(&app.upstreams()[upstream_index]);
     let manifest = manifest::fetch(&upstream, &route, &image.reference, &headers)
         .await
         .map_err(|e| e.to_string())?;

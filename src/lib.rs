@@ -53,13 +53,13 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod app;
 pub mod attestations;
 pub mod audit;
 pub mod breakglass;
 pub mod commands;
 pub mod config;
 pub mod crypto;
-pub mod error;
 pub mod metrics;
 pub mod oci;
 pub mod policy;

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use portcullis::commands;
 use portcullis::config::{Config, ConfigError, DEFAULT_CONFIG};
-use portcullis::server;
 use portcullis::telemetry::{self, LogFormat};
 
 /// A pull-through OCI registry proxy that only serves images your policy
@@ -352,7 +351,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(server::serve(config, config_path, shutdown_signal())) {
+            match runtime.block_on(portcullis::app::serve(
+                config,
+                config_path,
+                shutdown_signal(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

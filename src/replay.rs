@@ -214,7 +214,9 @@ pub async fn replay(
     let evaluated = if options.offline {
         offline_decisions(&policy, &parsed.images)
     } else {
-        let app = Arc::new(App::new(config).map_err(|e| format!("invalid candidate: {e}"))?);
+        let app = Arc::new(
+            crate::app::build_quiet(config).map_err(|e| format!("invalid candidate: {e}"))?,
+        );
         live_decisions(&app, config, &parsed.images, &mut errors).await
     };
 
@@ -726,20 +728,20 @@ async fn live_one(
     let mut headers = HeaderMap::new();
     headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT_ALL));
     let up = app
-        .upstreams
+        .upstreams()
         .get(upstream)
         .ok_or_else(|| format!("no upstream is configured for registry {registry}"))?;
     let fetched = manifest::fetch(up, &route, &wanted, &headers)
         .await
         .map_err(|e| format!("cannot fetch the manifest: {e}"))?;
-    if fetched.digest.to_string() != digest {
+    if fetched.digest().to_string() != digest {
         return Err(format!(
             "the upstream answered a manifest with digest {} instead",
-            fetched.digest
+            fetched.digest()
         ));
     }
     app.verifier
-        .explain(&app.upstreams, &route, &fetched)
+        .explain(&route, &fetched)
         .await
         .map_err(|e| format!("cannot verify: {e}"))
 }

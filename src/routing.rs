@@ -28,8 +28,6 @@ pub enum RouteError {
 /// Which pull endpoint a request is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `GET /v2/`
-    Base,
     /// `GET|HEAD /v2/<name>/manifests/<reference>`
     Manifest(Reference),
     /// `GET|HEAD /v2/<name>/blobs/<digest>`

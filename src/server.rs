@@ -11,7 +11,7 @@ pub mod conn;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,8 +33,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use crate::audit::{Client, Observer};
-use crate::config::{Config, Limits, Timeouts, TlsConfig};
+use crate::audit::Client;
+use crate::config::{Limits, Timeouts, TlsConfig};
 use crate::metrics::Metrics;
 use crate::serve::{body_from, App, BoxError, ProxyBody, RequestLog, Routine};
 
@@ -90,104 +90,55 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> 
     Ok(certs)
 }
 
-/// Runs the proxy for `config` until `shutdown` completes: the registry
-/// listener, the admin listener if configured, the audit writer, and the
-/// policy reloader (when the config came from a file).
-pub async fn serve(
-    config: Config,
-    config_path: Option<PathBuf>,
+/// The sockets the proxy serves, bound by the caller (the composition root
+/// binds the configured addresses; tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub registry: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// How the listeners serve: TLS on the registry listener, the admin
+/// listener's bearer token, and what bounds connections.
+pub struct Settings {
+    pub tls: Option<TlsAcceptor>,
+    pub admin_token: Option<Arc<crate::admin::AdminToken>>,
+    pub connections: Connections,
+}
+
+/// Serves `app` on `listeners` until `shutdown` completes, then stops
+/// accepting and lets in-flight requests finish for up to
+/// `timeouts.shutdown` (mini-redis style: the caller owns the sockets and
+/// the shutdown signal, so a test can run the proxy in-process).
+pub async fn run(
+    listeners: Listeners,
+    app: Arc<App>,
+    settings: Settings,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
-    let metrics = Arc::new(Metrics::new());
-    let audit = match &config.audit {
-        Some(audit) => Some(
-            crate::audit::writer::start(audit)
-                .map_err(|e| format!("audit trail: cannot open {:?}: {e}", audit.path))?,
-        ),
-        None => None,
-    };
-    let alerter = match &config.alerts {
-        Some(alerts) if !alerts.webhooks.is_empty() => Some(Box::new(
-            crate::alerts::Alerter::start(alerts).map_err(|e| format!("alerts: {e}"))?,
-        )
-            as Box<dyn crate::audit::AlertSink>),
-        _ => None,
-    };
-    let observer = Arc::new(Observer::new(Arc::clone(&metrics), audit, alerter));
-    let app = Arc::new(App::with_observer(&config, observer).map_err(|e| e.to_string())?);
-    let policy = app.verifier.policy();
-    if policy.configured {
-        for line in policy.summary().lines() {
-            tracing::info!("{line}");
-        }
-        for warning in config.policy_warnings(&policy) {
-            tracing::warn!("{warning}");
-        }
-    } else {
-        tracing::warn!(
-            "NO POLICY CONFIGURED: every image is served without any signature check (ALWAYS_ALLOW)"
-        );
-    }
-    if let Some(path) = config_path {
-        tokio::spawn(crate::reload::watch(Arc::clone(&app), path));
-    }
-    let tls = match &config.tls {
-        Some(tls) => Some(tls_acceptor(tls).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let admin = match &config.admin {
-        Some(admin) => {
-            let admin_listener = TcpListener::bind(admin.listen)
-                .await
-                .map_err(|e| format!("cannot listen on {} (admin): {e}", admin.listen))?;
-            let token = match &admin.token_file {
-                Some(path) => Some(Arc::new(
-                    crate::admin::AdminToken::from_file(path)
-                        .map_err(|e| format!("admin.tokenFile: {e}"))?,
-                )),
-                None => None,
-            };
-            tracing::info!(
-                listen = %admin.listen,
-                token = token.is_some(),
-                "admin listener: /metrics, /-/ui, /-/api, /healthz, /readyz"
-            );
-            Some(tokio::spawn(run(
-                admin_listener,
-                Role::Admin { token },
-                Arc::clone(&app),
-                None,
-                Connections {
-                    timeouts: config.timeouts,
-                    limits: config.limits,
-                },
-                stopped(stop_rx.clone()),
-            )))
-        }
-        None => None,
-    };
-    for line in config.summary().lines() {
-        tracing::info!("{line}");
-    }
-    tracing::info!(listen = %config.listen, "portcullis is serving");
-    let registry = run(
-        listener,
-        Role::Registry {
-            health: config.admin.is_none(),
-        },
+    let health = listeners.admin.is_none();
+    let admin = listeners.admin.map(|listener| {
+        tokio::spawn(serve_listener(
+            listener,
+            Role::Admin {
+                token: settings.admin_token,
+            },
+            Arc::clone(&app),
+            None,
+            settings.connections,
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let registry = serve_listener(
+        listeners.registry,
+        Role::Registry { health },
         app,
-        tls,
-        Connections {
-            timeouts: config.timeouts,
-            limits: config.limits,
-        },
+        settings.tls,
+        settings.connections,
         stopped(stop_rx),
     );
     tokio::pin!(registry);
@@ -201,7 +152,6 @@ pub async fn serve(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
-    Ok(())
 }
 
 /// Serves one connection until it ends, the server stops (then it is
@@ -263,10 +213,10 @@ pub struct Connections {
     pub limits: Limits,
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops
+/// Serves `app` on one listener until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish for up to
 /// `timeouts.shutdown`.
-pub async fn run(
+async fn serve_listener(
     listener: TcpListener,
     role: Role,
     app: Arc<App>,

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use record::{Client, DecisionRecord, RecordedVerdict, Subject};
 
+use crate::breakglass::Use;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::policy::Decision;
@@ -71,6 +72,8 @@ pub struct Decided {
     pub decision: Arc<Decision>,
     pub cache_hit: bool,
     pub latency: Duration,
+    /// Served by break-glass over `decision` (a denial): who and why.
+    pub break_glass: Option<Use>,
 }
 
 impl Decided {
@@ -85,7 +88,23 @@ impl Decided {
     }
 
     pub fn verdict(&self) -> RecordedVerdict {
-        (&self.decision.verdict).into()
+        match self.break_glass {
+            Some(_) => RecordedVerdict::Breakglass,
+            None => (&self.decision.verdict).into(),
+        }
+    }
+
+    /// What the client is told, and the record says, about the decision.
+    pub fn message(&self) -> String {
+        let message = self.decision.message(&self.subject_text());
+        match &self.break_glass {
+            Some(used) => format!(
+                "{message} — served by break-glass ({}: {})",
+                used.identity(),
+                used.justification()
+            ),
+            None => message,
+        }
     }
 
     /// The full record, as [`DecisionRecord::new`] makes it, stamped with
@@ -98,11 +117,16 @@ impl Decided {
             self.tag.as_deref(),
             &self.digest.to_string(),
             &self.decision,
-            self.decision.message(&self.subject_text()),
+            self.message(),
             self.cache_hit,
             self.latency,
         );
         record.time = record::rfc3339(self.at);
+        if let Some(used) = &self.break_glass {
+            record.verdict = RecordedVerdict::Breakglass;
+            record.identity = Some(used.identity().to_owned());
+            record.break_glass_justification = Some(used.justification().to_owned());
+        }
         record
     }
 }
@@ -439,6 +463,7 @@ mod tests {
             }),
             cache_hit: n > 1,
             latency: Duration::from_micros(250),
+            break_glass: None,
         }
     }
 

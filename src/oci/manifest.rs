@@ -18,6 +18,9 @@
 //! is *evidence* is decided by the verifier from how it was reached, never
 //! from the manifest's own labels.
 
+use bytes::Bytes;
+use http::HeaderValue;
+
 use super::json::{Ambiguous, Strict};
 use super::{media, Digest};
 
@@ -86,6 +89,102 @@ pub enum Unreadable {
     Conflict(String),
     #[error("invalid manifest: {0}")]
     Invalid(String),
+}
+
+/// Largest manifest accepted from an upstream (the distribution spec's
+/// recommended limit; registries reject larger pushes too).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// A manifest's bytes exactly as an upstream sent them, with their digest
+/// and media type. The digest is computed here, from the bytes, so a
+/// `Manifest` cannot carry a digest its bytes do not have; the fields are
+/// private so nothing can change one part without the other.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    bytes: Bytes,
+    digest: Digest,
+    media_type: HeaderValue,
+    /// `Docker-Content-Digest` and `ETag`, made once with the manifest
+    /// (it is served many times from the cache).
+    digest_header: Option<HeaderValue>,
+    etag: Option<HeaderValue>,
+}
+
+/// The bytes of a manifest requested by digest hash to another digest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("content for {requested} has digest {actual}")]
+pub struct DigestMismatch {
+    pub requested: Digest,
+    pub actual: Digest,
+}
+
+impl Manifest {
+    /// A manifest fetched by tag: its digest is the SHA-256 of `bytes`.
+    pub fn new(bytes: Bytes, media_type: HeaderValue) -> Manifest {
+        let digest = Digest::sha256_of(&bytes);
+        Manifest::with_digest(bytes, digest, media_type)
+    }
+
+    /// A manifest fetched by `requested` digest: its bytes must hash to it
+    /// (with the digest's own algorithm).
+    pub fn by_digest(
+        bytes: Bytes,
+        requested: &Digest,
+        media_type: HeaderValue,
+    ) -> Result<Manifest, DigestMismatch> {
+        let actual = requested.same_algorithm_of(&bytes);
+        if &actual != requested {
+            return Err(DigestMismatch {
+                requested: requested.clone(),
+                actual,
+            });
+        }
+        Ok(Manifest::with_digest(bytes, actual, media_type))
+    }
+
+    fn with_digest(bytes: Bytes, digest: Digest, media_type: HeaderValue) -> Manifest {
+        let digest_header = HeaderValue::from_str(&digest.to_string()).ok();
+        let etag = digest_header
+            .as_ref()
+            .and_then(|_| HeaderValue::from_str(&format!("\"{digest}\"")).ok());
+        Manifest {
+            bytes,
+            digest,
+            media_type,
+            digest_header,
+            etag,
+        }
+    }
+
+    /// The bytes, as received.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The digest of [`Manifest::bytes`].
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The `Content-Type` it was served with (or its `mediaType` field).
+    pub fn media_type(&self) -> &HeaderValue {
+        &self.media_type
+    }
+
+    /// `Docker-Content-Digest` as a header value.
+    pub fn digest_header(&self) -> Option<&HeaderValue> {
+        self.digest_header.as_ref()
+    }
+
+    /// `ETag` as a header value (the quoted digest).
+    pub fn etag(&self) -> Option<&HeaderValue> {
+        self.etag.as_ref()
+    }
+
+    /// The one reading of this manifest ([`read`]).
+    pub fn read(&self) -> Result<Reading, Unreadable> {
+        read(&self.bytes, self.media_type.to_str().unwrap_or(""))
+    }
 }
 
 /// A media type without parameters, lowercased.

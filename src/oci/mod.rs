@@ -1,6 +1,7 @@
 //! OCI vocabulary: digests, repository names, tags and media types, with the
 //! validation rules of the distribution spec.
 
+pub mod error;
 pub mod json;
 pub mod manifest;
 

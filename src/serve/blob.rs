@@ -1,5 +1,5 @@
 //! Blobs: streamed from the upstream with flat memory. A whole blob is
-//! hashed while it streams ([`super::verifying`]).
+//! hashed while it streams ([`super::body`]).
 //!
 //! Ranges: an upstream `206` is only accepted for a request that carried a
 //! `Range`, and only with a `Content-Range` that is exactly the range
@@ -20,12 +20,13 @@ use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::verifying::{ExactLengthBody, VerifyingBody};
-use super::{body_from, upstream_failure, BoxError, FetchSlots, ProxyBody, ServeError};
-use crate::error::ErrorCode;
-use crate::oci::Digest;
+use super::body::{ExactLengthBody, VerifyingBody};
+use super::error::upstream_failure;
+use super::{body_from, BoxError, FetchSlots, ProxyBody, ServeError};
+use crate::oci::error::ErrorCode;
 use crate::routing::Route;
 use crate::upstream::Upstream;
+use crate::verify::BlobPermit;
 
 /// Upstream response headers a blob response carries on.
 const PASSED_HEADERS: [header::HeaderName; 5] = [
@@ -36,16 +37,18 @@ const PASSED_HEADERS: [header::HeaderName; 5] = [
     header::CACHE_CONTROL,
 ];
 
-/// `GET|HEAD /v2/<name>/blobs/<digest>`, with an optional single `Range`.
+/// `GET|HEAD /v2/<name>/blobs/<digest>`, with an optional single `Range`:
+/// only the blob a [`BlobPermit`] names.
 /// A body streamed to the client keeps `slots`.
 pub async fn serve(
     upstream: &Upstream,
     route: &Route,
-    digest: &Digest,
+    permit: &BlobPermit,
     client_headers: &HeaderMap,
     head: bool,
     slots: FetchSlots,
 ) -> Result<Response<ProxyBody>, ServeError> {
+    let digest = permit.digest();
     let mut headers = HeaderMap::new();
     let mut requested = None;
     if let Some(range) = client_headers.get(header::RANGE) {

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use super::{body_from, upstream_failure, ProxyBody, ServeError};
-use crate::error::ErrorCode;
+use super::error::upstream_failure;
+use super::{body_from, ProxyBody, ServeError};
+use crate::oci::error::ErrorCode;
 use crate::oci::{media, Digest};
 use crate::routing::Route;
 use crate::upstream::{Upstream, UpstreamBody};
@@ -18,8 +19,26 @@ use crate::upstream::{Upstream, UpstreamBody};
 /// Largest tag list or referrers page read from an upstream.
 pub const MAX_LISTING_BYTES: usize = 4 * 1024 * 1024;
 
-/// `GET /v2/<name>/tags/list[?n=&last=]`.
+/// `GET|HEAD /v2/<name>/tags/list`: read whole, like a manifest, and
+/// bounded alike (`timeouts.manifest`).
 pub async fn tags(
+    upstream: &Upstream,
+    route: &Route,
+    n: Option<usize>,
+    last: Option<&str>,
+    head: bool,
+) -> Result<Response<ProxyBody>, ServeError> {
+    upstream
+        .within(
+            upstream.timeouts().manifest,
+            "manifest",
+            || format!("the tag list of {}", route.repository),
+            tags_now(upstream, route, n, last, head),
+        )
+        .await
+}
+
+async fn tags_now(
     upstream: &Upstream,
     route: &Route,
     n: Option<usize>,
@@ -57,7 +76,26 @@ pub async fn tags(
 }
 
 /// `GET /v2/<name>/referrers/<digest>[?artifactType=]`.
+/// `GET|HEAD /v2/<name>/referrers/<digest>`, with the tag-schema
+/// fallback; read whole and bounded like a manifest.
 pub async fn referrers(
+    upstream: &Upstream,
+    route: &Route,
+    digest: &Digest,
+    artifact_type: Option<&str>,
+    head: bool,
+) -> Result<Response<ProxyBody>, ServeError> {
+    upstream
+        .within(
+            upstream.timeouts().manifest,
+            "manifest",
+            || format!("the referrers of {}@{digest}", route.repository),
+            referrers_now(upstream, route, digest, artifact_type, head),
+        )
+        .await
+}
+
+async fn referrers_now(
     upstream: &Upstream,
     route: &Route,
     digest: &Digest,
@@ -97,7 +135,7 @@ pub async fn referrers(
             }
             Ok(out)
         }
-        status if crate::verify::no_referrers_api(status) => {
+        status if crate::upstream::no_referrers_api(status) => {
             referrers_from_tag_schema(upstream, route, digest, artifact_type, head).await
         }
         _ => Err(upstream_failure(route, response, what, ErrorCode::NameUnknown).await),

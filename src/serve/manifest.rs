@@ -2,31 +2,26 @@
 //! exact bytes, checked against a requested digest, then served with
 //! `Docker-Content-Digest`, `Content-Type` and `Content-Length`.
 //!
-//! The bytes served are the bytes hashed and verified: a [`Manifest`] is
-//! only built by [`fetch`], and `respond` only accepts an [`Admission`] of
-//! it, which only [`crate::verify::Verifier::admit`] can create.
+//! The bytes served are the bytes hashed and verified: a [`Manifest`]
+//! computes its own digest, and `respond` only accepts an [`Admission`],
+//! which only [`crate::verify::Verifier::admit`] can create.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use moka::future::Cache;
-
-use crate::config::CacheConfig;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
 use http_body_util::{BodyExt, Limited};
+use moka::future::Cache;
 
-use super::{
-    body_from, upstream_failure, ProxyBody, RequestLog, Routine, ServeError, MAX_MANIFEST_BYTES,
-};
-use crate::audit::{Client, Decided, RecordedVerdict, Subject};
-use crate::breakglass::Attempt;
-use crate::error::ErrorCode;
+use super::error::upstream_failure;
+use super::{body_from, finish, App, Ctx, ProxyBody, Routine, ServeError};
+use crate::config::CacheConfig;
+use crate::oci::error::ErrorCode;
+use crate::oci::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Reference};
-use crate::policy::{Decision, Verdict};
 use crate::routing::Route;
-use crate::serve::App;
 use crate::upstream::{BodyError, Upstream};
-use crate::verify::{Admission, Outcome};
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use crate::verify::{Admission, Failed, Outcome};
 
 /// `Docker-Content-Digest`.
 const DOCKER_CONTENT_DIGEST: header::HeaderName =
@@ -45,13 +40,13 @@ impl ManifestCache {
         let by_digest = (config.manifest_cache_bytes > 0).then(|| {
             Cache::builder()
                 .max_capacity(config.manifest_cache_bytes)
-                .weigher(|_, m: &Manifest| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
+                .weigher(|_, m: &Manifest| u32::try_from(m.bytes().len()).unwrap_or(u32::MAX))
                 .build()
         });
         let by_tag = (!config.tag_ttl.is_zero()).then(|| {
             Cache::builder()
                 .max_capacity(config.manifest_cache_bytes.max(1024 * 1024))
-                .weigher(|_, m: &Manifest| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
+                .weigher(|_, m: &Manifest| u32::try_from(m.bytes().len()).unwrap_or(u32::MAX))
                 .time_to_live(config.tag_ttl)
                 .build()
         });
@@ -104,204 +99,46 @@ impl ManifestCache {
     }
 }
 
-/// A manifest as the upstream sent it, with the digest of its bytes.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    pub bytes: Bytes,
-    pub digest: Digest,
-    pub media_type: HeaderValue,
-    /// `Docker-Content-Digest` and `ETag`, made once with the manifest
-    /// (it is served many times from the cache).
-    digest_header: Option<HeaderValue>,
-    etag: Option<HeaderValue>,
-}
-
-impl Manifest {
-    pub fn new(bytes: Bytes, digest: Digest, media_type: HeaderValue) -> Manifest {
-        let digest_header = HeaderValue::from_str(&digest.to_string()).ok();
-        let etag = digest_header
-            .as_ref()
-            .and_then(|_| HeaderValue::from_str(&format!("\"{digest}\"")).ok());
-        Manifest {
-            bytes,
-            digest,
-            media_type,
-            digest_header,
-            etag,
-        }
-    }
-}
-
-/// `GET|HEAD /v2/<name>/manifests/<reference>`.
-///
-/// Fetch, hash, verify, then serve the verified bytes (no second fetch).
-/// `canonical` is `route.canonical()`.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve(
+/// `GET|HEAD /v2/<name>/manifests/<reference>`: resolve (the bytes, from
+/// memory or the upstream), verify, finish, then serve the verified bytes
+/// (no second fetch).
+pub(super) async fn pull(
     app: &App,
-    route: &Route,
-    canonical: &str,
+    ctx: &Ctx<'_>,
     reference: &Reference,
-    client_headers: &HeaderMap,
-    head: bool,
-    client: &Client,
-    log: &RequestLog,
-    started: Instant,
 ) -> Result<Response<ProxyBody>, ServeError> {
+    let route = &ctx.route;
     let upstream = &app.upstreams[route.upstream];
-    let fetch = app
+    let resolve = app
         .manifests
-        .get_or_fetch(upstream, route, reference, client_headers);
-    let mut verify_started = Instant::now();
-    let (manifest, early) = match reference {
-        // By digest, the evidence is looked up while the manifest is
-        // fetched (the verification time then includes the fetch).
-        Reference::Digest(digest) => {
-            app.verifier
-                .fetch_and_verify(&app.upstreams, route, digest, fetch)
-                .await?
-        }
-        Reference::Tag(_) => {
-            let manifest = fetch.await?;
-            verify_started = Instant::now();
-            (manifest, None)
-        }
-    };
-    // Formatted only when a message or an error needs it.
-    let image = || format!("image {canonical}@{}", manifest.digest);
-    let outcome = app
+        .get_or_fetch(upstream, route, reference, ctx.headers);
+    let outcome = match app
         .verifier
-        .admit_with(&app.upstreams, route, &manifest, early)
+        .admit(route, reference, resolve, &ctx.glass)
         .await
-        .map_err(|source| ServeError::CannotVerify {
-            image: image(),
-            source,
-        })?;
-    let tag = match reference {
-        Reference::Tag(t) => Some(t.as_str()),
-        Reference::Digest(_) => None,
-    };
-    let decided = |decision: &Arc<Decision>, cache_hit: bool| {
-        if !cache_hit {
-            app.observer.metrics.verification(verify_started.elapsed());
-        }
-        Decided {
-            at: SystemTime::now(),
-            client: client.clone(),
-            subject: Subject::Manifest,
-            reference: canonical.to_owned(),
-            tag: tag.map(str::to_owned),
-            digest: manifest.digest.clone(),
-            decision: Arc::clone(decision),
-            cache_hit,
-            latency: started.elapsed(),
+    {
+        Ok(outcome) => outcome,
+        Err(Failed::Fetch(e)) => return Err(e),
+        Err(Failed::Verify { digest, error }) => {
+            return Err(ServeError::CannotVerify {
+                image: format!("image {}@{digest}", ctx.canonical),
+                source: error,
+            })
         }
     };
+    let routine = finish::manifest(app, ctx, reference, &outcome).await;
     match outcome {
         Outcome::Admitted(admission) => {
-            let decision = &admission.decision;
-            let cache_hit = admission.cache_hit;
-            app.observer.decided(decided(decision, cache_hit)).await;
-            let routine = match decision.verdict {
-                Verdict::DryRunDeny => {
-                    log.in_scope(|| {
-                        tracing::warn!(
-                            verdict = "dryrun-deny",
-                            rule = %decision.rule,
-                            cache_hit,
-                            "{}",
-                            decision.message(&image())
-                        )
-                    });
-                    false
-                }
-                // A cached verdict was logged at info when it was made.
-                _ if cache_hit => {
-                    if tracing::enabled!(tracing::Level::DEBUG) {
-                        log.in_scope(|| {
-                            tracing::debug!(
-                                verdict = ?decision.verdict,
-                                rule = %decision.rule,
-                                cache_hit,
-                                "{}",
-                                decision.message(&image())
-                            )
-                        });
-                    }
-                    true
-                }
-                _ => {
-                    log.in_scope(|| {
-                        tracing::info!(
-                            verdict = ?decision.verdict,
-                            rule = %decision.rule,
-                            cache_hit,
-                            "{}",
-                            decision.message(&image())
-                        )
-                    });
-                    false
-                }
-            };
-            let mut response = respond(&admission, head);
+            let mut response = respond(&admission, ctx.head);
             if routine {
                 response.extensions_mut().insert(Routine);
             }
             Ok(response)
         }
-        Outcome::Denied {
-            decision,
-            cache_hit,
-            ..
-        } => {
-            let attempt = app
-                .break_glass
-                .as_ref()
-                .map(|g| g.check(client_headers))
-                .unwrap_or(Attempt::None);
-            if let Attempt::Valid(glass) = attempt {
-                let admission = app
-                    .verifier
-                    .admit_break_glass(route, &manifest, Arc::clone(&decision), &glass)
-                    .await;
-                let mut rec = decided(&decision, cache_hit).to_record();
-                rec.verdict = RecordedVerdict::Breakglass;
-                rec.identity = Some(glass.identity.clone());
-                rec.break_glass_justification = Some(glass.justification.clone());
-                rec.reason = format!(
-                    "{} — served by break-glass ({}: {})",
-                    rec.reason, glass.identity, glass.justification
-                );
-                log.in_scope(|| {
-                    tracing::warn!(
-                        verdict = "breakglass",
-                        identity = %glass.identity,
-                        justification = %glass.justification,
-                        "{}",
-                        rec.reason
-                    )
-                });
-                app.observer.record(rec).await;
-                return Ok(respond(&admission, head));
-            }
-            app.observer.decided(decided(&decision, cache_hit)).await;
-            log.in_scope(|| {
-                if let Attempt::Invalid(why) = attempt {
-                    tracing::warn!(%why, "break-glass refused");
-                }
-                tracing::warn!(
-                    verdict = "deny",
-                    rule = %decision.rule,
-                    cache_hit,
-                    "{}",
-                    decision.message(&image())
-                )
-            });
-            Err(ServeError::Denied {
-                subject: image(),
-                decision,
-            })
-        }
+        Outcome::Denied(denial) => Err(ServeError::Denied {
+            subject: format!("image {}@{}", ctx.canonical, denial.digest()),
+            decision: Arc::clone(denial.decision()),
+        }),
     }
 }
 
@@ -376,19 +213,6 @@ async fn fetch_now(
             }
         })?
         .to_bytes();
-    let digest = match reference {
-        Reference::Digest(requested) => {
-            let actual = requested.same_algorithm_of(&bytes);
-            if &actual != requested {
-                return Err(ServeError::DigestMismatch {
-                    requested: requested.clone(),
-                    actual,
-                });
-            }
-            actual
-        }
-        Reference::Tag(_) => Digest::sha256_of(&bytes),
-    };
     let media_type = match content_type {
         Some(ct) => ct,
         None => media_type_field(&bytes).ok_or_else(|| ServeError::UpstreamInvalid {
@@ -396,25 +220,35 @@ async fn fetch_now(
             reason: "no Content-Type and no mediaType field".into(),
         })?,
     };
-    Ok(Manifest::new(bytes, digest, media_type))
+    match reference {
+        Reference::Digest(requested) => {
+            Manifest::by_digest(bytes, requested, media_type).map_err(|m| {
+                ServeError::DigestMismatch {
+                    requested: m.requested,
+                    actual: m.actual,
+                }
+            })
+        }
+        Reference::Tag(_) => Ok(Manifest::new(bytes, media_type)),
+    }
 }
 
 /// Serves exactly the bytes that were verified.
-fn respond(admission: &Admission<'_>, head: bool) -> Response<ProxyBody> {
+fn respond(admission: &Admission, head: bool) -> Response<ProxyBody> {
     let manifest = admission.manifest();
-    let len = manifest.bytes.len();
+    let len = manifest.bytes().len();
     let body = if head {
         Bytes::new()
     } else {
-        manifest.bytes.clone()
+        manifest.bytes().clone()
     };
     let mut response = Response::new(body_from(body));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, manifest.media_type.clone());
+    headers.insert(header::CONTENT_TYPE, manifest.media_type().clone());
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Some(digest) = &manifest.digest_header {
+    if let Some(digest) = manifest.digest_header() {
         headers.insert(DOCKER_CONTENT_DIGEST, digest.clone());
-        if let Some(etag) = &manifest.etag {
+        if let Some(etag) = manifest.etag() {
             headers.insert(header::ETAG, etag.clone());
         }
     }
@@ -448,7 +282,6 @@ mod tests {
         let by_tag = cache.by_tag.as_ref().unwrap();
         let m = Manifest::new(
             Bytes::from_static(b"{}"),
-            Digest::sha256_of(b"{}"),
             HeaderValue::from_static("application/json"),
         );
         let key = (0, "r".to_string(), "t".to_string(), String::new());

@@ -746,6 +746,15 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// Statuses meaning "no referrers API here": the spec says 404; some
+/// registries answer 405 or 501 for endpoints they do not implement.
+pub fn no_referrers_api(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

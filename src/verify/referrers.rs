@@ -163,7 +163,7 @@ async fn list(
                 return Ok(Some((what, bytes)));
             }
             // No referrers API: the tag schema.
-            status if super::no_referrers_api(status) => upstream.mark_no_referrers_api(),
+            status if crate::upstream::no_referrers_api(status) => upstream.mark_no_referrers_api(),
             status => return Err(VerifyError::Status { what, status }),
         }
     }

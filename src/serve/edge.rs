@@ -1,165 +1,65 @@
-//! OCI error codes, the error envelope, and the one place where every
-//! layer's error becomes an HTTP response.
-//!
-//! Layers return their own error enums ([`crate::routing::RouteError`],
-//! [`crate::upstream::UpstreamError`], [`crate::serve::ServeError`]); the
-//! `From` impls below decide status and OCI code for each. Internal details
-//! are logged by the caller; what reaches the client is a message a person
-//! can act on, never a secret.
+//! The HTTP edge: the one place an error becomes a status, an OCI error
+//! code, a message and a reason phrase. [`ServeError::source_kind`] says where an error
+//! came from (the client, an upstream, the policy, or the proxy itself);
+//! [`api_error`] decides what the client sees for it; [`response`] renders
+//! it. What reaches the client is a message a person can act on, never a
+//! secret.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 
-use crate::oci::InvalidReference;
+use super::{body_from, ProxyBody, RequestLog, ServeError};
+use crate::oci::error::{ApiError, ErrorCode};
 use crate::policy::Decision;
+use crate::routing::RouteError;
+use crate::upstream::UpstreamError;
 use crate::verify::VerifyError;
 
-/// Longest reason phrase sent; status lines are read into small buffers.
-const MAX_REASON_LEN: usize = 200;
-use crate::routing::RouteError;
-use crate::serve::{body_from, ProxyBody, ServeError};
-use crate::upstream::UpstreamError;
-
-/// Error codes of the OCI distribution spec, plus the legacy Docker codes
-/// clients still understand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    BlobUnknown,
-    DigestInvalid,
-    ManifestInvalid,
-    ManifestUnknown,
-    NameInvalid,
-    NameUnknown,
-    TagInvalid,
-    SizeInvalid,
-    Unauthorized,
-    Denied,
-    Unsupported,
-    Toomanyrequests,
-    /// distribution's code for "service unavailable"; used when an upstream
-    /// cannot be reached or does not answer in time.
-    Unavailable,
-    /// distribution's catch-all code.
-    Unknown,
-}
-
-/// An error as the client sees it: status, OCI code, message, detail.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    /// HTTP/1.1 reason phrase, for clients that show only the status line.
-    pub reason: Option<String>,
-    /// Extra response headers (e.g. `Content-Range` on a 416).
-    pub headers: http::HeaderMap,
-    pub status: StatusCode,
-    pub code: ErrorCode,
-    pub message: String,
-    pub detail: serde_json::Value,
-}
-
-#[derive(Serialize)]
-struct Envelope<'a> {
-    errors: [EnvelopeEntry<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct EnvelopeEntry<'a> {
-    code: ErrorCode,
-    message: &'a str,
-    detail: &'a serde_json::Value,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            reason: None,
-            headers: http::HeaderMap::new(),
-            status,
-            code,
-            message: message.into(),
-            detail: serde_json::Value::Null,
-        }
-    }
-
-    pub fn with_detail(mut self, detail: serde_json::Value) -> ApiError {
-        self.detail = detail;
-        self
-    }
-
-    /// Sets the reason phrase; characters HTTP does not allow there are
-    /// replaced.
-    pub fn with_reason(mut self, reason: String) -> ApiError {
-        let clean: String = reason
-            .chars()
-            .map(|c| {
-                if c == '\t' || (' '..='~').contains(&c) {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .take(MAX_REASON_LEN)
-            .collect();
-        self.reason = Some(clean);
-        self
-    }
-
-    /// The OCI error envelope `{"errors":[{"code","message","detail"}]}`.
-    pub fn body(&self) -> Bytes {
-        let envelope = Envelope {
-            errors: [EnvelopeEntry {
-                code: self.code,
-                message: &self.message,
-                detail: &self.detail,
-            }],
-        };
-        // Serializing plain strings and JSON values cannot fail.
-        Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
-    }
-
-    /// Renders the error; a HEAD response carries the headers only.
-    pub fn into_response(self, head: bool) -> Response<ProxyBody> {
-        let body = self.body();
-        let len = body.len();
-        let mut response = Response::new(if head {
-            body_from(Bytes::new())
+/// Answers a failed request: logs `e` with its source (failures the
+/// client gets a 5xx for at warn, refusals at info) and renders it.
+pub fn failed(e: ServeError, head: bool, log: &RequestLog) -> Response<ProxyBody> {
+    let source = e.source_kind();
+    let error = api_error(e);
+    log.in_scope(|| {
+        if error.status.is_server_error() {
+            tracing::warn!(?source, code = ?error.code, error = %error.message, "request failed");
         } else {
-            body_from(body)
-        });
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.extend(self.headers);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        if let Some(reason) = self.reason {
-            if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason) {
-                response.extensions_mut().insert(phrase);
-            }
+            tracing::info!(?source, code = ?error.code, error = %error.message, "request refused");
         }
-        response
-    }
+    });
+    response(error, head)
 }
 
-impl From<InvalidReference> for ApiError {
-    fn from(e: InvalidReference) -> ApiError {
-        let code = match e {
-            InvalidReference::Name(_) => ErrorCode::NameInvalid,
-            InvalidReference::Tag(_) => ErrorCode::TagInvalid,
-            InvalidReference::Digest(_) => ErrorCode::DigestInvalid,
-        };
-        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+/// Renders `error`; a HEAD response carries the headers only.
+pub fn response(error: ApiError, head: bool) -> Response<ProxyBody> {
+    let body = error.body();
+    let len = body.len();
+    let mut response = Response::new(if head {
+        body_from(Bytes::new())
+    } else {
+        body_from(body)
+    });
+    *response.status_mut() = error.status;
+    let headers = response.headers_mut();
+    headers.extend(error.headers);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(reason) = error.reason {
+        if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason) {
+            response.extensions_mut().insert(phrase);
+        }
     }
+    response
 }
 
-impl From<RouteError> for ApiError {
-    fn from(e: RouteError) -> ApiError {
+fn route_error(e: RouteError) -> ApiError {
+    {
         let message = e.to_string();
         match e {
-            RouteError::Invalid(inner) => inner.into(),
+            RouteError::Invalid(inner) => ApiError::from(inner),
             RouteError::MethodNotAllowed => ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 ErrorCode::Unsupported,
@@ -178,8 +78,8 @@ impl From<RouteError> for ApiError {
     }
 }
 
-impl From<UpstreamError> for ApiError {
-    fn from(e: UpstreamError) -> ApiError {
+fn upstream_error(e: UpstreamError) -> ApiError {
+    {
         let message = e.to_string();
         match e {
             UpstreamError::Timeout { .. } | UpstreamError::Deadline { .. } => {
@@ -197,11 +97,14 @@ impl From<UpstreamError> for ApiError {
     }
 }
 
-impl From<ServeError> for ApiError {
-    fn from(e: ServeError) -> ApiError {
+/// What the client sees for `e`: status, OCI code, message, detail and
+/// reason phrase. The one place this is decided.
+pub fn api_error(e: ServeError) -> ApiError {
+    {
         let message = e.to_string();
         match e {
-            ServeError::Upstream(inner) => inner.into(),
+            ServeError::Route(inner) => route_error(inner),
+            ServeError::Upstream(inner) => upstream_error(inner),
             ServeError::ManifestTooLarge { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid, message)
             }
@@ -296,23 +199,6 @@ fn client_status_for_upstream(upstream: StatusCode) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envelope_shape() {
-        let e = ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, "no")
-            .with_detail(serde_json::json!({"a": 1}));
-        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"errors":[{"code":"DENIED","message":"no","detail":{"a":1}}]})
-        );
-        let e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Toomanyrequests,
-            "",
-        );
-        assert!(String::from_utf8_lossy(&e.body()).contains("\"TOOMANYREQUESTS\""));
-    }
 
     #[test]
     fn upstream_statuses() {
