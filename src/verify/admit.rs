@@ -298,7 +298,9 @@ impl Verifier {
             route,
             key,
         } = *miss;
-        let mut decision = self.decide(state, route, manifest, key, gathered).await?;
+        // Boxed: a decision's lookups nest deep futures; keeping them on
+        // the heap keeps every caller's future (and stack frame) small.
+        let mut decision = Box::pin(self.decide(state, route, manifest, key, gathered)).await?;
         if !decision.serves() {
             // An index listing it may have been admitted while this
             // verification ran (its denial would otherwise stick until
