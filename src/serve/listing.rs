@@ -7,14 +7,13 @@
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
 use super::error::upstream_failure;
 use super::{body_from, ProxyBody, ServeError};
 use crate::oci::error::ErrorCode;
 use crate::oci::{media, Digest};
 use crate::routing::Route;
-use crate::upstream::{Upstream, UpstreamBody};
+use crate::upstream::{read_bounded, ReadError, Referrers, Upstream, UpstreamBody};
 
 /// Largest tag list or referrers page read from an upstream.
 pub const MAX_LISTING_BYTES: usize = 4 * 1024 * 1024;
@@ -102,27 +101,17 @@ async fn referrers_now(
     artifact_type: Option<&str>,
     head: bool,
 ) -> Result<Response<ProxyBody>, ServeError> {
-    let mut path = format!("/v2/{}/referrers/{digest}", route.repository);
-    if let Some(t) = artifact_type {
-        let q: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("artifactType", t)
-            .finish();
-        path = format!("{path}?{q}");
-    }
-    let mut accept = HeaderMap::new();
-    accept.insert(header::ACCEPT, HeaderValue::from_static(media::OCI_INDEX));
-    let what = format!("referrers of {}@{digest}", route.canonical());
-    let response = upstream
-        .fetch(Method::GET, &path, &route.repository, &accept)
-        .await?;
-    match response.status() {
-        StatusCode::OK => {
+    let api = || format!("referrers of {}@{digest}", route.canonical());
+    let tag = || format!("referrers tag {}:{}", route.canonical(), digest.tag_form());
+    let index = HeaderValue::from_static(media::OCI_INDEX);
+    match upstream
+        .referrers(&route.repository, digest, artifact_type)
+        .await?
+    {
+        Referrers::Api(response) => {
             let headers = response.headers().clone();
-            let bytes = read_listing(response, &what).await?;
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .cloned()
-                .unwrap_or(HeaderValue::from_static(media::OCI_INDEX));
+            let bytes = read_listing(response, &api()).await?;
+            let content_type = headers.get(header::CONTENT_TYPE).cloned().unwrap_or(index);
             let mut out = json_response(bytes, content_type, head);
             if let Some(f) = headers.get("oci-filters-applied") {
                 out.headers_mut().insert("oci-filters-applied", f.clone());
@@ -135,44 +124,35 @@ async fn referrers_now(
             }
             Ok(out)
         }
-        status if crate::upstream::no_referrers_api(status) => {
-            referrers_from_tag_schema(upstream, route, digest, artifact_type, head).await
+        Referrers::Tag(response) => {
+            let what = tag();
+            let bytes = read_listing(response, &what).await?;
+            match artifact_type {
+                None => Ok(json_response(bytes, index, head)),
+                Some(wanted) => filtered(&bytes, wanted, what, head),
+            }
         }
-        _ => Err(upstream_failure(route, response, what, ErrorCode::NameUnknown).await),
+        Referrers::Absent => Ok(json_response(empty_index(), index, head)),
+        Referrers::Refused {
+            tag: from_tag,
+            response,
+        } => {
+            let what = if from_tag { tag() } else { api() };
+            Err(upstream_failure(route, response, what, ErrorCode::NameUnknown).await)
+        }
     }
 }
 
-/// The referrers tag-schema fallback: the index stored under
-/// `sha256-<hex>`, filtered by `artifactType` when asked; an empty index
-/// when there is none.
-async fn referrers_from_tag_schema(
-    upstream: &Upstream,
-    route: &Route,
-    digest: &Digest,
-    artifact_type: Option<&str>,
+/// A tag-schema referrers index filtered by `artifactType` (the API
+/// filters itself; the tag holds every referrer).
+fn filtered(
+    bytes: &[u8],
+    wanted: &str,
+    what: String,
     head: bool,
 ) -> Result<Response<ProxyBody>, ServeError> {
-    let tag = digest.tag_form();
-    let what = format!("referrers tag {}:{tag}", route.canonical());
-    let mut accept = HeaderMap::new();
-    accept.insert(header::ACCEPT, HeaderValue::from_static(media::OCI_INDEX));
-    let path = format!("/v2/{}/manifests/{tag}", route.repository);
-    let response = upstream
-        .fetch(Method::GET, &path, &route.repository, &accept)
-        .await?;
-    let content_type = HeaderValue::from_static(media::OCI_INDEX);
-    let bytes = match response.status() {
-        StatusCode::OK => read_listing(response, &what).await?,
-        StatusCode::NOT_FOUND => {
-            return Ok(json_response(empty_index(), content_type, head));
-        }
-        _ => return Err(upstream_failure(route, response, what, ErrorCode::NameUnknown).await),
-    };
-    let Some(wanted) = artifact_type else {
-        return Ok(json_response(bytes, content_type, head));
-    };
     let mut index: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ServeError::UpstreamInvalid {
+        serde_json::from_slice(bytes).map_err(|e| ServeError::UpstreamInvalid {
             what: what.clone(),
             reason: format!("referrers index is not JSON: {e}"),
         })?;
@@ -186,7 +166,11 @@ async fn referrers_from_tag_schema(
         what,
         reason: e.to_string(),
     })?;
-    let mut out = json_response(Bytes::from(filtered), content_type, head);
+    let mut out = json_response(
+        Bytes::from(filtered),
+        HeaderValue::from_static(media::OCI_INDEX),
+        head,
+    );
     out.headers_mut().insert(
         "oci-filters-applied",
         HeaderValue::from_static("artifactType"),
@@ -201,13 +185,14 @@ fn empty_index() -> Bytes {
 }
 
 async fn read_listing(response: Response<UpstreamBody>, what: &str) -> Result<Bytes, ServeError> {
-    Limited::new(response.into_body(), MAX_LISTING_BYTES)
-        .collect()
+    read_bounded(response.into_body(), MAX_LISTING_BYTES)
         .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| ServeError::UpstreamInvalid {
-            what: what.to_owned(),
-            reason: e.to_string(),
+        .map_err(|e| match e {
+            ReadError::Stalled(timeout) => ServeError::Upstream(timeout),
+            other => ServeError::UpstreamInvalid {
+                what: what.to_owned(),
+                reason: other.to_string(),
+            },
         })
 }
 

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
-use http_body_util::{BodyExt, Limited};
 use moka::future::Cache;
 
 use super::error::upstream_failure;
@@ -20,7 +19,7 @@ use crate::oci::error::ErrorCode;
 use crate::oci::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Reference};
 use crate::routing::Route;
-use crate::upstream::{BodyError, Upstream};
+use crate::upstream::{read_bounded, ReadError, Upstream};
 use crate::verify::{Admission, Failed, Outcome};
 
 /// `Docker-Content-Digest`.
@@ -195,24 +194,16 @@ async fn fetch_now(
         });
     }
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = Limited::new(response.into_body(), MAX_MANIFEST_BYTES)
-        .collect()
+    let bytes = read_bounded(response.into_body(), MAX_MANIFEST_BYTES)
         .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ServeError::ManifestTooLarge {
-                    limit: MAX_MANIFEST_BYTES,
-                }
-            } else if let Some(timeout) = BodyError::timeout_in(e.as_ref()) {
-                ServeError::Upstream(timeout)
-            } else {
-                ServeError::UpstreamInvalid {
-                    what: what.clone(),
-                    reason: e.to_string(),
-                }
-            }
-        })?
-        .to_bytes();
+        .map_err(|e| match e {
+            ReadError::TooLarge { limit } => ServeError::ManifestTooLarge { limit },
+            ReadError::Stalled(timeout) => ServeError::Upstream(timeout),
+            ReadError::Broken(reason) => ServeError::UpstreamInvalid {
+                what: what.clone(),
+                reason,
+            },
+        })?;
     let media_type = match content_type {
         Some(ct) => ct,
         None => media_type_field(&bytes).ok_or_else(|| ServeError::UpstreamInvalid {

@@ -103,3 +103,42 @@ impl Body for UpstreamBody {
         self.inner.size_hint()
     }
 }
+
+/// Why a bounded read of an upstream body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The body is longer than the limit (whatever it declared).
+    #[error("larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The upstream stopped sending: a timeout, answered like a response
+    /// that never came.
+    #[error(transparent)]
+    Stalled(super::UpstreamError),
+    /// The connection broke mid-body.
+    #[error("{0}")]
+    Broken(String),
+}
+
+/// Reads a whole upstream body of at most `limit` bytes: the one bounded
+/// read every small upstream document (manifest, listing, evidence, token)
+/// goes through. Blobs are never read whole; they stream.
+pub async fn read_bounded<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ReadError::TooLarge { limit }
+            } else if let Some(timeout) = BodyError::timeout_in(e.as_ref()) {
+                ReadError::Stalled(timeout)
+            } else {
+                ReadError::Broken(e.to_string())
+            }
+        })
+}

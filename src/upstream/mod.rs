@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod body;
+mod referrers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -23,7 +24,8 @@ use rustls_pki_types::CertificateDer;
 
 use crate::config::{Timeouts, UpstreamConfig};
 use auth::{AuthState, Challenge, Credentials, Scheme, Secret, TokenResponse};
-pub use body::{BodyError, UpstreamBody};
+pub use body::{read_bounded, BodyError, ReadError, UpstreamBody};
+pub use referrers::Referrers;
 
 /// Redirects followed per request (registries redirect blobs to storage
 /// once; more than a few hops is a loop or a hostile upstream).
@@ -292,7 +294,7 @@ impl Upstream {
     }
 
     /// Remembers that the referrers API answered "not here".
-    pub fn mark_no_referrers_api(&self) {
+    fn mark_no_referrers_api(&self) {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.no_referrers_api_ms
             .store(now.max(1), Ordering::Relaxed);
@@ -300,7 +302,7 @@ impl Upstream {
 
     /// Whether the upstream showed, recently, that it has no referrers API
     /// (so a lookup can skip that round trip and read the referrers tag).
-    pub fn known_without_referrers_api(&self) -> bool {
+    fn known_without_referrers_api(&self) -> bool {
         let seen = self.no_referrers_api_ms.load(Ordering::Relaxed);
         seen != 0
             && self.epoch.elapsed().as_millis() as u64 - seen
@@ -587,11 +589,9 @@ impl Upstream {
             self.timeouts.read,
             self.registry.clone(),
         );
-        let bytes = Limited::new(body, MAX_TOKEN_RESPONSE)
-            .collect()
+        let bytes = read_bounded(body, MAX_TOKEN_RESPONSE)
             .await
-            .map_err(|e| auth_error(format!("reading token response: {e}")))?
-            .to_bytes();
+            .map_err(|e| auth_error(format!("reading token response: {e}")))?;
         let parsed: TokenResponse = serde_json::from_slice(&bytes)
             .map_err(|e| auth_error(format!("token response is not JSON: {e}")))?;
         let token = parsed
@@ -744,15 +744,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
-}
-
-/// Statuses meaning "no referrers API here": the spec says 404; some
-/// registries answer 405 or 501 for endpoints they do not implement.
-pub fn no_referrers_api(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
-    )
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
 use super::budget::Budget;
@@ -309,23 +308,20 @@ pub async fn fetch_blob(
     Ok(bytes)
 }
 
+/// Reads an evidence document whole, at most `limit` bytes: a stalled
+/// body is a timeout (504), anything else content that cannot be evidence.
 pub(crate) async fn read_bounded(
     body: crate::upstream::UpstreamBody,
     limit: usize,
     what: &str,
 ) -> Result<Bytes, VerifyError> {
-    Limited::new(body, limit)
-        .collect()
+    crate::upstream::read_bounded(body, limit)
         .await
-        .map(|c| c.to_bytes())
-        .map_err(
-            |e| match crate::upstream::BodyError::timeout_in(e.as_ref()) {
-                // A stalled body is a timeout (504), not invalid content.
-                Some(timeout) => VerifyError::Upstream(timeout),
-                None => VerifyError::Invalid {
-                    what: what.to_owned(),
-                    reason: e.to_string(),
-                },
+        .map_err(|e| match e {
+            crate::upstream::ReadError::Stalled(timeout) => VerifyError::Upstream(timeout),
+            other => VerifyError::Invalid {
+                what: what.to_owned(),
+                reason: other.to_string(),
             },
-        )
+        })
 }

@@ -19,7 +19,7 @@ use super::bundle::is_bundle_media_type;
 use super::cosign::MAX_ENVELOPE_BYTES;
 use super::VerifyError;
 use crate::oci::{media, Digest};
-use crate::upstream::Upstream;
+use crate::upstream::{Referrers, Upstream};
 
 /// Referrer manifests examined per image; more is a hostile or broken
 /// upstream, and the rest are reported, not fetched.
@@ -147,40 +147,24 @@ async fn list(
     repository: &str,
     digest: &Digest,
 ) -> Result<Option<(String, Bytes)>, VerifyError> {
-    let mut accept = HeaderMap::new();
-    accept.insert(header::ACCEPT, HeaderValue::from_static(media::OCI_INDEX));
-    // An upstream that just showed it has no referrers API is not asked
-    // again for a while: one round trip less per cold verification.
-    if !upstream.known_without_referrers_api() {
-        let api = format!("/v2/{repository}/referrers/{digest}");
-        let what = format!("{}/{repository} referrers of {digest}", upstream.registry);
-        let response = upstream
-            .fetch(Method::GET, &api, repository, &accept)
-            .await?;
-        match response.status() {
-            StatusCode::OK => {
-                let bytes = budget.read_manifest(response, &what).await?;
-                return Ok(Some((what, bytes)));
-            }
-            // No referrers API: the tag schema.
-            status if crate::upstream::no_referrers_api(status) => upstream.mark_no_referrers_api(),
-            status => return Err(VerifyError::Status { what, status }),
+    let api = || format!("{}/{repository} referrers of {digest}", upstream.registry);
+    let tag = || format!("{}/{repository}:{}", upstream.registry, digest.tag_form());
+    let (what, response) = match upstream.referrers(repository, digest, None).await? {
+        Referrers::Api(response) => (api(), response),
+        Referrers::Tag(response) => (tag(), response),
+        Referrers::Absent => return Ok(None),
+        Referrers::Refused {
+            tag: from_tag,
+            response,
+        } => {
+            return Err(VerifyError::Status {
+                what: if from_tag { tag() } else { api() },
+                status: response.status(),
+            })
         }
-    }
-    let tag = digest.tag_form();
-    let what = format!("{}/{repository}:{tag}", upstream.registry);
-    let path = format!("/v2/{repository}/manifests/{tag}");
-    let response = upstream
-        .fetch(Method::GET, &path, repository, &accept)
-        .await?;
-    match response.status() {
-        StatusCode::OK => {
-            let bytes = budget.read_manifest(response, &what).await?;
-            Ok(Some((what, bytes)))
-        }
-        StatusCode::NOT_FOUND => Ok(None),
-        status => Err(VerifyError::Status { what, status }),
-    }
+    };
+    let bytes = budget.read_manifest(response, &what).await?;
+    Ok(Some((what, bytes)))
 }
 
 /// The bundle layers of one referrer manifest, numbered from 1 as in the
