@@ -50,29 +50,22 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Notify;
 
 use crate::audit::record::{rfc3339, DecisionRecord, RecordedVerdict};
+use crate::config::alerts::{parse_webhook_url, redact_url, AlertEvent, AlertFormat, AlertsConfig};
 
-/// Default capacity of each webhook's normal lane (denials, dry runs).
-pub const DEFAULT_QUEUE_SIZE: usize = 1000;
 /// Capacity of each webhook's urgent lane (break-glass uses, failed
 /// reloads, drop notices). Denials never enter it.
 pub const URGENT_QUEUE_SIZE: usize = 256;
-/// Default coalescing window for repeated denials.
-pub const DEFAULT_COALESCE: Duration = Duration::from_secs(60);
 /// Most coalescing windows open at once per webhook; past it, a denial of
 /// an image without a window is alerted on its own.
 pub const MAX_COALESCE_WINDOWS: usize = 4096;
 /// At most one drop notice per webhook per this interval (the first drop
 /// after a quiet interval is noticed at once).
 pub const DROP_NOTICE_INTERVAL: Duration = Duration::from_secs(10);
-/// Default number of retries after the first attempt.
-pub const DEFAULT_MAX_RETRIES: u32 = 5;
-/// Default per-attempt timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// First retry delay; doubled after each retry.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest delay between two attempts (also caps `Retry-After`).
@@ -90,214 +83,13 @@ const MAX_SLACK_FIELD: usize = 1500;
 
 const USER_AGENT: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
 
-// ---------------------------------------------------------------------------
-// Configuration
-// ---------------------------------------------------------------------------
-
-/// The `alerts:` section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AlertsConfig {
-    /// Where alerts go.
-    #[serde(default)]
-    pub webhooks: Vec<WebhookConfig>,
-    /// Capacity of each webhook's normal lane (denials, dry runs); past
-    /// it alerts are dropped.
-    #[serde(default = "default_queue_size")]
-    pub queue_size: usize,
-    /// Retries after the first attempt, on connection errors, timeouts,
-    /// 5xx and 429.
-    #[serde(default = "default_max_retries")]
-    pub max_retries: u32,
-    /// Repeated denials (and dry-run would-denials) of one image by one
-    /// rule within this window are sent as one alert with a count; `0s`
-    /// sends every one on its own.
-    #[serde(default = "default_coalesce", deserialize_with = "duration")]
-    pub coalesce: Duration,
-}
-
-impl Default for AlertsConfig {
-    fn default() -> Self {
-        AlertsConfig {
-            webhooks: Vec::new(),
-            queue_size: DEFAULT_QUEUE_SIZE,
-            max_retries: DEFAULT_MAX_RETRIES,
-            coalesce: DEFAULT_COALESCE,
-        }
-    }
-}
-
-/// One webhook.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WebhookConfig {
-    /// `http://` or `https://` URL the alert is POSTed to. May hold a
-    /// token, so it is only ever shown as `scheme://host[:port]`.
-    pub url: String,
-    /// Body format.
-    #[serde(default)]
-    pub format: AlertFormat,
-    /// Which decisions are sent.
-    #[serde(default = "default_on")]
-    pub on: Vec<AlertEvent>,
-    /// Per-attempt timeout (connect, send, response).
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
-    pub timeout: Duration,
-    /// This webhook's coalescing window, instead of `alerts.coalesce`.
-    #[serde(default, deserialize_with = "optional_duration")]
-    pub coalesce: Option<Duration>,
-}
-
-impl fmt::Debug for WebhookConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookConfig")
-            .field("url", &redact_url(&self.url))
-            .field("format", &self.format)
-            .field("on", &self.on)
-            .field("timeout", &self.timeout)
-            .field("coalesce", &self.coalesce)
-            .finish()
-    }
-}
-
-/// The body a webhook receives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertFormat {
-    /// `{"event": "...", "record": <the audit record>}`.
-    #[default]
-    Json,
-    /// Slack incoming-webhook message: `{"text": "...", "blocks": [...]}`.
-    Slack,
-}
-
-/// What an alert is about; also a webhook's filter vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertEvent {
-    /// A pull denied by policy (verdict `deny`).
-    Deny,
-    /// A dry-run would-deny (verdict `dryrun-deny`), served anyway.
-    Dryrun,
-    /// A denied pull served because the client used break-glass.
-    Breakglass,
-    /// A policy reload that failed (the previous policy stays in force).
-    Reload,
-}
-
-impl AlertEvent {
-    /// The event a verdict raises, if any: allow and exempt never alert.
-    pub fn for_verdict(verdict: RecordedVerdict) -> Option<AlertEvent> {
-        match verdict {
-            RecordedVerdict::Deny => Some(AlertEvent::Deny),
-            RecordedVerdict::DryrunDeny => Some(AlertEvent::Dryrun),
-            RecordedVerdict::Breakglass => Some(AlertEvent::Breakglass),
-            RecordedVerdict::Allow | RecordedVerdict::Exempt => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertEvent::Deny => "deny",
-            AlertEvent::Dryrun => "dryrun",
-            AlertEvent::Breakglass => "breakglass",
-            AlertEvent::Reload => "reload",
-        }
-    }
-
-    /// Whether the event goes on the urgent lane, which denials never
-    /// enter: break-glass uses and failed reloads.
-    pub fn urgent(self) -> bool {
-        matches!(self, AlertEvent::Breakglass | AlertEvent::Reload)
-    }
-}
-
-fn default_queue_size() -> usize {
-    DEFAULT_QUEUE_SIZE
-}
-
-fn default_max_retries() -> u32 {
-    DEFAULT_MAX_RETRIES
-}
-
-fn default_on() -> Vec<AlertEvent> {
-    vec![AlertEvent::Deny]
-}
-
-fn default_timeout() -> Duration {
-    DEFAULT_TIMEOUT
-}
-
-fn default_coalesce() -> Duration {
-    DEFAULT_COALESCE
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    crate::config::parse_duration(&text).map_err(serde::de::Error::custom)
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
-}
-
-impl AlertsConfig {
-    /// Checks what serde cannot: URLs, non-empty filters, non-zero sizes.
-    /// Errors name the offending field (`alerts.webhooks[1].url: ...`) and
-    /// never include a URL's path or query.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.queue_size == 0 {
-            return Err("alerts.queueSize: must be at least 1".into());
-        }
-        for (i, w) in self.webhooks.iter().enumerate() {
-            let at = format!("alerts.webhooks[{i}]");
-            parse_webhook_url(&w.url).map_err(|e| format!("{at}.url: {e}"))?;
-            if w.on.is_empty() {
-                return Err(format!(
-                    "{at}.on: must name at least one of deny, dryrun, breakglass, reload"
-                ));
-            }
-            if w.timeout.is_zero() {
-                return Err(format!("{at}.timeout: must be more than 0"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Parses a webhook URL: absolute `http` or `https`, with a host, without
-/// user-info. Errors do not repeat the URL.
-fn parse_webhook_url(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| "not a valid URL (expected http://… or https://…)".to_owned())?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return Err("must be an http:// or https:// URL".into()),
-    }
-    let Some(authority) = uri.authority() else {
-        return Err("must name a host".into());
-    };
-    if authority.as_str().contains('@') {
-        return Err("user-info (user:password@) is not supported in webhook URLs".into());
-    }
-    if authority.host().is_empty() {
-        return Err("must name a host".into());
-    }
-    Ok(uri)
-}
-
-/// `scheme://host[:port]` of a URL, for logs; `<invalid url>` otherwise.
-pub fn redact_url(url: &str) -> String {
-    match url.parse::<Uri>() {
-        Ok(uri) => match (uri.scheme_str(), uri.host()) {
-            (Some(scheme), Some(host)) => match uri.port_u16() {
-                Some(port) => format!("{scheme}://{host}:{port}"),
-                None => format!("{scheme}://{host}"),
-            },
-            _ => "<invalid url>".into(),
-        },
-        Err(_) => "<invalid url>".into(),
+/// The event a verdict raises, if any: allow and exempt never alert.
+pub fn event_for(verdict: RecordedVerdict) -> Option<AlertEvent> {
+    match verdict {
+        RecordedVerdict::Deny => Some(AlertEvent::Deny),
+        RecordedVerdict::DryrunDeny => Some(AlertEvent::Dryrun),
+        RecordedVerdict::Breakglass => Some(AlertEvent::Breakglass),
+        RecordedVerdict::Allow | RecordedVerdict::Exempt => None,
     }
 }
 
@@ -972,7 +764,7 @@ impl Alerter {
     /// noticed). Break-glass uses go on the urgent lane; denials and dry
     /// runs on the normal lane, repeats folded into a coalesced alert.
     pub fn notify(&self, record: &DecisionRecord) {
-        let Some(event) = AlertEvent::for_verdict(record.verdict) else {
+        let Some(event) = event_for(record.verdict) else {
             return;
         };
         let shared = &self.inner.shared;
@@ -1368,126 +1160,17 @@ mod tests {
 
     #[test]
     fn verdicts_map_to_events() {
+        assert_eq!(event_for(RecordedVerdict::Deny), Some(AlertEvent::Deny));
         assert_eq!(
-            AlertEvent::for_verdict(RecordedVerdict::Deny),
-            Some(AlertEvent::Deny)
-        );
-        assert_eq!(
-            AlertEvent::for_verdict(RecordedVerdict::DryrunDeny),
+            event_for(RecordedVerdict::DryrunDeny),
             Some(AlertEvent::Dryrun)
         );
         assert_eq!(
-            AlertEvent::for_verdict(RecordedVerdict::Breakglass),
+            event_for(RecordedVerdict::Breakglass),
             Some(AlertEvent::Breakglass)
         );
-        assert_eq!(AlertEvent::for_verdict(RecordedVerdict::Allow), None);
-        assert_eq!(AlertEvent::for_verdict(RecordedVerdict::Exempt), None);
-    }
-
-    #[test]
-    fn config_defaults() {
-        let c = parse("webhooks:\n  - url: https://hooks.example/x\n").unwrap();
-        assert_eq!(c.queue_size, DEFAULT_QUEUE_SIZE);
-        assert_eq!(c.max_retries, DEFAULT_MAX_RETRIES);
-        let w = &c.webhooks[0];
-        assert_eq!(w.format, AlertFormat::Json);
-        assert_eq!(w.on, vec![AlertEvent::Deny]);
-        assert_eq!(w.timeout, Duration::from_secs(5));
-        assert_eq!(parse("{}").unwrap(), AlertsConfig::default());
-    }
-
-    #[test]
-    fn config_full() {
-        let c = parse(
-            "queueSize: 10\nmaxRetries: 2\nwebhooks:\n  - url: http://127.0.0.1:9/hook\n    \
-             format: slack\n    on: [dryrun, breakglass]\n    timeout: 250ms\n",
-        )
-        .unwrap();
-        assert_eq!(c.queue_size, 10);
-        assert_eq!(c.max_retries, 2);
-        let w = &c.webhooks[0];
-        assert_eq!(w.format, AlertFormat::Slack);
-        assert_eq!(w.on, vec![AlertEvent::Dryrun, AlertEvent::Breakglass]);
-        assert_eq!(w.timeout, Duration::from_millis(250));
-    }
-
-    #[test]
-    fn config_coalesce_and_reload() {
-        let c = parse("webhooks:\n  - url: https://h/x\n").unwrap();
-        assert_eq!(c.coalesce, DEFAULT_COALESCE);
-        assert_eq!(c.coalesce, Duration::from_secs(60));
-        assert_eq!(c.webhooks[0].coalesce, None);
-        let c = parse(
-            "coalesce: 0s\nwebhooks:\n  - url: https://h/x\n    coalesce: 5m\n    \
-             on: [reload, deny]\n  - url: https://h/y\n",
-        )
-        .unwrap();
-        assert_eq!(c.coalesce, Duration::ZERO);
-        assert_eq!(c.webhooks[0].coalesce, Some(Duration::from_secs(300)));
-        assert_eq!(c.webhooks[0].on, vec![AlertEvent::Reload, AlertEvent::Deny]);
-        assert_eq!(c.webhooks[1].coalesce, None);
-        assert!(parse("coalesce: 60\n")
-            .unwrap_err()
-            .contains("invalid duration"));
-        assert!(AlertEvent::Breakglass.urgent() && AlertEvent::Reload.urgent());
-        assert!(!AlertEvent::Deny.urgent() && !AlertEvent::Dryrun.urgent());
-    }
-
-    #[test]
-    fn config_rejects() {
-        let bad = |yaml: &str, want: &str| {
-            let e = parse(yaml).unwrap_err();
-            assert!(e.contains(want), "{yaml:?}: {e}");
-        };
-        bad("webhooks:\n  - url: ftp://h/x\n", "webhooks[0].url");
-        bad("webhooks:\n  - url: /relative\n", "webhooks[0].url");
-        bad("webhooks:\n  - url: 'not a url'\n", "webhooks[0].url");
-        bad("webhooks:\n  - url: https://u:p@h/x\n", "user-info");
-        bad(
-            "webhooks:\n  - url: https://h/x\n    on: [allow]\n",
-            "unknown variant",
-        );
-        bad(
-            "webhooks:\n  - url: https://h/x\n    on: []\n",
-            "webhooks[0].on",
-        );
-        bad(
-            "webhooks:\n  - url: https://h/x\n    format: xml\n",
-            "unknown variant",
-        );
-        bad(
-            "webhooks:\n  - url: https://h/x\n    timeout: 0s\n",
-            "timeout",
-        );
-        bad(
-            "webhooks:\n  - url: https://h/x\n    timeout: 5\n",
-            "invalid duration",
-        );
-        bad(
-            "webhooks:\n  - url: https://h/x\n    extra: 1\n",
-            "unknown field",
-        );
-        bad("queueSize: 0\n", "queueSize");
-        bad("webhook: []\n", "unknown field");
-        // Errors never echo the URL (it may hold a token).
-        let e = parse("webhooks:\n  - url: ftp://h/T0KEN\n").unwrap_err();
-        assert!(!e.contains("T0KEN"), "{e}");
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("https://hooks.slack.com/services/T0/B0/SECRET"),
-            "https://hooks.slack.com"
-        );
-        assert_eq!(
-            redact_url("http://127.0.0.1:8080/hook?token=SECRET"),
-            "http://127.0.0.1:8080"
-        );
-        assert_eq!(redact_url("::"), "<invalid url>");
-        let c = parse("webhooks:\n  - url: https://h.example/SECRET\n").unwrap();
-        let debug = format!("{c:?}");
-        assert!(!debug.contains("SECRET") && debug.contains("https://h.example"));
+        assert_eq!(event_for(RecordedVerdict::Allow), None);
+        assert_eq!(event_for(RecordedVerdict::Exempt), None);
     }
 
     #[test]

@@ -198,7 +198,7 @@ impl AlertSink for crate::alerts::Alerter {
     }
 
     fn wants(&self, verdict: RecordedVerdict) -> bool {
-        crate::alerts::AlertEvent::for_verdict(verdict).is_some()
+        crate::alerts::event_for(verdict).is_some()
     }
 
     fn reload_failed(&self, trigger: &str, kept_revision: &str, error: &str) {
