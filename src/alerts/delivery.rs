@@ -14,9 +14,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::mpsc;
 
 use super::format::{dropped_body, json_body_coalesced, reload_body, slack_body_coalesced};
@@ -24,6 +21,7 @@ use super::webhook::{Alert, DropNotices, Lane};
 use super::{RateLimit, Shared};
 use crate::audit::record::rfc3339;
 use crate::config::alerts::AlertFormat;
+use crate::upstream::client::{self, HttpClient};
 
 /// First retry delay; doubled after each retry.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -34,32 +32,17 @@ const MAX_RESPONSE: usize = 64 * 1024;
 
 const USER_AGENT: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
 
-pub(super) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
+/// The client every lane of every webhook shares: the per-attempt
+/// timeout bounds connecting, so none is set here.
 pub(super) fn build_client() -> Result<HttpClient, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("alerts: TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(2)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+    client::build(&client::Options {
+        ca_file: None,
+        connect_timeout: None,
+        tcp_keepalive: None,
+        pool_idle_timeout: Duration::from_secs(60),
+        max_idle_per_host: 2,
+    })
+    .map_err(|e| format!("alerts: TLS setup: {e}"))
 }
 
 /// How one attempt went.
