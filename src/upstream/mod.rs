@@ -4,6 +4,11 @@
 //!
 //! This layer knows the registry protocol only as far as authentication
 //! needs it; what the responses mean is the [`crate::serve`] layer's job.
+//! [`client`] builds the HTTP(S) clients (also for alert webhooks).
+//!
+//! May use: `crate::config` (upstream settings, timeouts), `crate::metrics`
+//! (round-trip metrics), `crate::oci`. Must never use: verify, breakglass,
+//! audit, alerts, serve and the layers above them.
 
 pub mod auth;
 pub mod body;
