@@ -1,6 +1,6 @@
 //! `alerts:` as written: webhooks, their filters and formats, queue and
 //! retry settings, and the checks serde cannot make (URLs, empty filters,
-//! zero sizes). Delivering alerts is [`crate::alerts`]' job.
+//! zero sizes). Delivering alerts is the `alerts` module's job.
 //!
 //! ```yaml
 //! alerts:
@@ -20,8 +20,8 @@
 //! `scheme://host[:port]` ([`redact_url`]).
 //!
 //! May use: std, serde, http, `super::duration`. Must never use: any other
-//! module of the crate (in particular not `crate::alerts` or
-//! `crate::audit`, which build on these shapes).
+//! module of the crate (in particular not the `alerts` or
+//! `audit` modules, which build on these shapes).
 
 use std::fmt;
 use std::time::Duration;

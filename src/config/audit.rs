@@ -1,6 +1,6 @@
 //! `audit:` as written: where the audit trail goes, when it reaches the
 //! disk, rotation, the queue and what happens when it is full, and the
-//! checks of them. Writing the trail is [`crate::audit`]'s job.
+//! checks of them. Writing the trail is the `audit` module's job.
 //!
 //! May use: std, serde, `super::duration` and `super` (the error type and
 //! its line finder). Must never use: any other module of the crate.

@@ -1,11 +1,11 @@
 //! `breakGlass:` as written: whether it is on, the request header, and who
 //! may break glass (a name and the file holding their token). The token
 //! files are read, and the credentials compiled, by
-//! [`crate::breakglass::BreakGlass::from_config`] (called once, by the
+//! `breakglass::BreakGlass::from_config` (called once, by the
 //! composition root).
 //!
 //! May use: std, serde, http. Must never use: any other module of the
-//! crate (in particular not `crate::breakglass`, which builds on this).
+//! crate (in particular not the `breakglass` module, which builds on this).
 
 use std::path::PathBuf;
 

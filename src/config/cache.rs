@@ -1,6 +1,6 @@
 //! `cache:` as written: how long verdicts and tag resolutions are reused,
 //! and how much memory manifests fetched by digest may take. The caches
-//! themselves are [`crate::verify`]'s and [`crate::serve`]'s.
+//! themselves are the `verify` and `serve` modules'.
 //!
 //! May use: std, serde, `super::duration`. Must never use: any other
 //! module of the crate.

@@ -2,7 +2,7 @@
 //! listener serves HTTPS with) and `admin:` (the operators' listener and
 //! its token file), and the checks of them. The admin token file is read,
 //! and its token checked, by the composition root
-//! ([`crate::admin::AdminToken::from_file`]).
+//! (`admin::AdminToken::from_file`).
 //!
 //! May use: std, serde, `super` (the error type and its line finder).
 //! Must never use: any other module of the crate.

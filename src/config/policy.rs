@@ -2,11 +2,11 @@
 //! policy YAML (field names and enum values as BinAuthz exports them, so an
 //! exported policy loads unchanged), attestors, attestation requirements,
 //! and the document a `policyFile` holds. Shapes only: compiling them into
-//! a policy is [`crate::policy`]'s job, reading a `policyFile` the
+//! a policy is the `policy` module's job, reading a `policyFile` the
 //! composition root's.
 //!
 //! May use: std, serde, `super` (the config's error type). Must never use:
-//! any other module of the crate (in particular not `crate::policy`, which
+//! any other module of the crate (in particular not the `policy` module, which
 //! builds on these shapes).
 
 use std::collections::BTreeMap;
@@ -223,7 +223,7 @@ pub struct PkixKeyDoc {
 }
 
 /// One required attestation, as written: a predicate type and conditions
-/// on the signed predicate (see [`crate::policy::attestation`]).
+/// on the signed predicate (see the `policy::attestation` module).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RequirementDoc {

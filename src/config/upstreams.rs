@@ -5,7 +5,7 @@
 //! May use: std, serde, http, `crate::oci` (Docker Hub's aliases, name
 //! syntax) and `super` (the error type and its line finder). Must never
 //! use: any other module of the crate (in particular not
-//! `crate::upstream`, which builds clients from these shapes).
+//! the `upstream` module, which builds clients from these shapes).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
