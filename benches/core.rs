@@ -40,11 +40,12 @@ use p256::ecdsa::signature::Signer;
 use p256::pkcs8::{EncodePublicKey, LineEnding};
 use portcullis::breakglass::Attempt;
 use portcullis::config::Config;
+use portcullis::config::{AttestorDoc, PolicyDoc};
 use portcullis::crypto::{Algorithm, PublicKey};
 use portcullis::oci::manifest::Manifest;
 use portcullis::oci::Digest;
 use portcullis::oci::Reference;
-use portcullis::policy::{self, AttestorDoc, Check, Evidence, EvidenceKind, Policy, PolicyDoc};
+use portcullis::policy::{self, Check, Evidence, EvidenceKind, Policy};
 use portcullis::routing::{Route, Routed, Router};
 use portcullis::upstream::Upstream;
 use portcullis::verify::{Outcome, Verifier};
@@ -187,7 +188,7 @@ fn hot_verifier(max_entries: u64) -> Hot {
         indent(&pem, 12)
     );
     let config = Config::from_yaml(&yaml, Path::new(".")).expect("config");
-    let policy = config.compile_policy().expect("policy");
+    let policy = portcullis::app::compile_policy(&config).expect("policy");
     let upstreams = vec![Arc::new(
         Upstream::new(&config.upstreams[0], config.timeouts).expect("upstream"),
     )];

@@ -5,33 +5,144 @@
 //! pipeline ([`crate::serve`]) and the listeners ([`crate::server`]) only
 //! receive what is built here.
 //!
+//! [`prepare`] is the step between a loaded configuration and a proxy:
+//! what `config` cannot check because it needs files read or the policy
+//! compiled. `portcullis check`, `serve`, the one-shot commands and every
+//! policy reload go through it, so they accept and reject the same
+//! configurations with the same messages.
+//!
 //! May use every module below it; nothing but `cli` uses it.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::admin::AdminToken;
 use crate::audit::Observer;
 use crate::breakglass::BreakGlass;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::routing::Router;
 use crate::serve::{App, Parts};
 use crate::server::{self, Connections, Listeners, Settings};
 use crate::upstream::{SetupError, Upstream};
 use crate::verify::Verifier;
 
-/// A proxy whose decisions go to metrics and the recent list only (no
-/// audit file, no alerts): what one-shot commands use.
-pub fn build_quiet(config: &Config) -> Result<App, SetupError> {
-    let metrics = Arc::new(Metrics::new());
-    build(config, Arc::new(Observer::new(metrics, None, None)))
+/// A configuration and what is made from it once: the compiled policy,
+/// the break-glass credentials and the admin token (their files read).
+#[derive(Debug)]
+pub struct Prepared {
+    pub config: Config,
+    pub policy: Policy,
+    pub break_glass: Option<BreakGlass>,
+    pub admin_token: Option<Arc<AdminToken>>,
 }
 
-/// The proxy for `config`, its decisions going to `observer`.
-pub fn build(config: &Config, observer: Arc<Observer>) -> Result<App, SetupError> {
+impl Prepared {
+    /// See [`policy_warnings`].
+    pub fn policy_warnings(&self) -> Vec<String> {
+        policy_warnings(&self.config, &self.policy)
+    }
+}
+
+/// Reads the break-glass token files and the admin token file and compiles
+/// the policy, in that order. Errors are [`ConfigError`]s naming the field
+/// (and, for the token files, the line), as `config`'s own are.
+pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
+    let break_glass = match &config.break_glass {
+        Some(bg) => BreakGlass::from_config(bg)
+            .map_err(|message| config.invalid_named(message, "breakGlass", "tokenFile"))?,
+        None => None,
+    };
+    let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        Some(path) => Some(Arc::new(AdminToken::from_file(path).map_err(
+            |message| config.invalid("admin.tokenFile", "tokenFile", "", message),
+        )?)),
+        None => None,
+    };
+    let policy = compile_policy(&config)?;
+    Ok(Prepared {
+        config,
+        policy,
+        break_glass,
+        admin_token,
+    })
+}
+
+/// Compiles the configured policy (inline, or read from `policyFile`),
+/// with the configured attestors; the allow-all policy when none is
+/// configured.
+pub fn compile_policy(config: &Config) -> Result<Policy, ConfigError> {
+    let invalid = |field: &str, message: String| ConfigError::Invalid {
+        field: field.to_owned(),
+        line: None,
+        message,
+    };
+    let (doc, mut attestors) = match (&config.policy, &config.policy_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "policyFile",
+                "set either policy or policyFile, not both".into(),
+            ))
+        }
+        (None, None) => {
+            if !config.attestors.is_empty() {
+                tracing::warn!("attestors are configured but there is no policy");
+            }
+            return Ok(Policy::allow_all());
+        }
+        (Some(doc), None) => (doc.clone(), Vec::new()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid("policyFile", format!("cannot read {}: {e}", path.display()))
+            })?;
+            crate::config::policy::parse_policy_file(path, &text)?
+        }
+    };
+    attestors.extend(config.attestors.iter().cloned());
+    Policy::compile(&doc, &attestors).map_err(|e| ConfigError::Invalid {
+        field: e.field,
+        line: None,
+        message: e.message,
+    })
+}
+
+/// What is worth a warning in a policy that loads: name patterns that
+/// can match no image served through this configuration's upstreams.
+/// `portcullis check` prints them; `serve` logs them at startup and on
+/// every reload, and starts anyway (a policy may be shared by proxies
+/// fronting other registries, and images of a registry that is not an
+/// upstream cannot be pulled through this one at all).
+pub fn policy_warnings(config: &Config, policy: &Policy) -> Vec<String> {
+    let registries: Vec<&str> = config
+        .upstreams
+        .iter()
+        .map(|u| u.registry.as_str())
+        .collect();
+    policy.unreachable_patterns(&registries)
+}
+
+/// A proxy whose decisions go to metrics and the recent list only (no
+/// audit file, no alerts): what one-shot commands use. Prepares `config`
+/// itself.
+pub fn build_quiet(config: &Config) -> Result<App, SetupError> {
+    let prepared = prepare(config.clone()).map_err(|e| SetupError::Policy(e.to_string()))?;
+    let metrics = Arc::new(Metrics::new());
+    let observer = Arc::new(Observer::new(metrics, None, None));
+    build(config, prepared.policy, prepared.break_glass, observer)
+}
+
+/// The proxy for `config`, with its compiled `policy` and `break_glass`,
+/// its decisions going to `observer`.
+fn build(
+    config: &Config,
+    policy: Policy,
+    break_glass: Option<BreakGlass>,
+    observer: Arc<Observer>,
+) -> Result<App, SetupError> {
     let upstreams = config
         .upstreams
         .iter()
@@ -40,9 +151,6 @@ pub fn build(config: &Config, observer: Arc<Observer>) -> Result<App, SetupError
                 .map(|up| Arc::new(up.with_metrics(Arc::clone(&observer.metrics))))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let policy = config
-        .compile_policy()
-        .map_err(|e| SetupError::Policy(e.to_string()))?;
     observer.metrics.policy_loaded(&policy.revision);
     let mut verifier = Verifier::new(policy, config.cache, upstreams.clone())
         .with_timeouts(config.timeouts)
@@ -52,10 +160,6 @@ pub fn build(config: &Config, observer: Arc<Observer>) -> Result<App, SetupError
             crate::verify::store::Store::open(&store.path).map_err(SetupError::AttestationStore)?;
         verifier = verifier.with_store(Arc::new(store));
     }
-    let break_glass = match &config.break_glass {
-        Some(bg) => BreakGlass::from_config(bg).map_err(SetupError::Policy)?,
-        None => None,
-    };
     let parts = Parts {
         router: Router::new(config),
         upstreams,
@@ -64,6 +168,17 @@ pub fn build(config: &Config, observer: Arc<Observer>) -> Result<App, SetupError
         break_glass,
     };
     Ok(App::new(parts, config))
+}
+
+/// What a policy reload loads: the configuration at `path`, prepared as
+/// at start (a reload fails on whatever `check` rejects), as the policy
+/// and its warnings.
+fn reload_policy(path: &Path) -> Result<(Policy, Vec<String>), String> {
+    let prepared = Config::load(path)
+        .and_then(prepare)
+        .map_err(|e| e.to_string())?;
+    let warnings = prepared.policy_warnings();
+    Ok((prepared.policy, warnings))
 }
 
 /// Where decisions go when serving: metrics, the audit trail and the
@@ -87,20 +202,26 @@ fn observer(config: &Config) -> Result<Observer, String> {
     Ok(Observer::new(metrics, audit, alerter))
 }
 
-/// Runs the proxy for `config` until `shutdown` completes: binds the
+/// Runs the proxy for a prepared configuration until `shutdown` completes: binds the
 /// registry listener (and the admin listener if configured), starts the
 /// audit writer, the alerter and, when the config came from a file, the
 /// policy reloader, and serves ([`server::run`]).
 pub async fn serve(
-    config: Config,
+    prepared: Prepared,
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    let Prepared {
+        config,
+        policy,
+        break_glass,
+        admin_token,
+    } = prepared;
     let observer = Arc::new(observer(&config)?);
-    let app = Arc::new(build(&config, observer).map_err(|e| e.to_string())?);
+    let app = Arc::new(build(&config, policy, break_glass, observer).map_err(|e| e.to_string())?);
     log_policy(&config, &app);
     if let Some(path) = config_path {
-        tokio::spawn(crate::reload::watch(Arc::clone(&app), path));
+        tokio::spawn(crate::reload::watch(Arc::clone(&app), path, reload_policy));
     }
     let tls = match &config.tls {
         Some(tls) => Some(server::tls_acceptor(tls).map_err(|e| e.to_string())?),
@@ -109,26 +230,19 @@ pub async fn serve(
     let registry = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let (admin, admin_token) = match &config.admin {
+    let admin = match &config.admin {
         Some(admin) => {
             let listener = TcpListener::bind(admin.listen)
                 .await
                 .map_err(|e| format!("cannot listen on {} (admin): {e}", admin.listen))?;
-            let token = match &admin.token_file {
-                Some(path) => Some(Arc::new(
-                    crate::admin::AdminToken::from_file(path)
-                        .map_err(|e| format!("admin.tokenFile: {e}"))?,
-                )),
-                None => None,
-            };
             tracing::info!(
                 listen = %admin.listen,
-                token = token.is_some(),
+                token = admin_token.is_some(),
                 "admin listener: /metrics, /-/ui, /-/api, /healthz, /readyz"
             );
-            (Some(listener), token)
+            Some(listener)
         }
-        None => (None, None),
+        None => None,
     };
     for line in config.summary().lines() {
         tracing::info!("{line}");
@@ -154,12 +268,114 @@ fn log_policy(config: &Config, app: &App) {
         for line in policy.summary().lines() {
             tracing::info!("{line}");
         }
-        for warning in config.policy_warnings(&policy) {
+        for warning in policy_warnings(config, &policy) {
             tracing::warn!("{warning}");
         }
     } else {
         tracing::warn!(
             "NO POLICY CONFIGURED: every image is served without any signature check (ALWAYS_ALLOW)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n";
+
+    fn prepared(yaml: &str) -> Result<Prepared, String> {
+        Config::from_yaml(yaml, Path::new("/"))
+            .and_then(prepare)
+            .map_err(|e| e.to_string())
+    }
+
+    /// What needs files read or the policy compiled is checked by
+    /// `prepare`, with the field and (for token files) the line.
+    #[test]
+    fn prepare_reads_token_files_and_compiles_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "0123456789abcdef-token\n").unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "short\n").unwrap();
+        let missing = dir.path().join("missing");
+
+        let glass = |file: &Path| {
+            format!(
+                "{BASE}breakGlass:\n  enabled: true\n  credentials:\n    - name: oncall\n      tokenFile: {}\n",
+                file.display()
+            )
+        };
+        let p = prepared(&glass(&good)).unwrap();
+        assert!(p.break_glass.is_some() && p.admin_token.is_none());
+        assert!(!p.policy.configured);
+        let e = prepared(&glass(&missing)).unwrap_err();
+        assert!(
+            e.starts_with("line 8: breakGlass.credentials[0].tokenFile: cannot read"),
+            "{e}"
+        );
+        let e = prepared(&glass(&short)).unwrap_err();
+        assert!(e.contains("at least 16 characters without spaces"), "{e}");
+        // Pure break-glass checks are the configuration's own.
+        let e = Config::from_yaml(
+            &format!("{BASE}breakGlass: {{enabled: true}}\n"),
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("breakGlass.credentials: enabled but no credentials configured"),
+            "{e}"
+        );
+
+        let admin = |file: &Path| {
+            format!(
+                "{BASE}admin:\n  listen: 127.0.0.1:2\n  tokenFile: {}\n",
+                file.display()
+            )
+        };
+        assert!(prepared(&admin(&good)).unwrap().admin_token.is_some());
+        let e = prepared(&admin(&short)).unwrap_err();
+        assert!(
+            e.starts_with("line 6: admin.tokenFile: the token in") && e.contains("at least 16"),
+            "{e}"
+        );
+
+        let e = prepared(&format!(
+            "{BASE}policy:\n  defaultAdmissionRule:\n    evaluationMode: REQUIRE_ATTESTATION\n    \
+             requireAttestationsBy: [nobody]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("nobody"), "{e}");
+        let e = prepared(&format!(
+            "{BASE}policy:\n  defaultAdmissionRule: {{evaluationMode: ALWAYS_ALLOW}}\npolicyFile: p.yaml\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e, "policyFile: set either policy or policyFile, not both");
+        let e = prepared(&format!("{BASE}policyFile: {}\n", missing.display())).unwrap_err();
+        assert!(e.starts_with("policyFile: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn a_policy_file_holds_a_bare_policy_or_a_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.yaml");
+        let config = format!("{BASE}policyFile: {}\n", file.display());
+        std::fs::write(
+            &file,
+            "defaultAdmissionRule: {evaluationMode: ALWAYS_DENY}\n",
+        )
+        .unwrap();
+        assert!(prepared(&config).unwrap().policy.configured);
+        std::fs::write(
+            &file,
+            "policy:\n  defaultAdmissionRule: {evaluationMode: ALWAYS_DENY}\nattestors: []\n",
+        )
+        .unwrap();
+        assert!(prepared(&config).unwrap().policy.configured);
+        std::fs::write(&file, "policy:\n  bogus: 1\n").unwrap();
+        let e = prepared(&config).unwrap_err();
+        assert!(e.starts_with(&format!("{} line 2", file.display())), "{e}");
     }
 }

@@ -8,35 +8,10 @@
 //! (`[host."…".header]`), and any HTTP client can.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use http::HeaderMap;
-use serde::Deserialize;
 
-/// `breakGlass:` as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BreakGlassConfig {
-    #[serde(default)]
-    pub enabled: bool,
-    #[serde(default = "default_header")]
-    pub header: String,
-    /// Who may break glass: a name (recorded as the identity) and a file
-    /// holding the secret token.
-    #[serde(default)]
-    pub credentials: Vec<CredentialConfig>,
-}
-
-fn default_header() -> String {
-    "X-Portcullis-Break-Glass".to_owned()
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CredentialConfig {
-    pub name: String,
-    pub token_file: PathBuf,
-}
+use crate::config::BreakGlassConfig;
 
 /// Shortest token accepted: break-glass tokens must not be guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -104,15 +79,8 @@ impl BreakGlass {
         if !config.enabled {
             return Ok(None);
         }
-        let header = http::HeaderName::try_from(config.header.as_str()).map_err(|_| {
-            format!(
-                "breakGlass.header: {:?} is not a header name",
-                config.header
-            )
-        })?;
-        if config.credentials.is_empty() {
-            return Err("breakGlass.credentials: enabled but no credentials configured".into());
-        }
+        config.validate()?;
+        let header = config.header_name()?;
         let mut credentials = Vec::new();
         for (i, c) in config.credentials.iter().enumerate() {
             let token = std::fs::read_to_string(&c.token_file).map_err(|e| {
@@ -178,6 +146,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::breakglass::CredentialConfig;
+
+    fn default_header() -> String {
+        "X-Portcullis-Break-Glass".to_owned()
+    }
 
     fn glass() -> (tempfile::TempDir, BreakGlass) {
         let dir = tempfile::tempdir().unwrap();

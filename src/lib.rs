@@ -7,8 +7,12 @@
 //! the layers below it in this list; errors are typed per layer and turned
 //! into OCI error responses in exactly one place ([`error::ApiError`]).
 //!
-//! - [`config`]: the YAML configuration: parsing, validation, defaults. Owns
-//!   nothing at run time; everything else is built from a [`config::Config`].
+//! - [`config`]: the YAML configuration: parsing, validation, defaults, one
+//!   file per section (the policy, alerts and break-glass shapes included)
+//!   and the one duration parser. A leaf (it uses only [`oci`]); owns
+//!   nothing at run time; everything else is built from a
+//!   [`config::Config`]. What needs files read or the policy compiled is
+//!   checked once by [`app::prepare`].
 //! - [`server`]: listeners (plain or TLS), HTTP/1.1 + HTTP/2 connections,
 //!   graceful shutdown, `/healthz` and `/readyz`; [`server::conn`] bounds
 //!   what a connection holds (connection caps, handshake and idle
@@ -18,7 +22,8 @@
 //!   malformed input never reaches an upstream.
 //! - [`upstream`]: the client side: pooled connections, timeouts, redirects,
 //!   Basic and bearer-token authentication, one [`upstream::Upstream`] per
-//!   configured registry.
+//!   configured registry; [`upstream::client`] is the one HTTPS client
+//!   builder (registries and alert webhooks).
 //! - [`verify`]: whether a manifest may be served: policy rule, evidence
 //!   lookup, verdict cache, admitted children and blobs. Only it can
 //!   produce the `Admission` that serving requires. Evidence sources:
@@ -35,7 +40,9 @@
 //! - [`serve`]: the pull endpoints: manifests (read whole, hashed, bounded),
 //!   blobs (streamed, hashed while streaming), tag lists, referrers.
 //! - [`audit`]: the one place a decision is recorded: audit trail
-//!   writer, recent decisions, metrics and [`alerts`] (webhooks);
+//!   writer, recent decisions, metrics, and an [`audit::AlertSink`] it is
+//!   given. [`alerts`] (webhooks: bodies, coalescing, lanes, delivery) sits
+//!   above it and implements that sink; audit never uses alerts.
 //!   [`metrics`] owns the Prometheus registry; [`admin`] serves `/metrics`,
 //!   the JSON API and the dashboard on the admin listener.
 //! - [`oci`]: the vocabulary shared by all layers: digests, repository names,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use portcullis::app::Prepared;
 use portcullis::commands;
 use portcullis::config::{Config, ConfigError, DEFAULT_CONFIG};
 use portcullis::telemetry::{self, LogFormat};
@@ -173,34 +174,29 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+fn load(path: Option<&PathBuf>) -> Result<Prepared, ConfigError> {
     match path {
         Some(path) => Config::load(path),
         None => Config::from_yaml(DEFAULT_CONFIG, std::path::Path::new(".")),
     }
+    .and_then(portcullis::app::prepare)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load(config.as_ref()) {
-            Ok(config) => match config.compile_policy() {
-                Ok(policy) => {
-                    print!(
-                        "configuration is valid\n{}{}",
-                        config.summary(),
-                        policy.summary()
-                    );
-                    for warning in config.policy_warnings(&policy) {
-                        eprintln!("warning: {warning}");
-                    }
-                    ExitCode::SUCCESS
+            Ok(prepared) => {
+                print!(
+                    "configuration is valid\n{}{}",
+                    prepared.config.summary(),
+                    prepared.policy.summary()
+                );
+                for warning in prepared.policy_warnings() {
+                    eprintln!("warning: {warning}");
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
@@ -287,7 +283,7 @@ fn main() -> ExitCode {
                     json,
                 },
         } => {
-            let config = match Config::load(&config) {
+            let config = match Config::load(&config).and_then(portcullis::app::prepare) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: invalid configuration: {e}");
@@ -295,8 +291,9 @@ fn main() -> ExitCode {
                 }
             };
             let options = portcullis::replay::ReplayOptions { offline };
-            let result = runtime()
-                .and_then(|rt| rt.block_on(portcullis::replay::replay(&audit, &config, options)));
+            let result = runtime().and_then(|rt| {
+                rt.block_on(portcullis::replay::replay(&audit, &config.config, options))
+            });
             match result {
                 Ok(report) => {
                     if json {
@@ -317,7 +314,8 @@ fn main() -> ExitCode {
             let result = load(config.as_ref())
                 .map_err(|e| format!("invalid configuration: {e}"))
                 .and_then(|config| {
-                    runtime().and_then(|rt| rt.block_on(commands::verify(&config, &reference)))
+                    runtime()
+                        .and_then(|rt| rt.block_on(commands::verify(&config.config, &reference)))
                 });
             match result {
                 Ok((decision, text)) => {
@@ -377,8 +375,8 @@ fn attestations(command: AttestationsCommand) -> ExitCode {
             let result = load(config.as_ref())
                 .map_err(|e| format!("invalid configuration: {e}"))
                 .and_then(|config| {
-                    let dir = attestations::store_dir(Some(&config), store.as_deref())?;
-                    let policy = config.compile_policy().map_err(|e| e.to_string())?;
+                    let dir = attestations::store_dir(Some(&config.config), store.as_deref())?;
+                    let policy = config.policy;
                     let input = std::fs::read(&file)
                         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
                     attestations::import(&policy, &input, &dir).map(|done| (dir, done))
@@ -407,7 +405,8 @@ fn attestations(command: AttestationsCommand) -> ExitCode {
             let result = load(config.as_ref())
                 .map_err(|e| format!("invalid configuration: {e}"))
                 .and_then(|config| {
-                    runtime().and_then(|rt| rt.block_on(attestations::list(&config, &reference)))
+                    runtime()
+                        .and_then(|rt| rt.block_on(attestations::list(&config.config, &reference)))
                 });
             match result {
                 Ok((image, listed)) => {

@@ -5,6 +5,11 @@
 //! categories are fixed vocabularies, rules come from the configuration,
 //! upstreams from the configuration; no digest, tag or repository is ever a
 //! label.
+//!
+//! May use: `crate::policy` (rule names), `crate::config`, `crate::oci`.
+//! Must never use: routing, upstream, verify, audit, alerts and the layers
+//! above them (they report into it; at scrape time they hand over a
+//! [`Snapshot`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64};
@@ -138,17 +143,8 @@ pub struct Metrics {
     policy_revision: Family<RevisionLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     last_reload_success: Gauge,
-    // Read from other components at scrape time.
-    cache_hits: Counter<u64, AtomicU64>,
-    cache_misses: Counter<u64, AtomicU64>,
-    cache_entries: Gauge<i64, AtomicI64>,
-    signature_lookups: Counter<u64, AtomicU64>,
-    audit_written: Counter<u64, AtomicU64>,
-    audit_dropped: Counter<u64, AtomicU64>,
-    alerts_sent: Counter<u64, AtomicU64>,
-    alerts_failed: Counter<u64, AtomicU64>,
-    alerts_dropped: Counter<u64, AtomicU64>,
-    alerts_coalesced: Counter<u64, AtomicU64>,
+    /// Read from other components at scrape time.
+    scraped: ScrapedFamilies,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -178,133 +174,196 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("portcullis");
-        let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register(
-            "decisions",
-            "Admission decisions by verdict, rule and reason category",
-            decisions.clone(),
-        );
-        let dryrun_would_deny = Family::<RuleLabels, Counter>::default();
-        registry.register(
-            "dryrun_would_deny",
-            "Images served under a dry-run rule that would have denied them",
-            dryrun_would_deny.clone(),
-        );
-        let verification_seconds = seconds_histogram();
-        registry.register(
-            "verification_duration_seconds",
-            "Time a request waited for a new verdict (cache misses only; by digest it includes the manifest fetch, which the evidence lookups overlap)",
-            verification_seconds.clone(),
-        );
-        let upstream_seconds =
-            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                seconds_histogram,
-            );
-        registry.register(
-            "upstream_request_duration_seconds",
-            "Upstream round trips until response headers",
-            upstream_seconds.clone(),
-        );
-        let upstream_responses = Family::<UpstreamStatusLabels, Counter>::default();
-        registry.register(
-            "upstream_responses",
-            "Upstream responses by status class, and transport errors",
-            upstream_responses.clone(),
-        );
-        let bytes_served = Counter::default();
-        registry.register(
-            "served_bytes",
-            "Response body bytes sent to clients",
-            bytes_served.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "in_flight_requests",
-            "Requests being served",
-            in_flight.clone(),
-        );
-        let policy_revision = Family::<RevisionLabels, Gauge>::default();
-        registry.register(
-            "policy_revision_info",
-            "The policy revision in force (value 1)",
-            policy_revision.clone(),
-        );
-        let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "policy_reloads",
-            "Policy reload attempts by result",
-            reloads.clone(),
-        );
-        let last_reload_success = Gauge::default();
-        registry.register(
-            "policy_last_reload_success",
-            "1 if the last policy reload succeeded (or none was attempted), 0 if it failed",
-            last_reload_success.clone(),
-        );
-        last_reload_success.set(1);
-        let cache_hits = Counter::<u64, AtomicU64>::default();
-        registry.register(
-            "verdict_cache_hits",
-            "Verdict cache hits",
-            cache_hits.clone(),
-        );
-        let cache_misses = Counter::<u64, AtomicU64>::default();
-        registry.register(
-            "verdict_cache_misses",
-            "Verdict cache misses",
-            cache_misses.clone(),
-        );
-        let cache_entries = Gauge::<i64, AtomicI64>::default();
-        registry.register(
+/// Registers `metric` under `name` and returns it (a handle on the same
+/// series).
+fn register<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Decisions and verification time: what the request path counts.
+struct DecisionFamilies {
+    decisions: Family<DecisionLabels, Counter>,
+    dryrun_would_deny: Family<RuleLabels, Counter>,
+    verification_seconds: Histogram,
+}
+
+impl DecisionFamilies {
+    fn register(r: &mut Registry) -> DecisionFamilies {
+        DecisionFamilies {
+            decisions: register(
+                r,
+                "decisions",
+                "Admission decisions by verdict, rule and reason category",
+                Family::default(),
+            ),
+            dryrun_would_deny: register(
+                r,
+                "dryrun_would_deny",
+                "Images served under a dry-run rule that would have denied them",
+                Family::default(),
+            ),
+            verification_seconds: register(
+                r,
+                "verification_duration_seconds",
+                "Time a request waited for a new verdict (cache misses only; by digest it includes the manifest fetch, which the evidence lookups overlap)",
+                seconds_histogram(),
+            ),
+        }
+    }
+}
+
+/// Upstream round trips and what is served to clients.
+struct TrafficFamilies {
+    upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    upstream_responses: Family<UpstreamStatusLabels, Counter>,
+    bytes_served: Counter,
+    in_flight: Gauge,
+}
+
+impl TrafficFamilies {
+    fn register(r: &mut Registry) -> TrafficFamilies {
+        TrafficFamilies {
+            upstream_seconds: register(
+                r,
+                "upstream_request_duration_seconds",
+                "Upstream round trips until response headers",
+                Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
+            ),
+            upstream_responses: register(
+                r,
+                "upstream_responses",
+                "Upstream responses by status class, and transport errors",
+                Family::default(),
+            ),
+            bytes_served: register(
+                r,
+                "served_bytes",
+                "Response body bytes sent to clients",
+                Counter::default(),
+            ),
+            in_flight: register(
+                r,
+                "in_flight_requests",
+                "Requests being served",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// The policy in force and its reloads.
+struct PolicyFamilies {
+    policy_revision: Family<RevisionLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
+    last_reload_success: Gauge,
+}
+
+impl PolicyFamilies {
+    fn register(r: &mut Registry) -> PolicyFamilies {
+        let families = PolicyFamilies {
+            policy_revision: register(
+                r,
+                "policy_revision_info",
+                "The policy revision in force (value 1)",
+                Family::default(),
+            ),
+            reloads: register(
+                r,
+                "policy_reloads",
+                "Policy reload attempts by result",
+                Family::default(),
+            ),
+            last_reload_success: register(
+                r,
+                "policy_last_reload_success",
+                "1 if the last policy reload succeeded (or none was attempted), 0 if it failed",
+                Gauge::default(),
+            ),
+        };
+        families.last_reload_success.set(1);
+        families
+    }
+}
+
+/// Counters other components own (verdict cache, audit writer, alerter),
+/// copied in at scrape time ([`Metrics::encode`]).
+struct ScrapedFamilies {
+    cache_hits: Counter<u64, AtomicU64>,
+    cache_misses: Counter<u64, AtomicU64>,
+    cache_entries: Gauge<i64, AtomicI64>,
+    signature_lookups: Counter<u64, AtomicU64>,
+    audit_written: Counter<u64, AtomicU64>,
+    audit_dropped: Counter<u64, AtomicU64>,
+    alerts_sent: Counter<u64, AtomicU64>,
+    alerts_failed: Counter<u64, AtomicU64>,
+    alerts_dropped: Counter<u64, AtomicU64>,
+    alerts_coalesced: Counter<u64, AtomicU64>,
+}
+
+impl ScrapedFamilies {
+    fn register(r: &mut Registry) -> ScrapedFamilies {
+        let mut counter = |name: &str, help: &str| register(r, name, help, Counter::default());
+        let cache_hits = counter("verdict_cache_hits", "Verdict cache hits");
+        let cache_misses = counter("verdict_cache_misses", "Verdict cache misses");
+        let cache_entries = register(
+            r,
             "verdict_cache_entries",
             "Verdicts currently cached",
-            cache_entries.clone(),
+            Gauge::default(),
         );
-        let signature_lookups = Counter::<u64, AtomicU64>::default();
-        registry.register(
-            "signature_lookups",
-            "Signature manifests fetched from upstreams",
-            signature_lookups.clone(),
-        );
-        let audit_written = Counter::<u64, AtomicU64>::default();
-        registry.register(
-            "audit_records_written",
-            "Audit records written",
-            audit_written.clone(),
-        );
-        let audit_dropped = Counter::<u64, AtomicU64>::default();
-        registry.register(
-            "audit_records_dropped",
-            "Audit records dropped because the queue was full (onFull: drop)",
-            audit_dropped.clone(),
-        );
-        let alerts_sent = Counter::<u64, AtomicU64>::default();
-        registry.register(
-            "alerts_sent",
-            "Webhook alerts delivered",
-            alerts_sent.clone(),
-        );
-        let alerts_failed = Counter::<u64, AtomicU64>::default();
-        registry.register(
-            "alerts_failed",
-            "Webhook alerts that failed after retries",
-            alerts_failed.clone(),
-        );
-        let alerts_dropped = Counter::<u64, AtomicU64>::default();
-        registry.register(
-            "alerts_dropped",
-            "Webhook alerts dropped because the webhook's queue (lane) was full",
-            alerts_dropped.clone(),
-        );
-        let alerts_coalesced = Counter::<u64, AtomicU64>::default();
-        registry.register(
-            "alerts_coalesced",
-            "Denials and dry-run would-denials folded into a coalesced alert (one alert with a count) instead of sent on their own",
-            alerts_coalesced.clone(),
-        );
+        let mut counter = |name: &str, help: &str| register(r, name, help, Counter::default());
+        ScrapedFamilies {
+            cache_hits,
+            cache_misses,
+            cache_entries,
+            signature_lookups: counter(
+                "signature_lookups",
+                "Signature manifests fetched from upstreams",
+            ),
+            audit_written: counter("audit_records_written", "Audit records written"),
+            audit_dropped: counter(
+                "audit_records_dropped",
+                "Audit records dropped because the queue was full (onFull: drop)",
+            ),
+            alerts_sent: counter("alerts_sent", "Webhook alerts delivered"),
+            alerts_failed: counter("alerts_failed", "Webhook alerts that failed after retries"),
+            alerts_dropped: counter(
+                "alerts_dropped",
+                "Webhook alerts dropped because the webhook's queue (lane) was full",
+            ),
+            alerts_coalesced: counter(
+                "alerts_coalesced",
+                "Denials and dry-run would-denials folded into a coalesced alert (one alert with a count) instead of sent on their own",
+            ),
+        }
+    }
+}
+
+impl Metrics {
+    /// Every family, registered in the order the exposition lists them.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("portcullis");
+        let DecisionFamilies {
+            decisions,
+            dryrun_would_deny,
+            verification_seconds,
+        } = DecisionFamilies::register(&mut registry);
+        let TrafficFamilies {
+            upstream_seconds,
+            upstream_responses,
+            bytes_served,
+            in_flight,
+        } = TrafficFamilies::register(&mut registry);
+        let PolicyFamilies {
+            policy_revision,
+            reloads,
+            last_reload_success,
+        } = PolicyFamilies::register(&mut registry);
+        let scraped = ScrapedFamilies::register(&mut registry);
         Metrics {
             registry,
             decisions,
@@ -318,16 +377,7 @@ impl Metrics {
             policy_revision,
             reloads,
             last_reload_success,
-            cache_hits,
-            cache_misses,
-            cache_entries,
-            signature_lookups,
-            audit_written,
-            audit_dropped,
-            alerts_sent,
-            alerts_failed,
-            alerts_dropped,
-            alerts_coalesced,
+            scraped,
         }
     }
 
@@ -461,16 +511,17 @@ impl Metrics {
                 c.inc_by(v - now);
             }
         };
-        set(&self.cache_hits, snapshot.cache_hits);
-        set(&self.cache_misses, snapshot.cache_misses);
-        set(&self.signature_lookups, snapshot.signature_lookups);
-        set(&self.audit_written, snapshot.audit_written);
-        set(&self.audit_dropped, snapshot.audit_dropped);
-        set(&self.alerts_sent, snapshot.alerts_sent);
-        set(&self.alerts_failed, snapshot.alerts_failed);
-        set(&self.alerts_dropped, snapshot.alerts_dropped);
-        set(&self.alerts_coalesced, snapshot.alerts_coalesced);
-        self.cache_entries
+        let m = &self.scraped;
+        set(&m.cache_hits, snapshot.cache_hits);
+        set(&m.cache_misses, snapshot.cache_misses);
+        set(&m.signature_lookups, snapshot.signature_lookups);
+        set(&m.audit_written, snapshot.audit_written);
+        set(&m.audit_dropped, snapshot.audit_dropped);
+        set(&m.alerts_sent, snapshot.alerts_sent);
+        set(&m.alerts_failed, snapshot.alerts_failed);
+        set(&m.alerts_dropped, snapshot.alerts_dropped);
+        set(&m.alerts_coalesced, snapshot.alerts_coalesced);
+        m.cache_entries
             .set(i64::try_from(snapshot.cache_entries).unwrap_or(i64::MAX));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

@@ -8,7 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
+use crate::policy::Policy;
 use crate::serve::App;
+
+/// Loads the configuration at a path for a reload: its policy, compiled,
+/// and the warnings about it, or why it does not load. The composition
+/// root supplies it, so that a reload accepts exactly what a start does.
+pub type Load = fn(&Path) -> Result<(Policy, Vec<String>), String>;
 
 /// How often the files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -37,16 +43,10 @@ fn watched_paths(config_path: &Path) -> Vec<PathBuf> {
 }
 
 /// Reloads the policy from `config_path` now. Returns the new revision.
-pub fn reload(app: &App, config_path: &Path, why: &str) -> Result<String, String> {
+pub fn reload(app: &App, config_path: &Path, why: &str, load: Load) -> Result<String, String> {
     let previous = app.verifier.policy().revision.clone();
-    let result = Config::load(config_path)
-        .map_err(|e| e.to_string())
-        .and_then(|c| {
-            let policy = c.compile_policy().map_err(|e| e.to_string())?;
-            Ok((c.policy_warnings(&policy), policy))
-        });
-    match result {
-        Ok((warnings, policy)) => {
+    match load(config_path) {
+        Ok((policy, warnings)) => {
             let revision = policy.revision.clone();
             app.verifier.set_policy(policy);
             app.observer.metrics.reload(true);
@@ -81,7 +81,7 @@ async fn refresh_store(app: &Arc<App>) {
 
 /// Watches for SIGHUP, file changes and the attestation store until the
 /// process ends.
-pub async fn watch(app: Arc<App>, config_path: PathBuf) {
+pub async fn watch(app: Arc<App>, config_path: PathBuf, load: Load) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -104,7 +104,7 @@ pub async fn watch(app: Arc<App>, config_path: PathBuf) {
                 "file change"
             }
         };
-        let _ = reload(&app, &config_path, why);
+        let _ = reload(&app, &config_path, why, load);
         paths = watched_paths(&config_path);
         seen = fingerprint(&paths);
     }

@@ -205,9 +205,8 @@ pub async fn replay(
     let bytes = tokio::fs::read(audit)
         .await
         .map_err(|e| format!("cannot read audit file {}: {e}", audit.display()))?;
-    let policy = config
-        .compile_policy()
-        .map_err(|e| format!("invalid candidate policy: {e}"))?;
+    let policy =
+        crate::app::compile_policy(config).map_err(|e| format!("invalid candidate policy: {e}"))?;
     let parsed = parse_audit(&bytes);
     let mut errors = parsed.errors;
 
@@ -882,10 +881,8 @@ mod tests {
                 }
             }
         }
-        Config::from_yaml(&y, Path::new("."))
-            .unwrap_or_else(|e| panic!("{e}\n{y}"))
-            .compile_policy()
-            .unwrap()
+        let config = Config::from_yaml(&y, Path::new(".")).unwrap_or_else(|e| panic!("{e}\n{y}"));
+        crate::app::compile_policy(&config).unwrap()
     }
 
     const SANDBOX: &str = "    \"r.test/sandbox/**\": {evaluationMode: ALWAYS_ALLOW}\n";

@@ -21,8 +21,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use portcullis::alerts::{AlertStats, Alerter, AlertsConfig};
+use portcullis::alerts::{AlertStats, Alerter};
 use portcullis::audit::record::{AttestorRecord, DecisionRecord, RecordedVerdict, Subject};
+use portcullis::config::AlertsConfig;
 
 /// Long enough for any condition below on a loaded CI machine.
 const WAIT: Duration = Duration::from_secs(20);

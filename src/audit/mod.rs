@@ -181,31 +181,6 @@ impl Recent {
     }
 }
 
-impl AlertSink for crate::alerts::Alerter {
-    fn notify(&self, record: &DecisionRecord) {
-        crate::alerts::Alerter::notify(self, record);
-    }
-
-    fn counts(&self) -> AlertCounts {
-        use std::sync::atomic::Ordering::Relaxed;
-        let s = self.stats();
-        AlertCounts {
-            sent: s.sent.load(Relaxed),
-            failed: s.failed.load(Relaxed),
-            dropped: s.dropped.load(Relaxed),
-            coalesced: s.coalesced.load(Relaxed),
-        }
-    }
-
-    fn wants(&self, verdict: RecordedVerdict) -> bool {
-        crate::alerts::AlertEvent::for_verdict(verdict).is_some()
-    }
-
-    fn reload_failed(&self, trigger: &str, kept_revision: &str, error: &str) {
-        self.notify_reload_failed(trigger, kept_revision, error);
-    }
-}
-
 /// Fans decisions out to metrics, audit trail, recent list and alerts.
 pub struct Observer {
     pub metrics: Arc<Metrics>,

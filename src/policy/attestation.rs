@@ -18,31 +18,7 @@
 /// attestation.
 pub const SIGNATURE_PREDICATE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";
 
-use serde::{Deserialize, Serialize};
-
-/// One required attestation, as written.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RequirementDoc {
-    pub predicate_type: String,
-    #[serde(default)]
-    pub conditions: Vec<ConditionDoc>,
-}
-
-/// One condition, as written: a path and exactly one operator.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConditionDoc {
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub equals: Option<serde_json::Value>,
-    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
-    pub one_of: Option<Vec<serde_json::Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub matches: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exists: Option<bool>,
-}
+use crate::config::policy::{ConditionDoc, RequirementDoc};
 
 #[derive(Debug, Clone)]
 enum Operator {

@@ -1,8 +1,9 @@
 //! The admission policy, in Binary Authorization's vocabulary, and its
 //! evaluation. Pure: no I/O, so every mode and combination is unit-tested.
 //!
-//! - [`PolicyDoc`] / [`AttestorDoc`]: the YAML as written (BinAuthz field
-//!   names and enum values; an exported BinAuthz policy loads unchanged).
+//! - [`PolicyDoc`] / [`AttestorDoc`]: the YAML as written, owned by
+//!   [`crate::config::policy`] (BinAuthz field names and enum values; an
+//!   exported BinAuthz policy loads unchanged).
 //! - [`Policy`]: the compiled form: patterns parsed, rules ordered by
 //!   specificity, keys parsed. Built once per (re)load.
 //! - [`Policy::rule_for`] picks the rule for a canonical name;
@@ -12,219 +13,16 @@
 pub mod attestation;
 pub mod pattern;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
-use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::config::policy::{AttestorDoc, GlobalMode, PolicyDoc, RuleDoc};
+/// The rule vocabulary, shared by the written and the compiled policy.
+pub use crate::config::policy::{EnforcementMode, EvaluationMode, SignedIdentity};
 use crate::crypto::{self, PublicKey};
 pub use pattern::{canonical_pattern, Pattern, PatternIndex};
-
-/// `policy:` as written.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PolicyDoc {
-    /// BinAuthz metadata, accepted so exported policies load.
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub update_time: Option<String>,
-    #[serde(default)]
-    pub etag: Option<String>,
-    #[serde(default)]
-    pub global_policy_evaluation_mode: Option<GlobalMode>,
-    #[serde(default)]
-    pub admission_whitelist_patterns: Vec<NamePatternDoc>,
-    pub default_admission_rule: RuleDoc,
-    /// Portcullis' scope map: namePattern → rule.
-    #[serde(default)]
-    pub repository_admission_rules: BTreeMap<String, RuleDoc>,
-    /// BinAuthz scopes that have no meaning at pull time: accepted and
-    /// reported as ignored.
-    #[serde(default)]
-    pub cluster_admission_rules: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub kubernetes_namespace_admission_rules: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub kubernetes_service_account_admission_rules: Option<serde_yaml_ng::Value>,
-    #[serde(default)]
-    pub istio_service_identity_admission_rules: Option<serde_yaml_ng::Value>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum GlobalMode {
-    GlobalPolicyEvaluationModeUnspecified,
-    Enable,
-    Disable,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct NamePatternDoc {
-    pub name_pattern: String,
-}
-
-/// An admission rule as written.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RuleDoc {
-    pub evaluation_mode: EvaluationMode,
-    #[serde(default)]
-    pub enforcement_mode: Option<EnforcementMode>,
-    #[serde(default)]
-    pub require_attestations_by: Vec<String>,
-    /// How the signed `docker-reference` must relate to the request.
-    #[serde(default)]
-    pub signed_identity: SignedIdentity,
-    /// Evidence counts only when its signed content names a repository
-    /// (checked under `signedIdentity`): digest-only evidence (message
-    /// signatures, in-toto subjects without a name) is refused.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub require_named_identity: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum EvaluationMode {
-    AlwaysAllow,
-    AlwaysDeny,
-    RequireAttestation,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum EnforcementMode {
-    EnforcedBlockAndAuditLog,
-    DryrunAuditLogOnly,
-}
-
-impl fmt::Display for EvaluationMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            EvaluationMode::AlwaysAllow => "ALWAYS_ALLOW",
-            EvaluationMode::AlwaysDeny => "ALWAYS_DENY",
-            EvaluationMode::RequireAttestation => "REQUIRE_ATTESTATION",
-        })
-    }
-}
-
-impl fmt::Display for EnforcementMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            EnforcementMode::EnforcedBlockAndAuditLog => "ENFORCED_BLOCK_AND_AUDIT_LOG",
-            EnforcementMode::DryrunAuditLogOnly => "DRYRUN_AUDIT_LOG_ONLY",
-        })
-    }
-}
-
-/// How a signature's `critical.identity.docker-reference` must relate to
-/// the repository being pulled (containers/image's `signedIdentity`).
-///
-/// Written as `matchRepository`, `ignore`, `{exactRepository: <repo>}` or
-/// `{remapIdentity: {prefix: <p>, signedPrefix: <s>}}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum SignedIdentity {
-    /// The signed repository equals the pulled one (tag ignored).
-    #[default]
-    MatchRepository,
-    /// The signed repository must be exactly this one.
-    ExactRepository(String),
-    /// Pulled names under `prefix` were signed under `signedPrefix`
-    /// (mirrors, relocated images).
-    RemapIdentity {
-        prefix: String,
-        #[serde(rename = "signedPrefix")]
-        signed_prefix: String,
-    },
-    /// The signed identity is not checked (the digest still is).
-    Ignore,
-}
-
-impl<'de> Deserialize<'de> for SignedIdentity {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields, rename_all = "camelCase")]
-        struct Remap {
-            prefix: String,
-            signed_prefix: String,
-        }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields, rename_all = "camelCase")]
-        struct Form {
-            #[serde(default)]
-            exact_repository: Option<String>,
-            #[serde(default)]
-            remap_identity: Option<Remap>,
-        }
-        const EXPECTED: &str = "matchRepository, ignore, {exactRepository: <repo>} or \
-             {remapIdentity: {prefix: <prefix>, signedPrefix: <prefix>}}";
-        let value = serde_yaml_ng::Value::deserialize(d)?;
-        if let Some(word) = value.as_str() {
-            return match word {
-                "matchRepository" => Ok(SignedIdentity::MatchRepository),
-                "ignore" => Ok(SignedIdentity::Ignore),
-                other => Err(D::Error::custom(format!(
-                    "unknown signedIdentity {other:?}; expected {EXPECTED}"
-                ))),
-            };
-        }
-        let form: Form = serde_yaml_ng::from_value(value)
-            .map_err(|e| D::Error::custom(format!("{e}; expected {EXPECTED}")))?;
-        match (form.exact_repository, form.remap_identity) {
-            (Some(repo), None) => Ok(SignedIdentity::ExactRepository(repo)),
-            (None, Some(r)) => Ok(SignedIdentity::RemapIdentity {
-                prefix: r.prefix,
-                signed_prefix: r.signed_prefix,
-            }),
-            _ => Err(D::Error::custom(format!(
-                "expected exactly one of {EXPECTED}"
-            ))),
-        }
-    }
-}
-
-/// An attestor as written under `attestors:`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AttestorDoc {
-    pub name: String,
-    #[serde(default)]
-    pub description: Option<String>,
-    pub public_keys: Vec<PublicKeyDoc>,
-    /// Where `.sig` artifacts live, like `COSIGN_REPOSITORY`.
-    #[serde(default)]
-    pub signature_repository: Option<String>,
-    /// Attestations this attestor must have made (each one required);
-    /// without any, a plain signature satisfies the attestor.
-    #[serde(default)]
-    pub attestations: Vec<attestation::RequirementDoc>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PublicKeyDoc {
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    pub comment: Option<String>,
-    #[serde(default)]
-    pub pkix_public_key: Option<PkixKeyDoc>,
-    #[serde(default)]
-    pub ascii_armored_pgp_public_key: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PkixKeyDoc {
-    pub public_key_pem: String,
-    pub signature_algorithm: String,
-}
 
 /// Which rule decided.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

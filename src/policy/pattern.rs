@@ -536,7 +536,8 @@ mod tests {
     /// else the most specific repository rule, else the default.
     #[test]
     fn rule_for_agrees_with_a_linear_scan() {
-        use crate::policy::{Policy, PolicyDoc, RuleSource};
+        use crate::config::policy::PolicyDoc;
+        use crate::policy::{Policy, RuleSource};
         let mut g = Gen(0x0123_4567_89ab_cdef);
         for round in 0..60 {
             let n = 1 + g.below(200);

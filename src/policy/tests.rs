@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::policy::{PkixKeyDoc, PublicKeyDoc};
 use p256::pkcs8::EncodePublicKey;
 
 fn key_pem() -> String {

@@ -4,9 +4,15 @@
 //!
 //! This layer knows the registry protocol only as far as authentication
 //! needs it; what the responses mean is the [`crate::serve`] layer's job.
+//! [`client`] builds the HTTP(S) clients (also for alert webhooks).
+//!
+//! May use: `crate::config` (upstream settings, timeouts), `crate::metrics`
+//! (round-trip metrics), `crate::oci`. Must never use: verify, breakglass,
+//! audit, alerts, serve and the layers above them.
 
 pub mod auth;
 pub mod body;
+pub mod client;
 mod referrers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,15 +22,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
 use crate::config::{Timeouts, UpstreamConfig};
 use auth::{AuthState, Challenge, Credentials, Scheme, Secret, TokenResponse};
 pub use body::{read_bounded, BodyError, ReadError, UpstreamBody};
+use client::{ClientError, HttpClient};
 pub use referrers::Referrers;
 
 /// Redirects followed per request (registries redirect blobs to storage
@@ -36,8 +38,6 @@ pub const MAX_IDLE_PER_HOST: usize = 32;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Largest token-endpoint response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
-
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Why a request to an upstream failed before it produced a response.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -629,52 +629,28 @@ impl Access {
 const USER_AGENT: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
 
 fn build_client(config: &UpstreamConfig, timeouts: &Timeouts) -> Result<HttpClient, SetupError> {
-    let registry = &config.registry;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &config.ca_file {
-        let ca_error = |reason: String| SetupError::CaFile {
-            registry: registry.clone(),
-            path: path.display().to_string(),
+    let options = client::Options {
+        ca_file: config.ca_file.as_deref(),
+        connect_timeout: Some(timeouts.connect),
+        tcp_keepalive: Some(Duration::from_secs(60)),
+        pool_idle_timeout: POOL_IDLE_TIMEOUT,
+        max_idle_per_host: MAX_IDLE_PER_HOST,
+    };
+    client::build(&options).map_err(|e| match e {
+        ClientError::CaFile(reason) => SetupError::CaFile {
+            registry: config.registry.clone(),
+            path: config
+                .ca_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             reason,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| ca_error(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ca_error(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(ca_error("no PEM certificates in file".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SetupError::Tls {
-            registry: registry.clone(),
-            reason: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(timeouts.connect));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+        },
+        ClientError::Tls(reason) => SetupError::Tls {
+            registry: config.registry.clone(),
+            reason,
+        },
+    })
 }
 
 /// Scheme, host and port (the scheme's default when not given), lower

@@ -452,10 +452,10 @@ mod tests {
     }
 
     fn requirement(predicate_type: &str, builder_id: Option<&str>) -> Requirement {
-        let doc = crate::policy::attestation::RequirementDoc {
+        let doc = crate::config::policy::RequirementDoc {
             predicate_type: predicate_type.into(),
             conditions: builder_id
-                .map(|id| crate::policy::attestation::ConditionDoc {
+                .map(|id| crate::config::policy::ConditionDoc {
                     path: "/builder/id".into(),
                     equals: Some(id.into()),
                     one_of: None,

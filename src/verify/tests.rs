@@ -2,7 +2,7 @@ use super::*;
 use crate::config::Config;
 use crate::oci::manifest::Manifest;
 use crate::oci::Digest;
-use crate::policy::{Decision, EvaluationMode, RuleSource, Verdict};
+use crate::policy::{Decision, EvaluationMode, Policy, RuleSource, Verdict};
 use crate::routing::{Routed, Router};
 use bytes::Bytes;
 use http::{HeaderValue, Method};
@@ -39,6 +39,12 @@ fn config(url: &str, policy: &str) -> Config {
     Config::from_yaml(&yaml, Path::new(".")).expect("config")
 }
 
+/// The inline policy of a [`config`], compiled.
+fn compile(config: &Config) -> Policy {
+    let doc = config.policy.as_ref().expect("an inline policy");
+    Policy::compile(doc, &config.attestors).expect("policy")
+}
+
 const REQUIRE: &str = "  defaultAdmissionRule:\n    evaluationMode: REQUIRE_ATTESTATION\n    \
                        requireAttestationsBy: [ci]\n";
 const ALLOW: &str = "  defaultAdmissionRule:\n    evaluationMode: ALWAYS_ALLOW\n";
@@ -49,7 +55,7 @@ fn env(url: &str, policy: &str, content_capacity: usize) -> Env {
         Upstream::new(&config.upstreams[0], config.timeouts).expect("upstream"),
     )];
     let verifier = Verifier::with_content_capacity(
-        config.compile_policy().expect("policy"),
+        compile(&config),
         config.cache,
         upstreams.clone(),
         content_capacity,
@@ -220,7 +226,7 @@ async fn a_verdict_decided_under_an_old_policy_is_never_served_after_a_change() 
     }
     assert!(requests.load(Ordering::SeqCst) > 0, "no lookup started");
     // The policy changes while that verification runs.
-    let allow = config(&url, ALLOW).compile_policy().expect("policy");
+    let allow = compile(&config(&url, ALLOW));
     env.verifier.set_policy(allow);
     // A pull under the new policy neither waits for nor reuses the
     // running verification.
@@ -315,8 +321,7 @@ async fn a_generation_change_drops_verdicts_and_content() {
     // The same revision again keeps everything.
     env.cache(&manifest, Verdict::Allow);
     env.admit(&manifest).await;
-    env.verifier
-        .set_policy(env.config.compile_policy().expect("policy"));
+    env.verifier.set_policy(compile(&env.config));
     assert!(env.blob_allowed(&digest_text(10)).await);
     assert!(env.admit(&manifest).await.1);
 }

@@ -1,0 +1,285 @@
+//! The policy as the configuration writes it: Binary Authorization's
+//! policy YAML (field names and enum values as BinAuthz exports them, so an
+//! exported policy loads unchanged), attestors, attestation requirements,
+//! and the document a `policyFile` holds. Shapes only: compiling them into
+//! a policy is the `policy` module's job, reading a `policyFile` the
+//! composition root's.
+//!
+//! May use: std, serde, `super` (the config's error type). Must never use:
+//! any other module of the crate (in particular not the `policy` module, which
+//! builds on these shapes).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// `policy:` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyDoc {
+    /// BinAuthz metadata, accepted so exported policies load.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub update_time: Option<String>,
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub global_policy_evaluation_mode: Option<GlobalMode>,
+    #[serde(default)]
+    pub admission_whitelist_patterns: Vec<NamePatternDoc>,
+    pub default_admission_rule: RuleDoc,
+    /// Portcullis' scope map: namePattern → rule.
+    #[serde(default)]
+    pub repository_admission_rules: BTreeMap<String, RuleDoc>,
+    /// BinAuthz scopes that have no meaning at pull time: accepted and
+    /// reported as ignored.
+    #[serde(default)]
+    pub cluster_admission_rules: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub kubernetes_namespace_admission_rules: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub kubernetes_service_account_admission_rules: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub istio_service_identity_admission_rules: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GlobalMode {
+    GlobalPolicyEvaluationModeUnspecified,
+    Enable,
+    Disable,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NamePatternDoc {
+    pub name_pattern: String,
+}
+
+/// An admission rule as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleDoc {
+    pub evaluation_mode: EvaluationMode,
+    #[serde(default)]
+    pub enforcement_mode: Option<EnforcementMode>,
+    #[serde(default)]
+    pub require_attestations_by: Vec<String>,
+    /// How the signed `docker-reference` must relate to the request.
+    #[serde(default)]
+    pub signed_identity: SignedIdentity,
+    /// Evidence counts only when its signed content names a repository
+    /// (checked under `signedIdentity`): digest-only evidence (message
+    /// signatures, in-toto subjects without a name) is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_named_identity: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EvaluationMode {
+    AlwaysAllow,
+    AlwaysDeny,
+    RequireAttestation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EnforcementMode {
+    EnforcedBlockAndAuditLog,
+    DryrunAuditLogOnly,
+}
+
+impl fmt::Display for EvaluationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EvaluationMode::AlwaysAllow => "ALWAYS_ALLOW",
+            EvaluationMode::AlwaysDeny => "ALWAYS_DENY",
+            EvaluationMode::RequireAttestation => "REQUIRE_ATTESTATION",
+        })
+    }
+}
+
+impl fmt::Display for EnforcementMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EnforcementMode::EnforcedBlockAndAuditLog => "ENFORCED_BLOCK_AND_AUDIT_LOG",
+            EnforcementMode::DryrunAuditLogOnly => "DRYRUN_AUDIT_LOG_ONLY",
+        })
+    }
+}
+
+/// How a signature's `critical.identity.docker-reference` must relate to
+/// the repository being pulled (containers/image's `signedIdentity`).
+///
+/// Written as `matchRepository`, `ignore`, `{exactRepository: <repo>}` or
+/// `{remapIdentity: {prefix: <p>, signedPrefix: <s>}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SignedIdentity {
+    /// The signed repository equals the pulled one (tag ignored).
+    #[default]
+    MatchRepository,
+    /// The signed repository must be exactly this one.
+    ExactRepository(String),
+    /// Pulled names under `prefix` were signed under `signedPrefix`
+    /// (mirrors, relocated images).
+    RemapIdentity {
+        prefix: String,
+        #[serde(rename = "signedPrefix")]
+        signed_prefix: String,
+    },
+    /// The signed identity is not checked (the digest still is).
+    Ignore,
+}
+
+impl<'de> Deserialize<'de> for SignedIdentity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct Remap {
+            prefix: String,
+            signed_prefix: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct Form {
+            #[serde(default)]
+            exact_repository: Option<String>,
+            #[serde(default)]
+            remap_identity: Option<Remap>,
+        }
+        const EXPECTED: &str = "matchRepository, ignore, {exactRepository: <repo>} or \
+             {remapIdentity: {prefix: <prefix>, signedPrefix: <prefix>}}";
+        let value = serde_yaml_ng::Value::deserialize(d)?;
+        if let Some(word) = value.as_str() {
+            return match word {
+                "matchRepository" => Ok(SignedIdentity::MatchRepository),
+                "ignore" => Ok(SignedIdentity::Ignore),
+                other => Err(D::Error::custom(format!(
+                    "unknown signedIdentity {other:?}; expected {EXPECTED}"
+                ))),
+            };
+        }
+        let form: Form = serde_yaml_ng::from_value(value)
+            .map_err(|e| D::Error::custom(format!("{e}; expected {EXPECTED}")))?;
+        match (form.exact_repository, form.remap_identity) {
+            (Some(repo), None) => Ok(SignedIdentity::ExactRepository(repo)),
+            (None, Some(r)) => Ok(SignedIdentity::RemapIdentity {
+                prefix: r.prefix,
+                signed_prefix: r.signed_prefix,
+            }),
+            _ => Err(D::Error::custom(format!(
+                "expected exactly one of {EXPECTED}"
+            ))),
+        }
+    }
+}
+
+/// An attestor as written under `attestors:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AttestorDoc {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub public_keys: Vec<PublicKeyDoc>,
+    /// Where `.sig` artifacts live, like `COSIGN_REPOSITORY`.
+    #[serde(default)]
+    pub signature_repository: Option<String>,
+    /// Attestations this attestor must have made (each one required);
+    /// without any, a plain signature satisfies the attestor.
+    #[serde(default)]
+    pub attestations: Vec<RequirementDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PublicKeyDoc {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub pkix_public_key: Option<PkixKeyDoc>,
+    #[serde(default)]
+    pub ascii_armored_pgp_public_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PkixKeyDoc {
+    pub public_key_pem: String,
+    pub signature_algorithm: String,
+}
+
+/// One required attestation, as written: a predicate type and conditions
+/// on the signed predicate (see the `policy::attestation` module).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequirementDoc {
+    pub predicate_type: String,
+    #[serde(default)]
+    pub conditions: Vec<ConditionDoc>,
+}
+
+/// One condition, as written: a path and exactly one operator.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionDoc {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<serde_json::Value>,
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+}
+
+/// The document a `policyFile` may hold when it is not a bare policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFileDoc {
+    policy: PolicyDoc,
+    #[serde(default)]
+    attestors: Vec<AttestorDoc>,
+}
+
+/// Parses the text of the `policyFile` at `path`: either a bare BinAuthz
+/// policy (as `gcloud container binauthz policy export` prints it) or a
+/// document with `policy:` and optionally `attestors:`. Errors name the
+/// file and, where known, the line.
+pub fn parse_policy_file(
+    path: &Path,
+    text: &str,
+) -> Result<(PolicyDoc, Vec<AttestorDoc>), ConfigError> {
+    let parse_error = |e: serde_yaml_ng::Error| ConfigError::Parse {
+        location: format!(
+            "{}{}: ",
+            path.display(),
+            e.location()
+                .map(|l| format!(" line {} column {}", l.line(), l.column()))
+                .unwrap_or_default()
+        ),
+        message: e.to_string(),
+    };
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(parse_error)?;
+    if value.get("policy").is_some() {
+        let file: PolicyFileDoc = serde_yaml_ng::from_str(text).map_err(parse_error)?;
+        Ok((file.policy, file.attestors))
+    } else {
+        let doc: PolicyDoc = serde_yaml_ng::from_str(text).map_err(parse_error)?;
+        Ok((doc, Vec::new()))
+    }
+}
