@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis::commands;
+use portcullis::cli::commands;
 use portcullis::config::{Config, ConfigError, DEFAULT_CONFIG};
 use portcullis::telemetry::{self, LogFormat};
 
@@ -294,9 +294,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let options = portcullis::replay::ReplayOptions { offline };
-            let result = runtime()
-                .and_then(|rt| rt.block_on(portcullis::replay::replay(&audit, &config, options)));
+            let options = portcullis::cli::replay::ReplayOptions { offline };
+            let result = runtime().and_then(|rt| {
+                rt.block_on(portcullis::cli::replay::replay(&audit, &config, options))
+            });
             match result {
                 Ok(report) => {
                     if json {
@@ -367,7 +368,7 @@ fn main() -> ExitCode {
 }
 
 fn attestations(command: AttestationsCommand) -> ExitCode {
-    use portcullis::attestations;
+    use portcullis::cli::attestations;
     match command {
         AttestationsCommand::Import {
             file,
