@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis::cli::commands;
+use portcullis::cli::{attest, keygen, registry, sign, verify};
 use portcullis::config::{Config, ConfigError, DEFAULT_CONFIG};
 use portcullis::telemetry::{self, LogFormat};
 
@@ -86,7 +86,7 @@ enum Command {
         #[arg(long = "type", default_value = "custom")]
         predicate_type: String,
         #[command(flatten)]
-        registry: commands::RegistryOptions,
+        registry: registry::RegistryOptions,
     },
     /// Policy tools.
     Policy {
@@ -206,7 +206,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Keygen { key, public } => match commands::keygen(&key, &public) {
+        Command::Keygen { key, public } => match keygen::keygen(&key, &public) {
             Ok(()) => {
                 println!(
                     "wrote private key {} (mode 0600) and public key {}",
@@ -230,16 +230,15 @@ fn main() -> ExitCode {
             ca_file,
             token_realms,
         } => {
-            let options = commands::RegistryOptions {
+            let options = registry::RegistryOptions {
                 insecure,
                 username,
                 password_file,
                 ca_file,
                 token_realms,
             };
-            let result = runtime().and_then(|rt| {
-                rt.block_on(commands::sign(&reference, &key, &annotations, &options))
-            });
+            let result = runtime()
+                .and_then(|rt| rt.block_on(sign::sign(&reference, &key, &annotations, &options)));
             match result {
                 Ok(digest) => {
                     println!("signed {reference} ({digest})");
@@ -259,7 +258,7 @@ fn main() -> ExitCode {
             registry,
         } => {
             let result = runtime().and_then(|rt| {
-                rt.block_on(commands::attest(
+                rt.block_on(attest::attest(
                     &reference,
                     &key,
                     &predicate,
@@ -318,7 +317,7 @@ fn main() -> ExitCode {
             let result = load(config.as_ref())
                 .map_err(|e| format!("invalid configuration: {e}"))
                 .and_then(|config| {
-                    runtime().and_then(|rt| rt.block_on(commands::verify(&config, &reference)))
+                    runtime().and_then(|rt| rt.block_on(verify::verify(&config, &reference)))
                 });
             match result {
                 Ok((decision, text)) => {

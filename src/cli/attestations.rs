@@ -262,7 +262,7 @@ pub fn render(image: &str, listed: &[Listed]) -> String {
 /// the image, checked for every attestor of the policy. Returns the image
 /// (`<registry>/<repository>@<digest>`) and the listing.
 pub async fn list(config: &Config, reference: &str) -> Result<(String, Vec<Listed>), String> {
-    let resolved = crate::cli::commands::resolve_upstream(config, reference).await?;
+    let resolved = super::image::resolve_upstream(config, reference).await?;
     let per_attestor = resolved
         .app
         .verifier

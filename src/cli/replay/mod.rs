@@ -33,7 +33,7 @@ use std::sync::Arc;
 use http::{header, HeaderMap, HeaderValue};
 
 use crate::audit::record::{DecisionRecord, EvidenceRecord, RecordedVerdict, Subject};
-use crate::cli::commands::ACCEPT_ALL;
+use crate::cli::image::ACCEPT_ALL;
 use crate::config::Config;
 use crate::oci::{Digest, Reference};
 use crate::policy::{
