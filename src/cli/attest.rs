@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::ExitCode;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -15,6 +16,28 @@ use super::registry::{
 use crate::oci::{Algorithm, Digest};
 use crate::verify::cosign::{DSSE_ENVELOPE, MAX_ENVELOPE_BYTES, SIGNATURE_ANNOTATION};
 use crate::verify::dsse::{pae, IN_TOTO_PAYLOAD_TYPE};
+
+/// Runs `portcullis attest`.
+pub fn run(
+    reference: &str,
+    key: &Path,
+    predicate: &Path,
+    predicate_type: &str,
+    registry: &RegistryOptions,
+) -> ExitCode {
+    let result = super::runtime()
+        .and_then(|rt| rt.block_on(attest(reference, key, predicate, predicate_type, registry)));
+    match result {
+        Ok(digest) => {
+            println!("attested {reference} ({digest})");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// cosign's `--type` shorthands and the predicate types they stand for
 /// (`cosign attest --type`).

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use serde::Serialize;
 
@@ -12,6 +13,57 @@ use crate::oci::Digest;
 use crate::policy::{Check, Evidence, Policy, SignedIdentity};
 use crate::verify::binauthz::{self, Occurrence};
 use crate::verify::simple_signing::{self, Subject};
+
+/// Runs `portcullis attestations import`: all or nothing.
+pub fn run_import(file: &Path, config: Option<&Path>, store: Option<&Path>) -> ExitCode {
+    let result = super::load(config)
+        .map_err(|e| format!("invalid configuration: {e}"))
+        .and_then(|config| {
+            let dir = store_dir(Some(&config), store)?;
+            let policy = config.compile_policy().map_err(|e| e.to_string())?;
+            let input =
+                std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            import(&policy, &input, &dir).map(|done| (dir, done))
+        });
+    match result {
+        Ok((dir, done)) => {
+            println!(
+                "imported {} occurrence(s) into {} for {}",
+                done.files.len(),
+                dir.display(),
+                done.digests.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `portcullis attestations list`: the listing as text, or as JSON
+/// with `json`.
+pub fn run_list(reference: &str, config: Option<&Path>, json: bool) -> ExitCode {
+    let result = super::load(config)
+        .map_err(|e| format!("invalid configuration: {e}"))
+        .and_then(|config| super::runtime().and_then(|rt| rt.block_on(list(&config, reference))));
+    match result {
+        Ok((image, listed)) => {
+            if json {
+                let doc = serde_json::json!({"image": image, "evidence": listed});
+                println!("{doc:#}");
+            } else {
+                print!("{}", render(&image, &listed));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 /// The store directory: `--store`, else the config's `attestationStore`.
 pub fn store_dir(config: Option<&Config>, store: Option<&Path>) -> Result<PathBuf, String> {

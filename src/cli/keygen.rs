@@ -1,8 +1,27 @@
 //! `portcullis keygen`: a P-256 key pair for signing.
 
 use std::path::Path;
+use std::process::ExitCode;
 
 use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+
+/// Runs `portcullis keygen`.
+pub fn run(key: &Path, public: &Path) -> ExitCode {
+    match keygen(key, public) {
+        Ok(()) => {
+            println!(
+                "wrote private key {} (mode 0600) and public key {}",
+                key.display(),
+                public.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// `portcullis keygen`: a P-256 key pair, private key PKCS#8 PEM (mode
 /// 0600), public key SPKI PEM.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::ExitCode;
 
 use bytes::Bytes;
 
@@ -12,6 +13,27 @@ use super::registry::{
 use crate::oci::Digest;
 use crate::verify::cosign::{SIGNATURE_ANNOTATION, SIMPLE_SIGNING};
 use crate::verify::simple_signing::cosign_payload;
+
+/// Runs `portcullis sign`.
+pub fn run(
+    reference: &str,
+    key: &Path,
+    annotations: &[(String, String)],
+    options: &RegistryOptions,
+) -> ExitCode {
+    let result =
+        super::runtime().and_then(|rt| rt.block_on(sign(reference, key, annotations, options)));
+    match result {
+        Ok(digest) => {
+            println!("signed {reference} ({digest})");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// `portcullis sign`: resolves `reference` at its registry and appends a
 /// cosign-compatible signature to its `sha256-<hex>.sig` manifest, as

@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderValue};
@@ -190,6 +191,33 @@ fn group_by_rule(changes: &[Change]) -> BTreeMap<&str, Vec<&Change>> {
         groups.entry(c.new_rule.as_str()).or_default().push(c);
     }
     groups
+}
+
+/// Runs `portcullis policy replay`: the report as text, or as JSON with
+/// `json`.
+pub fn run(audit: &Path, config: &Path, options: ReplayOptions, json: bool) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = crate::cli::runtime().and_then(|rt| rt.block_on(replay(audit, &config, options)));
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Replays the audit trail at `audit` against `config`'s policy.
