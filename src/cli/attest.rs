@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::ExitCode;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -13,6 +12,7 @@ use serde::Serialize;
 use super::registry::{
     append_layer, read_signing_key, resolve, sign_base64, ArtifactLayer, RegistryOptions,
 };
+use super::{Exit, Outcome};
 use crate::oci::{Algorithm, Digest};
 use crate::verify::cosign::{DSSE_ENVELOPE, MAX_ENVELOPE_BYTES, SIGNATURE_ANNOTATION};
 use crate::verify::dsse::{pae, IN_TOTO_PAYLOAD_TYPE};
@@ -24,19 +24,10 @@ pub fn run(
     predicate: &Path,
     predicate_type: &str,
     registry: &RegistryOptions,
-) -> ExitCode {
-    let result = super::runtime()
-        .and_then(|rt| rt.block_on(attest(reference, key, predicate, predicate_type, registry)));
-    match result {
-        Ok(digest) => {
-            println!("attested {reference} ({digest})");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+) -> Outcome {
+    let digest = super::block_on(attest(reference, key, predicate, predicate_type, registry))?;
+    println!("attested {reference} ({digest})");
+    Ok(Exit::Ok)
 }
 
 /// cosign's `--type` shorthands and the predicate types they stand for

@@ -4,65 +4,49 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use serde::Serialize;
 
+use super::{CliError, Exit, Outcome};
 use crate::config::Config;
 use crate::oci::Digest;
 use crate::policy::{Check, Evidence, Policy, SignedIdentity};
 use crate::verify::binauthz::{self, Occurrence};
 use crate::verify::simple_signing::{self, Subject};
 
-/// Runs `portcullis attestations import`: all or nothing.
-pub fn run_import(file: &Path, config: Option<&Path>, store: Option<&Path>) -> ExitCode {
-    let result = super::load(config)
-        .map_err(|e| format!("invalid configuration: {e}"))
-        .and_then(|config| {
-            let dir = store_dir(Some(&config), store)?;
-            let policy = config.compile_policy().map_err(|e| e.to_string())?;
-            let input =
-                std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            import(&policy, &input, &dir).map(|done| (dir, done))
-        });
-    match result {
-        Ok((dir, done)) => {
-            println!(
-                "imported {} occurrence(s) into {} for {}",
-                done.files.len(),
-                dir.display(),
-                done.digests.join(", ")
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+/// Runs `portcullis attestations import`: all or nothing; exit 1 when an
+/// occurrence is invalid, 2 when the store, the configuration or the file
+/// cannot be used.
+pub fn run_import(file: &Path, config: Option<&Path>, store: Option<&Path>) -> Outcome {
+    let config = super::configuration(config)?;
+    let dir = store_dir(Some(&config), store).map_err(CliError::error)?;
+    let policy = config
+        .compile_policy()
+        .map_err(|e| CliError::error(e.to_string()))?;
+    let input = std::fs::read(file)
+        .map_err(|e| CliError::error(format!("cannot read {}: {e}", file.display())))?;
+    let done = import(&policy, &input, &dir)?;
+    println!(
+        "imported {} occurrence(s) into {} for {}",
+        done.files.len(),
+        dir.display(),
+        done.digests.join(", ")
+    );
+    Ok(Exit::Ok)
 }
 
 /// Runs `portcullis attestations list`: the listing as text, or as JSON
 /// with `json`.
-pub fn run_list(reference: &str, config: Option<&Path>, json: bool) -> ExitCode {
-    let result = super::load(config)
-        .map_err(|e| format!("invalid configuration: {e}"))
-        .and_then(|config| super::runtime().and_then(|rt| rt.block_on(list(&config, reference))));
-    match result {
-        Ok((image, listed)) => {
-            if json {
-                let doc = serde_json::json!({"image": image, "evidence": listed});
-                println!("{doc:#}");
-            } else {
-                print!("{}", render(&image, &listed));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+pub fn run_list(reference: &str, config: Option<&Path>, json: bool) -> Outcome {
+    let config = super::configuration(config)?;
+    let (image, listed) = super::block_on(list(&config, reference))?;
+    if json {
+        let doc = serde_json::json!({"image": image, "evidence": listed});
+        println!("{doc:#}");
+    } else {
+        print!("{}", render(&image, &listed));
     }
+    Ok(Exit::Ok)
 }
 
 /// The store directory: `--store`, else the config's `attestationStore`.
@@ -96,8 +80,11 @@ pub struct Imported {
 /// Valid means: it parses, its payload names a digest, its `resourceUri`
 /// agrees with the payload, and its signature verifies with the key of an
 /// attestor in `policy` whose key id is the occurrence's `publicKeyId`.
-pub fn import(policy: &Policy, input: &[u8], dir: &Path) -> Result<Imported, String> {
-    let values = split_occurrences(input)?;
+///
+/// An input that is not occurrences, or holds an invalid one, is
+/// [`CliError::invalid`]; failing to write the store is [`CliError::error`].
+pub fn import(policy: &Policy, input: &[u8], dir: &Path) -> Result<Imported, CliError> {
+    let values = split_occurrences(input).map_err(CliError::invalid)?;
     let mut checked = Vec::new();
     let mut problems = Vec::new();
     for (i, value) in values.iter().enumerate() {
@@ -111,19 +98,21 @@ pub fn import(policy: &Policy, input: &[u8], dir: &Path) -> Result<Imported, Str
         }
     }
     if !problems.is_empty() {
-        return Err(format!(
+        return Err(CliError::invalid(format!(
             "nothing imported; {} of {} occurrences are invalid:\n  {}",
             problems.len(),
             values.len(),
             problems.join("\n  ")
-        ));
+        )));
     }
     let target = dir.join("binauthz");
-    std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+    std::fs::create_dir_all(&target)
+        .map_err(|e| CliError::error(format!("{}: {e}", target.display())))?;
     let mut files = Vec::new();
     let mut digests: Vec<String> = Vec::new();
     for (digest, value) in checked {
-        let mut text = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+        let mut text =
+            serde_json::to_vec_pretty(value).map_err(|e| CliError::error(e.to_string()))?;
         text.push(b'\n');
         // Named by content: importing the same occurrence twice writes one
         // file.
@@ -134,7 +123,7 @@ pub fn import(policy: &Policy, input: &[u8], dir: &Path) -> Result<Imported, Str
             &id.hex()[..16]
         );
         let path = target.join(&name);
-        write_atomically(&path, &text)?;
+        write_atomically(&path, &text).map_err(CliError::error)?;
         files.push(path);
         if !digests.contains(&digest.to_string()) {
             digests.push(digest.to_string());

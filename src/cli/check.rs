@@ -2,31 +2,27 @@
 //! prints their summary and the policy's warnings.
 
 use std::path::Path;
-use std::process::ExitCode;
 
-/// Runs `portcullis check`.
-pub fn run(config: Option<&Path>) -> ExitCode {
-    match super::load(config) {
-        Ok(config) => match config.compile_policy() {
-            Ok(policy) => {
-                print!(
-                    "configuration is valid\n{}{}",
-                    config.summary(),
-                    policy.summary()
-                );
-                for warning in config.policy_warnings(&policy) {
-                    eprintln!("warning: {warning}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+use super::{CliError, Exit, Outcome};
+use crate::config::ConfigError;
+
+/// Runs `portcullis check`: exit 1 when the configuration or its policy
+/// is invalid, 2 when the file cannot be read.
+pub fn run(config: Option<&Path>) -> Outcome {
+    let config = super::load(config).map_err(|e| match e {
+        ConfigError::Read { .. } => CliError::error(e.to_string()),
+        _ => CliError::invalid(e.to_string()),
+    })?;
+    let policy = config
+        .compile_policy()
+        .map_err(|e| CliError::invalid(e.to_string()))?;
+    print!(
+        "configuration is valid\n{}{}",
+        config.summary(),
+        policy.summary()
+    );
+    for warning in config.policy_warnings(&policy) {
+        eprintln!("warning: {warning}");
     }
+    Ok(Exit::Ok)
 }

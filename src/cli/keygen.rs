@@ -1,26 +1,20 @@
 //! `portcullis keygen`: a P-256 key pair for signing.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
 
+use super::{CliError, Exit, Outcome};
+
 /// Runs `portcullis keygen`.
-pub fn run(key: &Path, public: &Path) -> ExitCode {
-    match keygen(key, public) {
-        Ok(()) => {
-            println!(
-                "wrote private key {} (mode 0600) and public key {}",
-                key.display(),
-                public.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+pub fn run(key: &Path, public: &Path) -> Outcome {
+    keygen(key, public).map_err(CliError::error)?;
+    println!(
+        "wrote private key {} (mode 0600) and public key {}",
+        key.display(),
+        public.display()
+    );
+    Ok(Exit::Ok)
 }
 
 /// `portcullis keygen`: a P-256 key pair, private key PKCS#8 PEM (mode

@@ -2,35 +2,18 @@
 //! proxy ([`crate::app::serve`]) until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
+use super::{CliError, Exit, Outcome};
 use crate::telemetry::{self, LogFormat};
 
-/// Runs `portcullis serve`.
-pub fn run(config: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
+/// Runs `portcullis serve` until SIGTERM or SIGINT.
+pub fn run(config: Option<PathBuf>, log_format: LogFormat) -> Outcome {
     telemetry::init(log_format);
-    let config_path = config.clone();
-    let config = match super::load(config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("invalid configuration: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(crate::app::serve(config, config_path, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    let loaded = super::configuration(config.as_deref())?;
+    super::runtime()?
+        .block_on(crate::app::serve(loaded, config, shutdown_signal()))
+        .map_err(|e| CliError::error(e.to_string()))?;
+    Ok(Exit::Ok)
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -39,12 +22,12 @@ async fn shutdown_signal() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("cannot watch SIGTERM: {e}");
+            tracing::error!(target: super::LOG_TARGET, "cannot watch SIGTERM: {e}");
             return std::future::pending().await;
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!(target: super::LOG_TARGET, "SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(target: super::LOG_TARGET, "SIGINT received"),
     }
 }

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::ExitCode;
 
 use bytes::Bytes;
 
 use super::registry::{
     append_layer, read_signing_key, resolve, sign_base64, ArtifactLayer, RegistryOptions,
 };
+use super::{Exit, Outcome};
 use crate::oci::Digest;
 use crate::verify::cosign::{SIGNATURE_ANNOTATION, SIMPLE_SIGNING};
 use crate::verify::simple_signing::cosign_payload;
@@ -20,19 +20,10 @@ pub fn run(
     key: &Path,
     annotations: &[(String, String)],
     options: &RegistryOptions,
-) -> ExitCode {
-    let result =
-        super::runtime().and_then(|rt| rt.block_on(sign(reference, key, annotations, options)));
-    match result {
-        Ok(digest) => {
-            println!("signed {reference} ({digest})");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+) -> Outcome {
+    let digest = super::block_on(sign(reference, key, annotations, options))?;
+    println!("signed {reference} ({digest})");
+    Ok(Exit::Ok)
 }
 
 /// `portcullis sign`: resolves `reference` at its registry and appends a

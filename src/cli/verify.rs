@@ -2,33 +2,24 @@
 //! against the live upstream the way the proxy does, explained.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use super::explain::explain;
 use super::image::resolve_upstream;
+use super::{Exit, Outcome};
 use crate::config::Config;
 use crate::policy::Decision;
 
 /// Runs `portcullis verify`: exit 0 when the image would be served, 1
 /// when it would be denied, 2 when it could not be evaluated.
-pub fn run(reference: &str, config: Option<&Path>) -> ExitCode {
-    let result = super::load(config)
-        .map_err(|e| format!("invalid configuration: {e}"))
-        .and_then(|config| super::runtime().and_then(|rt| rt.block_on(verify(&config, reference))));
-    match result {
-        Ok((decision, text)) => {
-            print!("{text}");
-            if decision.serves() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+pub fn run(reference: &str, config: Option<&Path>) -> Outcome {
+    let config = super::configuration(config)?;
+    let (decision, text) = super::block_on(verify(&config, reference))?;
+    print!("{text}");
+    Ok(if decision.serves() {
+        Exit::Ok
+    } else {
+        Exit::Denied
+    })
 }
 
 /// `portcullis verify`: evaluates the policy for `reference` against the

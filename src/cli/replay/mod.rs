@@ -26,9 +26,9 @@
 //! `dryrun-deny` and `breakglass` were served.
 
 use std::path::Path;
-use std::process::ExitCode;
 use std::sync::Arc;
 
+use super::{Exit, Outcome};
 use crate::audit::record::DecisionRecord;
 use crate::config::Config;
 use crate::policy::{Decision, Rule, Verdict};
@@ -52,30 +52,16 @@ pub struct ReplayOptions {
 }
 
 /// Runs `portcullis policy replay`: the report as text, or as JSON with
-/// `json`.
-pub fn run(audit: &Path, config: &Path, options: ReplayOptions, json: bool) -> ExitCode {
-    let config = match Config::load(config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = crate::cli::runtime().and_then(|rt| rt.block_on(replay(audit, &config, options)));
-    match result {
-        Ok(report) => {
-            if json {
-                println!("{}", report.to_json());
-            } else {
-                print!("{}", report.render());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+/// `json`. Changes or not, a printed report is exit 0.
+pub fn run(audit: &Path, config: &Path, options: ReplayOptions, json: bool) -> Outcome {
+    let config = super::configuration(Some(config))?;
+    let report = super::block_on(replay(audit, &config, options))?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render());
     }
+    Ok(Exit::Ok)
 }
 
 /// Replays the audit trail at `audit` against `config`'s policy.
