@@ -2,7 +2,7 @@
 //! top layer: it may use anything in the library, and nothing in the
 //! library uses it.
 //!
-//! [`args`] holds what clap parses; [`run`] hands each command to its
+//! `args.rs` holds what clap parses; [`run`] hands each command to its
 //! module, which does the work and prints the outcome, and turns how it
 //! ended into the exit code. [`Exit`] is the one exit-code policy:
 //!
