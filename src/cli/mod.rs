@@ -2,9 +2,10 @@
 //! top layer: it may use anything in the library, and nothing in the
 //! library uses it.
 //!
-//! `args.rs` holds what clap parses; [`run`] hands each command to its
-//! module, which does the work and prints the outcome, and turns how it
-//! ended into the exit code. [`Exit`] is the one exit-code policy:
+//! `args.rs` holds what clap parses. [`run`] hands each command to its
+//! module (which does the work and prints the result), reports the error
+//! if there is one, and turns how the command ended into the exit code.
+//! [`Exit`] is the one exit-code policy:
 //!
 //! | code | meaning |
 //! |------|---------|
