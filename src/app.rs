@@ -126,13 +126,16 @@ pub fn policy_warnings(config: &Config, policy: &Policy) -> Vec<String> {
 }
 
 /// A proxy whose decisions go to metrics and the recent list only (no
-/// audit file, no alerts): what one-shot commands use. Prepares `config`
-/// itself.
-pub fn build_quiet(config: &Config) -> Result<App, SetupError> {
-    let prepared = prepare(config.clone()).map_err(|e| SetupError::Policy(e.to_string()))?;
+/// audit file, no alerts): what one-shot commands use.
+pub fn build_quiet(prepared: Prepared) -> Result<App, SetupError> {
     let metrics = Arc::new(Metrics::new());
     let observer = Arc::new(Observer::new(metrics, None, None));
-    build(config, prepared.policy, prepared.break_glass, observer)
+    build(
+        &prepared.config,
+        prepared.policy,
+        prepared.break_glass,
+        observer,
+    )
 }
 
 /// The proxy for `config`, with its compiled `policy` and `break_glass`,

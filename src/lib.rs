@@ -7,6 +7,12 @@
 //! the layers below it in this list; errors are typed per layer and turned
 //! into OCI error responses in exactly one place ([`error::ApiError`]).
 //!
+//! - [`cli`]: the `portcullis` command line, the top layer: the clap
+//!   definitions, one module per command (`serve`, `check`, `keygen`,
+//!   `sign`, `attest`, `verify`, `attestations import` and `list`, `policy
+//!   replay`: what a candidate policy would change for the pulls an audit
+//!   trail recorded) and the one exit-code policy. It may use every module
+//!   below; none of them uses it.
 //! - [`config`]: the YAML configuration: parsing, validation, defaults, one
 //!   file per section (the policy, alerts and break-glass shapes included)
 //!   and the one duration parser. A leaf (it uses only [`oci`]); owns
@@ -51,27 +57,22 @@
 //!   on, and [`oci::manifest`] decides once what a manifest is.
 //! - [`error`]: OCI error codes and the wire envelope.
 //! - [`telemetry`]: logging setup; [`reload`]: policy hot reload (SIGHUP,
-//!   file changes); [`commands`]: the one-shot CLI commands (`keygen`,
-//!   `sign`, `attest`, `verify`); [`attestations`]: `attestations import`
-//!   and `list`; [`replay`]: `policy replay`, what a candidate policy would
-//!   change for the pulls an audit trail recorded.
+//!   file changes).
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod alerts;
 pub mod app;
-pub mod attestations;
 pub mod audit;
 pub mod breakglass;
-pub mod commands;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod metrics;
 pub mod oci;
 pub mod policy;
 pub mod reload;
-pub mod replay;
 pub mod routing;
 pub mod serve;
 pub mod server;

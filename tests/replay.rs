@@ -22,8 +22,8 @@ use common::content;
 use common::registry::Registry;
 use common::trust::{self, KeyPair, TrustConfig, ATTESTOR, MANIFEST_ACCEPT, PORTCULLIS};
 use common::Proxy;
+use portcullis::cli::replay::{self, Change, ReplayOptions, ReplayReport};
 use portcullis::config::Config;
-use portcullis::replay::{self, Change, ReplayOptions, ReplayReport};
 
 const DEFAULT: &str = "default admission rule";
 

@@ -7,11 +7,46 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::{CliError, Exit, Outcome};
+use crate::app::Prepared;
 use crate::config::Config;
 use crate::oci::Digest;
 use crate::policy::{Check, Evidence, Policy, SignedIdentity};
 use crate::verify::binauthz::{self, Occurrence};
 use crate::verify::simple_signing::{self, Subject};
+
+/// Runs `portcullis attestations import`: all or nothing; exit 1 when an
+/// occurrence is invalid, 2 when the store, the configuration or the file
+/// cannot be used.
+pub fn run_import(file: &Path, config: Option<&Path>, store: Option<&Path>) -> Outcome {
+    let prepared = super::configuration(config)?;
+    let dir = store_dir(Some(&prepared.config), store).map_err(CliError::error)?;
+    let policy = prepared.policy;
+    let input = std::fs::read(file)
+        .map_err(|e| CliError::error(format!("cannot read {}: {e}", file.display())))?;
+    let done = import(&policy, &input, &dir)?;
+    println!(
+        "imported {} occurrence(s) into {} for {}",
+        done.files.len(),
+        dir.display(),
+        done.digests.join(", ")
+    );
+    Ok(Exit::Ok)
+}
+
+/// Runs `portcullis attestations list`: the listing as text, or as JSON
+/// with `json`.
+pub fn run_list(reference: &str, config: Option<&Path>, json: bool) -> Outcome {
+    let prepared = super::configuration(config)?;
+    let (image, listed) = super::block_on(list(prepared, reference))?;
+    if json {
+        let doc = serde_json::json!({"image": image, "evidence": listed});
+        println!("{doc:#}");
+    } else {
+        print!("{}", render(&image, &listed));
+    }
+    Ok(Exit::Ok)
+}
 
 /// The store directory: `--store`, else the config's `attestationStore`.
 pub fn store_dir(config: Option<&Config>, store: Option<&Path>) -> Result<PathBuf, String> {
@@ -44,8 +79,11 @@ pub struct Imported {
 /// Valid means: it parses, its payload names a digest, its `resourceUri`
 /// agrees with the payload, and its signature verifies with the key of an
 /// attestor in `policy` whose key id is the occurrence's `publicKeyId`.
-pub fn import(policy: &Policy, input: &[u8], dir: &Path) -> Result<Imported, String> {
-    let values = split_occurrences(input)?;
+///
+/// An input that is not occurrences, or holds an invalid one, is
+/// [`CliError::invalid`]; failing to write the store is [`CliError::error`].
+pub fn import(policy: &Policy, input: &[u8], dir: &Path) -> Result<Imported, CliError> {
+    let values = split_occurrences(input).map_err(CliError::invalid)?;
     let mut checked = Vec::new();
     let mut problems = Vec::new();
     for (i, value) in values.iter().enumerate() {
@@ -59,19 +97,21 @@ pub fn import(policy: &Policy, input: &[u8], dir: &Path) -> Result<Imported, Str
         }
     }
     if !problems.is_empty() {
-        return Err(format!(
+        return Err(CliError::invalid(format!(
             "nothing imported; {} of {} occurrences are invalid:\n  {}",
             problems.len(),
             values.len(),
             problems.join("\n  ")
-        ));
+        )));
     }
     let target = dir.join("binauthz");
-    std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+    std::fs::create_dir_all(&target)
+        .map_err(|e| CliError::error(format!("{}: {e}", target.display())))?;
     let mut files = Vec::new();
     let mut digests: Vec<String> = Vec::new();
     for (digest, value) in checked {
-        let mut text = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+        let mut text =
+            serde_json::to_vec_pretty(value).map_err(|e| CliError::error(e.to_string()))?;
         text.push(b'\n');
         // Named by content: importing the same occurrence twice writes one
         // file.
@@ -82,7 +122,7 @@ pub fn import(policy: &Policy, input: &[u8], dir: &Path) -> Result<Imported, Str
             &id.hex()[..16]
         );
         let path = target.join(&name);
-        write_atomically(&path, &text)?;
+        write_atomically(&path, &text).map_err(CliError::error)?;
         files.push(path);
         if !digests.contains(&digest.to_string()) {
             digests.push(digest.to_string());
@@ -261,8 +301,8 @@ pub fn render(image: &str, listed: &[Listed]) -> String {
 /// `portcullis attestations list <ref>`: every piece of evidence found for
 /// the image, checked for every attestor of the policy. Returns the image
 /// (`<registry>/<repository>@<digest>`) and the listing.
-pub async fn list(config: &Config, reference: &str) -> Result<(String, Vec<Listed>), String> {
-    let resolved = crate::commands::resolve_upstream(config, reference).await?;
+pub async fn list(prepared: Prepared, reference: &str) -> Result<(String, Vec<Listed>), String> {
+    let resolved = super::image::resolve_upstream(prepared, reference).await?;
     let per_attestor = resolved
         .app
         .verifier

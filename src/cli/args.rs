@@ -1,0 +1,171 @@
+//! The command line as clap reads it: every command, its arguments and
+//! their help text (a public contract: names, flags and wording stay as
+//! they are). [`super::run`] dispatches a parsed [`Cli`].
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use super::registry::RegistryOptions;
+use crate::telemetry::LogFormat;
+
+/// A pull-through OCI registry proxy that only serves images your policy
+/// trusts.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// The commands; each variant's doc comment is its help text.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Configuration file; without it, the embedded default
+        /// (config/portcullis.yaml: 127.0.0.1:5000 mirroring Docker Hub).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a configuration and print a summary; exit 1 if invalid.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Generate a P-256 key pair for signing (private key mode 0600).
+    Keygen {
+        /// Where to write the private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the public key (SPKI PEM), for an attestor.
+        #[arg(long = "pub")]
+        public: PathBuf,
+    },
+    /// Sign an image the way `cosign sign --key` does: resolve it at its
+    /// registry and append a signature to its sha256-<hex>.sig manifest.
+    Sign {
+        /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
+        reference: String,
+        #[arg(long)]
+        key: PathBuf,
+        /// Talk plain HTTP to the registry.
+        #[arg(long)]
+        insecure: bool,
+        /// Extra signed annotation k=v (repeatable); goes into `optional`.
+        #[arg(long = "annotation", short = 'a', value_parser = parse_annotation)]
+        annotations: Vec<(String, String)>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// A token endpoint on another host that may receive the
+        /// credentials (e.g. https://auth.docker.io/token); repeatable.
+        #[arg(long = "token-realm")]
+        token_realms: Vec<String>,
+    },
+    /// Attest an image the way `cosign attest --key` does: resolve it at its
+    /// registry and append a signed in-toto statement (a DSSE envelope) to
+    /// its sha256-<hex>.att manifest.
+    Attest {
+        /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
+        reference: String,
+        /// The private key (PKCS#8 PEM, as `portcullis keygen` writes it).
+        #[arg(long)]
+        key: PathBuf,
+        /// The predicate: a file holding one JSON object, e.g. SLSA provenance.
+        #[arg(long)]
+        predicate: PathBuf,
+        /// Predicate type: a URI, or one of cosign's shorthands (custom,
+        /// slsaprovenance, slsaprovenance02, slsaprovenance1, spdx, spdxjson,
+        /// cyclonedx, vuln, openvex, link).
+        #[arg(long = "type", default_value = "custom")]
+        predicate_type: String,
+        #[command(flatten)]
+        registry: RegistryOptions,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Evidence kept outside the registry: the attestation store.
+    Attestations {
+        #[command(subcommand)]
+        command: AttestationsCommand,
+    },
+    /// Evaluate the policy for an image against the live upstream and
+    /// explain the decision. Exit 0 allow, 1 deny, 2 error.
+    Verify {
+        /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
+        reference: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+// `portcullis attestations …`.
+#[derive(Subcommand)]
+pub enum AttestationsCommand {
+    /// Validate Binary Authorization occurrences (the JSON of `gcloud
+    /// container binauthz attestations list --format=json`, or its YAML)
+    /// and copy them into the attestation store. All or nothing; exit 1
+    /// if any is invalid.
+    Import {
+        /// The occurrences file.
+        file: PathBuf,
+        /// The configuration: its attestors validate the signatures, and
+        /// its `attestationStore.path` is where they go.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The store directory, instead of the config's.
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Show every piece of evidence found for an image (cosign tags,
+    /// referrers, the attestation store), where it came from, and whether
+    /// it verified for each attestor.
+    List {
+        /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
+        reference: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+// `portcullis policy …`.
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Re-evaluate the pulls recorded in an audit trail against a candidate
+    /// configuration and print what would change.
+    Replay {
+        /// The audit trail (JSON lines, as written by `audit.path`).
+        #[arg(long)]
+        audit: PathBuf,
+        /// The candidate configuration (its policy and attestors are used).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Use only the evidence recorded in the audit trail; no network.
+        #[arg(long)]
+        offline: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--annotation k=v`: a key (not empty) and a value.
+fn parse_annotation(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
