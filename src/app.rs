@@ -24,7 +24,7 @@ use crate::audit::Observer;
 use crate::breakglass::BreakGlass;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::policy::Policy;
+use crate::policy::{Policy, Rule};
 use crate::routing::Router;
 use crate::serve::{App, Parts};
 use crate::server::{self, Connections, Listeners, Settings};
@@ -268,7 +268,7 @@ pub async fn serve(
 fn log_policy(config: &Config, app: &App) {
     let policy = app.verifier.policy();
     if policy.configured {
-        for line in policy.summary().lines() {
+        for line in policy_summary(&policy).lines() {
             tracing::info!("{line}");
         }
         for warning in policy_warnings(config, &policy) {
@@ -279,6 +279,52 @@ fn log_policy(config: &Config, app: &App) {
             "NO POLICY CONFIGURED: every image is served without any signature check (ALWAYS_ALLOW)"
         );
     }
+}
+
+/// The policy in a few lines, for `portcullis check` and the startup log.
+pub fn policy_summary(policy: &Policy) -> String {
+    if !policy.configured {
+        return "policy: NONE — every image is served unchecked (ALWAYS_ALLOW). \
+                Add a policy: section to enforce signatures.\n"
+            .to_owned();
+    }
+    let mut out = format!("policy revision {}\n", policy.revision);
+    for p in policy.allowlist() {
+        out.push_str(&format!("  allowlist: {}\n", p.as_str()));
+    }
+    let describe = |r: &Rule| {
+        let mut s = format!("{} / {}", r.evaluation, r.enforcement);
+        if !r.attestors.is_empty() {
+            s.push_str(&format!(" by [{}]", r.attestors.join(", ")));
+        }
+        s
+    };
+    for (p, r) in policy.repository_rules() {
+        out.push_str(&format!("  rule {}: {}\n", p.as_str(), describe(r)));
+    }
+    out.push_str(&format!(
+        "  default rule: {}\n",
+        describe(policy.default_rule())
+    ));
+    for a in policy.attestors_by_name() {
+        let keys: Vec<String> = a
+            .keys
+            .iter()
+            .map(|k| format!("{} ({})", k.id, k.key.algorithm().name()))
+            .collect();
+        out.push_str(&format!("  attestor {}: keys {}", a.name, keys.join(", ")));
+        if let Some(repo) = &a.signature_repository {
+            out.push_str(&format!(", signatures in {repo}"));
+        }
+        out.push('\n');
+    }
+    for note in &policy.ignored {
+        out.push_str(&format!("  ignored: {note}\n"));
+    }
+    for note in &policy.rewritten {
+        out.push_str(&format!("  canonical name: {note}\n"));
+    }
+    out
 }
 
 #[cfg(test)]

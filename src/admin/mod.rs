@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::audit::Query;
 use crate::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+use crate::policy::{Policy, Rule};
 use crate::serve::{body_from, App, ProxyBody};
 
 /// The dashboard page.
@@ -169,7 +170,7 @@ pub async fn handle<B>(
                 .clamp(1, 24 * 60);
             json(&serde_json::to_value(app.observer.summary(minutes)).unwrap_or_default())
         }
-        "/-/api/policy" => json(&app.verifier.policy().describe()),
+        "/-/api/policy" => json(&describe_policy(&app.verifier.policy())),
         "/-/ui" | "/-/ui/" => {
             let page = match token {
                 None => Bytes::from_static(UI.as_bytes()),
@@ -231,6 +232,34 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The policy as data, for `/-/api/policy` and the dashboard.
+fn describe_policy(policy: &Policy) -> serde_json::Value {
+    let rule = |r: &Rule| {
+        serde_json::json!({
+            "scope": r.source.to_string(),
+            "evaluationMode": r.evaluation.to_string(),
+            "enforcementMode": r.enforcement.to_string(),
+            "requireAttestationsBy": r.attestors,
+        })
+    };
+    serde_json::json!({
+        "configured": policy.configured,
+        "revision": policy.revision,
+        "allowlist": policy.allowlist().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "repositoryRules": policy.repository_rules().map(|(_, r)| rule(r)).collect::<Vec<_>>(),
+        "defaultRule": rule(policy.default_rule()),
+        "attestors": policy.attestors_by_name().iter().map(|a| serde_json::json!({
+            "name": a.name,
+            "keys": a.keys.iter().map(|k| serde_json::json!({
+                "id": k.id,
+                "algorithm": k.key.algorithm().name(),
+            })).collect::<Vec<_>>(),
+            "signatureRepository": a.signature_repository,
+        })).collect::<Vec<_>>(),
+        "ignored": policy.ignored,
+    })
 }
 
 #[cfg(test)]

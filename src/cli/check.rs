@@ -16,7 +16,7 @@ pub fn run(config: Option<&Path>) -> Outcome {
     print!(
         "configuration is valid\n{}{}",
         prepared.config.summary(),
-        prepared.policy.summary()
+        crate::app::policy_summary(&prepared.policy)
     );
     for warning in prepared.policy_warnings() {
         eprintln!("warning: {warning}");

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::policy::{PkixKeyDoc, PublicKeyDoc};
+use crate::config::policy::{AttestorDoc, PkixKeyDoc, PolicyDoc, PublicKeyDoc};
 use p256::pkcs8::EncodePublicKey;
 
 fn key_pem() -> String {
@@ -65,8 +65,8 @@ fn binauthz_export_loads_and_reports_ignored_fields() {
         RuleSource::Allowlist("gcr.io/google_containers/*".into())
     );
     assert_eq!(p.ignored.len(), 2, "{:?}", p.ignored);
-    assert!(p.summary().contains("clusterAdmissionRules"));
-    assert!(p.summary().contains("globalPolicyEvaluationMode"));
+    assert!(crate::app::policy_summary(&p).contains("clusterAdmissionRules"));
+    assert!(crate::app::policy_summary(&p).contains("globalPolicyEvaluationMode"));
 }
 
 #[test]
@@ -188,7 +188,7 @@ fn docker_hub_spellings_match_canonical_names() {
             p.rewritten
         );
         if written != "docker.io/library/nginx" {
-            assert!(p.summary().contains(&format!(
+            assert!(crate::app::policy_summary(&p).contains(&format!(
                 "{written:?} is read as \"docker.io/library/nginx\""
             )));
         }
@@ -442,7 +442,7 @@ fn revision_changes_with_keys() {
 #[test]
 fn no_policy_is_loud() {
     let p = Policy::allow_all();
-    assert!(p.summary().contains("NONE"));
+    assert!(crate::app::policy_summary(&p).contains("NONE"));
     let d = evaluate(&p.rule_for("x/y"), &HashMap::new());
     assert_eq!(d.verdict, Verdict::Exempt);
 }
