@@ -159,8 +159,8 @@ fn build(
         .with_timeouts(config.timeouts)
         .with_limits(&config.limits);
     if let Some(store) = &config.attestation_store {
-        let store =
-            crate::verify::store::Store::open(&store.path).map_err(SetupError::AttestationStore)?;
+        let store = crate::verify::sources::store::Store::open(&store.path)
+            .map_err(SetupError::AttestationStore)?;
         verifier = verifier.with_store(Arc::new(store));
     }
     let parts = Parts {

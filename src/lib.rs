@@ -33,11 +33,11 @@
 //! - [`verify`]: whether a manifest may be served: policy rule, evidence
 //!   lookup, verdict cache, admitted children and blobs. Only it can
 //!   produce the `Admission` that serving requires. Evidence sources:
-//!   cosign `.sig`/`.att` tags ([`verify::cosign`]), OCI 1.1 referrers
-//!   ([`verify::referrers`]) and the local attestation store
-//!   ([`verify::store`]); formats are checked by pure modules
-//!   ([`verify::simple_signing`], [`verify::dsse`], [`verify::bundle`],
-//!   [`verify::binauthz`]) and matched to attestors in [`verify::evidence`].
+//!   cosign `.sig`/`.att` tags ([`verify::sources::cosign`]), OCI 1.1 referrers
+//!   ([`verify::sources::referrers`]) and the local attestation store
+//!   ([`verify::sources::store`]); formats are checked by pure modules
+//!   ([`verify::formats::simple_signing`], [`verify::formats::dsse`], [`verify::formats::bundle`],
+//!   [`verify::formats::binauthz`]) and matched to attestors in [`verify::evidence`].
 //!   `verify::artifact` decides when a manifest is served as evidence
 //!   (never from its labels); [`verify::budget`] bounds what evidence
 //!   reads cost, per verification and in total.

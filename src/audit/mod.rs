@@ -107,27 +107,9 @@ impl Decided {
         }
     }
 
-    /// The full record, as [`DecisionRecord::new`] makes it, stamped with
-    /// the time of the decision.
+    /// The full record ([`DecisionRecord::of`]).
     pub fn to_record(&self) -> DecisionRecord {
-        let mut record = DecisionRecord::new(
-            &self.client,
-            self.subject,
-            &self.reference,
-            self.tag.as_deref(),
-            &self.digest.to_string(),
-            &self.decision,
-            self.message(),
-            self.cache_hit,
-            self.latency,
-        );
-        record.time = record::rfc3339(self.at);
-        if let Some(used) = &self.break_glass {
-            record.verdict = RecordedVerdict::Breakglass;
-            record.identity = Some(used.identity().to_owned());
-            record.break_glass_justification = Some(used.justification().to_owned());
-        }
-        record
+        DecisionRecord::of(self)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Check, Decision, Verdict};
+use crate::policy::{AttestorResult, Check, Decision, Verdict};
 
 /// Who asked, as the serving layer saw it.
 #[derive(Debug, Clone, Default)]
@@ -172,63 +172,61 @@ fn check_name(check: &Check) -> &'static str {
 }
 
 impl DecisionRecord {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: &Client,
-        subject: Subject,
-        reference: &str,
-        tag: Option<&str>,
-        digest: &str,
-        decision: &Decision,
-        message: String,
-        cache_hit: bool,
-        latency: Duration,
-    ) -> DecisionRecord {
+    /// The record of a decision as it was applied, stamped with the time
+    /// it was made; a break-glass serve records who broke the glass and
+    /// why, as part of the decision (never patched in afterwards).
+    pub fn of(decided: &super::Decided) -> DecisionRecord {
+        let client = &decided.client;
+        let decision = &decided.decision;
+        let break_glass = decided.break_glass.as_ref();
         DecisionRecord {
-            time: rfc3339(SystemTime::now()),
+            time: rfc3339(decided.at),
             request_id: client.request_id,
             client_addr: client.addr.map(|a| a.to_string()),
             user_agent: client.user_agent.clone(),
-            identity: client.identity.clone(),
-            subject,
-            reference: reference.to_owned(),
-            tag: tag.map(str::to_owned),
-            digest: digest.to_owned(),
+            identity: match break_glass {
+                Some(used) => Some(used.identity().to_owned()),
+                None => client.identity.clone(),
+            },
+            subject: decided.subject,
+            reference: decided.reference.clone(),
+            tag: decided.tag.clone(),
+            digest: decided.digest.to_string(),
             rule: decision.rule.to_string(),
             evaluation_mode: decision.evaluation.to_string(),
             enforcement_mode: decision.enforcement.to_string(),
-            verdict: (&decision.verdict).into(),
+            verdict: decided.verdict(),
             reason_category: reason_category(decision).to_owned(),
-            reason: message,
-            attestors: decision
-                .attestors
-                .iter()
-                .map(|a| AttestorRecord {
-                    name: a.name.clone(),
-                    satisfied: a.satisfied,
-                    summary: a.summary(),
-                    evidence: a
-                        .evidence
-                        .iter()
-                        .map(|e| EvidenceRecord {
-                            kind: Some(e.kind.as_str().to_owned()),
-                            source: e.source.clone(),
-                            predicate_type: e.predicate_type.clone(),
-                            note: e.note.clone(),
-                            result: check_name(&e.check).to_owned(),
-                            detail: e.check.describe(),
-                            key_id: match &e.check {
-                                Check::Valid { key_id } => Some(key_id.clone()),
-                                _ => None,
-                            },
-                        })
-                        .collect(),
-                })
-                .collect(),
-            cache_hit,
-            latency_ms: latency.as_secs_f64() * 1000.0,
-            break_glass_justification: None,
+            reason: decided.message(),
+            attestors: decision.attestors.iter().map(attestor_record).collect(),
+            cache_hit: decided.cache_hit,
+            latency_ms: decided.latency.as_secs_f64() * 1000.0,
+            break_glass_justification: break_glass.map(|used| used.justification().to_owned()),
         }
+    }
+}
+
+fn attestor_record(a: &AttestorResult) -> AttestorRecord {
+    AttestorRecord {
+        name: a.name.clone(),
+        satisfied: a.satisfied,
+        summary: a.summary(),
+        evidence: a
+            .evidence
+            .iter()
+            .map(|e| EvidenceRecord {
+                kind: Some(e.kind.as_str().to_owned()),
+                source: e.source.clone(),
+                predicate_type: e.predicate_type.clone(),
+                note: e.note.clone(),
+                result: check_name(&e.check).to_owned(),
+                detail: e.check.describe(),
+                key_id: match &e.check {
+                    Check::Valid { key_id } => Some(key_id.clone()),
+                    _ => None,
+                },
+            })
+            .collect(),
     }
 }
 

@@ -14,8 +14,8 @@ use super::registry::{
 };
 use super::{Exit, Outcome};
 use crate::oci::{Algorithm, Digest};
-use crate::verify::cosign::{DSSE_ENVELOPE, MAX_ENVELOPE_BYTES, SIGNATURE_ANNOTATION};
-use crate::verify::dsse::{pae, IN_TOTO_PAYLOAD_TYPE};
+use crate::verify::formats::dsse::{pae, IN_TOTO_PAYLOAD_TYPE};
+use crate::verify::sources::cosign::{DSSE_ENVELOPE, MAX_ENVELOPE_BYTES, SIGNATURE_ANNOTATION};
 
 /// Runs `portcullis attest`.
 pub fn run(

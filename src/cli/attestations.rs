@@ -12,8 +12,8 @@ use crate::app::Prepared;
 use crate::config::Config;
 use crate::oci::Digest;
 use crate::policy::{Check, Evidence, Policy, SignedIdentity};
-use crate::verify::binauthz::{self, Occurrence};
-use crate::verify::simple_signing::{self, Subject};
+use crate::verify::formats::binauthz::{self, Occurrence};
+use crate::verify::formats::simple_signing::{self, Subject};
 
 /// Runs `portcullis attestations import`: all or nothing; exit 1 when an
 /// occurrence is invalid, 2 when the store, the configuration or the file

@@ -11,8 +11,8 @@ use super::registry::{
 };
 use super::{Exit, Outcome};
 use crate::oci::Digest;
-use crate::verify::cosign::{SIGNATURE_ANNOTATION, SIMPLE_SIGNING};
-use crate::verify::simple_signing::cosign_payload;
+use crate::verify::formats::simple_signing::cosign_payload;
+use crate::verify::sources::cosign::{SIGNATURE_ANNOTATION, SIMPLE_SIGNING};
 
 /// Runs `portcullis sign`.
 pub fn run(

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::admission::{Admission, BlobPermit, Denial, Failed, Outcome};
 use super::cache::{self, Hit, Key, Scope};
-use super::gather::Gathered;
+use super::sources::Gathered;
 use super::{State, Verifier, VerifyError};
 use crate::breakglass::{Attempt, Use};
 use crate::oci::manifest::{Kind, Manifest};

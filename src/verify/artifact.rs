@@ -28,7 +28,9 @@
 //! refused, and the refusal is a decision in the audit trail.
 
 use super::budget::Budget;
-use super::cosign::{DSSE_ENVELOPE, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, SIMPLE_SIGNING};
+use super::sources::cosign::{
+    DSSE_ENVELOPE, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, SIMPLE_SIGNING,
+};
 use super::VerifyError;
 use crate::oci::json::Strict;
 use crate::oci::manifest::{Descriptor, Kind, Reading};
@@ -45,7 +47,7 @@ fn layer_limit(media_type: &str) -> Option<usize> {
     match media_type {
         SIMPLE_SIGNING => Some(MAX_PAYLOAD_BYTES),
         DSSE_ENVELOPE => Some(MAX_ENVELOPE_BYTES),
-        t if super::bundle::is_bundle_media_type(t) => Some(MAX_ENVELOPE_BYTES),
+        t if super::formats::bundle::is_bundle_media_type(t) => Some(MAX_ENVELOPE_BYTES),
         _ => None,
     }
 }
@@ -181,7 +183,7 @@ pub fn content_is(media_type: &str, bytes: &[u8]) -> Result<(), String> {
         _ => {
             doc.get("mediaType")
                 .and_then(Strict::as_str)
-                .is_some_and(super::bundle::is_bundle_media_type)
+                .is_some_and(super::formats::bundle::is_bundle_media_type)
                 && object("verificationMaterial")
         }
     };

@@ -196,16 +196,17 @@ impl Budget {
         let reserved = declared.unwrap_or(MAX_EVIDENCE_MANIFEST_BYTES as u64);
         self.reserve(reserved, what).await?;
         let _slot = self.fetch_slot().await?;
-        let bytes = super::cosign::read_bounded(response.into_body(), reserved as usize, what)
-            .await
-            .map_err(|e| match declared {
-                // Longer than it said, or than any evidence manifest.
-                None => VerifyError::Limit(format!(
-                    "evidence exceeds limits: {what} is larger than \
+        let bytes =
+            super::sources::cosign::read_bounded(response.into_body(), reserved as usize, what)
+                .await
+                .map_err(|e| match declared {
+                    // Longer than it said, or than any evidence manifest.
+                    None => VerifyError::Limit(format!(
+                        "evidence exceeds limits: {what} is larger than \
                      {MAX_EVIDENCE_MANIFEST_BYTES} bytes"
-                )),
-                Some(_) => e,
-            })?;
+                    )),
+                    Some(_) => e,
+                })?;
         self.refund(reserved.saturating_sub(bytes.len() as u64));
         Ok(bytes)
     }
@@ -236,7 +237,8 @@ impl Budget {
             self.reserve(size, &what).await?;
             let _slot = self.fetch_slot().await?;
             let bytes =
-                super::cosign::fetch_blob(upstream, repository, digest, size as usize).await?;
+                super::sources::cosign::fetch_blob(upstream, repository, digest, size as usize)
+                    .await?;
             self.refund(size.saturating_sub(bytes.len() as u64));
             Ok(bytes)
         })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::admission::Outcome;
 use super::cache::Key;
-use super::gather::{fetch_manifest, Gathered};
+use super::sources::{fetch_manifest, Gathered};
 use super::{artifact, evidence, State, Verifier, VerifyError};
 use crate::oci::manifest::{Manifest, Reading};
 use crate::oci::{Digest, Reference};

@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::bundle::{self, Artifact};
-use super::store::{Content, Item};
-use super::{cosign, dsse, simple_signing};
+use super::formats::bundle::{self, Artifact};
+use super::formats::{dsse, simple_signing};
+use super::sources::cosign;
+use super::sources::store::{Content, Item};
 use crate::oci::Digest;
 use crate::policy::attestation::SIGNATURE_PREDICATE_TYPE;
 use crate::policy::{Attestor, Check, Evidence, EvidenceKind, SignedIdentity};
@@ -138,7 +139,7 @@ fn each<T>(
 
 /// Signatures from a `.sig` tag.
 pub fn from_signatures(
-    found: &[cosign::Found],
+    found: &[cosign::FoundSignature],
     attestor: &Attestor,
     target: &Target<'_>,
 ) -> Vec<Evidence> {

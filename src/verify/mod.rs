@@ -7,8 +7,11 @@
 //!
 //! - The policy ([`crate::policy`]) picks the rule and evaluates evidence
 //!   (pure).
-//! - Evidence comes from [`cosign`] (tag-based `.sig` signatures) and is
-//!   checked by [`simple_signing`] (pure).
+//! - Evidence is fetched by the [`sources`] (I/O: cosign `.sig`/`.att`
+//!   tags, OCI referrers, the local attestation store), read and checked
+//!   by the [`formats`] (pure: simple-signing, DSSE, sigstore bundles,
+//!   BinAuthz occurrences) and matched to attestors by [`evidence`]
+//!   (pure), all within one evidence [`budget`].
 //! - Verdicts are cached by (generation, upstream, repository, digest) —
 //!   never by tag — with separate allow/deny TTLs; the generation changes
 //!   with the policy revision and with the attestation store's evidence.
@@ -22,18 +25,12 @@
 mod admission;
 mod admit;
 mod artifact;
-pub mod binauthz;
 pub mod budget;
-pub mod bundle;
 mod cache;
-pub mod cosign;
 mod decide;
-pub mod dsse;
 pub mod evidence;
-mod gather;
-pub mod referrers;
-pub mod simple_signing;
-pub mod store;
+pub mod formats;
+pub mod sources;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -53,7 +50,7 @@ use crate::routing::Route;
 use crate::upstream::{Upstream, UpstreamError};
 
 pub use admission::{Admission, BlobPermit, Denial, Failed, Outcome};
-pub use gather::{Found, Wants};
+pub use sources::{Collected, Wants};
 
 /// Admitted child manifests and blobs remembered, at most (32 bytes
 /// each). Each admitted image adds its config and layers; this bounds
@@ -116,7 +113,7 @@ pub struct Verifier {
     content: Content,
     flights: Flights<Result<Hit, VerifyError>>,
     /// The local attestation store, when configured.
-    store: Option<Arc<store::Store>>,
+    store: Option<Arc<sources::store::Store>>,
     /// What evidence reads may cost, per verification and in total.
     evidence: budget::EvidenceLimits,
     /// Blobs and child manifests of break-glass admissions, served only to
@@ -246,12 +243,12 @@ impl Verifier {
     }
 
     /// Adds the local attestation store as an evidence source.
-    pub fn with_store(mut self, store: Arc<store::Store>) -> Verifier {
+    pub fn with_store(mut self, store: Arc<sources::store::Store>) -> Verifier {
         self.store = Some(store);
         self
     }
 
-    pub fn store(&self) -> Option<&Arc<store::Store>> {
+    pub fn store(&self) -> Option<&Arc<sources::store::Store>> {
         self.store.as_ref()
     }
 

@@ -10,12 +10,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 
-use super::{budget, cosign, evidence, referrers, simple_signing, State, Verifier, VerifyError};
+pub mod cosign;
+pub mod referrers;
+pub mod store;
+
 use crate::oci::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::oci::Digest;
 use crate::policy::{Attestor, Evidence, Rule};
 use crate::routing::Route;
 use crate::upstream::Upstream;
+use crate::verify::formats::simple_signing;
+use crate::verify::{budget, evidence, State, Verifier, VerifyError};
 
 /// Which tag-based evidence a lookup fetches (referrers are always read).
 #[derive(Debug, Clone, Copy)]
@@ -44,16 +49,16 @@ impl Wants {
 
 /// What one signature location holds for an image.
 #[derive(Default)]
-pub struct Found {
+pub struct Collected {
     /// Simple-signing signatures from the `.sig` tag.
-    pub signatures: Vec<cosign::Found>,
+    pub signatures: Vec<cosign::FoundSignature>,
     /// DSSE envelopes from the `.att` tag.
     pub envelopes: Vec<(String, Result<Bytes, String>)>,
     /// Sigstore bundles attached as referrers.
-    pub bundles: Vec<referrers::Found>,
+    pub bundles: Vec<referrers::FoundBundle>,
 }
 
-impl Found {
+impl Collected {
     /// The evidence this holds for `attestor`: `.sig` signatures for
     /// attestors satisfied by a signature, `.att` envelopes for those that
     /// require attestations, bundles for both.
@@ -72,7 +77,7 @@ impl Found {
 /// evidence there, and the budget the bytes were read under (held until
 /// the evidence is weighed, so the global in-flight budget counts them).
 pub(super) struct Gathered<'p> {
-    pub(super) locations: Vec<(Vec<&'p Attestor>, Found)>,
+    pub(super) locations: Vec<(Vec<&'p Attestor>, Collected)>,
     _budget: Arc<budget::Budget>,
 }
 
@@ -135,7 +140,7 @@ impl Verifier {
         name: &str,
         digest: &Digest,
         wants: Wants,
-    ) -> Result<Found, VerifyError> {
+    ) -> Result<Collected, VerifyError> {
         let signatures = async {
             if !wants.signatures {
                 return Ok(Vec::new());
@@ -163,7 +168,7 @@ impl Verifier {
                 async { tokio::try_join!(signatures, envelopes, bundles) },
             )
             .await?;
-        Ok(Found {
+        Ok(Collected {
             signatures,
             envelopes,
             bundles,

@@ -27,10 +27,10 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::binauthz::{self, Occurrence};
-use super::bundle::{self, Bundle};
-use super::dsse;
-use super::simple_signing::Candidate;
+use crate::verify::formats::binauthz::{self, Occurrence};
+use crate::verify::formats::bundle::{self, Bundle};
+use crate::verify::formats::dsse;
+use crate::verify::formats::simple_signing::Candidate;
 
 /// Largest file indexed; evidence is kilobytes.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;

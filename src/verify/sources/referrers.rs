@@ -14,12 +14,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
-use super::budget::Budget;
-use super::bundle::is_bundle_media_type;
 use super::cosign::MAX_ENVELOPE_BYTES;
-use super::VerifyError;
 use crate::oci::{media, Digest};
 use crate::upstream::{Referrers, Upstream};
+use crate::verify::budget::Budget;
+use crate::verify::formats::bundle::is_bundle_media_type;
+use crate::verify::VerifyError;
 
 /// Referrer manifests examined per image; more is a hostile or broken
 /// upstream, and the rest are reported, not fetched.
@@ -31,7 +31,7 @@ const MAX_BUNDLE_LAYERS: usize = 8;
 const EMPTY_ARTIFACT: &str = "application/vnd.oci.empty.v1+json";
 
 /// A bundle found, or why a referrer could not give one.
-pub type Found = (String, Result<Bytes, String>);
+pub type FoundBundle = (String, Result<Bytes, String>);
 
 struct Index {
     manifests: Vec<Descriptor>,
@@ -69,7 +69,7 @@ pub async fn bundles(
     budget: &Arc<Budget>,
     repository: &str,
     digest: &Digest,
-) -> Result<Vec<Found>, VerifyError> {
+) -> Result<Vec<FoundBundle>, VerifyError> {
     let Some((listing, index)) = list(&upstream, budget, repository, digest).await? else {
         return Ok(Vec::new());
     };

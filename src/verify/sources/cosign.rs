@@ -13,10 +13,10 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 
-use super::budget::Budget;
-use super::simple_signing::Candidate;
-use super::VerifyError;
 use crate::oci::Digest;
+use crate::verify::budget::Budget;
+use crate::verify::formats::simple_signing::Candidate;
+use crate::verify::VerifyError;
 
 use crate::upstream::Upstream;
 
@@ -32,13 +32,13 @@ pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 pub const MAX_SIGNATURE_LAYERS: usize = 64;
 
 /// A candidate, or why the layer could not be one.
-pub type Found = (String, Result<Candidate, String>);
+pub type FoundSignature = (String, Result<Candidate, String>);
 
 /// The layers of an evidence manifest (`.sig`, `.att`, a referrer), read
 /// with the same unambiguous reading as every manifest
 /// ([`crate::oci::json::Strict`]): colliding keys are refused, fields are
 /// found as a Go runtime finds them.
-pub(crate) fn read_layers(bytes: &[u8]) -> Result<Vec<Layer>, String> {
+pub(crate) fn read_layers(bytes: &[u8]) -> Result<Vec<EvidenceLayer>, String> {
     use crate::oci::json::Strict;
     let doc = Strict::parse(bytes).map_err(|e| e.to_string())?;
     if doc.has("manifests") {
@@ -70,7 +70,7 @@ pub(crate) fn read_layers(bytes: &[u8]) -> Result<Vec<Layer>, String> {
                 }
                 Some(_) => return Err("annotations is not an object".into()),
             }
-            Ok(Layer {
+            Ok(EvidenceLayer {
                 media_type: text("mediaType")?,
                 digest: text("digest")?,
                 size: match l.get("size") {
@@ -84,7 +84,7 @@ pub(crate) fn read_layers(bytes: &[u8]) -> Result<Vec<Layer>, String> {
 }
 
 #[derive(Deserialize)]
-pub(crate) struct Layer {
+pub(crate) struct EvidenceLayer {
     #[serde(rename = "mediaType", default)]
     pub media_type: String,
     pub digest: String,
@@ -100,31 +100,58 @@ pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
 /// of SBOM attestation is possible but not something to verify inline).
 pub const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
 
+/// A cosign tag-based artifact: the tag suffix next to the image's
+/// `sha256-<hex>`, the layer media type that holds its evidence and the
+/// largest such layer fetched.
+struct Artifact {
+    suffix: &'static str,
+    media_type: &'static str,
+    limit: usize,
+}
+
+const SIG: Artifact = Artifact {
+    suffix: "sig",
+    media_type: SIMPLE_SIGNING,
+    limit: MAX_PAYLOAD_BYTES,
+};
+
+const ATT: Artifact = Artifact {
+    suffix: "att",
+    media_type: DSSE_ENVELOPE,
+    limit: MAX_ENVELOPE_BYTES,
+};
+
+/// Where a lookup reads: the upstream and repository holding the
+/// artifacts of `digest`, charged to `budget`.
+#[derive(Clone, Copy)]
+struct Site<'a> {
+    upstream: &'a Arc<Upstream>,
+    budget: &'a Arc<Budget>,
+    repository: &'a str,
+    digest: &'a Digest,
+}
+
 /// All simple-signing signatures stored for `digest` in `repository`.
 ///
 /// `likely` are payloads the signer probably wrote
-/// ([`super::simple_signing::likely_payloads`]): a layer whose digest one
-/// of them has is not fetched, since those are its bytes. With cosign's
-/// defaults that saves the payload round trip, the slowest step of a cold
-/// verification.
+/// ([`crate::verify::formats::simple_signing::likely_payloads`]): a layer
+/// whose digest one of them has is not fetched, since those are its bytes.
+/// With cosign's defaults that saves the payload round trip, the slowest
+/// step of a cold verification.
 pub async fn signatures(
     upstream: Arc<Upstream>,
     budget: &Arc<Budget>,
     repository: &str,
     digest: &Digest,
     likely: &[Vec<u8>],
-) -> Result<Vec<Found>, VerifyError> {
-    let layers = artifact_layers(
-        upstream,
+) -> Result<Vec<FoundSignature>, VerifyError> {
+    let site = Site {
+        upstream: &upstream,
         budget,
         repository,
         digest,
-        "sig",
-        SIMPLE_SIGNING,
-        MAX_PAYLOAD_BYTES,
-        likely,
-    )
-    .await?;
+    };
+    let layers = artifact_layers(site, &SIG, likely).await?;
     Ok(layers
         .into_iter()
         .map(|(source, layer)| {
@@ -151,17 +178,13 @@ pub async fn attestations(
     repository: &str,
     digest: &Digest,
 ) -> Result<Vec<(String, Result<Bytes, String>)>, VerifyError> {
-    let layers = artifact_layers(
-        upstream,
+    let site = Site {
+        upstream: &upstream,
         budget,
         repository,
         digest,
-        "att",
-        DSSE_ENVELOPE,
-        MAX_ENVELOPE_BYTES,
-        &[],
-    )
-    .await?;
+    };
+    let layers = artifact_layers(site, &ATT, &[]).await?;
     Ok(layers
         .into_iter()
         .map(|(source, layer)| (source, layer.map(|(bytes, _)| bytes)))
@@ -170,24 +193,18 @@ pub async fn attestations(
 
 type Annotations = std::collections::HashMap<String, String>;
 
-/// The layers of `media_type` in the `sha256-<hex>.<suffix>` manifest, each
-/// fetched (concurrently, bounded by `limit` bytes) with its annotations;
-/// a layer with the digest of one of the `known` contents is not fetched.
-/// Everything read is charged to `budget`; a digest listed by several
-/// layers is fetched once.
-#[allow(clippy::too_many_arguments)]
-async fn artifact_layers(
-    upstream: Arc<Upstream>,
-    budget: &Arc<Budget>,
-    repository: &str,
-    digest: &Digest,
-    suffix: &str,
-    media_type: &'static str,
-    limit: usize,
-    known: &[Vec<u8>],
-) -> Result<Vec<(String, Result<(Bytes, Annotations), String>)>, VerifyError> {
-    let tag = format!("{}.{suffix}", digest.tag_form());
-    let where_ = format!("{}/{repository}:{tag}", upstream.registry);
+/// A layer as found: its source (`<where> layer <n>`) and its content with
+/// its annotations, or why it is not evidence.
+type FoundLayer = (String, Result<(Bytes, Annotations), String>);
+
+/// The `sha256-<hex>.<suffix>` manifest of `artifact` at `site`, read
+/// within the budget: its location and bytes; `None` when there is none.
+async fn artifact_manifest(
+    site: Site<'_>,
+    artifact: &Artifact,
+) -> Result<Option<(String, Bytes)>, VerifyError> {
+    let tag = format!("{}.{}", site.digest.tag_form(), artifact.suffix);
+    let where_ = format!("{}/{}:{tag}", site.upstream.registry, site.repository);
     let mut accept = HeaderMap::new();
     accept.insert(
         header::ACCEPT,
@@ -195,13 +212,14 @@ async fn artifact_layers(
             "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
         ),
     );
-    let path = format!("/v2/{repository}/manifests/{tag}");
-    let response = upstream
-        .fetch(Method::GET, &path, repository, &accept)
+    let path = format!("/v2/{}/manifests/{tag}", site.repository);
+    let response = site
+        .upstream
+        .fetch(Method::GET, &path, site.repository, &accept)
         .await?;
     match response.status() {
         StatusCode::OK => {}
-        StatusCode::NOT_FOUND => return Ok(Vec::new()),
+        StatusCode::NOT_FOUND => return Ok(None),
         status => {
             return Err(VerifyError::Status {
                 what: where_,
@@ -209,58 +227,58 @@ async fn artifact_layers(
             })
         }
     }
-    let bytes = budget.read_manifest(response, &where_).await?;
-    let manifest = match read_layers(&bytes) {
-        Ok(m) => m,
-        Err(e) => return Ok(vec![(where_, Err(format!("{suffix} manifest: {e}")))]),
+    let bytes = site.budget.read_manifest(response, &where_).await?;
+    Ok(Some((where_, bytes)))
+}
+
+/// The layers of `artifact`'s media type in its manifest, each fetched
+/// (concurrently, bounded by the artifact's limit) with its annotations; a
+/// layer with the digest of one of the `known` contents is not fetched.
+/// Everything read is charged to the site's budget.
+async fn artifact_layers(
+    site: Site<'_>,
+    artifact: &Artifact,
+    known: &[Vec<u8>],
+) -> Result<Vec<FoundLayer>, VerifyError> {
+    let Some((where_, bytes)) = artifact_manifest(site, artifact).await? else {
+        return Ok(Vec::new());
     };
+    let layers = match read_layers(&bytes) {
+        Ok(layers) => layers,
+        Err(e) => {
+            let reason = format!("{} manifest: {e}", artifact.suffix);
+            return Ok(vec![(where_, Err(reason))]);
+        }
+    };
+    let limit = artifact.limit;
     let mut found = Vec::new();
-    let mut fetched_known = Vec::new();
+    let mut fetched = Vec::new();
     let mut fetches = tokio::task::JoinSet::new();
-    let matching = manifest
+    let matching = layers
         .into_iter()
         .enumerate()
-        .filter(|(_, l)| l.media_type == media_type);
+        .filter(|(_, l)| l.media_type == artifact.media_type);
     for (count, (index, layer)) in matching.enumerate() {
         let source = format!("{where_} layer {}", index + 1);
-        if count >= MAX_SIGNATURE_LAYERS {
-            found.push((
-                source,
-                Err(format!(
-                    "more than {MAX_SIGNATURE_LAYERS} layers; not examined"
-                )),
-            ));
-            continue;
-        }
-        let layer_digest: Digest = match layer.digest.parse() {
-            Ok(d) => d,
-            Err(_) => {
-                found.push((
-                    source,
-                    Err(format!("invalid layer digest {:?}", layer.digest)),
-                ));
+        let layer_digest = match examined(&layer, count, limit) {
+            Ok(digest) => digest,
+            Err(reason) => {
+                found.push((source, Err(reason)));
                 continue;
             }
         };
-        if layer.size > limit as u64 {
-            found.push((
-                source,
-                Err(format!("layer of {} bytes exceeds {limit}", layer.size)),
-            ));
-            continue;
-        }
         let annotations = layer.annotations;
         let same = |bytes: &&Vec<u8>| {
             bytes.len() as u64 == layer.size
                 && layer_digest.same_algorithm_of(bytes) == layer_digest
         };
         if let Some(bytes) = known.iter().find(same) {
-            fetched_known.push((index, source, (Bytes::copy_from_slice(bytes), annotations)));
+            fetched.push((index, source, (Bytes::copy_from_slice(bytes), annotations)));
             continue;
         }
-        let upstream = Arc::clone(&upstream);
-        let budget = Arc::clone(budget);
-        let repository = repository.to_owned();
+        let upstream = Arc::clone(site.upstream);
+        let budget = Arc::clone(site.budget);
+        let repository = site.repository.to_owned();
         let size = layer.size;
         fetches.spawn(async move {
             let blob = budget
@@ -269,7 +287,6 @@ async fn artifact_layers(
             (index, source, blob.map(|b| (b, annotations)))
         });
     }
-    let mut fetched = fetched_known;
     while let Some(joined) = fetches.join_next().await {
         let (index, source, result) = joined.map_err(|e| VerifyError::Internal(e.to_string()))?;
         fetched.push((index, source, result?));
@@ -277,6 +294,24 @@ async fn artifact_layers(
     fetched.sort_by_key(|(index, _, _)| *index);
     found.extend(fetched.into_iter().map(|(_, s, c)| (s, Ok(c))));
     Ok(found)
+}
+
+/// The digest of the `count`-th matching layer if it is examined at all:
+/// not past [`MAX_SIGNATURE_LAYERS`], a valid digest, within `limit`.
+fn examined(layer: &EvidenceLayer, count: usize, limit: usize) -> Result<Digest, String> {
+    if count >= MAX_SIGNATURE_LAYERS {
+        return Err(format!(
+            "more than {MAX_SIGNATURE_LAYERS} layers; not examined"
+        ));
+    }
+    let digest: Digest = layer
+        .digest
+        .parse()
+        .map_err(|_| format!("invalid layer digest {:?}", layer.digest))?;
+    if layer.size > limit as u64 {
+        return Err(format!("layer of {} bytes exceeds {limit}", layer.size));
+    }
+    Ok(digest)
 }
 
 /// Fetches a small blob whole and checks its digest. A blob that does not
