@@ -230,24 +230,8 @@ async fn serve_listener(
         idle: timeouts.idle,
         stall: timeouts.client_stall(),
     };
-    let mut builder = auto::Builder::new(conn::StreamExecutor {
-        stall: deadlines.stall,
-    });
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Reading a request's headers (and, in hyper, waiting for the next
-        // request on a keep-alive connection) is bounded like idleness.
-        .header_read_timeout(timeouts.idle);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    let open = Arc::new(Semaphore::new(limits.connections));
-    let per_client = conn::PerClient::new(limits.connections_per_client);
-    let (refused_total, refused_client) = (conn::Refusals::default(), conn::Refusals::default());
+    let builder = http_builder(timeouts, deadlines);
+    let gate = Gate::new(limits);
     // Each connection holds a receiver: `stop` tells them to finish, and
     // the sender sees when the last one is gone.
     let (stop, stopping) = watch::channel(false);
@@ -265,16 +249,7 @@ async fn serve_listener(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            if let Some(refused) = refused_total.count() {
-                tracing::warn!(%peer, limit = limits.connections, refused, "connection limit (limits.connections) reached; closing");
-            }
-            continue;
-        };
-        let Some(slot) = per_client.admit(peer.ip()) else {
-            if let Some(refused) = refused_client.count() {
-                tracing::warn!(%peer, limit = limits.connections_per_client, refused, "per-client connection limit (limits.connectionsPerClient) reached; closing");
-            }
+        let Some(held) = gate.admit(peer) else {
             continue;
         };
         let accepted = tokio::time::Instant::now();
@@ -297,7 +272,7 @@ async fn serve_listener(
         let stopping = stopping.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _held = (permit, slot);
+            let _held = held;
             let progress = Arc::clone(&connection.progress);
             let result = match tls {
                 None => {
@@ -338,13 +313,84 @@ async fn serve_listener(
     }
     drop(listener);
     drop(stopping);
-    tracing::info!(grace = ?timeouts.shutdown, "shutting down: finishing in-flight requests");
+    drain(stop, timeouts.shutdown).await;
+}
+
+/// Tells every connection to finish and waits for them, for at most
+/// `grace` (`timeouts.shutdown`).
+async fn drain(stop: watch::Sender<bool>, grace: Duration) {
+    tracing::info!(?grace, "shutting down: finishing in-flight requests");
     let _ = stop.send(true);
     tokio::select! {
         () = stop.closed() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(timeouts.shutdown) => {
-            tracing::warn!(grace = ?timeouts.shutdown, "grace period over; dropping remaining connections");
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "grace period over; dropping remaining connections");
         }
+    }
+}
+
+/// The HTTP/1.1 + HTTP/2 connection builder for one listener.
+fn http_builder(
+    timeouts: Timeouts,
+    deadlines: conn::Deadlines,
+) -> auto::Builder<conn::StreamExecutor> {
+    let mut builder = auto::Builder::new(conn::StreamExecutor {
+        stall: deadlines.stall,
+    });
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Reading a request's headers (and, in hyper, waiting for the next
+        // request on a keep-alive connection) is bounded like idleness.
+        .header_read_timeout(timeouts.idle);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    builder
+}
+
+/// Who may open a connection: at most `limits.connections` open, and
+/// `limits.connectionsPerClient` per client address. A refused connection
+/// is closed at once; refusals are logged, rate-limited.
+struct Gate {
+    limits: Limits,
+    open: Arc<Semaphore>,
+    per_client: Arc<conn::PerClient>,
+    refused_total: conn::Refusals,
+    refused_client: conn::Refusals,
+}
+
+impl Gate {
+    fn new(limits: Limits) -> Gate {
+        Gate {
+            limits,
+            open: Arc::new(Semaphore::new(limits.connections)),
+            per_client: conn::PerClient::new(limits.connections_per_client),
+            refused_total: conn::Refusals::default(),
+            refused_client: conn::Refusals::default(),
+        }
+    }
+
+    /// What a connection from `peer` holds while it is open, or `None`
+    /// when a limit refuses it.
+    fn admit(&self, peer: SocketAddr) -> Option<impl Send + 'static> {
+        let limits = &self.limits;
+        let Ok(permit) = Arc::clone(&self.open).try_acquire_owned() else {
+            if let Some(refused) = self.refused_total.count() {
+                tracing::warn!(%peer, limit = limits.connections, refused, "connection limit (limits.connections) reached; closing");
+            }
+            return None;
+        };
+        let Some(slot) = self.per_client.admit(peer.ip()) else {
+            if let Some(refused) = self.refused_client.count() {
+                tracing::warn!(%peer, limit = limits.connections_per_client, refused, "per-client connection limit (limits.connectionsPerClient) reached; closing");
+            }
+            return None;
+        };
+        Some((permit, slot))
     }
 }
 
