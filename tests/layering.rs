@@ -190,7 +190,7 @@ fn edges(src: &Path) -> Vec<Edge> {
     let mut out = Vec::new();
     for (path, module, used) in parsed {
         // A file of a test-only module (or below one) is test code.
-        if (1..=module.len()).any(|n| test_only.contains(&module[..n].to_vec())) {
+        if (1..=module.len()).any(|n| test_only.contains(&module[..n])) {
             continue;
         }
         let Some(from) = module.first() else { continue };
