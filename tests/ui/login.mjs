@@ -117,7 +117,10 @@ async function main() {
   if (!apiRequests.some((r) => r.authorization === `Bearer ${args.wrongToken}`)) {
     fail('the wrong token was never sent as a bearer token');
   }
-  // The browser logs the 401s as console errors: expected up to here.
+  // The browser logs the 401s as console errors: expected up to here,
+  // including those of the wrong token's requests still in flight when the
+  // form came back (the page asks several endpoints at once).
+  await page.waitForLoadState('networkidle', { timeout: 5000 }).catch(() => {});
   problems = [];
   apiRequests.length = 0;
 
