@@ -510,11 +510,21 @@ fn break_glass_serves_a_denied_image_and_is_audited_and_alerted() {
         "the denial still holds for everyone else"
     );
 
-    assert!(trust::wait_until(Duration::from_secs(5), || lines(
-        &s.audit
-    )
-    .iter()
-    .any(|r| r["verdict"] == "breakglass" && r["subject"] == "blob")));
+    // The audit writer is asynchronous: wait for the last record expected
+    // (the blob served by break-glass, and the denial after it).
+    let denials = |records: &[serde_json::Value]| {
+        records
+            .iter()
+            .filter(|r| r["verdict"] == "deny" && r["subject"] == "manifest")
+            .count()
+    };
+    assert!(trust::wait_until(Duration::from_secs(5), || {
+        let records = lines(&s.audit);
+        records
+            .iter()
+            .any(|r| r["verdict"] == "breakglass" && r["subject"] == "blob")
+            && denials(&records) >= 4
+    }));
     let records = lines(&s.audit);
     let glass = records
         .iter()
@@ -523,10 +533,7 @@ fn break_glass_serves_a_denied_image_and_is_audited_and_alerted() {
     assert_eq!(glass["identity"], "oncall");
     assert_eq!(glass["break_glass_justification"], "INC-42 prod is down");
     assert_eq!(
-        records
-            .iter()
-            .filter(|r| r["verdict"] == "deny" && r["subject"] == "manifest")
-            .count(),
+        denials(&records),
         4,
         "the refused attempts are audited as denials"
     );
