@@ -162,6 +162,7 @@ pub struct Snapshot {
     pub signature_lookups: u64,
     pub audit_written: u64,
     pub audit_dropped: u64,
+    pub audit_errors: u64,
     pub alerts_sent: u64,
     pub alerts_failed: u64,
     pub alerts_dropped: u64,
@@ -298,6 +299,7 @@ struct ScrapedFamilies {
     signature_lookups: Counter<u64, AtomicU64>,
     audit_written: Counter<u64, AtomicU64>,
     audit_dropped: Counter<u64, AtomicU64>,
+    audit_errors: Counter<u64, AtomicU64>,
     alerts_sent: Counter<u64, AtomicU64>,
     alerts_failed: Counter<u64, AtomicU64>,
     alerts_dropped: Counter<u64, AtomicU64>,
@@ -328,6 +330,10 @@ impl ScrapedFamilies {
             audit_dropped: counter(
                 "audit_records_dropped",
                 "Audit records dropped because the queue was full (onFull: drop)",
+            ),
+            audit_errors: counter(
+                "audit_write_errors",
+                "Audit trail write, flush, fsync or rotation failures (each is also logged)",
             ),
             alerts_sent: counter("alerts_sent", "Webhook alerts delivered"),
             alerts_failed: counter("alerts_failed", "Webhook alerts that failed after retries"),
@@ -517,6 +523,7 @@ impl Metrics {
         set(&m.signature_lookups, snapshot.signature_lookups);
         set(&m.audit_written, snapshot.audit_written);
         set(&m.audit_dropped, snapshot.audit_dropped);
+        set(&m.audit_errors, snapshot.audit_errors);
         set(&m.alerts_sent, snapshot.alerts_sent);
         set(&m.alerts_failed, snapshot.alerts_failed);
         set(&m.alerts_dropped, snapshot.alerts_dropped);

@@ -362,7 +362,7 @@ impl Observer {
     }
 
     /// Audit writer counters (written, dropped), for metrics.
-    pub fn audit_counts(&self) -> (u64, u64) {
+    pub fn audit_counts(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering;
         self.audit
             .as_ref()
@@ -370,9 +370,10 @@ impl Observer {
                 (
                     a.stats.written.load(Ordering::Relaxed),
                     a.stats.dropped.load(Ordering::Relaxed),
+                    a.stats.errors.load(Ordering::Relaxed),
                 )
             })
-            .unwrap_or((0, 0))
+            .unwrap_or((0, 0, 0))
     }
 
     /// Alert counters, for metrics.

@@ -286,7 +286,7 @@ impl App {
     /// The `/metrics` exposition.
     pub async fn metrics_text(&self) -> String {
         let stats = &self.verifier.stats;
-        let (audit_written, audit_dropped) = self.observer.audit_counts();
+        let (audit_written, audit_dropped, audit_errors) = self.observer.audit_counts();
         let alerts = self.observer.alert_counts();
         use std::sync::atomic::Ordering::Relaxed;
         self.observer.metrics.encode(Snapshot {
@@ -296,6 +296,7 @@ impl App {
             signature_lookups: stats.signature_lookups.load(Relaxed),
             audit_written,
             audit_dropped,
+            audit_errors,
             alerts_sent: alerts.sent,
             alerts_failed: alerts.failed,
             alerts_dropped: alerts.dropped,

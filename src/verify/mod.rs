@@ -94,8 +94,6 @@ pub struct Stats {
     /// Signature lookups sent upstream (one per `.sig` or `.att`
     /// manifest fetch).
     pub signature_lookups: AtomicU64,
-    /// Referrer listings sent upstream (API, then tag fallback).
-    pub referrer_lookups: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
 }

@@ -156,10 +156,7 @@ impl Verifier {
             self.stats.signature_lookups.fetch_add(1, Ordering::Relaxed);
             cosign::attestations(Arc::clone(&upstream), budget, repository, digest).await
         };
-        let bundles = async {
-            self.stats.referrer_lookups.fetch_add(1, Ordering::Relaxed);
-            referrers::bundles(Arc::clone(&upstream), budget, repository, digest).await
-        };
+        let bundles = referrers::bundles(Arc::clone(&upstream), budget, repository, digest);
         let (signatures, envelopes, bundles) = upstream
             .within(
                 self.timeouts.evidence,
