@@ -6,6 +6,10 @@
 //! The request header (default `X-Portcullis-Break-Glass`) carries
 //! `<token> <justification>`; containerd can send it from `hosts.toml`
 //! (`[host."…".header]`), and any HTTP client can.
+//!
+//! May use: `config` (and the layers below it). Must never use: verify, serve or
+//! anything above; verify uses it (a break-glass admission needs a
+//! [`Use`]).
 
 use std::fmt;
 

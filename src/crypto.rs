@@ -10,6 +10,9 @@
 //!
 //! `ECDSA_P521_SHA512` and PGP keys are rejected when the policy loads:
 //! a key that cannot be used is never accepted.
+//!
+//! May use: nothing of the crate but `oci`. Must never use: config, policy
+//! or anything that does I/O.
 
 use std::fmt;
 

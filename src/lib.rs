@@ -1,63 +1,79 @@
 //! Portcullis: a pull-through OCI registry proxy that only serves images a
 //! policy trusts.
 //!
-//! # Layout
+//! # One manifest request, top to bottom
 //!
-//! Modules follow a request's path through the proxy. Each layer only calls
-//! the layers below it in this list; errors are typed per layer and turned
-//! into OCI error responses in exactly one place ([`error::ApiError`]).
+//! [`server`] accepts the connection and hands the request to
+//! [`serve::App::handle`], which runs the pipeline's phases in order:
 //!
-//! - [`cli`]: the `portcullis` command line, the top layer: the clap
-//!   definitions, one module per command (`serve`, `check`, `keygen`,
-//!   `sign`, `attest`, `verify`, `attestations import` and `list`, `policy
-//!   replay`: what a candidate policy would change for the pulls an audit
-//!   trail recorded) and the one exit-code policy. It may use every module
-//!   below; none of them uses it.
-//! - [`config`]: the YAML configuration: parsing, validation, defaults, one
-//!   file per section (the policy, alerts and break-glass shapes included)
-//!   and the one duration parser. A leaf (it uses only [`oci`]); owns
-//!   nothing at run time; everything else is built from a
-//!   [`config::Config`]. What needs files read or the policy compiled is
-//!   checked once by [`app::prepare`].
-//! - [`server`]: listeners (plain or TLS), HTTP/1.1 + HTTP/2 connections,
-//!   graceful shutdown, `/healthz` and `/readyz`; [`server::conn`] bounds
-//!   what a connection holds (connection caps, handshake and idle
-//!   deadlines, the client-stall deadline of every response stream).
-//! - [`routing`]: turns a request into a [`routing::Route`]: which endpoint,
-//!   which upstream, which repository. Validates names, tags and digests so
-//!   malformed input never reaches an upstream.
-//! - [`upstream`]: the client side: pooled connections, timeouts, redirects,
-//!   Basic and bearer-token authentication, one [`upstream::Upstream`] per
-//!   configured registry; [`upstream::client`] is the one HTTPS client
-//!   builder (registries and alert webhooks).
-//! - [`verify`]: whether a manifest may be served: policy rule, evidence
-//!   lookup, verdict cache, admitted children and blobs. Only it can
-//!   produce the `Admission` that serving requires. Evidence sources:
-//!   cosign `.sig`/`.att` tags ([`verify::sources::cosign`]), OCI 1.1 referrers
-//!   ([`verify::sources::referrers`]) and the local attestation store
-//!   ([`verify::sources::store`]); formats are checked by pure modules
-//!   ([`verify::formats::simple_signing`], [`verify::formats::dsse`], [`verify::formats::bundle`],
-//!   [`verify::formats::binauthz`]) and matched to attestors in [`verify::evidence`].
-//!   `verify::artifact` decides when a manifest is served as evidence
-//!   (never from its labels); [`verify::budget`] bounds what evidence
-//!   reads cost, per verification and in total.
-//! - [`policy`]: the Binary Authorization-style policy and its pure
-//!   evaluation; [`crypto`]: keys and signature verification (pure).
-//! - [`serve`]: the pull endpoints: manifests (read whole, hashed, bounded),
-//!   blobs (streamed, hashed while streaming), tag lists, referrers.
-//! - [`audit`]: the one place a decision is recorded: audit trail
-//!   writer, recent decisions, metrics, and an [`audit::AlertSink`] it is
-//!   given. [`alerts`] (webhooks: bodies, coalescing, lanes, delivery) sits
-//!   above it and implements that sink; audit never uses alerts.
-//!   [`metrics`] owns the Prometheus registry; [`admin`] serves `/metrics`,
-//!   the JSON API and the dashboard on the admin listener.
-//! - [`oci`]: the vocabulary shared by all layers: digests, repository names,
-//!   tags, media types.
-//!   [`oci::json`] reads JSON the one way Portcullis and Go runtimes agree
-//!   on, and [`oci::manifest`] decides once what a manifest is.
-//! - [`error`]: OCI error codes and the wire envelope.
-//! - [`telemetry`]: logging setup; [`reload`]: policy hot reload (SIGHUP,
-//!   file changes).
+//! 1. **route** ([`routing`]): the path becomes a [`routing::Route`]
+//!    (endpoint, upstream, repository); malformed names, tags and digests
+//!    are refused here and never reach an upstream;
+//! 2. **resolve** ([`serve`]'s manifest phase, through [`upstream`]): the
+//!    manifest is fetched whole and bounded, and becomes an
+//!    [`oci::manifest::Manifest`] whose digest is computed from its bytes;
+//! 3. **verify** ([`verify::Verifier::admit`]): the policy's rule for the
+//!    name, the evidence for exactly that digest (sources fetch it, formats
+//!    check it, [`policy`] evaluates it), the verdict cached; the answer is
+//!    an [`verify::Admission`] (only verify can make one) or a
+//!    [`verify::Denial`], which break-glass can turn into an admission only
+//!    with a [`breakglass`] proof;
+//! 4. **serve**: the admitted bytes — the bytes whose digest was checked —
+//!    are sent; a blob is served only with a [`verify::BlobPermit`];
+//! 5. **finish** ([`serve`]'s finish phase): the one place a decision is
+//!    audited ([`audit`], which feeds [`alerts`]), counted ([`metrics`])
+//!    and logged. Any error becomes a status and an OCI error code in one
+//!    function ([`serve`]'s edge), by its source: client, upstream, policy
+//!    or internal.
+//!
+//! # The layers
+//!
+//! Lowest first. A module may use the modules above it in this list and
+//! never one below it; `tests/layering.rs` fails on any import that breaks
+//! this, so there are no import cycles.
+//!
+//! - [`oci`]: the vocabulary: digests, names, references, media types,
+//!   [`oci::json`] (JSON read the one way Portcullis and Go runtimes agree
+//!   on), [`oci::manifest`] (what a manifest is, decided once; the manifest
+//!   size limit) and [`oci::error`] (OCI error codes and the envelope).
+//! - [`crypto`]: keys and signature verification (pure).
+//! - [`config`]: the YAML configuration: shapes, defaults and validation,
+//!   one file per section, one duration parser. A leaf: it uses only
+//!   `oci`; what needs files read or the policy compiled is checked once by
+//!   [`app::prepare`].
+//! - [`telemetry`]: logging setup.
+//! - [`policy`]: the Binary Authorization-style policy: compiled from its
+//!   config shape, rule lookup, evaluation into a [`policy::Decision`]
+//!   (pure).
+//! - [`metrics`]: the Prometheus registry and its families.
+//! - [`routing`]: request → [`routing::Route`].
+//! - [`upstream`]: the registry client: pooled connections, timeouts,
+//!   redirects, Basic and bearer-token auth, the one bounded read, the one
+//!   referrers lookup (API or tag schema) and the one HTTPS client builder
+//!   ([`upstream::client`], alert webhooks use it too).
+//! - [`breakglass`]: break-glass credentials, read once, and the proof of
+//!   their use ([`breakglass::Use`]) that only this module can make.
+//! - [`verify`]: admission. Evidence [`verify::sources`] (I/O: cosign
+//!   tags, referrers, the attestation store) and [`verify::formats`]
+//!   (pure: simple-signing, DSSE, sigstore bundles, BinAuthz), matched to
+//!   attestors by [`verify::evidence`], bounded by [`verify::budget`];
+//!   verdict cache, admitted children and blobs; the proof types.
+//! - [`audit`]: the decision record, the audit trail writer, recent
+//!   decisions, and the sink it reports decisions to.
+//! - [`alerts`]: webhooks (bodies, coalescing, lanes, delivery); an audit
+//!   sink.
+//! - [`serve`]: the pull pipeline above: manifests, blobs (streamed,
+//!   hashed while streaming), tag lists, referrers; the edge and finish.
+//! - [`admin`]: `/metrics`, the JSON API and the dashboard.
+//! - [`server`]: listeners (plain or TLS), HTTP/1.1 and HTTP/2
+//!   connections and what bounds them ([`server::conn`]), graceful
+//!   shutdown, `/healthz` and `/readyz`. [`server::run`] takes bound
+//!   listeners and a shutdown future, so tests run the proxy in-process.
+//! - [`reload`]: policy hot reload (SIGHUP, file changes).
+//! - [`app`]: the composition root: builds the proxy from a configuration
+//!   (the policy compiled once, token files read once).
+//! - [`cli`]: the `portcullis` command line, one module per command, and
+//!   the one exit-code policy.
 
 #![forbid(unsafe_code)]
 

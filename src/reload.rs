@@ -2,6 +2,9 @@
 //! file changes. A configuration that does not load keeps the previous
 //! policy in force and says why. Only the policy and attestors are
 //! reloaded; listeners and upstreams need a restart.
+//!
+//! May use: `serve` (the app whose policy it swaps), `config`, `policy`.
+//! Must never use: app or cli (the app hands it the loader).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

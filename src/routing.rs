@@ -4,6 +4,9 @@
 //! Everything a client controls is validated here, so a malformed name, tag
 //! or digest is answered with a precise error and never reaches an
 //! upstream. This module does no I/O.
+//!
+//! May use: `oci`, `config`. Must never use: upstream, verify, serve or
+//! anything above.
 
 use http::Method;
 

@@ -5,6 +5,9 @@
 //! bind `127.0.0.1:0` and drive the real server. What a connection may
 //! hold, and for how long (connection caps, handshake and idle deadlines,
 //! the progress deadline of response streams), is in [`conn`].
+//!
+//! May use: `serve`, `admin`, `audit`, `metrics`, `config`. Must never
+//! use: reload, app, cli.
 
 pub mod conn;
 

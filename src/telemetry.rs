@@ -1,5 +1,7 @@
 //! Logging: `tracing` to stderr as text or JSON lines. The level comes from
 //! `RUST_LOG` (default `info`).
+//!
+//! May use: nothing of the crate. Must never use: any other module.
 
 use std::io::IsTerminal;
 

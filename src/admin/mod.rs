@@ -9,6 +9,9 @@
 //! The page keeps the token in the tab's `sessionStorage` and sends it as
 //! that header; there is no cookie, so nothing is sent by the browser on
 //! its own (no cross-site request can use it).
+//!
+//! May use: `serve` (the app whose state it shows), `audit`, `metrics`,
+//! `policy`. Must never use: server, reload, app, cli.
 
 use std::path::Path;
 

@@ -13,6 +13,10 @@
 //! list keeps the [`Decided`] and builds the record the first time the
 //! API or the dashboard reads it. A warm, allowed pull thus formats no
 //! strings for auditing.
+//!
+//! May use: `oci`, `config`, `policy`, `metrics`, `breakglass`. Must never
+//! use: alerts (it only knows the [`AlertSink`] it is given), verify,
+//! serve or anything above.
 
 pub mod record;
 pub mod writer;

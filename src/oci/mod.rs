@@ -1,5 +1,8 @@
 //! OCI vocabulary: digests, repository names, tags and media types, with the
 //! validation rules of the distribution spec.
+//!
+//! Owns the vocabulary every layer speaks. May use: std and the
+//! parsing crates only. Must never use: any other module of the crate.
 
 pub mod error;
 pub mod json;

@@ -1,14 +1,20 @@
 //! The admission policy, in Binary Authorization's vocabulary, and its
 //! evaluation. Pure: no I/O, so every mode and combination is unit-tested.
 //!
-//! - [`PolicyDoc`] / [`AttestorDoc`]: the YAML as written, owned by
+//! - `PolicyDoc` / `AttestorDoc`: the YAML as written, owned by
 //!   [`crate::config::policy`] (BinAuthz field names and enum values; an
 //!   exported BinAuthz policy loads unchanged).
-//! - [`Policy`]: the compiled form: patterns parsed, rules ordered by
-//!   specificity, keys parsed. Built once per (re)load.
+//! - [`Policy`]: the compiled form ([`Policy::compile`]): patterns parsed,
+//!   rules ordered by specificity, keys parsed. Built once per (re)load.
+//! - [`Decision`] and what it is made of: each piece of evidence's
+//!   [`Check`], each attestor's result, the [`Verdict`].
 //! - [`Policy::rule_for`] picks the rule for a canonical name;
 //!   [`evaluate`] turns the rule and the per-attestor evidence into a
 //!   [`Decision`].
+//!
+//! May use: `oci`, `crypto`, `config` (the policy's YAML shape). Must never
+//! use: anything that does I/O (upstream, verify, serve, audit) or the
+//! layers above them.
 
 pub mod attestation;
 mod compile;

@@ -16,11 +16,16 @@
 //!   never by tag — with separate allow/deny TTLs; the generation changes
 //!   with the policy revision and with the attestation store's evidence.
 //!   Concurrent misses for one key share one verification. Failures to
-//!   check are errors, never cached as denials. See [`cache`].
+//!   check are errors, never cached as denials (see the private `cache`).
 //! - Admitted indexes admit the child manifests they list; admitted
 //!   manifests admit their config and layer blobs ([`Verifier::permit_blob`]),
 //!   for as long as their verdict is served (a verdict-cache hit registers
 //!   them again when they may have aged out).
+//!
+//! May use: `oci`, `crypto`, `config`, `policy`, `routing`, `upstream`,
+//! `breakglass`. Must never use: audit, alerts, serve, admin, server,
+//! reload, app, cli: what happens to a decision after it is made is the
+//! caller's business.
 
 mod admission;
 mod admit;

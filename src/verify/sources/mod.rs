@@ -1,7 +1,12 @@
-//! Gathering evidence: where each attestor's evidence lives (the image's
-//! repository, or its `signatureRepository`), one lookup per location
-//! through the evidence sources ([`super::cosign`], [`super::referrers`],
-//! [`super::store`]), all under one evidence budget and deadline.
+//! Evidence sources (I/O) and gathering: where each attestor's evidence
+//! lives (the image's repository, or its `signatureRepository`), one
+//! lookup per location through the sources — cosign `.sig`/`.att` tags
+//! ([`cosign`]), sigstore bundles attached as OCI referrers
+//! ([`referrers`]), the local attestation store ([`store`]) — all under one
+//! evidence budget and deadline.
+//!
+//! May use: `upstream` (I/O), the verifier's budget and the formats. Must
+//! never decide what evidence proves: the formats and `evidence` do.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
