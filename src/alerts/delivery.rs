@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use tokio::sync::mpsc;
 
 use super::format::{dropped_body, json_body_coalesced, reload_body, slack_body_coalesced};
@@ -191,9 +191,7 @@ impl Delivery {
                 .map(Duration::from_secs);
             // Read (and discard) the body so the connection can be reused;
             // its errors do not change the outcome the status gave.
-            let _ = Limited::new(response.into_body(), MAX_RESPONSE)
-                .collect()
-                .await;
+            let _ = crate::upstream::read_bounded(response.into_body(), MAX_RESPONSE).await;
             Ok::<_, hyper_util::client::legacy::Error>((status, retry_after))
         };
         match tokio::time::timeout(self.timeout, exchange).await {

@@ -10,7 +10,6 @@ use std::path::Path;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePrivateKey as _;
 use serde::{Deserialize, Serialize};
@@ -260,11 +259,9 @@ async fn get_manifest(
         s => return Err(format!("{repo}:{reference}: registry answered {s}")),
     }
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = Limited::new(response.into_body(), MAX_MANIFEST_BYTES)
-        .collect()
+    let bytes = crate::upstream::read_bounded(response.into_body(), MAX_MANIFEST_BYTES)
         .await
-        .map_err(|e| format!("reading {repo}:{reference}: {e}"))?
-        .to_bytes();
+        .map_err(|e| format!("reading {repo}:{reference}: {e}"))?;
     Ok(Some((bytes, content_type)))
 }
 

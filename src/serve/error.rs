@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
 use crate::oci::error::ErrorCode;
 use crate::oci::Digest;
@@ -132,12 +131,11 @@ pub(super) async fn upstream_failure(
     }
     let body = tokio::time::timeout(
         MAX_ERROR_BODY_TIME,
-        Limited::new(response.into_body(), MAX_ERROR_BODY).collect(),
+        crate::upstream::read_bounded(response.into_body(), MAX_ERROR_BODY),
     )
     .await
     .ok()
     .and_then(Result::ok)
-    .map(|c| c.to_bytes())
     .unwrap_or_default();
     #[derive(serde::Deserialize)]
     struct Envelope {
