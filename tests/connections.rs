@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use common::certs::Certs;
 use common::fake::{assert_oci_error, pseudo_random, Fake, Upstream};
 use common::http;
+use common::proxy::proc_status_kib;
 use common::{free_port, Proxy};
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -342,14 +343,6 @@ fn thousands_of_idle_sockets_from_one_address_do_not_lock_out_another() {
         IDLE - 256,
         "one address should keep exactly limits.connectionsPerClient (256) connections"
     );
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 const ATTACKERS: usize = 2;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::clients::run_unchecked;
 use common::fake::{Fake, FakeImage};
-use common::trust::{output_text, MANIFEST_ACCEPT, PORTCULLIS};
+use common::trust::{get_manifest_via, output_text, PORTCULLIS};
 use common::Proxy;
 
 /// A proxy config whose one upstream is `docker.io`, served by `url` (the
@@ -42,14 +42,7 @@ fn deny_rule(pattern: &str) -> String {
 }
 
 fn pull(proxy: &Proxy, name: &str, reference: &str) -> u16 {
-    common::http::request(
-        "GET",
-        &format!("{}/v2/{name}/manifests/{reference}", proxy.url()),
-        &[("Accept", MANIFEST_ACCEPT)],
-        &[],
-    )
-    .unwrap()
-    .status
+    get_manifest_via(proxy, name, reference).status
 }
 
 fn put_official(fake: &Fake, name: &str, seed: u64) -> FakeImage {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::content;
 use common::registry::Registry;
-use common::trust::{self, KeyPair, TrustConfig, ATTESTOR, MANIFEST_ACCEPT, PORTCULLIS};
+use common::trust::{self, KeyPair, TrustConfig, ATTESTOR, PORTCULLIS};
 use common::Proxy;
 use portcullis::cli::replay::{self, Change, ReplayOptions, ReplayReport};
 use portcullis::config::Config;
@@ -89,13 +89,7 @@ impl Scenario {
             ("demo/c", 403),
             ("sandbox/d", 200),
         ] {
-            let r = common::http::request(
-                "GET",
-                &format!("{}/v2/{repo}/manifests/v1", proxy.url()),
-                &[("Accept", MANIFEST_ACCEPT)],
-                &[],
-            )
-            .unwrap();
+            let r = trust::pull_v1(&proxy, repo);
             assert_eq!(r.status, expected, "pull {repo} under P1: {}", r.text());
         }
         let count = || {

@@ -8,21 +8,13 @@ use std::io::Read;
 
 use common::content::{self, sha256_reader, TarLayer, MIB};
 use common::http;
-use common::proxy::single_upstream_config;
+use common::proxy::{proc_status_kib, single_upstream_config};
 use common::registry::Registry;
 use common::Proxy;
 
 const CLIENTS: usize = 4;
 const BLOB_FILE_SIZE: u64 = 256 * MIB;
 const LIMIT_KIB: u64 = 64 * 1024;
-
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
 
 #[test]
 fn proxy_peak_rss_stays_under_64_mib_with_4_concurrent_256_mib_streams() {

@@ -102,13 +102,7 @@ fn env() -> Env {
 }
 
 fn get_manifest(proxy: &Proxy, reference: &str) -> http::Response {
-    http::request(
-        "GET",
-        &format!("{}/v2/{REPO}/manifests/{reference}", proxy.url()),
-        &[("Accept", trust::MANIFEST_ACCEPT)],
-        &[],
-    )
-    .expect("GET manifest via proxy")
+    trust::get_manifest_via(proxy, REPO, reference)
 }
 
 fn assert_served(r: &http::Response, img: &PushedImage, what: &str) {

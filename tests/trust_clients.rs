@@ -15,7 +15,7 @@ use common::content;
 use common::fake::raw_exchange;
 use common::http;
 use common::registry::Registry;
-use common::trust::{self, Case, KeyPair, TrustConfig};
+use common::trust::{self, get_manifest_via, Case, KeyPair, TrustConfig};
 use common::Proxy;
 
 /// A registry, the attestor's key (`ci`) and a key it does not know.
@@ -53,16 +53,6 @@ fn push(env: &Env, repo: &str, seed: u64) -> content::PushedImage {
         seed,
         &[50_000, 3000],
     )
-}
-
-fn get_manifest_via(proxy: &Proxy, repo: &str, reference: &str) -> http::Response {
-    http::request(
-        "GET",
-        &format!("{}/v2/{repo}/manifests/{reference}", proxy.url()),
-        &[("Accept", trust::MANIFEST_ACCEPT)],
-        &[],
-    )
-    .expect("GET manifest via proxy")
 }
 
 #[test]

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use common::clients;
 use common::content;
-use common::http;
 use common::registry::Registry;
-use common::trust::{self, KeyPair, TrustConfig};
+use common::trust::{self, pull_v1, KeyPair, TrustConfig};
 use common::Proxy;
 
 /// How long a reload may take to show (the watcher polls every ~1 s).
@@ -79,18 +78,8 @@ fn env() -> Env {
     }
 }
 
-fn get(proxy: &Proxy, repo: &str) -> http::Response {
-    http::request(
-        "GET",
-        &format!("{}/v2/{repo}/manifests/v1", proxy.url()),
-        &[("Accept", trust::MANIFEST_ACCEPT)],
-        &[],
-    )
-    .expect("GET manifest via proxy")
-}
-
 fn status(proxy: &Proxy, repo: &str) -> u16 {
-    get(proxy, repo).status
+    pull_v1(proxy, repo).status
 }
 
 /// The config text `Proxy::start` wrote (with `{listen}` filled in) turned
@@ -107,7 +96,7 @@ fn rewritten(path: &Path, new: &TrustConfig) -> String {
 
 fn assert_rotated(env: &Env) {
     trust::assert_denied(
-        &get(&env.proxy, "demo/new"),
+        &pull_v1(&env.proxy, "demo/new"),
         "by unknown key or altered",
         "image signed only by the removed key",
     );

@@ -181,16 +181,21 @@ pub fn get_manifest(base_url: &str, repo: &str, reference: &str) -> Result<(Stri
     Ok((ct, r.body))
 }
 
-/// `GET <repo>:v1` through `proxy` with every manifest type accepted,
-/// whatever the status (the tests assert it).
-pub fn pull_v1(proxy: &super::Proxy, repo: &str) -> http::Response {
+/// `GET <repo>:<reference>` through `proxy` with every manifest type
+/// accepted, whatever the status (the tests assert it).
+pub fn get_manifest_via(proxy: &super::Proxy, repo: &str, reference: &str) -> http::Response {
     http::request(
         "GET",
-        &format!("{}/v2/{repo}/manifests/v1", proxy.url()),
+        &format!("{}/v2/{repo}/manifests/{reference}", proxy.url()),
         &[("Accept", MANIFEST_ACCEPT)],
         &[],
     )
-    .unwrap_or_else(|e| panic!("GET {repo}:v1 through the proxy: {e}"))
+    .unwrap_or_else(|e| panic!("GET {repo}:{reference} through the proxy: {e}"))
+}
+
+/// `GET <repo>:v1` through `proxy`, as [`get_manifest_via`].
+pub fn pull_v1(proxy: &super::Proxy, repo: &str) -> http::Response {
+    get_manifest_via(proxy, repo, "v1")
 }
 
 /// GET a blob's bytes; panics unless 200.

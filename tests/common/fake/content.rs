@@ -2,16 +2,18 @@
 //! and the digest, manifest and pseudo-random byte helpers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use super::{lock, Fake};
+use crate::common::content::RandomReader;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+// The media types and the digest are the ones the image builder uses.
+pub use crate::common::content::{
+    sha256_digest, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR as OCI_LAYER, OCI_MANIFEST,
+};
+
 pub const OCI_EMPTY_INDEX: &str =
     r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
 
@@ -47,22 +49,13 @@ pub struct FakeImage {
     pub layer_digest: String,
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// Deterministic pseudo-random bytes (xorshift), for blob content.
+/// Deterministic pseudo-random bytes (xorshift), for blob content: the
+/// image builder's [`RandomReader`] stream, held in memory.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = Vec::with_capacity(len);
+    RandomReader::new(seed, len as u64)
+        .read_to_end(&mut out)
+        .expect("read pseudo-random bytes");
     out
 }
 
