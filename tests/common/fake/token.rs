@@ -57,6 +57,16 @@ fn basic_ok(headers: &HeaderMap, user: &str, pass: &str) -> bool {
     header_str(headers, "authorization") == Some(want.as_str())
 }
 
+/// A `401 UNAUTHORIZED` OCI error carrying `challenge` in `WWW-Authenticate`.
+fn unauthorized(message: &str, challenge: &str) -> Resp {
+    let mut r = oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message);
+    r.headers_mut().insert(
+        "www-authenticate",
+        http::HeaderValue::from_str(challenge).expect("header"),
+    );
+    r
+}
+
 /// `None` when the request is authorised, else the 401 to send.
 pub(super) fn check_auth(
     shared: &Shared,
@@ -66,16 +76,10 @@ pub(super) fn check_auth(
 ) -> Option<Resp> {
     if let Some((user, pass)) = &cfg.require_basic {
         if !basic_ok(headers, user, pass) {
-            let mut r = oci_error(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
+            return Some(unauthorized(
                 "authentication required",
-            );
-            r.headers_mut().insert(
-                "www-authenticate",
-                http::HeaderValue::from_static("Basic realm=\"fake-registry\""),
-            );
-            return Some(r);
+                "Basic realm=\"fake-registry\"",
+            ));
         }
     }
     if let Some(t) = &cfg.require_token {
@@ -102,16 +106,10 @@ pub(super) fn check_auth(
                 None => error = Some("invalid_token"),
             }
         }
-        let mut r = oci_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
+        return Some(unauthorized(
             "authentication required",
-        );
-        r.headers_mut().insert(
-            "www-authenticate",
-            http::HeaderValue::from_str(&challenge(shared, t, repo, error)).expect("header"),
-        );
-        return Some(r);
+            &challenge(shared, t, repo, error),
+        ));
     }
     None
 }
@@ -138,16 +136,7 @@ pub(super) fn serve_token(
     };
     if let Some((user, pass)) = &t.basic {
         if !basic_ok(headers, user, pass) {
-            let mut r = oci_error(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "bad token credentials",
-            );
-            r.headers_mut().insert(
-                "www-authenticate",
-                http::HeaderValue::from_static("Basic realm=\"fake-token\""),
-            );
-            return r;
+            return unauthorized("bad token credentials", "Basic realm=\"fake-token\"");
         }
     }
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
