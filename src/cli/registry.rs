@@ -63,6 +63,7 @@ fn registry_client(registry: &str, options: &RegistryOptions) -> Result<Upstream
         }),
         prefix: None,
         default: true,
+        required: false,
         auth,
         ca_file: options.ca_file.clone(),
     };

@@ -14,7 +14,7 @@
 //! One file per section: [`listen`] (`tls`, `admin`), [`upstreams`],
 //! [`limits`] (`timeouts`, `limits`), [`cache`], [`policy`] (the policy
 //! and attestors as written, and a `policyFile`'s document), [`audit`],
-//! [`alerts`], [`breakglass`]; [`duration`] is the one parser of `10s`.
+//! [`alerts`], [`breakglass`], [`state`] (the fleet's Redis); [`duration`] is the one parser of `10s`.
 //!
 //! May use: std, serde, http, `crate::oci` (name syntax, Docker Hub's
 //! aliases). Must never use: any other module of the crate; every other
@@ -28,6 +28,7 @@ pub mod duration;
 pub mod limits;
 pub mod listen;
 pub mod policy;
+pub mod state;
 pub mod upstreams;
 
 use std::fmt;
@@ -43,6 +44,7 @@ pub use cache::CacheConfig;
 pub use limits::{Limits, Timeouts, MAX_LIMIT};
 pub use listen::{AdminConfig, TlsConfig};
 pub use policy::{AttestorDoc, PolicyDoc};
+pub use state::{RedisConfig, RedisTls, StateConfig};
 pub use upstreams::{AuthConfig, UpstreamConfig};
 
 /// The configuration `serve` uses without `--config`: the same text as
@@ -121,6 +123,9 @@ pub struct Config {
     /// indexed by the digest their signed content names.
     #[serde(default)]
     pub attestation_store: Option<AttestationStoreConfig>,
+    /// What the replicas of a fleet share (Redis), and this replica's name.
+    #[serde(default)]
+    pub state: StateConfig,
     /// The text the configuration was read from, for errors that point at
     /// a line of it.
     #[serde(skip)]
@@ -257,6 +262,14 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
+        if let Some(redis) = &mut self.state.redis {
+            if let Some(path) = &mut redis.password_file {
+                fix(path);
+            }
+            if let Some(RedisTls::Ca { ca_file }) = &mut redis.tls {
+                fix(ca_file);
+            }
+        }
         for upstream in &mut self.upstreams {
             if let Some(auth) = &mut upstream.auth {
                 fix(&mut auth.password_file);
@@ -298,6 +311,7 @@ impl Config {
         if let Some(admin) = &self.admin {
             listen::validate_admin(admin, self.listen, at)?;
         }
+        state::validate(&self.state, at)?;
         limits::validate_timeouts(&self.timeouts, at)?;
         limits::validate_limits(&self.limits, at)
     }

@@ -31,6 +31,10 @@ pub struct UpstreamConfig {
     /// Requests that name no prefix and no `?ns=` go to the default upstream.
     #[serde(default)]
     pub default: bool,
+    /// `/readyz` fails while this upstream is unreachable. Without any
+    /// `required` upstream, one reachable upstream is enough.
+    #[serde(default)]
+    pub required: bool,
     /// Credentials for Basic auth and for bearer-token endpoints.
     #[serde(default)]
     pub auth: Option<AuthConfig>,

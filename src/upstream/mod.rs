@@ -735,6 +735,7 @@ mod tests {
             url: Some(url.into()),
             prefix: None,
             default: true,
+            required: false,
             auth: Some(crate::config::AuthConfig {
                 username: "u".into(),
                 password_file: pw,
