@@ -23,6 +23,7 @@ use crate::admin::AdminToken;
 use crate::audit::Observer;
 use crate::breakglass::BreakGlass;
 use crate::config::{Config, ConfigError};
+use crate::fleet::{Shared, Ttls};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Rule};
 use crate::routing::Router;
@@ -135,6 +136,7 @@ pub fn build_quiet(prepared: Prepared) -> Result<App, SetupError> {
         prepared.policy,
         prepared.break_glass,
         observer,
+        None,
     )
 }
 
@@ -145,6 +147,7 @@ fn build(
     policy: Policy,
     break_glass: Option<BreakGlass>,
     observer: Arc<Observer>,
+    fleet: Option<Arc<Shared>>,
 ) -> Result<App, SetupError> {
     let upstreams = config
         .upstreams
@@ -162,6 +165,9 @@ fn build(
         let store = crate::verify::sources::store::Store::open(&store.path)
             .map_err(SetupError::AttestationStore)?;
         verifier = verifier.with_store(Arc::new(store));
+    }
+    if let Some(fleet) = fleet {
+        verifier = verifier.with_fleet(fleet);
     }
     let parts = Parts {
         router: Router::new(config),
@@ -220,8 +226,22 @@ pub async fn serve(
         break_glass,
         admin_token,
     } = prepared;
-    let observer = Arc::new(observer(&config)?);
-    let app = Arc::new(build(&config, policy, break_glass, observer).map_err(|e| e.to_string())?);
+    let fleet = match &config.state.redis {
+        Some(redis) => {
+            let ttls = Ttls {
+                allow: config.cache.allow_ttl,
+                deny: config.cache.deny_ttl,
+            };
+            let fleet = Shared::start(redis, ttls)?;
+            tracing::info!(redis = %fleet.url(), "fleet: sharing admissions, verdicts and decisions through redis");
+            Some(fleet)
+        }
+        None => None,
+    };
+    let replica = replica_name(&config);
+    let observer = Arc::new(observer(&config)?.with_fleet(replica, fleet.clone()));
+    let app =
+        Arc::new(build(&config, policy, break_glass, observer, fleet).map_err(|e| e.to_string())?);
     log_policy(&config, &app);
     if let Some(path) = config_path {
         tokio::spawn(crate::reload::watch(Arc::clone(&app), path, reload_policy));
@@ -262,6 +282,27 @@ pub async fn serve(
     let listeners = Listeners { registry, admin };
     server::run(listeners, app, settings, shutdown).await;
     Ok(())
+}
+
+/// This replica's name: `state.replica`; in a fleet without one,
+/// `$HOSTNAME` (the pod name on Kubernetes), else the host name. `None`
+/// for a lone instance that names none.
+fn replica_name(config: &Config) -> Option<String> {
+    if let Some(name) = &config.state.replica {
+        return Some(name.clone());
+    }
+    config.state.redis.as_ref()?;
+    let valid = |n: &String| !n.is_empty() && n.len() <= 253;
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(valid)
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(valid)
+        })
+        .or_else(|| Some("portcullis".to_owned()))
 }
 
 /// Logs the policy in force at startup (or that there is none).

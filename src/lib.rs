@@ -47,6 +47,10 @@
 //!   (pure).
 //! - [`metrics`]: the Prometheus registry and its families.
 //! - [`routing`]: request → [`routing::Route`].
+//! - [`fleet`]: the replicas' shared state on Redis (`state.redis`):
+//!   round trips bounded by a timeout, keys under the policy revision,
+//!   the reload counter and the fleet's decision stream; values are bytes,
+//!   their meaning is `verify`'s.
 //! - [`upstream`]: the registry client: pooled connections, timeouts,
 //!   redirects, Basic and bearer-token auth, the one bounded read, the one
 //!   referrers lookup (API or tag schema) and the one HTTPS client builder
@@ -85,6 +89,7 @@ pub mod breakglass;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod fleet;
 pub mod metrics;
 pub mod oci;
 pub mod policy;

@@ -167,6 +167,11 @@ pub struct Snapshot {
     pub alerts_failed: u64,
     pub alerts_dropped: u64,
     pub alerts_coalesced: u64,
+    /// The fleet's shared state (zero without one).
+    pub redis_errors: u64,
+    pub redis_fallbacks: u64,
+    pub fleet_hits: u64,
+    pub fleet_decisions_dropped: u64,
 }
 
 impl Default for Metrics {
@@ -304,6 +309,10 @@ struct ScrapedFamilies {
     alerts_failed: Counter<u64, AtomicU64>,
     alerts_dropped: Counter<u64, AtomicU64>,
     alerts_coalesced: Counter<u64, AtomicU64>,
+    redis_errors: Counter<u64, AtomicU64>,
+    redis_fallbacks: Counter<u64, AtomicU64>,
+    fleet_hits: Counter<u64, AtomicU64>,
+    fleet_decisions_dropped: Counter<u64, AtomicU64>,
 }
 
 impl ScrapedFamilies {
@@ -344,6 +353,22 @@ impl ScrapedFamilies {
             alerts_coalesced: counter(
                 "alerts_coalesced",
                 "Denials and dry-run would-denials folded into a coalesced alert (one alert with a count) instead of sent on their own",
+            ),
+            redis_errors: counter(
+                "redis_errors",
+                "Round trips to the fleet's Redis (state.redis) that failed or timed out",
+            ),
+            redis_fallbacks: counter(
+                "redis_fallbacks",
+                "Requests answered without the fleet's Redis because it failed: verdicts computed here, blobs refused as unprovable, decision lists of this replica only",
+            ),
+            fleet_hits: counter(
+                "fleet_shared_hits",
+                "Verdicts and admitted content found in the fleet's Redis (another replica's verification reused)",
+            ),
+            fleet_decisions_dropped: counter(
+                "fleet_decisions_dropped",
+                "Decision records not appended to the fleet's stream (queue full or Redis failing); the audit trail keeps them",
             ),
         }
     }
@@ -528,6 +553,10 @@ impl Metrics {
         set(&m.alerts_failed, snapshot.alerts_failed);
         set(&m.alerts_dropped, snapshot.alerts_dropped);
         set(&m.alerts_coalesced, snapshot.alerts_coalesced);
+        set(&m.redis_errors, snapshot.redis_errors);
+        set(&m.redis_fallbacks, snapshot.redis_fallbacks);
+        set(&m.fleet_hits, snapshot.fleet_hits);
+        set(&m.fleet_decisions_dropped, snapshot.fleet_decisions_dropped);
         m.cache_entries
             .set(i64::try_from(snapshot.cache_entries).unwrap_or(i64::MAX));
         let mut out = String::new();

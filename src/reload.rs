@@ -3,6 +3,11 @@
 //! policy in force and says why. Only the policy and attestors are
 //! reloaded; listeners and upstreams need a restart.
 //!
+//! In a fleet (`state.redis`), a reload here that changes the policy is
+//! announced to the other replicas, which re-read their own configuration
+//! within [`FLEET_POLL`]: a SIGHUP on one replica reaches them all. (A
+//! file change reaches each replica by itself too.)
+//!
 //! May use: `serve` (the app whose policy it swaps), `config`, `policy`.
 //! Must never use: app or cli (the app hands it the loader).
 
@@ -21,6 +26,8 @@ pub type Load = fn(&Path) -> Result<(Policy, Vec<String>), String>;
 
 /// How often the files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a replica asks the fleet whether another one reloaded.
+pub const FLEET_POLL: Duration = Duration::from_millis(250);
 
 type Fingerprint = Vec<Option<(SystemTime, u64)>>;
 
@@ -82,8 +89,38 @@ async fn refresh_store(app: &Arc<App>) {
     }
 }
 
-/// Watches for SIGHUP, file changes and the attestation store until the
-/// process ends.
+/// The fleet's reload count, as this replica last saw it.
+struct FleetReloads {
+    seen: Option<u64>,
+}
+
+impl FleetReloads {
+    /// Whether another replica announced a reload since the last look
+    /// (the first answer only sets where counting starts).
+    async fn announced(&mut self, app: &App) -> bool {
+        let Some(fleet) = app.verifier.fleet() else {
+            return false;
+        };
+        let Ok(now) = fleet.reloads().await else {
+            return false;
+        };
+        let seen = self.seen.replace(now);
+        seen.is_some_and(|seen| now != seen)
+    }
+
+    /// Tells the fleet this replica's policy changed.
+    async fn announce(&mut self, app: &App) {
+        if let Some(fleet) = app.verifier.fleet() {
+            match fleet.announce_reload().await {
+                Ok(n) => self.seen = Some(n),
+                Err(e) => tracing::warn!("policy reload not announced to the fleet: {e}"),
+            }
+        }
+    }
+}
+
+/// Watches for SIGHUP, file changes, the attestation store and, in a
+/// fleet, the other replicas' reloads, until the process ends.
 pub async fn watch(app: Arc<App>, config_path: PathBuf, load: Load) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -95,10 +132,16 @@ pub async fn watch(app: Arc<App>, config_path: PathBuf, load: Load) {
     };
     let mut paths = watched_paths(&config_path);
     let mut seen = fingerprint(&paths);
+    let mut files = tokio::time::interval(WATCH_INTERVAL);
+    files.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fleet_poll = tokio::time::interval(FLEET_POLL);
+    fleet_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let in_fleet = app.verifier.fleet().is_some();
+    let mut reloads = FleetReloads { seen: None };
     loop {
         let why = tokio::select! {
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
-            () = tokio::time::sleep(WATCH_INTERVAL) => {
+            _ = files.tick() => {
                 refresh_store(&app).await;
                 let now = fingerprint(&paths);
                 if now == seen {
@@ -106,8 +149,20 @@ pub async fn watch(app: Arc<App>, config_path: PathBuf, load: Load) {
                 }
                 "file change"
             }
+            _ = fleet_poll.tick(), if in_fleet => {
+                if !reloads.announced(&app).await {
+                    continue;
+                }
+                "another replica reloaded"
+            }
         };
-        let _ = reload(&app, &config_path, why, load);
+        let before = app.verifier.policy().revision.clone();
+        let result = reload(&app, &config_path, why, load);
+        if matches!(&result, Ok(revision) if *revision != before)
+            && why != "another replica reloaded"
+        {
+            reloads.announce(&app).await;
+        }
         paths = watched_paths(&config_path);
         seen = fingerprint(&paths);
     }

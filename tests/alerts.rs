@@ -223,6 +223,7 @@ fn record(verdict: RecordedVerdict, request_id: u64) -> DecisionRecord {
             RecordedVerdict::Breakglass => Some("INC-1234: hotfix rollout".into()),
             _ => None,
         },
+        replica: None,
     }
 }
 

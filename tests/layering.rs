@@ -23,6 +23,7 @@ const LAYERS: &[&str] = &[
     "policy",     // the policy and its evaluation (pure)
     "metrics",    // the Prometheus registry
     "routing",    // request → route
+    "fleet",      // the replicas' shared state (Redis)
     "upstream",   // the registry client
     "breakglass", // break-glass credentials and their proof
     "verify",     // admission: evidence, verdicts, proofs

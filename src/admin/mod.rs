@@ -160,10 +160,18 @@ pub async fn handle<B>(
                 rule: param("rule"),
                 limit: param("limit").and_then(|l| l.parse().ok()).unwrap_or(100),
             };
-            let decisions = app.observer.recent(&query);
+            let (decisions, partial) = app.observer.recent_fleet(&query).await;
             let list: Vec<&crate::audit::DecisionRecord> =
                 decisions.iter().map(|d| d.as_ref()).collect();
-            let body = serde_json::json!({ "decisions": list });
+            let scope = match (app.observer.fleet(), &partial) {
+                (None, _) => "replica",
+                (Some(_), None) => "fleet",
+                (Some(_), Some(_)) => "replica (fleet unavailable)",
+            };
+            let mut body = serde_json::json!({ "decisions": list, "scope": scope });
+            if let Some(why) = partial {
+                body["warning"] = serde_json::Value::String(why);
+            }
             json(&body)
         }
         "/-/api/summary" => {

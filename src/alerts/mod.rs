@@ -431,6 +431,7 @@ pub(crate) mod tests {
             cache_hit: false,
             latency_ms: 1.5,
             break_glass_justification: None,
+            replica: None,
         }
     }
 

@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use record::{Client, DecisionRecord, RecordedVerdict, Subject};
 
 use crate::breakglass::Use;
+use crate::fleet::Shared;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::policy::Decision;
@@ -78,6 +79,8 @@ pub struct Decided {
     pub latency: Duration,
     /// Served by break-glass over `decision` (a denial): who and why.
     pub break_glass: Option<Use>,
+    /// The replica that decided, in a fleet (`state.replica`).
+    pub replica: Option<Arc<str>>,
 }
 
 impl Decided {
@@ -173,6 +176,10 @@ pub struct Observer {
     audit: Option<writer::AuditSink>,
     alerter: Option<Box<dyn AlertSink>>,
     recent: Mutex<VecDeque<Entry>>,
+    /// This replica's name, stamped on its records, when one is given.
+    replica: Option<Arc<str>>,
+    /// The fleet's decision stream, when configured.
+    fleet: Option<Arc<Shared>>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -213,7 +220,35 @@ impl Observer {
             audit,
             alerter,
             recent: Mutex::new(VecDeque::with_capacity(1024)),
+            replica: None,
+            fleet: None,
         }
+    }
+
+    /// Names this replica in its records and, with `fleet`, appends them to
+    /// the fleet's decision stream and lists the fleet's decisions.
+    pub fn with_fleet(mut self, replica: Option<String>, fleet: Option<Arc<Shared>>) -> Observer {
+        self.replica = replica.map(Arc::from);
+        self.fleet = fleet;
+        self
+    }
+
+    /// This replica's name, when one is given.
+    pub fn replica(&self) -> Option<Arc<str>> {
+        self.replica.clone()
+    }
+
+    /// The fleet's shared state, when configured.
+    pub fn fleet(&self) -> Option<&Arc<Shared>> {
+        self.fleet.as_ref()
+    }
+
+    /// Whether a decision goes to the fleet's stream: every one but an
+    /// allow repeated from the verdict cache (the routine warm path; each
+    /// replica's audit trail and metrics count those).
+    fn streams(&self, verdict: RecordedVerdict, cache_hit: bool) -> bool {
+        self.fleet.is_some()
+            && !(cache_hit && matches!(verdict, RecordedVerdict::Allow | RecordedVerdict::Exempt))
     }
 
     /// Records one decision everywhere it needs to go.
@@ -228,6 +263,13 @@ impl Observer {
                 alerter.notify(&record);
             }
         }
+        if let Some(fleet) = &self.fleet {
+            if self.streams(record.verdict, record.cache_hit) {
+                if let Ok(json) = serde_json::to_string(&record) {
+                    fleet.push_decision(json);
+                }
+            }
+        }
         let record = Arc::new(record);
         self.remember(SystemTime::now(), Recent::Record(Arc::clone(&record)));
         if let Some(audit) = &self.audit {
@@ -240,7 +282,9 @@ impl Observer {
     /// (else when the recent list is first read).
     pub async fn decided(&self, decided: Decided) {
         let verdict = decided.verdict();
-        let eager = self.audit.is_some() || self.alerter.as_ref().is_some_and(|a| a.wants(verdict));
+        let eager = self.audit.is_some()
+            || self.alerter.as_ref().is_some_and(|a| a.wants(verdict))
+            || self.streams(verdict, decided.cache_hit);
         if eager {
             return self.record(decided.to_record()).await;
         }
@@ -275,6 +319,49 @@ impl Observer {
             recent.push_back(entry);
             evicted
         };
+    }
+
+    /// Recent decisions of the whole fleet matching `query`, newest first,
+    /// from the fleet's stream (every decision but allows repeated from a
+    /// verdict cache). Without a fleet, or when Redis cannot answer, this
+    /// replica's own list, with why in the second value.
+    pub async fn recent_fleet(&self, query: &Query) -> (Vec<Arc<DecisionRecord>>, Option<String>) {
+        let Some(fleet) = &self.fleet else {
+            return (self.recent(query), None);
+        };
+        let limit = query.limit.clamp(1, MAX_QUERY_LIMIT);
+        let filtered =
+            query.verdict.is_some() || query.repository.is_some() || query.rule.is_some();
+        let count = if filtered { RECENT_DECISIONS } else { limit };
+        match fleet.recent(count).await {
+            Ok(lines) => {
+                let records = lines
+                    .iter()
+                    .filter_map(|line| serde_json::from_str::<DecisionRecord>(line).ok())
+                    .filter(|r| {
+                        query
+                            .verdict
+                            .as_deref()
+                            .is_none_or(|v| r.verdict.as_str() == v)
+                            && query
+                                .repository
+                                .as_deref()
+                                .is_none_or(|s| r.reference.contains(s))
+                            && query.rule.as_deref().is_none_or(|rule| r.rule == rule)
+                    })
+                    .take(limit)
+                    .map(Arc::new)
+                    .collect();
+                (records, None)
+            }
+            Err(e) => {
+                fleet.fell_back();
+                (
+                    self.recent(query),
+                    Some(format!("this replica's decisions only: {e}")),
+                )
+            }
+        }
     }
 
     /// Recent decisions matching `query`, newest first.
@@ -413,7 +500,7 @@ mod tests {
             },
             subject: Subject::Manifest,
             reference: reference.into(),
-            tag: (n % 2 == 0).then(|| "v1".to_owned()),
+            tag: n.is_multiple_of(2).then(|| "v1".to_owned()),
             digest: Digest::sha256_of(&n.to_be_bytes()),
             decision: Arc::new(Decision {
                 verdict,
@@ -426,6 +513,7 @@ mod tests {
             cache_hit: n > 1,
             latency: Duration::from_micros(250),
             break_glass: None,
+            replica: None,
         }
     }
 

@@ -121,6 +121,10 @@ pub struct DecisionRecord {
     pub latency_ms: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass_justification: Option<String>,
+    /// The replica that decided, when one is named (`state.replica`, or
+    /// any fleet): the fleet's decision list mixes replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// A small, fixed vocabulary for why a decision went the way it did.
@@ -202,6 +206,7 @@ impl DecisionRecord {
             cache_hit: decided.cache_hit,
             latency_ms: decided.latency.as_secs_f64() * 1000.0,
             break_glass_justification: break_glass.map(|used| used.justification().to_owned()),
+            replica: decided.replica.as_deref().map(str::to_owned),
         }
     }
 }

@@ -50,7 +50,7 @@ impl AuditSink {
                     let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     // Counted in metrics; logged on the first drop and then
                     // every 1000th, so a flood does not flood the log too.
-                    if dropped == 1 || dropped % 1000 == 0 {
+                    if dropped == 1 || dropped.is_multiple_of(1000) {
                         tracing::warn!(dropped, "audit queue full: records dropped (onFull: drop)");
                     }
                 }

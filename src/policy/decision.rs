@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use super::{attestation, EnforcementMode, EvaluationMode, Policy, Rule, RuleSource};
 
 /// The result of checking one piece of evidence (one signature) for one
 /// attestor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Check {
     /// Verified with the attestor's key `key_id`, and binds this image.
     Valid { key_id: String },
@@ -71,7 +73,7 @@ impl Check {
 }
 
 /// Where a piece of evidence was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EvidenceKind {
     /// A cosign `sha256-<hex>.sig` tag (simple signing).
     SigTag,
@@ -114,7 +116,7 @@ impl fmt::Display for EvidenceKind {
 
 /// One signature or attestation looked at, where it came from, and what
 /// it showed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     pub kind: EvidenceKind,
     /// Where it was found, e.g. `127.0.0.1:5001/demo/app:sha256-….sig layer 2`.
@@ -151,7 +153,7 @@ impl Evidence {
 }
 
 /// How one attestor fared.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttestorResult {
     pub name: String,
     pub satisfied: bool,
@@ -233,7 +235,7 @@ impl AttestorResult {
 }
 
 /// The policy's answer for one image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
     /// Served: the rule allows it, or its attestors are satisfied.
     Allow,
@@ -246,7 +248,7 @@ pub enum Verdict {
 }
 
 /// A decision with everything needed to explain it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub verdict: Verdict,
     pub rule: RuleSource,

@@ -34,7 +34,7 @@ pub use decision::{
 pub use pattern::{canonical_pattern, Pattern, PatternIndex};
 
 /// Which rule decided.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RuleSource {
     Allowlist(String),
     Default,

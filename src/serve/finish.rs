@@ -47,6 +47,7 @@ pub(super) async fn manifest(
         cache_hit,
         latency: ctx.started.elapsed(),
         break_glass: break_glass.cloned(),
+        replica: app.observer.replica(),
     };
     let routine = log(ctx, &decided, matches!(outcome, Outcome::Denied(_)));
     app.observer.decided(decided).await;
@@ -61,7 +62,7 @@ pub(super) async fn blob_denied(
     digest: &Digest,
     decision: Arc<Decision>,
 ) -> ServeError {
-    let decided = blob_decided(ctx, digest, Arc::clone(&decision), None);
+    let decided = blob_decided(app, ctx, digest, Arc::clone(&decision), None);
     let subject = decided.subject_text();
     app.observer.decided(decided).await;
     ServeError::Denied { subject, decision }
@@ -72,6 +73,7 @@ pub(super) async fn blob_denied(
 pub(super) async fn blob_permitted(app: &App, ctx: &Ctx<'_>, permit: &BlobPermit) {
     if let Some((decision, used)) = permit.break_glass() {
         let decided = blob_decided(
+            app,
             ctx,
             permit.digest(),
             Arc::clone(decision),
@@ -82,6 +84,7 @@ pub(super) async fn blob_permitted(app: &App, ctx: &Ctx<'_>, permit: &BlobPermit
 }
 
 fn blob_decided(
+    app: &App,
     ctx: &Ctx<'_>,
     digest: &Digest,
     decision: Arc<Decision>,
@@ -98,6 +101,7 @@ fn blob_decided(
         cache_hit: false,
         latency: ctx.started.elapsed(),
         break_glass,
+        replica: app.observer.replica(),
     }
 }
 

@@ -289,6 +289,7 @@ impl App {
         let (audit_written, audit_dropped, audit_errors) = self.observer.audit_counts();
         let alerts = self.observer.alert_counts();
         use std::sync::atomic::Ordering::Relaxed;
+        let fleet = self.verifier.fleet().map(|f| &f.stats);
         self.observer.metrics.encode(Snapshot {
             cache_hits: stats.cache_hits.load(Relaxed),
             cache_misses: stats.cache_misses.load(Relaxed),
@@ -301,6 +302,10 @@ impl App {
             alerts_failed: alerts.failed,
             alerts_dropped: alerts.dropped,
             alerts_coalesced: alerts.coalesced,
+            redis_errors: fleet.map_or(0, |f| f.errors.load(Relaxed)),
+            redis_fallbacks: fleet.map_or(0, |f| f.fallbacks.load(Relaxed)),
+            fleet_hits: fleet.map_or(0, |f| f.hits.load(Relaxed)),
+            fleet_decisions_dropped: fleet.map_or(0, |f| f.decisions_dropped.load(Relaxed)),
         })
     }
 

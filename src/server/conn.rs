@@ -346,7 +346,7 @@ impl Refusals {
     /// Counts one; `Some(total)` when this one should be logged.
     pub fn count(&self) -> Option<u64> {
         let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        (n == 1 || n % 1000 == 0).then_some(n)
+        (n == 1 || n.is_multiple_of(1000)).then_some(n)
     }
 }
 

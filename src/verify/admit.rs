@@ -15,6 +15,7 @@ use super::cache::{self, Hit, Key, Scope};
 use super::sources::Gathered;
 use super::{State, Verifier, VerifyError};
 use crate::breakglass::{Attempt, Use};
+use crate::fleet::Table;
 use crate::oci::manifest::{Kind, Manifest};
 use crate::oci::{Digest, Reference};
 use crate::policy::{self, Decision, EnforcementMode, EvaluationMode, Verdict};
@@ -76,7 +77,7 @@ impl Verifier {
                 denial.verified_in = took(denial.cache_hit);
                 match glass {
                     Attempt::Valid(proof) => {
-                        Outcome::Admitted(self.break_glass(route, denial, proof.clone()))
+                        Outcome::Admitted(self.break_glass(route, denial, proof.clone()).await)
                     }
                     _ => Outcome::Denied(denial),
                 }
@@ -165,6 +166,11 @@ impl Verifier {
                 if let Some(hit) = self.verdicts.get(&key) {
                     return Ok(hit);
                 }
+                if self.shares(state, route) {
+                    if let Some(decision) = self.shared_verdict(state, route, &key).await {
+                        return Ok(self.keep(&miss, manifest, decision));
+                    }
+                }
                 self.within_deadline(self.verify_miss(&miss, manifest, None))
                     .await
             }))
@@ -228,9 +234,28 @@ impl Verifier {
                 if let Some(hit) = self.verdicts.get(&key) {
                     return Ok(hit);
                 }
+                let mut fetching = fetching;
+                if self.shares(&state, route) {
+                    if let Some(decision) = self.shared_verdict(&state, route, &key).await {
+                        let manifest = match fetching.as_mut().await {
+                            Ok(m) => m,
+                            Err(e) => {
+                                *slot = Some(Err(e));
+                                return Err(VerifyError::ManifestUnavailable);
+                            }
+                        };
+                        *slot = Some(Ok(manifest.clone()));
+                        let miss = Miss {
+                            state: &state,
+                            scope: &scope,
+                            route,
+                            key: &key,
+                        };
+                        return Ok(self.keep(&miss, &manifest, decision));
+                    }
+                }
                 let gather = self.gather(&state, route, &rule, digest);
                 let mut gather = std::pin::pin!(gather);
-                let mut fetching = fetching;
                 let mut gathered = None;
                 let manifest = loop {
                     tokio::select! {
@@ -309,14 +334,26 @@ impl Verifier {
                 decision = listed;
             }
         }
-        // Content first: a verdict is only found with its content in place.
+        let hit = self.keep(miss, manifest, decision);
+        if self.shares(state, route) {
+            self.share_verdict(state, scope, key, manifest, &hit.decision)
+                .await;
+        }
+        Ok(hit)
+    }
+
+    /// Caches a verdict reached for `miss` (here, or by another replica),
+    /// its admitted content registered first: a verdict is only found
+    /// with its content in place.
+    fn keep(&self, miss: &Miss<'_>, manifest: &Manifest, decision: Arc<Decision>) -> Hit {
         let content = if decision.serves() {
-            self.register(state, scope, route, manifest)
+            self.register(miss.state, miss.scope, miss.route, manifest)
         } else {
             self.content.epoch()
         };
-        self.verdicts.insert(key, Arc::clone(&decision), content);
-        Ok(Hit { decision, content })
+        self.verdicts
+            .insert(miss.key, Arc::clone(&decision), content);
+        Hit { decision, content }
     }
 
     /// Admits a denied manifest because a valid break-glass credential was
@@ -324,7 +361,7 @@ impl Verifier {
     /// is admitted for anyone else: its blobs go to the break-glass table,
     /// which only requests carrying a valid credential consult
     /// ([`Verifier::permit_blob`]), and cached denials stay.
-    pub fn break_glass(&self, route: &Route, denial: Denial, proof: Use) -> Admission {
+    pub async fn break_glass(&self, route: &Route, denial: Denial, proof: Use) -> Admission {
         let state = self.state();
         let scope = state.scope(route);
         if let Ok(reading) = denial.manifest.read() {
@@ -335,6 +372,7 @@ impl Verifier {
                 .map(|b| scope.key_of(&b.digest).id)
                 .collect();
             self.break_glass.admit(state.generation, &blobs, &[], None);
+            self.share_break_glass(&state, &blobs).await;
         }
         Admission {
             manifest: denial.manifest,
@@ -360,23 +398,51 @@ impl Verifier {
             digest: digest.clone(),
             break_glass,
         };
-        match self.blob_allowed(route, digest) {
-            Ok(()) => Ok(permit(None)),
-            Err(denial) => match glass {
-                Attempt::Valid(proof) if self.break_glass_blob(route, digest) => {
-                    Ok(permit(Some((denial, proof.clone()))))
+        let denial = match self.blob_allowed(route, digest) {
+            Ok(()) => return Ok(permit(None)),
+            Err(denial) => denial,
+        };
+        let state = self.state();
+        let key = state.scope(route).key_of(digest);
+        let shared = match self.shares(&state, route) {
+            true => self.in_fleet(&state, Table::Blob, &key).await,
+            false => Ok(false),
+        };
+        let unproven = match shared {
+            Ok(true) => {
+                // Admitted by another replica: this one remembers it too.
+                self.content.admit(state.generation, &[key.id], &[], None);
+                return Ok(permit(None));
+            }
+            Ok(false) => denial,
+            Err(e) => {
+                if let Some(fleet) = &self.fleet {
+                    fleet.fell_back();
                 }
-                _ => Err(denial),
-            },
+                Arc::new(Decision {
+                    reason: format!(
+                        "blob is not part of an image this replica admitted, and the fleet's shared state cannot say whether another replica did ({e})"
+                    ),
+                    ..(*denial).clone()
+                })
+            }
+        };
+        match glass {
+            Attempt::Valid(proof) if self.break_glass_blob(&state, &key).await => {
+                Ok(permit(Some((unproven, proof.clone()))))
+            }
+            _ => Err(unproven),
         }
     }
 
-    /// Whether `digest` belongs to an image admitted by break-glass in this
-    /// repository (the caller has checked the request's credential).
-    fn break_glass_blob(&self, route: &Route, digest: &Digest) -> bool {
-        let state = self.state();
-        self.break_glass
-            .has_blob(&state.scope(route).key_of(digest))
+    /// Whether `key`'s blob belongs to an image admitted by break-glass in
+    /// its repository, here or on another replica (the caller has checked
+    /// the request's credential).
+    async fn break_glass_blob(&self, state: &State, key: &Key) -> bool {
+        if self.break_glass.has_blob(key) {
+            return true;
+        }
+        matches!(self.in_fleet(state, Table::BreakGlass, key).await, Ok(true))
     }
 
     /// Whether a blob may be served: always without a policy, under an

@@ -22,8 +22,13 @@
 //!   for as long as their verdict is served (a verdict-cache hit registers
 //!   them again when they may have aged out).
 //!
-//! May use: `oci`, `crypto`, `config`, `policy`, `routing`, `upstream`,
-//! `breakglass`. Must never use: audit, alerts, serve, admin, server,
+//! - In a fleet (`state.redis`), verdicts and admitted content are also
+//!   written to and read from the replicas' shared state ([`crate::fleet`]),
+//!   behind these in-process tables and under a revision naming the
+//!   policy, the upstreams and the store's evidence (the private `fleet`).
+//!
+//! May use: `oci`, `crypto`, `config`, `policy`, `routing`, `fleet`,
+//! `upstream`, `breakglass`. Must never use: audit, alerts, serve, admin, server,
 //! reload, app, cli: what happens to a decision after it is made is the
 //! caller's business.
 
@@ -34,6 +39,7 @@ pub mod budget;
 mod cache;
 mod decide;
 pub mod evidence;
+mod fleet;
 pub mod formats;
 pub mod sources;
 #[cfg(test)]
@@ -125,6 +131,8 @@ pub struct Verifier {
     /// `verification` and `evidence` bound every verification and every
     /// evidence lookup.
     timeouts: Timeouts,
+    /// The fleet's shared state, when configured.
+    fleet: Option<Arc<crate::fleet::Shared>>,
     pub stats: Stats,
 }
 
@@ -132,6 +140,9 @@ pub struct Verifier {
 struct State {
     policy: Arc<Policy>,
     generation: u32,
+    /// The fleet's name for this policy, these upstreams and the store's
+    /// evidence: shared keys live under it (see the private `fleet`).
+    revision: String,
     /// Decisions that depend on the rule alone (ALWAYS_ALLOW, ALWAYS_DENY,
     /// allowlist, the artifact exemption), one `Arc` per rule and
     /// enforcement shared by every image they decide; at most twice the
@@ -142,10 +153,11 @@ struct State {
 }
 
 impl State {
-    fn new(policy: Arc<Policy>, generation: u32) -> State {
+    fn new(policy: Arc<Policy>, generation: u32, revision: String) -> State {
         State {
             policy,
             generation,
+            revision,
             shared: Mutex::new(HashMap::new()),
             unconfigured: OnceLock::new(),
         }
@@ -192,7 +204,7 @@ impl Verifier {
         let clock = Arc::new(Clock::new());
         Verifier {
             upstreams,
-            state: RwLock::new(Arc::new(State::new(Arc::new(policy), 0))),
+            state: RwLock::new(Arc::new(State::new(Arc::new(policy), 0, String::new()))),
             changing: Mutex::new(()),
             verdicts: Verdicts::new(
                 cache.max_entries,
@@ -209,8 +221,44 @@ impl Verifier {
             evidence: budget::EvidenceLimits::new(&Limits::default()),
             break_glass: Content::new(MAX_BREAK_GLASS_CONTENT, cache.allow_ttl, clock),
             timeouts: Timeouts::default(),
+            fleet: None,
             stats: Stats::default(),
         }
+        .with_revision()
+    }
+
+    /// Recomputes the state's fleet revision (after the store or the
+    /// upstreams it names were set).
+    fn with_revision(self) -> Verifier {
+        let old = self.state();
+        let revision = self.revision_of(&old.policy);
+        let new = Arc::new(State::new(
+            Arc::clone(&old.policy),
+            old.generation,
+            revision,
+        ));
+        match self.state.write() {
+            Ok(mut s) => *s = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+        self
+    }
+
+    /// Shares verdicts and admitted content with the other replicas
+    /// through `fleet`.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::Shared>) -> Verifier {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// The fleet's shared state, when configured.
+    pub fn fleet(&self) -> Option<&Arc<crate::fleet::Shared>> {
+        self.fleet.as_ref()
+    }
+
+    /// The revision shared keys are under right now.
+    pub fn fleet_revision(&self) -> String {
+        self.state().revision.clone()
     }
 
     /// Bounds evidence reads with `limits` (the defaults otherwise).
@@ -248,7 +296,7 @@ impl Verifier {
     /// Adds the local attestation store as an evidence source.
     pub fn with_store(mut self, store: Arc<sources::store::Store>) -> Verifier {
         self.store = Some(store);
-        self
+        self.with_revision()
     }
 
     pub fn store(&self) -> Option<&Arc<sources::store::Store>> {
@@ -309,7 +357,8 @@ impl Verifier {
             self.content.clear(generation);
             self.break_glass.clear(generation);
         }
-        let new = Arc::new(State::new(policy, generation));
+        let revision = self.revision_of(&policy);
+        let new = Arc::new(State::new(policy, generation, revision));
         match self.state.write() {
             Ok(mut s) => *s = new,
             Err(poisoned) => *poisoned.into_inner() = new,

@@ -88,6 +88,7 @@ fn record(repo: &str, digest: &str, verdict: RecordedVerdict, rule: &str) -> Dec
         cache_hit: false,
         latency_ms: 1.0,
         break_glass_justification: None,
+        replica: None,
     }
 }
 

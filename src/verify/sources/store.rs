@@ -26,6 +26,7 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
 use crate::verify::formats::binauthz::{self, Occurrence};
 use crate::verify::formats::bundle::{self, Bundle};
@@ -81,6 +82,8 @@ struct Indexed {
     files: HashMap<PathBuf, (Stamp, Parsed)>,
     /// sha256 hex → items naming it.
     by_digest: HashMap<String, Vec<Arc<Item>>>,
+    /// See [`Store::evidence_digest`].
+    evidence: [u8; 32],
 }
 
 /// The store's index, refreshed from its directory.
@@ -121,6 +124,16 @@ impl Store {
             .get(digest_hex)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// A digest of the evidence the store holds: SHA-256 over every file
+    /// that gave evidence, by path relative to the store and content, in
+    /// path order. Replicas mounting the same files agree on it whatever
+    /// their timestamps; the fleet's shared verdicts are keyed by it, so
+    /// evidence added or removed on one replica's store never lends its
+    /// verdicts to another.
+    pub fn evidence_digest(&self) -> [u8; 32] {
+        self.current().evidence
     }
 
     /// Items indexed, and files that gave none (with why).
@@ -173,7 +186,7 @@ impl Store {
         }
         let mut by_digest: HashMap<String, Vec<Arc<Item>>> = HashMap::new();
         for (_, result) in files.values() {
-            for (digests, item) in result.iter().flatten() {
+            for (digests, item) in result.iter().flat_map(|f| f.items.iter()) {
                 for d in digests {
                     by_digest
                         .entry(d.clone())
@@ -185,13 +198,38 @@ impl Store {
         for items in by_digest.values_mut() {
             items.sort_by(|a, b| a.source.cmp(&b.source));
         }
-        let indexed = Arc::new(Indexed { files, by_digest });
+        let evidence = evidence_digest(&self.dir, &files);
+        let indexed = Arc::new(Indexed {
+            files,
+            by_digest,
+            evidence,
+        });
         match self.index.write() {
             Ok(mut i) => *i = indexed,
             Err(poisoned) => *poisoned.into_inner() = indexed,
         }
         true
     }
+}
+
+fn evidence_digest(dir: &Path, files: &HashMap<PathBuf, (Stamp, Parsed)>) -> [u8; 32] {
+    let mut gave: Vec<(&Path, &[u8; 32])> = files
+        .iter()
+        .filter_map(|(path, (_, parsed))| {
+            let file = parsed.as_ref().ok()?;
+            let relative = path.strip_prefix(dir).unwrap_or(path);
+            Some((relative, &file.sha256))
+        })
+        .collect();
+    gave.sort();
+    let mut h = Sha256::new();
+    for (path, sha256) in gave {
+        let path = path.to_string_lossy();
+        h.update((path.len() as u64).to_le_bytes());
+        h.update(path.as_bytes());
+        h.update(sha256);
+    }
+    h.finalize().into()
 }
 
 /// Regular files under `dir`, skipping hidden and temporary files (an
@@ -231,7 +269,15 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, Stamp)>, too_many: &mu
 }
 
 /// What one file gave: items with the digests they name, or why none.
-type Parsed = Result<Vec<(Vec<String>, Arc<Item>)>, String>;
+type Parsed = Result<File, String>;
+
+/// What one file gave: its items, each with the digests it names, and the
+/// SHA-256 of its bytes (for [`Store::evidence_digest`]).
+#[derive(Debug, Clone)]
+struct File {
+    sha256: [u8; 32],
+    items: Vec<(Vec<String>, Arc<Item>)>,
+}
 
 fn read_file(path: &Path) -> Parsed {
     let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
@@ -242,7 +288,8 @@ fn read_file(path: &Path) -> Parsed {
     let contents = parse(&bytes)?;
     let name = path.display().to_string();
     let several = contents.len() > 1;
-    Ok(contents
+    let sha256 = Sha256::digest(&bytes).into();
+    let items = contents
         .into_iter()
         .enumerate()
         .map(|(i, (digests, content))| {
@@ -253,7 +300,8 @@ fn read_file(path: &Path) -> Parsed {
             };
             (digests, Arc::new(Item { source, content }))
         })
-        .collect())
+        .collect();
+    Ok(File { sha256, items })
 }
 
 /// Classifies a file's content: one JSON document (an object or a list),
