@@ -68,7 +68,11 @@ as_root() {
 #                    half a preface
 #   chromium         the headless browser tests/dashboard.rs drives the
 #                    dashboard (/-/ui) in, through playwright-core
-#   nginx, wrk       the benchmark's peers and load generator (stage 5)
+#   nginx, wrk       the benchmark's peers and load generator (stage 5);
+#                    nginx is also the round-robin balancer in front of two
+#                    replicas in tests/fleet.rs
+#   redis-server     the fleet's shared state (tests/fleet.rs, the bench's
+#                    fleet rows): Debian's Redis 7
 #   nodejs, npm      only when no `node` is on PATH (a NodeSource nodejs
 #                    bundles npm and conflicts with Debian's npm package);
 #                    tests/ui/ pins a playwright-core that runs on Node >= 18
@@ -79,6 +83,7 @@ APT_PACKAGES=(
     uidmap iptables slirp4netns
     chromium
     nginx wrk
+    redis-server
 )
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     APT_PACKAGES+=(nodejs npm)
@@ -110,7 +115,7 @@ install_packages() {
     # Always run the install so a fresh machine and this one take the same path.
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
-    for p in docker-registry skopeo podman ctr containerd curl chromium node npm nginx wrk; do
+    for p in docker-registry skopeo podman ctr containerd curl chromium node npm nginx wrk redis-server; do
         command -v "$p" >/dev/null 2>&1 || die "$p not on PATH after apt-get install"
     done
 }

@@ -95,6 +95,9 @@ pub struct FleetStats {
     pub hits: AtomicU64,
     /// Decision records dropped because the stream's queue was full.
     pub decisions_dropped: AtomicU64,
+    /// Times Redis answered again after failing: what it held may be gone
+    /// (a restart without persistence), so replicas share again.
+    pub recoveries: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -258,6 +261,7 @@ impl Shared {
         match &result {
             Ok(_) => {
                 if let Some((since, _)) = health.failing.take() {
+                    self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(redis = %self.url, down_for = ?since.elapsed(), "fleet shared state reachable again");
                 }
             }

@@ -128,9 +128,14 @@ impl Verifier {
                 verified_in: None,
             }));
         }
-        if !self.content.is_current(hit.content) {
+        if !self.content.is_current(hit.content) || self.fleet_recovered() {
             let content = self.register(&state, &scope, route, &manifest);
             self.verdicts.set_content(&key, content);
+            // What the fleet held may have expired or been lost with it.
+            if self.shares(&state, route) {
+                self.share_verdict(&state, &scope, &key, &manifest, &decision)
+                    .await;
+            }
         }
         Ok(admitted(manifest, decision, cache_hit))
     }
@@ -167,8 +172,8 @@ impl Verifier {
                     return Ok(hit);
                 }
                 if self.shares(state, route) {
-                    if let Some(decision) = self.shared_verdict(state, route, &key).await {
-                        return Ok(self.keep(&miss, manifest, decision));
+                    if let Some(shared) = self.shared_verdict(state, route, &key).await {
+                        return Ok(self.adopt(&miss, manifest, shared).await);
                     }
                 }
                 self.within_deadline(self.verify_miss(&miss, manifest, None))
@@ -236,7 +241,7 @@ impl Verifier {
                 }
                 let mut fetching = fetching;
                 if self.shares(&state, route) {
-                    if let Some(decision) = self.shared_verdict(&state, route, &key).await {
+                    if let Some(shared) = self.shared_verdict(&state, route, &key).await {
                         let manifest = match fetching.as_mut().await {
                             Ok(m) => m,
                             Err(e) => {
@@ -251,7 +256,7 @@ impl Verifier {
                             route,
                             key: &key,
                         };
-                        return Ok(self.keep(&miss, &manifest, decision));
+                        return Ok(self.adopt(&miss, &manifest, shared).await);
                     }
                 }
                 let gather = self.gather(&state, route, &rule, digest);
@@ -345,7 +350,12 @@ impl Verifier {
     /// Caches a verdict reached for `miss` (here, or by another replica),
     /// its admitted content registered first: a verdict is only found
     /// with its content in place.
-    fn keep(&self, miss: &Miss<'_>, manifest: &Manifest, decision: Arc<Decision>) -> Hit {
+    pub(super) fn keep(
+        &self,
+        miss: &Miss<'_>,
+        manifest: &Manifest,
+        decision: Arc<Decision>,
+    ) -> Hit {
         let content = if decision.serves() {
             self.register(miss.state, miss.scope, miss.route, manifest)
         } else {

@@ -590,6 +590,15 @@ impl Content {
         self.set_epoch(inner, at);
     }
 
+    /// A new epoch without a rotation: everything registered so far stays,
+    /// but no verdict's content counts as current, so the next request for
+    /// each admitted manifest registers (and shares) its content again.
+    pub fn renew(&self) {
+        let mut inner = lock(&self.inner);
+        inner.epoch = inner.epoch.wrapping_add(1);
+        self.epoch.store(inner.epoch, Ordering::Release);
+    }
+
     /// A new epoch, begun `at`.
     fn set_epoch(&self, inner: &mut ContentInner, at: u64) {
         inner.epoch = inner.epoch.wrapping_add(1);

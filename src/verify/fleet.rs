@@ -18,6 +18,7 @@
 //! registry) and the attestation store's evidence digest. Two replicas
 //! share only when all three agree.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
@@ -28,6 +29,14 @@ use crate::fleet::{FleetError, Table};
 use crate::oci::manifest::{Kind, Manifest};
 use crate::policy::{Decision, EvaluationMode, Policy, Verdict};
 use crate::routing::Route;
+
+/// What another replica left for a manifest.
+pub(super) enum Shared {
+    /// Its verdict (content already shared by whoever reached it).
+    Verdict(Arc<Decision>),
+    /// Admitted as the child of an admitted index.
+    Listed(Arc<Decision>),
+}
 
 /// Hex digits of the revision in keys (128 bits).
 const REVISION_HEX: usize = 32;
@@ -54,6 +63,21 @@ impl Verifier {
         revision
     }
 
+    /// Whether Redis came back since this was last asked: then the
+    /// content table is renewed, so each admitted manifest's next request
+    /// shares its content again (Redis may have restarted empty).
+    pub(super) fn fleet_recovered(&self) -> bool {
+        let Some(fleet) = &self.fleet else {
+            return false;
+        };
+        let now = fleet.stats.recoveries.load(Ordering::Relaxed);
+        if self.fleet_recoveries.swap(now, Ordering::Relaxed) == now {
+            return false;
+        }
+        self.content.renew();
+        true
+    }
+
     /// Whether decisions of `route` under `state` are shared: only
     /// `REQUIRE_ATTESTATION` rules verify anything (the others decide
     /// alone, and their blobs are allowed or refused by the rule).
@@ -64,15 +88,16 @@ impl Verifier {
                 == EvaluationMode::RequireAttestation
     }
 
-    /// Another replica's verdict on `key`, or the admission of an index
-    /// listing it; `None` when there is none or Redis cannot answer (then
-    /// this replica verifies by itself, counted as a fallback).
+    /// Another replica's verdict on `key` (`Shared::Verdict`), or the
+    /// admission of an index listing it (`Shared::Listed`); `None` when
+    /// there is none or Redis cannot answer (then this replica verifies by
+    /// itself, counted as a fallback).
     pub(super) async fn shared_verdict(
         &self,
         state: &State,
         route: &Route,
         key: &Key,
-    ) -> Option<Arc<Decision>> {
+    ) -> Option<Shared> {
         let fleet = self.fleet.as_ref()?;
         let keys = vec![
             fleet.key(&state.revision, Table::Verdict, &key.id),
@@ -88,7 +113,7 @@ impl Verifier {
         let mut values = values.into_iter();
         if let Some(Some(verdict)) = values.next() {
             match serde_json::from_slice::<Decision>(&verdict) {
-                Ok(decision) => return Some(Arc::new(decision)),
+                Ok(decision) => return Some(Shared::Verdict(Arc::new(decision))),
                 // Written by another version, or damaged: verify here.
                 Err(e) => {
                     tracing::warn!("fleet: unreadable shared verdict, verifying locally: {e}")
@@ -97,7 +122,7 @@ impl Verifier {
         }
         if let Some(Some(index)) = values.next() {
             let index = String::from_utf8_lossy(&index).into_owned();
-            return Some(Arc::new(self.listed(state, route, &index)));
+            return Some(Shared::Listed(Arc::new(self.listed(state, route, &index))));
         }
         None
     }
@@ -112,6 +137,25 @@ impl Verifier {
             enforcement: rule.enforcement,
             attestors: Vec::new(),
             reason: format!("listed by admitted index {index}"),
+        }
+    }
+
+    /// Adopts what another replica decided (see [`Verifier::keep`]): a
+    /// child manifest admitted through its index shares its own content,
+    /// which the index's replica never read.
+    pub(super) async fn adopt(
+        &self,
+        miss: &super::admit::Miss<'_>,
+        manifest: &Manifest,
+        shared: Shared,
+    ) -> super::cache::Hit {
+        match shared {
+            Shared::Verdict(decision) => self.keep(miss, manifest, decision),
+            Shared::Listed(decision) => {
+                let hit = self.keep(miss, manifest, decision);
+                self.share_content(miss.state, miss.scope, manifest).await;
+                hit
+            }
         }
     }
 
@@ -130,36 +174,45 @@ impl Verifier {
             return;
         };
         let allow = decision.serves();
-        if allow {
-            if let Ok(reading) = manifest.read() {
-                let mut content: Vec<(String, Vec<u8>)> = reading
-                    .config
-                    .iter()
-                    .chain(reading.layers.iter())
-                    .map(|b| {
-                        let id = scope.key_of(&b.digest).id;
-                        (fleet.key(&state.revision, Table::Blob, &id), b"1".to_vec())
-                    })
-                    .collect();
-                if reading.kind == Kind::Index {
-                    let index = manifest.digest().to_string().into_bytes();
-                    content.extend(reading.children.iter().map(|c| {
-                        let id = scope.key_of(&c.digest).id;
-                        (fleet.key(&state.revision, Table::Child, &id), index.clone())
-                    }));
-                }
-                if fleet.put(content, fleet.ttl(true) * 2).await.is_err() {
-                    // Without its content, a shared verdict would send
-                    // the others' blob requests to a refusal: keep it here.
-                    return;
-                }
-            }
+        // Without its content, a shared verdict would send the others'
+        // blob requests to a refusal: then keep it here.
+        if allow && !self.share_content(state, scope, manifest).await {
+            return;
         }
         let Ok(value) = serde_json::to_vec(decision) else {
             return;
         };
         let entry = (fleet.key(&state.revision, Table::Verdict, &key.id), value);
         let _ = fleet.put(vec![entry], fleet.ttl(allow)).await;
+    }
+
+    /// Shares what an admitted manifest makes servable: its blobs and, for
+    /// an index, its children. Whether it was written.
+    async fn share_content(&self, state: &State, scope: &Scope, manifest: &Manifest) -> bool {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return false;
+        };
+        // An unreadable manifest admits no content: nothing to share.
+        let Ok(reading) = manifest.read() else {
+            return true;
+        };
+        let mut content: Vec<(String, Vec<u8>)> = reading
+            .config
+            .iter()
+            .chain(reading.layers.iter())
+            .map(|b| {
+                let id = scope.key_of(&b.digest).id;
+                (fleet.key(&state.revision, Table::Blob, &id), b"1".to_vec())
+            })
+            .collect();
+        if reading.kind == Kind::Index {
+            let index = manifest.digest().to_string().into_bytes();
+            content.extend(reading.children.iter().map(|c| {
+                let id = scope.key_of(&c.digest).id;
+                (fleet.key(&state.revision, Table::Child, &id), index.clone())
+            }));
+        }
+        fleet.put(content, fleet.ttl(true) * 2).await.is_ok()
     }
 
     /// Shares the blobs of an image admitted by break-glass, for requests

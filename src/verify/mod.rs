@@ -133,6 +133,8 @@ pub struct Verifier {
     timeouts: Timeouts,
     /// The fleet's shared state, when configured.
     fleet: Option<Arc<crate::fleet::Shared>>,
+    /// The fleet's recoveries this verifier has renewed its content for.
+    fleet_recoveries: AtomicU64,
     pub stats: Stats,
 }
 
@@ -222,6 +224,7 @@ impl Verifier {
             break_glass: Content::new(MAX_BREAK_GLASS_CONTENT, cache.allow_ttl, clock),
             timeouts: Timeouts::default(),
             fleet: None,
+            fleet_recoveries: AtomicU64::new(0),
             stats: Stats::default(),
         }
         .with_revision()

@@ -12,6 +12,7 @@ pub mod fixture_dir;
 pub mod fixtures;
 pub mod http;
 pub mod proxy;
+pub mod redis;
 pub mod registry;
 pub mod trust;
 pub mod webhook;
