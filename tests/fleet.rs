@@ -292,6 +292,7 @@ fn what_one_replica_admitted_the_others_serve_and_nothing_else() {
         .iter()
         .find(|d| {
             d["verdict"] == "deny"
+                && d["subject"] == "manifest"
                 && d["reference"]
                     .as_str()
                     .is_some_and(|r| r.ends_with(UNSIGNED))
