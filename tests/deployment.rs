@@ -11,6 +11,9 @@
 //!   files mounted next to it, the ConfigMap's data) passes
 //!   `portcullis check --config`, laid out in a temp dir exactly as the
 //!   container sees it;
+//! - the compose fleet: its replicas' config sets `state.redis`, and the
+//!   Redis it names is there, pinned, with no persistence, reachable only by
+//!   them; replicas have distinct names and audit files;
 //! - the runtime configs in `docker/runtimes/` (tested with the real
 //!   runtimes in tests/runtime_mirrors.rs) are the ones README.md shows.
 
@@ -108,6 +111,38 @@ struct PortcullisConfig {
     audit_path: Option<String>,
     upstream_urls: Vec<String>,
     shutdown_secs: u64,
+    /// `state.replica`.
+    replica: Option<String>,
+    /// `state.redis`.
+    redis: Option<RedisState>,
+}
+
+/// `state.redis` of a Portcullis config.
+#[derive(Debug)]
+struct RedisState {
+    url: String,
+    /// The URL's host and port (6379 when it names none).
+    host: String,
+    port: u16,
+    key_prefix: Option<String>,
+}
+
+/// `redis://[user@]host[:port][/db]` (or `rediss://`) → `(host, port)`.
+fn redis_host_port(url: &str) -> (String, u16) {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .unwrap_or_else(|| panic!("state.redis.url {url:?}: not redis:// or rediss://"));
+    let authority = rest.split('/').next().unwrap();
+    let host_port = authority.rsplit('@').next().unwrap();
+    match host_port.rsplit_once(':') {
+        Some((host, port)) => (
+            host.to_owned(),
+            port.parse()
+                .unwrap_or_else(|e| panic!("state.redis.url {url:?}: port: {e}")),
+        ),
+        None => (host_port.to_owned(), 6379),
+    }
 }
 
 fn parse_config(text: &str) -> PortcullisConfig {
@@ -124,6 +159,26 @@ fn parse_config(text: &str) -> PortcullisConfig {
         push(tls.get("cert"));
         push(tls.get("key"));
     }
+    let state = v.get("state");
+    let replica = state
+        .and_then(|s| s.get("replica"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let redis = state.and_then(|s| s.get("redis")).map(|r| {
+        push(r.get("passwordFile"));
+        push(r.get("tls").and_then(|t| t.get("caFile")));
+        let url = str_at(r, &["url"]).to_owned();
+        let (host, port) = redis_host_port(&url);
+        RedisState {
+            url,
+            host,
+            port,
+            key_prefix: r
+                .get("keyPrefix")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }
+    });
     let mut upstream_urls = Vec::new();
     for u in seq(&v, "upstreams") {
         push(u.get("auth").and_then(|a| a.get("passwordFile")));
@@ -156,6 +211,8 @@ fn parse_config(text: &str) -> PortcullisConfig {
         audit_path,
         upstream_urls,
         shutdown_secs,
+        replica,
+        redis,
     }
 }
 
@@ -290,29 +347,63 @@ fn published(spec: &str) -> (Option<String>, u16, u16) {
     (parts.get(2).map(|s| s.to_string()), host, container)
 }
 
-#[test]
-fn compose_file_references_existing_files_and_consistent_ports() {
-    let dir = docker_dir();
-    let docs = documents(&dir.join("compose.yaml"));
+/// `docker/compose.yaml`, with its `<<: *anchor` merge keys applied as
+/// compose applies them.
+fn compose() -> Value {
+    let mut docs = documents(&docker_dir().join("compose.yaml"));
     assert_eq!(docs.len(), 1, "compose.yaml is one document");
-    let compose = &docs[0];
-    let services = compose.get("services").expect("services");
-    let declared_volumes: BTreeSet<String> = compose
-        .get("volumes")
-        .and_then(Value::as_mapping)
-        .map(|m| m.keys().map(|k| as_str(k).to_owned()).collect())
-        .unwrap_or_default();
+    let mut compose = docs.remove(0);
+    compose.apply_merge().unwrap();
+    compose
+}
 
-    // The upstream: a CNCF distribution registry (listens on 5000 by default).
-    let registry = services.get("registry").expect("registry service");
-    assert!(str_at(registry, &["image"]).starts_with("registry:2"));
+/// The services a service depends on (`depends_on`, short or long form).
+fn depends_on(service: &Value) -> BTreeSet<String> {
+    match service.get("depends_on") {
+        None => BTreeSet::new(),
+        Some(Value::Sequence(names)) => names.iter().map(|n| as_str(n).to_owned()).collect(),
+        Some(Value::Mapping(m)) => m.keys().map(|k| as_str(k).to_owned()).collect(),
+        Some(other) => panic!("depends_on: {other:?}"),
+    }
+}
 
-    let p = services.get("portcullis").expect("portcullis service");
+/// The networks a service is on (`default` when it names none).
+fn networks(service: &Value) -> BTreeSet<String> {
+    match service.get("networks") {
+        None => BTreeSet::from(["default".to_owned()]),
+        Some(Value::Sequence(names)) => names.iter().map(|n| as_str(n).to_owned()).collect(),
+        Some(Value::Mapping(m)) => m.keys().map(|k| as_str(k).to_owned()).collect(),
+        Some(other) => panic!("networks: {other:?}"),
+    }
+}
+
+/// One Portcullis service of the compose file, checked on its own.
+struct ComposeReplica {
+    service: String,
+    hostname: Option<String>,
+    config: PortcullisConfig,
+    /// `(ip, host port, container port)`.
+    ports: Vec<(Option<String>, u16, u16)>,
+    /// The named volume the audit file is on.
+    audit_volume: String,
+    networks: BTreeSet<String>,
+    depends_on: BTreeSet<String>,
+}
+
+/// Checks one Portcullis service: its build, its mounts, the config it runs
+/// (`portcullis check`, laid out as the container sees it), its audit
+/// volume, its published ports.
+fn compose_replica(
+    dir: &Path,
+    name: &str,
+    p: &Value,
+    declared_volumes: &BTreeSet<String>,
+) -> ComposeReplica {
     // Build context and Dockerfile, relative to docker/.
     let context = dir.join(str_at(p, &["build", "context"]));
     assert!(
         context.join("Cargo.toml").is_file(),
-        "build context {context:?} is not the crate"
+        "{name}: build context {context:?} is not the crate"
     );
     let dockerfile = context.join(str_at(p, &["build", "dockerfile"]));
     assert!(dockerfile.is_file(), "{dockerfile:?} missing");
@@ -327,14 +418,18 @@ fn compose_file_references_existing_files_and_consistent_ports() {
         if is_bind(&m.source) {
             assert!(
                 dir.join(&m.source).exists(),
-                "bind mount source {} missing",
+                "{name}: bind mount source {} missing",
                 m.source
             );
-            assert!(m.read_only, "bind mount {} should be read-only", m.source);
+            assert!(
+                m.read_only,
+                "{name}: bind mount {} should be read-only",
+                m.source
+            );
         } else {
             assert!(
                 declared_volumes.contains(&m.source),
-                "volume {} not declared",
+                "{name}: volume {} not declared",
                 m.source
             );
         }
@@ -346,7 +441,7 @@ fn compose_file_references_existing_files_and_consistent_ports() {
     assert_eq!(as_str(&command[0]), "serve");
     let config_target = arg_after(command, "--config");
     let config_mount = mount_at(config_target)
-        .unwrap_or_else(|| panic!("--config {config_target} is not a mounted file"));
+        .unwrap_or_else(|| panic!("{name}: --config {config_target} is not a mounted file"));
     let config_source = dir.join(&config_mount.source);
     assert_eq!(
         config_source.canonicalize().unwrap(),
@@ -364,7 +459,7 @@ fn compose_file_references_existing_files_and_consistent_ports() {
     for rel in &config.relative_files {
         let target = config_dir.join(rel);
         let m = mount_at(target.to_str().unwrap())
-            .unwrap_or_else(|| panic!("{rel} (at {target:?}) is not mounted"));
+            .unwrap_or_else(|| panic!("{name}: {rel} (at {target:?}) is not mounted"));
         files.insert(rel.clone(), read(&dir.join(&m.source)));
     }
     assert!(
@@ -380,13 +475,18 @@ fn compose_file_references_existing_files_and_consistent_ports() {
     // read-only) that the image creates for its user.
     let audit = config.audit_path.as_deref().expect("audit.path");
     let audit_dir = Path::new(audit).parent().unwrap().to_str().unwrap();
-    let m = mount_at(audit_dir).unwrap_or_else(|| panic!("{audit_dir} is not a volume"));
+    let m = mount_at(audit_dir).unwrap_or_else(|| panic!("{name}: {audit_dir} is not a volume"));
     assert!(!is_bind(&m.source) && !m.read_only);
     assert!(
         dockerfile_text_creates(audit_dir),
         "the Dockerfile does not create {audit_dir} for its user"
     );
-    assert_eq!(p.get("read_only").and_then(Value::as_bool), Some(true));
+    let audit_volume = m.source.clone();
+    assert_eq!(
+        p.get("read_only").and_then(Value::as_bool),
+        Some(true),
+        "{name}"
+    );
 
     // Published ports: the registry port, and the admin port on loopback.
     let ports: Vec<_> = seq(p, "ports")
@@ -397,20 +497,20 @@ fn compose_file_references_existing_files_and_consistent_ports() {
         ports
             .iter()
             .find(|(_, _, c)| *c == port)
-            .unwrap_or_else(|| panic!("container port {port} is not published: {ports:?}"))
+            .unwrap_or_else(|| panic!("{name}: container port {port} is not published: {ports:?}"))
     };
     by_container(config.listen.port());
     let (ip, _, _) = by_container(config.admin.unwrap().port());
     assert_eq!(
         ip.as_deref(),
         Some("127.0.0.1"),
-        "admin port published beyond loopback"
+        "{name}: admin port published beyond loopback"
     );
     let container_ports: BTreeSet<u16> = ports.iter().map(|(_, _, c)| *c).collect();
     assert_eq!(
         container_ports,
         BTreeSet::from([config.listen.port(), config.admin.unwrap().port()]),
-        "published ports that nothing listens on"
+        "{name}: published ports that nothing listens on"
     );
 
     // The upstream URL names the registry service on its port.
@@ -418,7 +518,93 @@ fn compose_file_references_existing_files_and_consistent_ports() {
         config.upstream_urls,
         vec!["http://registry:5000".to_owned()]
     );
-    assert!(seq(p, "depends_on").iter().any(|d| as_str(d) == "registry"));
+    let depends_on = depends_on(p);
+    assert!(depends_on.contains("registry"), "{name}: {depends_on:?}");
+    assert!(text.contains("registry: localhost:5001"));
+
+    ComposeReplica {
+        service: name.to_owned(),
+        hostname: p.get("hostname").and_then(Value::as_str).map(str::to_owned),
+        config,
+        ports,
+        audit_volume,
+        networks: networks(p),
+        depends_on,
+    }
+}
+
+/// Every Portcullis service of the compose file: the services running the
+/// image that `portcullis` runs. Every service that builds an image is one.
+fn compose_replicas(compose: &Value) -> Vec<ComposeReplica> {
+    let dir = docker_dir();
+    let services = compose
+        .get("services")
+        .and_then(Value::as_mapping)
+        .expect("services");
+    let declared_volumes: BTreeSet<String> = compose
+        .get("volumes")
+        .and_then(Value::as_mapping)
+        .map(|m| m.keys().map(|k| as_str(k).to_owned()).collect())
+        .unwrap_or_default();
+    let image = str_at(
+        compose
+            .get("services")
+            .and_then(|s| s.get("portcullis"))
+            .expect("portcullis service"),
+        &["image"],
+    );
+    let mut replicas = Vec::new();
+    for (name, service) in services {
+        let name = as_str(name);
+        if service.get("image").and_then(Value::as_str) == Some(image) {
+            replicas.push(compose_replica(&dir, name, service, &declared_volumes));
+        } else {
+            assert!(
+                service.get("build").is_none(),
+                "{name} builds an image but does not run {image}"
+            );
+        }
+    }
+    replicas
+}
+
+#[test]
+fn compose_file_references_existing_files_and_consistent_ports() {
+    let compose = compose();
+    let services = compose.get("services").expect("services");
+
+    // The upstream: a CNCF distribution registry (listens on 5000 by default).
+    let registry = services.get("registry").expect("registry service");
+    assert!(str_at(registry, &["image"]).starts_with("registry:2"));
+
+    // Every Portcullis service passes the checks of compose_replica.
+    let replicas = compose_replicas(&compose);
+    assert!(
+        !replicas.is_empty() && replicas.iter().any(|r| r.service == "portcullis"),
+        "no portcullis service"
+    );
+
+    // The single entry point: `portcullis` on localhost:5000, its admin
+    // listener on 127.0.0.1:9090, whatever other replicas run.
+    let entry = replicas.iter().find(|r| r.service == "portcullis").unwrap();
+    for port in [
+        entry.config.listen.port(),
+        entry.config.admin.unwrap().port(),
+    ] {
+        assert!(
+            entry.ports.iter().any(|(_, h, c)| *h == port && *c == port),
+            "portcullis does not publish {port} on {port}: {:?}",
+            entry.ports
+        );
+    }
+    // No two services publish one host port.
+    let mut host_ports = BTreeSet::new();
+    for r in &replicas {
+        for (_, h, _) in &r.ports {
+            assert!(host_ports.insert(*h), "host port {h} published twice");
+        }
+    }
+
     // The registry is published for pushing on the port the config's
     // canonical name uses (`localhost:5001`).
     let reg_ports: Vec<_> = seq(registry, "ports")
@@ -429,7 +615,17 @@ fn compose_file_references_existing_files_and_consistent_ports() {
         reg_ports.iter().any(|(_, h, c)| *h == 5001 && *c == 5000),
         "{reg_ports:?}"
     );
-    assert!(text.contains("registry: localhost:5001"));
+    for (_, h, _) in &reg_ports {
+        assert!(host_ports.insert(*h), "host port {h} published twice");
+    }
+    // Each replica reaches the registry.
+    for r in &replicas {
+        assert!(
+            !r.networks.is_disjoint(&networks(registry)),
+            "{} shares no network with the registry",
+            r.service
+        );
+    }
 }
 
 fn dockerfile_text_creates(dir: &str) -> bool {
@@ -437,6 +633,187 @@ fn dockerfile_text_creates(dir: &str) -> bool {
         .text
         .lines()
         .any(|l| l.contains("install -d") && l.contains("65532") && l.contains(dir))
+}
+
+// ---------------------------------------------------------------- redis
+
+/// The arguments `redis-server` runs with: the command itself
+/// (`[redis-server, --save, "", …]`) or the `redis-server` line of an
+/// `sh -c` script, with its quotes removed (`--save ""` → `--save`, ``).
+fn redis_server_args(command: &[String]) -> Vec<String> {
+    let line: Vec<String> = match command.first().map(String::as_str) {
+        Some("redis-server" | "valkey-server") => command.to_vec(),
+        Some("sh") => {
+            assert_eq!(
+                command.get(1).map(String::as_str),
+                Some("-c"),
+                "{command:?}"
+            );
+            let script = command.get(2).expect("sh -c SCRIPT");
+            let line = script
+                .lines()
+                .find(|l| l.contains("redis-server") || l.contains("valkey-server"))
+                .unwrap_or_else(|| panic!("no redis-server in {script:?}"));
+            line.split_whitespace()
+                .map(|w| w.trim_matches('"').trim_matches('\'').to_owned())
+                .collect()
+        }
+        _ => panic!("not redis-server: {command:?}"),
+    };
+    let start = line
+        .iter()
+        .position(|w| w == "redis-server" || w == "valkey-server")
+        .unwrap();
+    line[start + 1..].to_vec()
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+/// `256mb`, `1gb` (Redis) or `512Mi`, `1Gi` (Kubernetes) → bytes.
+fn bytes(size: &str) -> u64 {
+    let split = size
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(size.len());
+    let (n, unit) = size.split_at(split);
+    let n: u64 = n.parse().unwrap_or_else(|e| panic!("{size:?}: {e}"));
+    n * match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "ki" => 1 << 10,
+        "mb" | "mi" => 1 << 20,
+        "gb" | "gi" => 1 << 30,
+        other => panic!("{size:?}: unit {other:?}"),
+    }
+}
+
+/// What every Redis of the deployment files must be: a pinned official
+/// image, no persistence, a memory cap. Returns its port and `maxmemory`.
+fn assert_redis_server(image: &str, command: &[String], what: &str) -> (u16, u64) {
+    let (repo, tag) = image
+        .split('@')
+        .next()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{what}: image {image} has no tag"));
+    assert!(
+        repo == "redis" || repo == "valkey/valkey",
+        "{what}: image {image}: expected the official redis or valkey/valkey"
+    );
+    assert!(
+        tag.starts_with(|c: char| c.is_ascii_digit()) && tag.split('.').count() >= 3,
+        "{what}: image {image} is not pinned to a release (x.y.z)"
+    );
+    let args = redis_server_args(command);
+    assert_eq!(flag(&args, "--save"), Some(""), "{what}: {args:?}");
+    assert_eq!(flag(&args, "--appendonly"), Some("no"), "{what}: {args:?}");
+    let maxmemory =
+        bytes(flag(&args, "--maxmemory").unwrap_or_else(|| panic!("{what}: no --maxmemory")));
+    assert!(
+        flag(&args, "--maxmemory-policy").is_some_and(|p| p.starts_with("volatile-")),
+        "{what}: evict only entries with a TTL, never the policy revision: {args:?}"
+    );
+    let port = flag(&args, "--port").map_or(6379, |p| p.parse().unwrap());
+    (port, maxmemory)
+}
+
+#[test]
+fn compose_fleet_shares_state_through_redis() {
+    let compose = compose();
+    let services = compose.get("services").expect("services");
+    let replicas = compose_replicas(&compose);
+    assert!(replicas.len() >= 2, "compose.yaml runs one replica");
+
+    // More than one replica: each has state.redis, the same server and key
+    // prefix (one fleet), and its own name and audit file.
+    let redis: Vec<&RedisState> = replicas
+        .iter()
+        .map(|r| {
+            r.config
+                .redis
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} runs in a fleet without state.redis", r.service))
+        })
+        .collect();
+    for r in &redis[1..] {
+        assert_eq!(
+            (&r.url, &r.key_prefix),
+            (&redis[0].url, &redis[0].key_prefix)
+        );
+    }
+    let names: BTreeSet<String> = replicas
+        .iter()
+        .map(|r| {
+            r.config
+                .replica
+                .clone()
+                .or_else(|| r.hostname.clone())
+                .unwrap_or_else(|| panic!("{}: no state.replica and no hostname", r.service))
+        })
+        .collect();
+    assert_eq!(names.len(), replicas.len(), "replica names {names:?}");
+    let audit: BTreeSet<&str> = replicas.iter().map(|r| r.audit_volume.as_str()).collect();
+    assert_eq!(
+        audit.len(),
+        replicas.len(),
+        "replicas share an audit volume"
+    );
+
+    // The Redis service the URL names.
+    let url = &redis[0];
+    let service = services
+        .get(url.host.as_str())
+        .unwrap_or_else(|| panic!("state.redis.url {}: no such service", url.url));
+    let command: Vec<String> = seq(service, "command")
+        .iter()
+        .map(|a| as_str(a).to_owned())
+        .collect();
+    let (port, _) = assert_redis_server(str_at(service, &["image"]), &command, "compose redis");
+    assert_eq!(port, url.port, "state.redis.url {} vs its port", url.url);
+    let health = seq(
+        service.get("healthcheck").expect("redis healthcheck"),
+        "test",
+    );
+    let health: Vec<&str> = health.iter().map(as_str).collect();
+    assert!(
+        health.contains(&"redis-cli") && health.contains(&"ping"),
+        "{health:?}"
+    );
+    assert!(
+        service.get("ports").is_none(),
+        "Redis is published: whoever writes to it can admit images"
+    );
+    assert_eq!(
+        service.get("read_only").and_then(Value::as_bool),
+        Some(true)
+    );
+    for r in &replicas {
+        assert!(
+            r.depends_on.contains(&url.host),
+            "{} does not depend on {}",
+            r.service,
+            url.host
+        );
+        assert!(
+            !r.networks.is_disjoint(&networks(service)),
+            "{} shares no network with {}",
+            r.service,
+            url.host
+        );
+    }
+    // Only the replicas reach it: its networks are theirs alone.
+    for (name, other) in services.as_mapping().unwrap() {
+        let name = as_str(name);
+        if name == url.host || replicas.iter().any(|r| r.service == name) {
+            continue;
+        }
+        assert!(
+            networks(other).is_disjoint(&networks(service)),
+            "{name} reaches {}",
+            url.host
+        );
+    }
 }
 
 // ---------------------------------------------------------- kubernetes
