@@ -11,9 +11,11 @@
 //!   files mounted next to it, the ConfigMap's data) passes
 //!   `portcullis check --config`, laid out in a temp dir exactly as the
 //!   container sees it;
-//! - the compose fleet: its replicas' config sets `state.redis`, and the
-//!   Redis it names is there, pinned, with no persistence, reachable only by
-//!   them; replicas have distinct names and audit files;
+//! - the fleets: wherever more than one replica runs (the compose replicas,
+//!   the Deployment), their config sets `state.redis`, and the Redis it
+//!   names is there (service, port, password Secret, network policy), with
+//!   no persistence; replicas have distinct names and audit files; the
+//!   disruption budget selects the Portcullis pods;
 //! - the runtime configs in `docker/runtimes/` (tested with the real
 //!   runtimes in tests/runtime_mirrors.rs) are the ones README.md shows.
 
@@ -115,6 +117,8 @@ struct PortcullisConfig {
     replica: Option<String>,
     /// `state.redis`.
     redis: Option<RedisState>,
+    /// `attestationStore.path`.
+    attestation_store: Option<String>,
 }
 
 /// `state.redis` of a Portcullis config.
@@ -125,6 +129,7 @@ struct RedisState {
     host: String,
     port: u16,
     key_prefix: Option<String>,
+    password_file: Option<String>,
 }
 
 /// `redis://[user@]host[:port][/db]` (or `rediss://`) → `(host, port)`.
@@ -177,8 +182,17 @@ fn parse_config(text: &str) -> PortcullisConfig {
                 .get("keyPrefix")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            password_file: r
+                .get("passwordFile")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         }
     });
+    let attestation_store = v
+        .get("attestationStore")
+        .and_then(|a| a.get("path"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut upstream_urls = Vec::new();
     for u in seq(&v, "upstreams") {
         push(u.get("auth").and_then(|a| a.get("passwordFile")));
@@ -213,6 +227,7 @@ fn parse_config(text: &str) -> PortcullisConfig {
         shutdown_secs,
         replica,
         redis,
+        attestation_store,
     }
 }
 
@@ -882,6 +897,175 @@ fn resolve_port(port: &Value, named: &BTreeMap<String, u16>) -> u16 {
     }
 }
 
+/// A container's ports: name → number.
+fn named_ports(container: &Value) -> BTreeMap<String, u16> {
+    seq(container, "ports")
+        .iter()
+        .map(|p| {
+            (
+                str_at(p, &["name"]).to_owned(),
+                u16::try_from(as_u64(p.get("containerPort").unwrap())).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A container's command and args, as one list.
+fn command_line(container: &Value) -> Vec<String> {
+    ["command", "args"]
+        .iter()
+        .filter_map(|k| container.get(*k).and_then(Value::as_sequence))
+        .flatten()
+        .map(|a| as_str(a).to_owned())
+        .collect()
+}
+
+/// The pod of a Deployment: `(its labels, its spec)`, checking that the
+/// Deployment's selector selects it.
+fn pod_of(deploy: &Value) -> (&Value, &Value) {
+    let spec = deploy.get("spec").unwrap();
+    let pod = spec.get("template").unwrap();
+    let labels = pod.get("metadata").unwrap().get("labels").unwrap();
+    assert!(selects(
+        spec.get("selector").unwrap().get("matchLabels").unwrap(),
+        labels
+    ));
+    (labels, pod.get("spec").unwrap())
+}
+
+/// Checks the hardening every pod here has: non-root, a seccomp profile, a
+/// read-only root filesystem, no privilege escalation, no capabilities,
+/// memory requests and limits. Returns the container's memory limit.
+fn assert_hardened(pod_spec: &Value, container: &Value, what: &str) -> u64 {
+    let psc = pod_spec
+        .get("securityContext")
+        .unwrap_or_else(|| panic!("{what}: pod securityContext"));
+    assert_eq!(
+        psc.get("runAsNonRoot").and_then(Value::as_bool),
+        Some(true),
+        "{what}"
+    );
+    assert_ne!(as_u64(psc.get("runAsUser").unwrap()), 0, "{what}");
+    assert_eq!(
+        pod_spec
+            .get("automountServiceAccountToken")
+            .and_then(Value::as_bool),
+        Some(false),
+        "{what}"
+    );
+    let csc = container
+        .get("securityContext")
+        .unwrap_or_else(|| panic!("{what}: container securityContext"));
+    assert_eq!(
+        csc.get("readOnlyRootFilesystem").and_then(Value::as_bool),
+        Some(true),
+        "{what}"
+    );
+    assert_eq!(
+        csc.get("allowPrivilegeEscalation").and_then(Value::as_bool),
+        Some(false),
+        "{what}"
+    );
+    let dropped = csc
+        .get("capabilities")
+        .and_then(|c| c.get("drop"))
+        .and_then(Value::as_sequence)
+        .unwrap_or_else(|| panic!("{what}: capabilities.drop"));
+    assert!(dropped.iter().any(|c| c.as_str() == Some("ALL")), "{what}");
+    for kind in ["requests", "limits"] {
+        let r = container.get("resources").and_then(|r| r.get(kind));
+        assert!(
+            r.is_some_and(|r| r.get("memory").is_some()),
+            "{what}: resources.{kind}.memory"
+        );
+    }
+    bytes(str_at(container, &["resources", "limits", "memory"]))
+}
+
+/// The volume mount of `container` that `path` is on (the longest mount
+/// path it is under), and the pod volume it mounts.
+fn mount_of<'a>(pod_spec: &'a Value, container: &'a Value, path: &str) -> (&'a Value, &'a Value) {
+    let mount = seq(container, "volumeMounts")
+        .iter()
+        .filter(|m| Path::new(path).starts_with(str_at(m, &["mountPath"])))
+        .max_by_key(|m| str_at(m, &["mountPath"]).len())
+        .unwrap_or_else(|| panic!("{path} is on no volume"));
+    let name = str_at(mount, &["name"]);
+    let volume = seq(pod_spec, "volumes")
+        .iter()
+        .find(|v| str_at(v, &["name"]) == name)
+        .unwrap_or_else(|| panic!("no volume {name}"));
+    (mount, volume)
+}
+
+/// The Portcullis Deployment and the configuration it runs.
+struct Portcullis<'a> {
+    replicas: u64,
+    labels: &'a Value,
+    pod_spec: &'a Value,
+    container: &'a Value,
+    /// Container port name → number.
+    named: BTreeMap<String, u16>,
+    /// The ConfigMap's data and the key `--config` names in it.
+    data: BTreeMap<String, String>,
+    key: String,
+    config: PortcullisConfig,
+}
+
+impl K8s {
+    /// The Deployment `portcullis`, its one container, and the config its
+    /// `--config` names: a key of the ConfigMap mounted there, read-only.
+    fn portcullis(&self) -> Portcullis<'_> {
+        let deploy = self.one("Deployment", "portcullis");
+        let replicas = as_u64(deploy.get("spec").unwrap().get("replicas").unwrap());
+        let (labels, pod_spec) = pod_of(deploy);
+        let containers = seq(pod_spec, "containers");
+        assert_eq!(containers.len(), 1);
+        let container = &containers[0];
+        let args = seq(container, "args");
+        assert_eq!(as_str(&args[0]), "serve");
+        let config_path = Path::new(arg_after(args, "--config"));
+        let config_mount = seq(container, "volumeMounts")
+            .iter()
+            .find(|m| Path::new(str_at(m, &["mountPath"])) == config_path.parent().unwrap())
+            .expect("a volume mounted where --config points");
+        assert_eq!(
+            config_mount.get("readOnly").and_then(Value::as_bool),
+            Some(true)
+        );
+        let (_, volume) = mount_of(pod_spec, container, config_path.to_str().unwrap());
+        let cm_name = str_at(volume, &["configMap", "name"]);
+        let cm = self.one("ConfigMap", cm_name);
+        let data: BTreeMap<String, String> = cm
+            .get("data")
+            .and_then(Value::as_mapping)
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (as_str(k).to_owned(), as_str(v).to_owned()))
+            .collect();
+        let key = config_path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let text = data
+            .get(&key)
+            .unwrap_or_else(|| panic!("ConfigMap {cm_name} has no {key}"));
+        let config = parse_config(text);
+        Portcullis {
+            replicas,
+            labels,
+            pod_spec,
+            container,
+            named: named_ports(container),
+            data,
+            key,
+            config,
+        }
+    }
+}
+
 #[test]
 fn k8s_manifests_parse_and_agree_with_the_configmap() {
     let k = K8s::load();
@@ -918,91 +1102,41 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
     }
 
     // The Deployment.
-    let deploy = k.one("Deployment", "portcullis");
-    let spec = deploy.get("spec").unwrap();
-    let replicas = as_u64(spec.get("replicas").unwrap());
+    let p = k.portcullis();
+    let replicas = p.replicas;
     assert!(replicas >= 3, "replicas {replicas}");
-    let pod = spec.get("template").unwrap();
-    let labels = pod.get("metadata").unwrap().get("labels").unwrap();
-    assert!(selects(
-        spec.get("selector").unwrap().get("matchLabels").unwrap(),
-        labels
-    ));
-    let pod_spec = pod.get("spec").unwrap();
-    let psc = pod_spec
-        .get("securityContext")
-        .expect("pod securityContext");
-    assert_eq!(psc.get("runAsNonRoot").and_then(Value::as_bool), Some(true));
+    let (labels, pod_spec, c) = (p.labels, p.pod_spec, p.container);
+    assert_hardened(pod_spec, c, "deployment/portcullis");
+    let psc = pod_spec.get("securityContext").unwrap();
     assert_eq!(as_u64(psc.get("runAsUser").unwrap()), dockerfile().uid);
-    let containers = seq(pod_spec, "containers");
-    assert_eq!(containers.len(), 1);
-    let c = &containers[0];
-    let csc = c.get("securityContext").expect("container securityContext");
-    assert_eq!(
-        csc.get("readOnlyRootFilesystem").and_then(Value::as_bool),
-        Some(true)
-    );
-    assert_eq!(
-        csc.get("allowPrivilegeEscalation").and_then(Value::as_bool),
-        Some(false)
-    );
-    for kind in ["requests", "limits"] {
-        let r = c.get("resources").and_then(|r| r.get(kind));
-        assert!(
-            r.is_some_and(|r| r.get("memory").is_some()),
-            "resources.{kind}.memory"
-        );
-    }
 
-    // The config: --config names a key of the ConfigMap mounted there.
-    let args = seq(c, "args");
-    assert_eq!(as_str(&args[0]), "serve");
-    let config_path = Path::new(arg_after(args, "--config"));
+    // The config the ConfigMap holds.
     let mounts = seq(c, "volumeMounts");
-    let volumes = seq(pod_spec, "volumes");
-    let volume = |name: &str| {
-        volumes
-            .iter()
-            .find(|v| str_at(v, &["name"]) == name)
-            .unwrap_or_else(|| panic!("no volume {name}"))
-    };
-    let config_mount = mounts
-        .iter()
-        .find(|m| Path::new(str_at(m, &["mountPath"])) == config_path.parent().unwrap())
-        .expect("a volume mounted where --config points");
-    assert_eq!(
-        config_mount.get("readOnly").and_then(Value::as_bool),
-        Some(true)
-    );
-    let cm_name = str_at(
-        volume(str_at(config_mount, &["name"])),
-        &["configMap", "name"],
-    );
-    let cm = k.one("ConfigMap", cm_name);
-    let data: BTreeMap<String, String> = cm
-        .get("data")
-        .and_then(Value::as_mapping)
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (as_str(k).to_owned(), as_str(v).to_owned()))
-        .collect();
-    let key = config_path.file_name().unwrap().to_str().unwrap();
-    let text = data
-        .get(key)
-        .unwrap_or_else(|| panic!("ConfigMap {cm_name} has no {key}"));
-    let config = parse_config(text);
-    assert_listens_on_all_interfaces(&config, "the ConfigMap's portcullis.yaml");
+    let config = &p.config;
+    assert_listens_on_all_interfaces(config, "the ConfigMap's portcullis.yaml");
     for rel in &config.relative_files {
-        assert!(
-            data.contains_key(rel),
-            "{rel} is not in ConfigMap {cm_name}"
-        );
+        assert!(p.data.contains_key(rel), "{rel} is not in the ConfigMap");
     }
-    assert!(
-        config.absolute_files.is_empty(),
-        "{:?}",
-        config.absolute_files
-    );
+    // Absolute paths are secrets, on read-only Secret volumes (the
+    // ConfigMap volume cannot hold them); lay them out beside the config
+    // for `portcullis check`.
+    let mut files = p.data.clone();
+    let mut text = files[&p.key].clone();
+    for abs in &config.absolute_files {
+        let (mount, volume) = mount_of(pod_spec, c, abs);
+        assert!(
+            volume.get("secret").is_some(),
+            "{abs} is not on a Secret volume"
+        );
+        assert_eq!(
+            mount.get("readOnly").and_then(Value::as_bool),
+            Some(true),
+            "{abs}"
+        );
+        let rel = format!("secrets{abs}");
+        text = text.replace(abs.as_str(), &rel);
+        files.insert(rel, "not-the-real-secret\n".to_owned());
+    }
     if let Some(audit) = &config.audit_path {
         // The root filesystem is read-only: the audit file needs a volume.
         assert!(
@@ -1013,49 +1147,17 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
             "audit.path {audit} is not on a writable volume"
         );
     }
-    let summary = portcullis_check(&data, key, "the ConfigMap's portcullis.yaml");
-    assert!(summary.contains("attestor built-by-ci"), "{summary}");
-    let grace = as_u64(pod_spec.get("terminationGracePeriodSeconds").unwrap());
-    assert!(
-        grace > config.shutdown_secs,
-        "grace {grace}s <= timeouts.shutdown"
-    );
-
-    // Container ports = the config's listeners.
-    let named: BTreeMap<String, u16> = seq(c, "ports")
-        .iter()
-        .map(|p| {
-            (
-                str_at(p, &["name"]).to_owned(),
-                u16::try_from(as_u64(p.get("containerPort").unwrap())).unwrap(),
-            )
-        })
-        .collect();
-    let listen = config.listen.port();
-    let admin = config.admin.unwrap().port();
-    assert_eq!(
-        named,
-        BTreeMap::from([("admin".to_owned(), admin), ("registry".to_owned(), listen)])
-    );
-
-    // Probes on the admin port.
-    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
-        let get = c.get(probe).and_then(|p| p.get("httpGet")).expect(probe);
-        assert_eq!(str_at(get, &["path"]), path, "{probe}");
-        assert_eq!(
-            resolve_port(get.get("port").unwrap(), &named),
-            admin,
-            "{probe} port"
-        );
-    }
-
-    // The attestation store: optional, read-only.
-    let store = mounts
+    // The attestation store is the `attestation-store` volume: optional,
+    // read-only, the same content in every replica.
+    let store_mount = mounts
         .iter()
         .find(|m| str_at(m, &["name"]) == "attestation-store")
         .expect("attestation-store mount");
-    assert_eq!(store.get("readOnly").and_then(Value::as_bool), Some(true));
-    let store_volume = volume("attestation-store");
+    assert_eq!(
+        store_mount.get("readOnly").and_then(Value::as_bool),
+        Some(true)
+    );
+    let (_, store_volume) = mount_of(pod_spec, c, str_at(store_mount, &["mountPath"]));
     let optional = store_volume
         .get("configMap")
         .and_then(|c| c.get("optional"))
@@ -1065,6 +1167,43 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
         Some(true),
         "the attestation store must be optional"
     );
+    if let Some(store) = &config.attestation_store {
+        assert_eq!(
+            store.as_str(),
+            str_at(store_mount, &["mountPath"]),
+            "attestationStore.path is not the attestation-store volume"
+        );
+        // `check` does not open it, but a temp dir is where it belongs.
+        text = text.replace(store.as_str(), "attestations");
+    }
+    files.insert(p.key.clone(), text);
+    let summary = portcullis_check(&files, &p.key, "the ConfigMap's portcullis.yaml");
+    assert!(summary.contains("attestor built-by-ci"), "{summary}");
+    let grace = as_u64(pod_spec.get("terminationGracePeriodSeconds").unwrap());
+    assert!(
+        grace > config.shutdown_secs,
+        "grace {grace}s <= timeouts.shutdown"
+    );
+
+    // Container ports = the config's listeners.
+    let named = &p.named;
+    let listen = config.listen.port();
+    let admin = config.admin.unwrap().port();
+    assert_eq!(
+        named,
+        &BTreeMap::from([("admin".to_owned(), admin), ("registry".to_owned(), listen)])
+    );
+
+    // Probes on the admin port.
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = c.get(probe).and_then(|p| p.get("httpGet")).expect(probe);
+        assert_eq!(str_at(get, &["path"]), path, "{probe}");
+        assert_eq!(
+            resolve_port(get.get("port").unwrap(), named),
+            admin,
+            "{probe} port"
+        );
+    }
 
     // Services: the registry port and the admin port, separately.
     let svc_port = |name: &str| {
@@ -1075,12 +1214,13 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
         );
         let ports = seq(svc.get("spec").unwrap(), "ports");
         assert_eq!(ports.len(), 1, "Service {name} exposes one port");
-        resolve_port(ports[0].get("targetPort").unwrap(), &named)
+        resolve_port(ports[0].get("targetPort").unwrap(), named)
     };
     assert_eq!(svc_port("portcullis"), listen);
     assert_eq!(svc_port("portcullis-admin"), admin);
 
-    // The disruption budget keeps replicas serving.
+    // The disruption budget keeps replicas serving: it selects the
+    // Portcullis pods and lets at least one go, never all.
     let pdb = k.one("PodDisruptionBudget", "portcullis");
     let pdb_spec = pdb.get("spec").unwrap();
     assert!(selects(
@@ -1091,13 +1231,186 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
             .unwrap(),
         labels
     ));
-    assert!(as_u64(pdb_spec.get("minAvailable").unwrap()) < replicas);
+    match (pdb_spec.get("minAvailable"), pdb_spec.get("maxUnavailable")) {
+        (Some(min), None) => assert!(as_u64(min) < replicas),
+        (None, Some(max)) => assert!((1..replicas).contains(&as_u64(max))),
+        other => panic!("PodDisruptionBudget: one of minAvailable, maxUnavailable: {other:?}"),
+    }
 
     // The scaling note.
     let note = read(&dir.join("README.md"));
     for words in ["horizontally", "per replica", "read-only"] {
         assert!(note.contains(words), "docker/k8s/README.md lacks {words:?}");
     }
+}
+
+#[test]
+fn k8s_fleet_shares_state_through_redis() {
+    let k = K8s::load();
+    let p = k.portcullis();
+    let ns = str_at(k.one("Namespace", "portcullis"), &["metadata", "name"]);
+
+    // More than one replica: the config shares state through Redis.
+    if p.replicas < 2 {
+        return;
+    }
+    let redis = p
+        .config
+        .redis
+        .as_ref()
+        .expect("the Deployment runs more than one replica without state.redis");
+
+    // The URL names a Service of this namespace, on its port.
+    let mut host = redis.host.split('.');
+    let svc_name = host.next().unwrap();
+    if let Some(svc_ns) = host.next() {
+        assert_eq!(svc_ns, ns, "state.redis.url {}: namespace", redis.url);
+    }
+    let svc = k.one("Service", svc_name);
+    let svc_spec = svc.get("spec").unwrap();
+    let selector = svc_spec.get("selector").unwrap();
+    assert!(
+        !selects(selector, p.labels),
+        "Service {svc_name} selects the Portcullis pods"
+    );
+    let ports = seq(svc_spec, "ports");
+    let svc_port = ports
+        .iter()
+        .find(|sp| as_u64(sp.get("port").unwrap()) == u64::from(redis.port))
+        .unwrap_or_else(|| {
+            panic!(
+                "state.redis.url {}: Service {svc_name} has no port {}",
+                redis.url, redis.port
+            )
+        });
+
+    // The Deployment behind it: one Redis, replaced (never two at once).
+    let deploys: Vec<&Value> = k
+        .of_kind("Deployment")
+        .into_iter()
+        .chain(k.of_kind("StatefulSet"))
+        .filter(|d| selects(selector, pod_of(d).0))
+        .collect();
+    assert_eq!(deploys.len(), 1, "Service {svc_name} selects one workload");
+    let deploy = deploys[0];
+    let spec = deploy.get("spec").unwrap();
+    assert_eq!(as_u64(spec.get("replicas").unwrap()), 1, "one Redis");
+    if str_at(deploy, &["kind"]) == "Deployment" {
+        assert_eq!(str_at(spec, &["strategy", "type"]), "Recreate");
+    }
+    let (redis_labels, pod_spec) = pod_of(deploy);
+    for name in ["portcullis", "portcullis-admin"] {
+        let s = k.one("Service", name);
+        assert!(
+            !selects(
+                s.get("spec").unwrap().get("selector").unwrap(),
+                redis_labels
+            ),
+            "Service {name} selects the Redis pods"
+        );
+    }
+    let containers = seq(pod_spec, "containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let limit = assert_hardened(pod_spec, c, "redis");
+    let command = command_line(c);
+    let (port, maxmemory) = assert_redis_server(str_at(c, &["image"]), &command, "redis");
+    assert!(
+        maxmemory < limit,
+        "redis --maxmemory {maxmemory} is not under its memory limit {limit}"
+    );
+    let named = named_ports(c);
+    assert_eq!(
+        resolve_port(svc_port.get("targetPort").unwrap(), &named),
+        port,
+        "Service {svc_name} targets another port than redis-server's"
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(c.get(probe).is_some(), "redis {probe}");
+    }
+
+    // The password: a Secret both sides mount, which Redis requires.
+    if let Some(file) = &redis.password_file {
+        let (_, volume) = mount_of(p.pod_spec, p.container, file);
+        let secret = str_at(volume, &["secret", "secretName"]);
+        let redis_mount = seq(c, "volumeMounts")
+            .iter()
+            .find(|m| {
+                let (_, v) = mount_of(pod_spec, c, str_at(m, &["mountPath"]));
+                v.get("secret")
+                    .and_then(|s| s.get("secretName"))
+                    .and_then(Value::as_str)
+                    == Some(secret)
+            })
+            .unwrap_or_else(|| panic!("Redis does not mount the Secret {secret}"));
+        // `requirepass $(cat FILE)` on redis-server's standard input, or
+        // `--requirepass` on its command line.
+        let dir = str_at(redis_mount, &["mountPath"]);
+        let script = command.join("\n");
+        assert!(
+            script.lines().any(|l| {
+                let l = l.trim_start();
+                (l.starts_with("requirepass ") || l.starts_with("--requirepass "))
+                    && l.contains(dir)
+            }),
+            "Redis does not require the password of Secret {secret} (mounted at {dir}): {script}"
+        );
+    }
+
+    // Only the Portcullis pods reach it, on its port.
+    let policies: Vec<&Value> = k
+        .of_kind("NetworkPolicy")
+        .into_iter()
+        .filter(|np| {
+            selects(
+                np.get("spec")
+                    .unwrap()
+                    .get("podSelector")
+                    .unwrap()
+                    .get("matchLabels")
+                    .unwrap(),
+                redis_labels,
+            )
+        })
+        .collect();
+    assert_eq!(policies.len(), 1, "one NetworkPolicy for Redis");
+    let np = policies[0].get("spec").unwrap();
+    assert!(seq(np, "policyTypes")
+        .iter()
+        .any(|t| t.as_str() == Some("Ingress")));
+    for rule in seq(np, "ingress") {
+        for from in seq(rule, "from") {
+            let keys: Vec<&str> = from.as_mapping().unwrap().keys().map(as_str).collect();
+            assert_eq!(
+                keys,
+                ["podSelector"],
+                "a peer other than pods of this namespace"
+            );
+            assert!(selects(
+                from.get("podSelector").unwrap().get("matchLabels").unwrap(),
+                p.labels
+            ));
+            assert!(!selects(
+                from.get("podSelector").unwrap().get("matchLabels").unwrap(),
+                redis_labels
+            ));
+        }
+        for np_port in seq(rule, "ports") {
+            assert_eq!(resolve_port(np_port.get("port").unwrap(), &named), port);
+        }
+    }
+
+    // The budget is about the Portcullis pods, not Redis.
+    let pdb = k.one("PodDisruptionBudget", "portcullis");
+    let pdb_selector = pdb
+        .get("spec")
+        .unwrap()
+        .get("selector")
+        .unwrap()
+        .get("matchLabels")
+        .unwrap();
+    assert!(selects(pdb_selector, p.labels));
+    assert!(!selects(pdb_selector, redis_labels));
 }
 
 // ----------------------------------------------------- runtime configs
