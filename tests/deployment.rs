@@ -1411,6 +1411,33 @@ fn k8s_fleet_shares_state_through_redis() {
         .unwrap();
     assert!(selects(pdb_selector, p.labels));
     assert!(!selects(pdb_selector, redis_labels));
+
+    // The README describes the fleet as it is.
+    let note = read(&docker_dir().join("k8s/README.md"));
+    let start = note.find("## Scale-out").expect("a \"Scale-out\" section");
+    let section = &note[start..];
+    for words in [
+        "state.redis",
+        "not share",
+        "fails closed",
+        "/readyz",
+        "portcullis_redis_errors_total",
+        "portcullis_redis_fallbacks_total",
+        "audit",
+        "/metrics",
+        "attestation store",
+        "pdb.yaml",
+        "networkpolicy.yaml",
+        "passwordFile",
+    ] {
+        assert!(section.contains(words), "\"Scale-out\" lacks {words:?}");
+    }
+    for stale in ["roadmap", "Nothing has to be shared"] {
+        assert!(
+            !note.contains(stale),
+            "docker/k8s/README.md still says {stale:?}"
+        );
+    }
 }
 
 // ----------------------------------------------------- runtime configs
