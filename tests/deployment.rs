@@ -11,6 +11,11 @@
 //!   files mounted next to it, the ConfigMap's data) passes
 //!   `portcullis check --config`, laid out in a temp dir exactly as the
 //!   container sees it;
+//! - the fleets: wherever more than one replica runs (the compose replicas,
+//!   the Deployment), their config sets `state.redis`, and the Redis it
+//!   names is there (service, port, password Secret, network policy), with
+//!   no persistence; replicas have distinct names and audit files; the
+//!   disruption budget selects the Portcullis pods;
 //! - the runtime configs in `docker/runtimes/` (tested with the real
 //!   runtimes in tests/runtime_mirrors.rs) are the ones README.md shows.
 
@@ -108,6 +113,41 @@ struct PortcullisConfig {
     audit_path: Option<String>,
     upstream_urls: Vec<String>,
     shutdown_secs: u64,
+    /// `state.replica`.
+    replica: Option<String>,
+    /// `state.redis`.
+    redis: Option<RedisState>,
+    /// `attestationStore.path`.
+    attestation_store: Option<String>,
+}
+
+/// `state.redis` of a Portcullis config.
+#[derive(Debug)]
+struct RedisState {
+    url: String,
+    /// The URL's host and port (6379 when it names none).
+    host: String,
+    port: u16,
+    key_prefix: Option<String>,
+    password_file: Option<String>,
+}
+
+/// `redis://[user@]host[:port][/db]` (or `rediss://`) → `(host, port)`.
+fn redis_host_port(url: &str) -> (String, u16) {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .unwrap_or_else(|| panic!("state.redis.url {url:?}: not redis:// or rediss://"));
+    let authority = rest.split('/').next().unwrap();
+    let host_port = authority.rsplit('@').next().unwrap();
+    match host_port.rsplit_once(':') {
+        Some((host, port)) => (
+            host.to_owned(),
+            port.parse()
+                .unwrap_or_else(|e| panic!("state.redis.url {url:?}: port: {e}")),
+        ),
+        None => (host_port.to_owned(), 6379),
+    }
 }
 
 fn parse_config(text: &str) -> PortcullisConfig {
@@ -124,6 +164,35 @@ fn parse_config(text: &str) -> PortcullisConfig {
         push(tls.get("cert"));
         push(tls.get("key"));
     }
+    let state = v.get("state");
+    let replica = state
+        .and_then(|s| s.get("replica"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let redis = state.and_then(|s| s.get("redis")).map(|r| {
+        push(r.get("passwordFile"));
+        push(r.get("tls").and_then(|t| t.get("caFile")));
+        let url = str_at(r, &["url"]).to_owned();
+        let (host, port) = redis_host_port(&url);
+        RedisState {
+            url,
+            host,
+            port,
+            key_prefix: r
+                .get("keyPrefix")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            password_file: r
+                .get("passwordFile")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }
+    });
+    let attestation_store = v
+        .get("attestationStore")
+        .and_then(|a| a.get("path"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut upstream_urls = Vec::new();
     for u in seq(&v, "upstreams") {
         push(u.get("auth").and_then(|a| a.get("passwordFile")));
@@ -156,6 +225,9 @@ fn parse_config(text: &str) -> PortcullisConfig {
         audit_path,
         upstream_urls,
         shutdown_secs,
+        replica,
+        redis,
+        attestation_store,
     }
 }
 
@@ -290,29 +362,63 @@ fn published(spec: &str) -> (Option<String>, u16, u16) {
     (parts.get(2).map(|s| s.to_string()), host, container)
 }
 
-#[test]
-fn compose_file_references_existing_files_and_consistent_ports() {
-    let dir = docker_dir();
-    let docs = documents(&dir.join("compose.yaml"));
+/// `docker/compose.yaml`, with its `<<: *anchor` merge keys applied as
+/// compose applies them.
+fn compose() -> Value {
+    let mut docs = documents(&docker_dir().join("compose.yaml"));
     assert_eq!(docs.len(), 1, "compose.yaml is one document");
-    let compose = &docs[0];
-    let services = compose.get("services").expect("services");
-    let declared_volumes: BTreeSet<String> = compose
-        .get("volumes")
-        .and_then(Value::as_mapping)
-        .map(|m| m.keys().map(|k| as_str(k).to_owned()).collect())
-        .unwrap_or_default();
+    let mut compose = docs.remove(0);
+    compose.apply_merge().unwrap();
+    compose
+}
 
-    // The upstream: a CNCF distribution registry (listens on 5000 by default).
-    let registry = services.get("registry").expect("registry service");
-    assert!(str_at(registry, &["image"]).starts_with("registry:2"));
+/// The services a service depends on (`depends_on`, short or long form).
+fn depends_on(service: &Value) -> BTreeSet<String> {
+    match service.get("depends_on") {
+        None => BTreeSet::new(),
+        Some(Value::Sequence(names)) => names.iter().map(|n| as_str(n).to_owned()).collect(),
+        Some(Value::Mapping(m)) => m.keys().map(|k| as_str(k).to_owned()).collect(),
+        Some(other) => panic!("depends_on: {other:?}"),
+    }
+}
 
-    let p = services.get("portcullis").expect("portcullis service");
+/// The networks a service is on (`default` when it names none).
+fn networks(service: &Value) -> BTreeSet<String> {
+    match service.get("networks") {
+        None => BTreeSet::from(["default".to_owned()]),
+        Some(Value::Sequence(names)) => names.iter().map(|n| as_str(n).to_owned()).collect(),
+        Some(Value::Mapping(m)) => m.keys().map(|k| as_str(k).to_owned()).collect(),
+        Some(other) => panic!("networks: {other:?}"),
+    }
+}
+
+/// One Portcullis service of the compose file, checked on its own.
+struct ComposeReplica {
+    service: String,
+    hostname: Option<String>,
+    config: PortcullisConfig,
+    /// `(ip, host port, container port)`.
+    ports: Vec<(Option<String>, u16, u16)>,
+    /// The named volume the audit file is on.
+    audit_volume: String,
+    networks: BTreeSet<String>,
+    depends_on: BTreeSet<String>,
+}
+
+/// Checks one Portcullis service: its build, its mounts, the config it runs
+/// (`portcullis check`, laid out as the container sees it), its audit
+/// volume, its published ports.
+fn compose_replica(
+    dir: &Path,
+    name: &str,
+    p: &Value,
+    declared_volumes: &BTreeSet<String>,
+) -> ComposeReplica {
     // Build context and Dockerfile, relative to docker/.
     let context = dir.join(str_at(p, &["build", "context"]));
     assert!(
         context.join("Cargo.toml").is_file(),
-        "build context {context:?} is not the crate"
+        "{name}: build context {context:?} is not the crate"
     );
     let dockerfile = context.join(str_at(p, &["build", "dockerfile"]));
     assert!(dockerfile.is_file(), "{dockerfile:?} missing");
@@ -327,14 +433,18 @@ fn compose_file_references_existing_files_and_consistent_ports() {
         if is_bind(&m.source) {
             assert!(
                 dir.join(&m.source).exists(),
-                "bind mount source {} missing",
+                "{name}: bind mount source {} missing",
                 m.source
             );
-            assert!(m.read_only, "bind mount {} should be read-only", m.source);
+            assert!(
+                m.read_only,
+                "{name}: bind mount {} should be read-only",
+                m.source
+            );
         } else {
             assert!(
                 declared_volumes.contains(&m.source),
-                "volume {} not declared",
+                "{name}: volume {} not declared",
                 m.source
             );
         }
@@ -346,7 +456,7 @@ fn compose_file_references_existing_files_and_consistent_ports() {
     assert_eq!(as_str(&command[0]), "serve");
     let config_target = arg_after(command, "--config");
     let config_mount = mount_at(config_target)
-        .unwrap_or_else(|| panic!("--config {config_target} is not a mounted file"));
+        .unwrap_or_else(|| panic!("{name}: --config {config_target} is not a mounted file"));
     let config_source = dir.join(&config_mount.source);
     assert_eq!(
         config_source.canonicalize().unwrap(),
@@ -364,7 +474,7 @@ fn compose_file_references_existing_files_and_consistent_ports() {
     for rel in &config.relative_files {
         let target = config_dir.join(rel);
         let m = mount_at(target.to_str().unwrap())
-            .unwrap_or_else(|| panic!("{rel} (at {target:?}) is not mounted"));
+            .unwrap_or_else(|| panic!("{name}: {rel} (at {target:?}) is not mounted"));
         files.insert(rel.clone(), read(&dir.join(&m.source)));
     }
     assert!(
@@ -380,13 +490,18 @@ fn compose_file_references_existing_files_and_consistent_ports() {
     // read-only) that the image creates for its user.
     let audit = config.audit_path.as_deref().expect("audit.path");
     let audit_dir = Path::new(audit).parent().unwrap().to_str().unwrap();
-    let m = mount_at(audit_dir).unwrap_or_else(|| panic!("{audit_dir} is not a volume"));
+    let m = mount_at(audit_dir).unwrap_or_else(|| panic!("{name}: {audit_dir} is not a volume"));
     assert!(!is_bind(&m.source) && !m.read_only);
     assert!(
         dockerfile_text_creates(audit_dir),
         "the Dockerfile does not create {audit_dir} for its user"
     );
-    assert_eq!(p.get("read_only").and_then(Value::as_bool), Some(true));
+    let audit_volume = m.source.clone();
+    assert_eq!(
+        p.get("read_only").and_then(Value::as_bool),
+        Some(true),
+        "{name}"
+    );
 
     // Published ports: the registry port, and the admin port on loopback.
     let ports: Vec<_> = seq(p, "ports")
@@ -397,20 +512,20 @@ fn compose_file_references_existing_files_and_consistent_ports() {
         ports
             .iter()
             .find(|(_, _, c)| *c == port)
-            .unwrap_or_else(|| panic!("container port {port} is not published: {ports:?}"))
+            .unwrap_or_else(|| panic!("{name}: container port {port} is not published: {ports:?}"))
     };
     by_container(config.listen.port());
     let (ip, _, _) = by_container(config.admin.unwrap().port());
     assert_eq!(
         ip.as_deref(),
         Some("127.0.0.1"),
-        "admin port published beyond loopback"
+        "{name}: admin port published beyond loopback"
     );
     let container_ports: BTreeSet<u16> = ports.iter().map(|(_, _, c)| *c).collect();
     assert_eq!(
         container_ports,
         BTreeSet::from([config.listen.port(), config.admin.unwrap().port()]),
-        "published ports that nothing listens on"
+        "{name}: published ports that nothing listens on"
     );
 
     // The upstream URL names the registry service on its port.
@@ -418,7 +533,93 @@ fn compose_file_references_existing_files_and_consistent_ports() {
         config.upstream_urls,
         vec!["http://registry:5000".to_owned()]
     );
-    assert!(seq(p, "depends_on").iter().any(|d| as_str(d) == "registry"));
+    let depends_on = depends_on(p);
+    assert!(depends_on.contains("registry"), "{name}: {depends_on:?}");
+    assert!(text.contains("registry: localhost:5001"));
+
+    ComposeReplica {
+        service: name.to_owned(),
+        hostname: p.get("hostname").and_then(Value::as_str).map(str::to_owned),
+        config,
+        ports,
+        audit_volume,
+        networks: networks(p),
+        depends_on,
+    }
+}
+
+/// Every Portcullis service of the compose file: the services running the
+/// image that `portcullis` runs. Every service that builds an image is one.
+fn compose_replicas(compose: &Value) -> Vec<ComposeReplica> {
+    let dir = docker_dir();
+    let services = compose
+        .get("services")
+        .and_then(Value::as_mapping)
+        .expect("services");
+    let declared_volumes: BTreeSet<String> = compose
+        .get("volumes")
+        .and_then(Value::as_mapping)
+        .map(|m| m.keys().map(|k| as_str(k).to_owned()).collect())
+        .unwrap_or_default();
+    let image = str_at(
+        compose
+            .get("services")
+            .and_then(|s| s.get("portcullis"))
+            .expect("portcullis service"),
+        &["image"],
+    );
+    let mut replicas = Vec::new();
+    for (name, service) in services {
+        let name = as_str(name);
+        if service.get("image").and_then(Value::as_str) == Some(image) {
+            replicas.push(compose_replica(&dir, name, service, &declared_volumes));
+        } else {
+            assert!(
+                service.get("build").is_none(),
+                "{name} builds an image but does not run {image}"
+            );
+        }
+    }
+    replicas
+}
+
+#[test]
+fn compose_file_references_existing_files_and_consistent_ports() {
+    let compose = compose();
+    let services = compose.get("services").expect("services");
+
+    // The upstream: a CNCF distribution registry (listens on 5000 by default).
+    let registry = services.get("registry").expect("registry service");
+    assert!(str_at(registry, &["image"]).starts_with("registry:2"));
+
+    // Every Portcullis service passes the checks of compose_replica.
+    let replicas = compose_replicas(&compose);
+    assert!(
+        !replicas.is_empty() && replicas.iter().any(|r| r.service == "portcullis"),
+        "no portcullis service"
+    );
+
+    // The single entry point: `portcullis` on localhost:5000, its admin
+    // listener on 127.0.0.1:9090, whatever other replicas run.
+    let entry = replicas.iter().find(|r| r.service == "portcullis").unwrap();
+    for port in [
+        entry.config.listen.port(),
+        entry.config.admin.unwrap().port(),
+    ] {
+        assert!(
+            entry.ports.iter().any(|(_, h, c)| *h == port && *c == port),
+            "portcullis does not publish {port} on {port}: {:?}",
+            entry.ports
+        );
+    }
+    // No two services publish one host port.
+    let mut host_ports = BTreeSet::new();
+    for r in &replicas {
+        for (_, h, _) in &r.ports {
+            assert!(host_ports.insert(*h), "host port {h} published twice");
+        }
+    }
+
     // The registry is published for pushing on the port the config's
     // canonical name uses (`localhost:5001`).
     let reg_ports: Vec<_> = seq(registry, "ports")
@@ -429,7 +630,17 @@ fn compose_file_references_existing_files_and_consistent_ports() {
         reg_ports.iter().any(|(_, h, c)| *h == 5001 && *c == 5000),
         "{reg_ports:?}"
     );
-    assert!(text.contains("registry: localhost:5001"));
+    for (_, h, _) in &reg_ports {
+        assert!(host_ports.insert(*h), "host port {h} published twice");
+    }
+    // Each replica reaches the registry.
+    for r in &replicas {
+        assert!(
+            !r.networks.is_disjoint(&networks(registry)),
+            "{} shares no network with the registry",
+            r.service
+        );
+    }
 }
 
 fn dockerfile_text_creates(dir: &str) -> bool {
@@ -437,6 +648,187 @@ fn dockerfile_text_creates(dir: &str) -> bool {
         .text
         .lines()
         .any(|l| l.contains("install -d") && l.contains("65532") && l.contains(dir))
+}
+
+// ---------------------------------------------------------------- redis
+
+/// The arguments `redis-server` runs with: the command itself
+/// (`[redis-server, --save, "", …]`) or the `redis-server` line of an
+/// `sh -c` script, with its quotes removed (`--save ""` → `--save`, ``).
+fn redis_server_args(command: &[String]) -> Vec<String> {
+    let line: Vec<String> = match command.first().map(String::as_str) {
+        Some("redis-server" | "valkey-server") => command.to_vec(),
+        Some("sh") => {
+            assert_eq!(
+                command.get(1).map(String::as_str),
+                Some("-c"),
+                "{command:?}"
+            );
+            let script = command.get(2).expect("sh -c SCRIPT");
+            let line = script
+                .lines()
+                .find(|l| l.contains("redis-server") || l.contains("valkey-server"))
+                .unwrap_or_else(|| panic!("no redis-server in {script:?}"));
+            line.split_whitespace()
+                .map(|w| w.trim_matches('"').trim_matches('\'').to_owned())
+                .collect()
+        }
+        _ => panic!("not redis-server: {command:?}"),
+    };
+    let start = line
+        .iter()
+        .position(|w| w == "redis-server" || w == "valkey-server")
+        .unwrap();
+    line[start + 1..].to_vec()
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+/// `256mb`, `1gb` (Redis) or `512Mi`, `1Gi` (Kubernetes) → bytes.
+fn bytes(size: &str) -> u64 {
+    let split = size
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(size.len());
+    let (n, unit) = size.split_at(split);
+    let n: u64 = n.parse().unwrap_or_else(|e| panic!("{size:?}: {e}"));
+    n * match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "ki" => 1 << 10,
+        "mb" | "mi" => 1 << 20,
+        "gb" | "gi" => 1 << 30,
+        other => panic!("{size:?}: unit {other:?}"),
+    }
+}
+
+/// What every Redis of the deployment files must be: a pinned official
+/// image, no persistence, a memory cap. Returns its port and `maxmemory`.
+fn assert_redis_server(image: &str, command: &[String], what: &str) -> (u16, u64) {
+    let (repo, tag) = image
+        .split('@')
+        .next()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{what}: image {image} has no tag"));
+    assert!(
+        repo == "redis" || repo == "valkey/valkey",
+        "{what}: image {image}: expected the official redis or valkey/valkey"
+    );
+    assert!(
+        tag.starts_with(|c: char| c.is_ascii_digit()) && tag.split('.').count() >= 3,
+        "{what}: image {image} is not pinned to a release (x.y.z)"
+    );
+    let args = redis_server_args(command);
+    assert_eq!(flag(&args, "--save"), Some(""), "{what}: {args:?}");
+    assert_eq!(flag(&args, "--appendonly"), Some("no"), "{what}: {args:?}");
+    let maxmemory =
+        bytes(flag(&args, "--maxmemory").unwrap_or_else(|| panic!("{what}: no --maxmemory")));
+    assert!(
+        flag(&args, "--maxmemory-policy").is_some_and(|p| p.starts_with("volatile-")),
+        "{what}: evict only entries with a TTL, never the policy revision: {args:?}"
+    );
+    let port = flag(&args, "--port").map_or(6379, |p| p.parse().unwrap());
+    (port, maxmemory)
+}
+
+#[test]
+fn compose_fleet_shares_state_through_redis() {
+    let compose = compose();
+    let services = compose.get("services").expect("services");
+    let replicas = compose_replicas(&compose);
+    assert!(replicas.len() >= 2, "compose.yaml runs one replica");
+
+    // More than one replica: each has state.redis, the same server and key
+    // prefix (one fleet), and its own name and audit file.
+    let redis: Vec<&RedisState> = replicas
+        .iter()
+        .map(|r| {
+            r.config
+                .redis
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} runs in a fleet without state.redis", r.service))
+        })
+        .collect();
+    for r in &redis[1..] {
+        assert_eq!(
+            (&r.url, &r.key_prefix),
+            (&redis[0].url, &redis[0].key_prefix)
+        );
+    }
+    let names: BTreeSet<String> = replicas
+        .iter()
+        .map(|r| {
+            r.config
+                .replica
+                .clone()
+                .or_else(|| r.hostname.clone())
+                .unwrap_or_else(|| panic!("{}: no state.replica and no hostname", r.service))
+        })
+        .collect();
+    assert_eq!(names.len(), replicas.len(), "replica names {names:?}");
+    let audit: BTreeSet<&str> = replicas.iter().map(|r| r.audit_volume.as_str()).collect();
+    assert_eq!(
+        audit.len(),
+        replicas.len(),
+        "replicas share an audit volume"
+    );
+
+    // The Redis service the URL names.
+    let url = &redis[0];
+    let service = services
+        .get(url.host.as_str())
+        .unwrap_or_else(|| panic!("state.redis.url {}: no such service", url.url));
+    let command: Vec<String> = seq(service, "command")
+        .iter()
+        .map(|a| as_str(a).to_owned())
+        .collect();
+    let (port, _) = assert_redis_server(str_at(service, &["image"]), &command, "compose redis");
+    assert_eq!(port, url.port, "state.redis.url {} vs its port", url.url);
+    let health = seq(
+        service.get("healthcheck").expect("redis healthcheck"),
+        "test",
+    );
+    let health: Vec<&str> = health.iter().map(as_str).collect();
+    assert!(
+        health.contains(&"redis-cli") && health.contains(&"ping"),
+        "{health:?}"
+    );
+    assert!(
+        service.get("ports").is_none(),
+        "Redis is published: whoever writes to it can admit images"
+    );
+    assert_eq!(
+        service.get("read_only").and_then(Value::as_bool),
+        Some(true)
+    );
+    for r in &replicas {
+        assert!(
+            r.depends_on.contains(&url.host),
+            "{} does not depend on {}",
+            r.service,
+            url.host
+        );
+        assert!(
+            !r.networks.is_disjoint(&networks(service)),
+            "{} shares no network with {}",
+            r.service,
+            url.host
+        );
+    }
+    // Only the replicas reach it: its networks are theirs alone.
+    for (name, other) in services.as_mapping().unwrap() {
+        let name = as_str(name);
+        if name == url.host || replicas.iter().any(|r| r.service == name) {
+            continue;
+        }
+        assert!(
+            networks(other).is_disjoint(&networks(service)),
+            "{name} reaches {}",
+            url.host
+        );
+    }
 }
 
 // ---------------------------------------------------------- kubernetes
@@ -505,6 +897,175 @@ fn resolve_port(port: &Value, named: &BTreeMap<String, u16>) -> u16 {
     }
 }
 
+/// A container's ports: name → number.
+fn named_ports(container: &Value) -> BTreeMap<String, u16> {
+    seq(container, "ports")
+        .iter()
+        .map(|p| {
+            (
+                str_at(p, &["name"]).to_owned(),
+                u16::try_from(as_u64(p.get("containerPort").unwrap())).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A container's command and args, as one list.
+fn command_line(container: &Value) -> Vec<String> {
+    ["command", "args"]
+        .iter()
+        .filter_map(|k| container.get(*k).and_then(Value::as_sequence))
+        .flatten()
+        .map(|a| as_str(a).to_owned())
+        .collect()
+}
+
+/// The pod of a Deployment: `(its labels, its spec)`, checking that the
+/// Deployment's selector selects it.
+fn pod_of(deploy: &Value) -> (&Value, &Value) {
+    let spec = deploy.get("spec").unwrap();
+    let pod = spec.get("template").unwrap();
+    let labels = pod.get("metadata").unwrap().get("labels").unwrap();
+    assert!(selects(
+        spec.get("selector").unwrap().get("matchLabels").unwrap(),
+        labels
+    ));
+    (labels, pod.get("spec").unwrap())
+}
+
+/// Checks the hardening every pod here has: non-root, a seccomp profile, a
+/// read-only root filesystem, no privilege escalation, no capabilities,
+/// memory requests and limits. Returns the container's memory limit.
+fn assert_hardened(pod_spec: &Value, container: &Value, what: &str) -> u64 {
+    let psc = pod_spec
+        .get("securityContext")
+        .unwrap_or_else(|| panic!("{what}: pod securityContext"));
+    assert_eq!(
+        psc.get("runAsNonRoot").and_then(Value::as_bool),
+        Some(true),
+        "{what}"
+    );
+    assert_ne!(as_u64(psc.get("runAsUser").unwrap()), 0, "{what}");
+    assert_eq!(
+        pod_spec
+            .get("automountServiceAccountToken")
+            .and_then(Value::as_bool),
+        Some(false),
+        "{what}"
+    );
+    let csc = container
+        .get("securityContext")
+        .unwrap_or_else(|| panic!("{what}: container securityContext"));
+    assert_eq!(
+        csc.get("readOnlyRootFilesystem").and_then(Value::as_bool),
+        Some(true),
+        "{what}"
+    );
+    assert_eq!(
+        csc.get("allowPrivilegeEscalation").and_then(Value::as_bool),
+        Some(false),
+        "{what}"
+    );
+    let dropped = csc
+        .get("capabilities")
+        .and_then(|c| c.get("drop"))
+        .and_then(Value::as_sequence)
+        .unwrap_or_else(|| panic!("{what}: capabilities.drop"));
+    assert!(dropped.iter().any(|c| c.as_str() == Some("ALL")), "{what}");
+    for kind in ["requests", "limits"] {
+        let r = container.get("resources").and_then(|r| r.get(kind));
+        assert!(
+            r.is_some_and(|r| r.get("memory").is_some()),
+            "{what}: resources.{kind}.memory"
+        );
+    }
+    bytes(str_at(container, &["resources", "limits", "memory"]))
+}
+
+/// The volume mount of `container` that `path` is on (the longest mount
+/// path it is under), and the pod volume it mounts.
+fn mount_of<'a>(pod_spec: &'a Value, container: &'a Value, path: &str) -> (&'a Value, &'a Value) {
+    let mount = seq(container, "volumeMounts")
+        .iter()
+        .filter(|m| Path::new(path).starts_with(str_at(m, &["mountPath"])))
+        .max_by_key(|m| str_at(m, &["mountPath"]).len())
+        .unwrap_or_else(|| panic!("{path} is on no volume"));
+    let name = str_at(mount, &["name"]);
+    let volume = seq(pod_spec, "volumes")
+        .iter()
+        .find(|v| str_at(v, &["name"]) == name)
+        .unwrap_or_else(|| panic!("no volume {name}"));
+    (mount, volume)
+}
+
+/// The Portcullis Deployment and the configuration it runs.
+struct Portcullis<'a> {
+    replicas: u64,
+    labels: &'a Value,
+    pod_spec: &'a Value,
+    container: &'a Value,
+    /// Container port name → number.
+    named: BTreeMap<String, u16>,
+    /// The ConfigMap's data and the key `--config` names in it.
+    data: BTreeMap<String, String>,
+    key: String,
+    config: PortcullisConfig,
+}
+
+impl K8s {
+    /// The Deployment `portcullis`, its one container, and the config its
+    /// `--config` names: a key of the ConfigMap mounted there, read-only.
+    fn portcullis(&self) -> Portcullis<'_> {
+        let deploy = self.one("Deployment", "portcullis");
+        let replicas = as_u64(deploy.get("spec").unwrap().get("replicas").unwrap());
+        let (labels, pod_spec) = pod_of(deploy);
+        let containers = seq(pod_spec, "containers");
+        assert_eq!(containers.len(), 1);
+        let container = &containers[0];
+        let args = seq(container, "args");
+        assert_eq!(as_str(&args[0]), "serve");
+        let config_path = Path::new(arg_after(args, "--config"));
+        let config_mount = seq(container, "volumeMounts")
+            .iter()
+            .find(|m| Path::new(str_at(m, &["mountPath"])) == config_path.parent().unwrap())
+            .expect("a volume mounted where --config points");
+        assert_eq!(
+            config_mount.get("readOnly").and_then(Value::as_bool),
+            Some(true)
+        );
+        let (_, volume) = mount_of(pod_spec, container, config_path.to_str().unwrap());
+        let cm_name = str_at(volume, &["configMap", "name"]);
+        let cm = self.one("ConfigMap", cm_name);
+        let data: BTreeMap<String, String> = cm
+            .get("data")
+            .and_then(Value::as_mapping)
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (as_str(k).to_owned(), as_str(v).to_owned()))
+            .collect();
+        let key = config_path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let text = data
+            .get(&key)
+            .unwrap_or_else(|| panic!("ConfigMap {cm_name} has no {key}"));
+        let config = parse_config(text);
+        Portcullis {
+            replicas,
+            labels,
+            pod_spec,
+            container,
+            named: named_ports(container),
+            data,
+            key,
+            config,
+        }
+    }
+}
+
 #[test]
 fn k8s_manifests_parse_and_agree_with_the_configmap() {
     let k = K8s::load();
@@ -541,91 +1102,41 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
     }
 
     // The Deployment.
-    let deploy = k.one("Deployment", "portcullis");
-    let spec = deploy.get("spec").unwrap();
-    let replicas = as_u64(spec.get("replicas").unwrap());
+    let p = k.portcullis();
+    let replicas = p.replicas;
     assert!(replicas >= 3, "replicas {replicas}");
-    let pod = spec.get("template").unwrap();
-    let labels = pod.get("metadata").unwrap().get("labels").unwrap();
-    assert!(selects(
-        spec.get("selector").unwrap().get("matchLabels").unwrap(),
-        labels
-    ));
-    let pod_spec = pod.get("spec").unwrap();
-    let psc = pod_spec
-        .get("securityContext")
-        .expect("pod securityContext");
-    assert_eq!(psc.get("runAsNonRoot").and_then(Value::as_bool), Some(true));
+    let (labels, pod_spec, c) = (p.labels, p.pod_spec, p.container);
+    assert_hardened(pod_spec, c, "deployment/portcullis");
+    let psc = pod_spec.get("securityContext").unwrap();
     assert_eq!(as_u64(psc.get("runAsUser").unwrap()), dockerfile().uid);
-    let containers = seq(pod_spec, "containers");
-    assert_eq!(containers.len(), 1);
-    let c = &containers[0];
-    let csc = c.get("securityContext").expect("container securityContext");
-    assert_eq!(
-        csc.get("readOnlyRootFilesystem").and_then(Value::as_bool),
-        Some(true)
-    );
-    assert_eq!(
-        csc.get("allowPrivilegeEscalation").and_then(Value::as_bool),
-        Some(false)
-    );
-    for kind in ["requests", "limits"] {
-        let r = c.get("resources").and_then(|r| r.get(kind));
-        assert!(
-            r.is_some_and(|r| r.get("memory").is_some()),
-            "resources.{kind}.memory"
-        );
-    }
 
-    // The config: --config names a key of the ConfigMap mounted there.
-    let args = seq(c, "args");
-    assert_eq!(as_str(&args[0]), "serve");
-    let config_path = Path::new(arg_after(args, "--config"));
+    // The config the ConfigMap holds.
     let mounts = seq(c, "volumeMounts");
-    let volumes = seq(pod_spec, "volumes");
-    let volume = |name: &str| {
-        volumes
-            .iter()
-            .find(|v| str_at(v, &["name"]) == name)
-            .unwrap_or_else(|| panic!("no volume {name}"))
-    };
-    let config_mount = mounts
-        .iter()
-        .find(|m| Path::new(str_at(m, &["mountPath"])) == config_path.parent().unwrap())
-        .expect("a volume mounted where --config points");
-    assert_eq!(
-        config_mount.get("readOnly").and_then(Value::as_bool),
-        Some(true)
-    );
-    let cm_name = str_at(
-        volume(str_at(config_mount, &["name"])),
-        &["configMap", "name"],
-    );
-    let cm = k.one("ConfigMap", cm_name);
-    let data: BTreeMap<String, String> = cm
-        .get("data")
-        .and_then(Value::as_mapping)
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (as_str(k).to_owned(), as_str(v).to_owned()))
-        .collect();
-    let key = config_path.file_name().unwrap().to_str().unwrap();
-    let text = data
-        .get(key)
-        .unwrap_or_else(|| panic!("ConfigMap {cm_name} has no {key}"));
-    let config = parse_config(text);
-    assert_listens_on_all_interfaces(&config, "the ConfigMap's portcullis.yaml");
+    let config = &p.config;
+    assert_listens_on_all_interfaces(config, "the ConfigMap's portcullis.yaml");
     for rel in &config.relative_files {
-        assert!(
-            data.contains_key(rel),
-            "{rel} is not in ConfigMap {cm_name}"
-        );
+        assert!(p.data.contains_key(rel), "{rel} is not in the ConfigMap");
     }
-    assert!(
-        config.absolute_files.is_empty(),
-        "{:?}",
-        config.absolute_files
-    );
+    // Absolute paths are secrets, on read-only Secret volumes (the
+    // ConfigMap volume cannot hold them); lay them out beside the config
+    // for `portcullis check`.
+    let mut files = p.data.clone();
+    let mut text = files[&p.key].clone();
+    for abs in &config.absolute_files {
+        let (mount, volume) = mount_of(pod_spec, c, abs);
+        assert!(
+            volume.get("secret").is_some(),
+            "{abs} is not on a Secret volume"
+        );
+        assert_eq!(
+            mount.get("readOnly").and_then(Value::as_bool),
+            Some(true),
+            "{abs}"
+        );
+        let rel = format!("secrets{abs}");
+        text = text.replace(abs.as_str(), &rel);
+        files.insert(rel, "not-the-real-secret\n".to_owned());
+    }
     if let Some(audit) = &config.audit_path {
         // The root filesystem is read-only: the audit file needs a volume.
         assert!(
@@ -636,49 +1147,17 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
             "audit.path {audit} is not on a writable volume"
         );
     }
-    let summary = portcullis_check(&data, key, "the ConfigMap's portcullis.yaml");
-    assert!(summary.contains("attestor built-by-ci"), "{summary}");
-    let grace = as_u64(pod_spec.get("terminationGracePeriodSeconds").unwrap());
-    assert!(
-        grace > config.shutdown_secs,
-        "grace {grace}s <= timeouts.shutdown"
-    );
-
-    // Container ports = the config's listeners.
-    let named: BTreeMap<String, u16> = seq(c, "ports")
-        .iter()
-        .map(|p| {
-            (
-                str_at(p, &["name"]).to_owned(),
-                u16::try_from(as_u64(p.get("containerPort").unwrap())).unwrap(),
-            )
-        })
-        .collect();
-    let listen = config.listen.port();
-    let admin = config.admin.unwrap().port();
-    assert_eq!(
-        named,
-        BTreeMap::from([("admin".to_owned(), admin), ("registry".to_owned(), listen)])
-    );
-
-    // Probes on the admin port.
-    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
-        let get = c.get(probe).and_then(|p| p.get("httpGet")).expect(probe);
-        assert_eq!(str_at(get, &["path"]), path, "{probe}");
-        assert_eq!(
-            resolve_port(get.get("port").unwrap(), &named),
-            admin,
-            "{probe} port"
-        );
-    }
-
-    // The attestation store: optional, read-only.
-    let store = mounts
+    // The attestation store is the `attestation-store` volume: optional,
+    // read-only, the same content in every replica.
+    let store_mount = mounts
         .iter()
         .find(|m| str_at(m, &["name"]) == "attestation-store")
         .expect("attestation-store mount");
-    assert_eq!(store.get("readOnly").and_then(Value::as_bool), Some(true));
-    let store_volume = volume("attestation-store");
+    assert_eq!(
+        store_mount.get("readOnly").and_then(Value::as_bool),
+        Some(true)
+    );
+    let (_, store_volume) = mount_of(pod_spec, c, str_at(store_mount, &["mountPath"]));
     let optional = store_volume
         .get("configMap")
         .and_then(|c| c.get("optional"))
@@ -688,6 +1167,43 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
         Some(true),
         "the attestation store must be optional"
     );
+    if let Some(store) = &config.attestation_store {
+        assert_eq!(
+            store.as_str(),
+            str_at(store_mount, &["mountPath"]),
+            "attestationStore.path is not the attestation-store volume"
+        );
+        // `check` does not open it, but a temp dir is where it belongs.
+        text = text.replace(store.as_str(), "attestations");
+    }
+    files.insert(p.key.clone(), text);
+    let summary = portcullis_check(&files, &p.key, "the ConfigMap's portcullis.yaml");
+    assert!(summary.contains("attestor built-by-ci"), "{summary}");
+    let grace = as_u64(pod_spec.get("terminationGracePeriodSeconds").unwrap());
+    assert!(
+        grace > config.shutdown_secs,
+        "grace {grace}s <= timeouts.shutdown"
+    );
+
+    // Container ports = the config's listeners.
+    let named = &p.named;
+    let listen = config.listen.port();
+    let admin = config.admin.unwrap().port();
+    assert_eq!(
+        named,
+        &BTreeMap::from([("admin".to_owned(), admin), ("registry".to_owned(), listen)])
+    );
+
+    // Probes on the admin port.
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = c.get(probe).and_then(|p| p.get("httpGet")).expect(probe);
+        assert_eq!(str_at(get, &["path"]), path, "{probe}");
+        assert_eq!(
+            resolve_port(get.get("port").unwrap(), named),
+            admin,
+            "{probe} port"
+        );
+    }
 
     // Services: the registry port and the admin port, separately.
     let svc_port = |name: &str| {
@@ -698,12 +1214,13 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
         );
         let ports = seq(svc.get("spec").unwrap(), "ports");
         assert_eq!(ports.len(), 1, "Service {name} exposes one port");
-        resolve_port(ports[0].get("targetPort").unwrap(), &named)
+        resolve_port(ports[0].get("targetPort").unwrap(), named)
     };
     assert_eq!(svc_port("portcullis"), listen);
     assert_eq!(svc_port("portcullis-admin"), admin);
 
-    // The disruption budget keeps replicas serving.
+    // The disruption budget keeps replicas serving: it selects the
+    // Portcullis pods and lets at least one go, never all.
     let pdb = k.one("PodDisruptionBudget", "portcullis");
     let pdb_spec = pdb.get("spec").unwrap();
     assert!(selects(
@@ -714,12 +1231,212 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
             .unwrap(),
         labels
     ));
-    assert!(as_u64(pdb_spec.get("minAvailable").unwrap()) < replicas);
+    match (pdb_spec.get("minAvailable"), pdb_spec.get("maxUnavailable")) {
+        (Some(min), None) => assert!(as_u64(min) < replicas),
+        (None, Some(max)) => assert!((1..replicas).contains(&as_u64(max))),
+        other => panic!("PodDisruptionBudget: one of minAvailable, maxUnavailable: {other:?}"),
+    }
 
     // The scaling note.
     let note = read(&dir.join("README.md"));
     for words in ["horizontally", "per replica", "read-only"] {
         assert!(note.contains(words), "docker/k8s/README.md lacks {words:?}");
+    }
+}
+
+#[test]
+fn k8s_fleet_shares_state_through_redis() {
+    let k = K8s::load();
+    let p = k.portcullis();
+    let ns = str_at(k.one("Namespace", "portcullis"), &["metadata", "name"]);
+
+    // More than one replica: the config shares state through Redis.
+    if p.replicas < 2 {
+        return;
+    }
+    let redis = p
+        .config
+        .redis
+        .as_ref()
+        .expect("the Deployment runs more than one replica without state.redis");
+
+    // The URL names a Service of this namespace, on its port.
+    let mut host = redis.host.split('.');
+    let svc_name = host.next().unwrap();
+    if let Some(svc_ns) = host.next() {
+        assert_eq!(svc_ns, ns, "state.redis.url {}: namespace", redis.url);
+    }
+    let svc = k.one("Service", svc_name);
+    let svc_spec = svc.get("spec").unwrap();
+    let selector = svc_spec.get("selector").unwrap();
+    assert!(
+        !selects(selector, p.labels),
+        "Service {svc_name} selects the Portcullis pods"
+    );
+    let ports = seq(svc_spec, "ports");
+    let svc_port = ports
+        .iter()
+        .find(|sp| as_u64(sp.get("port").unwrap()) == u64::from(redis.port))
+        .unwrap_or_else(|| {
+            panic!(
+                "state.redis.url {}: Service {svc_name} has no port {}",
+                redis.url, redis.port
+            )
+        });
+
+    // The Deployment behind it: one Redis, replaced (never two at once).
+    let deploys: Vec<&Value> = k
+        .of_kind("Deployment")
+        .into_iter()
+        .chain(k.of_kind("StatefulSet"))
+        .filter(|d| selects(selector, pod_of(d).0))
+        .collect();
+    assert_eq!(deploys.len(), 1, "Service {svc_name} selects one workload");
+    let deploy = deploys[0];
+    let spec = deploy.get("spec").unwrap();
+    assert_eq!(as_u64(spec.get("replicas").unwrap()), 1, "one Redis");
+    if str_at(deploy, &["kind"]) == "Deployment" {
+        assert_eq!(str_at(spec, &["strategy", "type"]), "Recreate");
+    }
+    let (redis_labels, pod_spec) = pod_of(deploy);
+    for name in ["portcullis", "portcullis-admin"] {
+        let s = k.one("Service", name);
+        assert!(
+            !selects(
+                s.get("spec").unwrap().get("selector").unwrap(),
+                redis_labels
+            ),
+            "Service {name} selects the Redis pods"
+        );
+    }
+    let containers = seq(pod_spec, "containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let limit = assert_hardened(pod_spec, c, "redis");
+    let command = command_line(c);
+    let (port, maxmemory) = assert_redis_server(str_at(c, &["image"]), &command, "redis");
+    assert!(
+        maxmemory < limit,
+        "redis --maxmemory {maxmemory} is not under its memory limit {limit}"
+    );
+    let named = named_ports(c);
+    assert_eq!(
+        resolve_port(svc_port.get("targetPort").unwrap(), &named),
+        port,
+        "Service {svc_name} targets another port than redis-server's"
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(c.get(probe).is_some(), "redis {probe}");
+    }
+
+    // The password: a Secret both sides mount, which Redis requires.
+    if let Some(file) = &redis.password_file {
+        let (_, volume) = mount_of(p.pod_spec, p.container, file);
+        let secret = str_at(volume, &["secret", "secretName"]);
+        let redis_mount = seq(c, "volumeMounts")
+            .iter()
+            .find(|m| {
+                let (_, v) = mount_of(pod_spec, c, str_at(m, &["mountPath"]));
+                v.get("secret")
+                    .and_then(|s| s.get("secretName"))
+                    .and_then(Value::as_str)
+                    == Some(secret)
+            })
+            .unwrap_or_else(|| panic!("Redis does not mount the Secret {secret}"));
+        // `requirepass $(cat FILE)` on redis-server's standard input, or
+        // `--requirepass` on its command line.
+        let dir = str_at(redis_mount, &["mountPath"]);
+        let script = command.join("\n");
+        assert!(
+            script.lines().any(|l| {
+                let l = l.trim_start();
+                (l.starts_with("requirepass ") || l.starts_with("--requirepass "))
+                    && l.contains(dir)
+            }),
+            "Redis does not require the password of Secret {secret} (mounted at {dir}): {script}"
+        );
+    }
+
+    // Only the Portcullis pods reach it, on its port.
+    let policies: Vec<&Value> = k
+        .of_kind("NetworkPolicy")
+        .into_iter()
+        .filter(|np| {
+            selects(
+                np.get("spec")
+                    .unwrap()
+                    .get("podSelector")
+                    .unwrap()
+                    .get("matchLabels")
+                    .unwrap(),
+                redis_labels,
+            )
+        })
+        .collect();
+    assert_eq!(policies.len(), 1, "one NetworkPolicy for Redis");
+    let np = policies[0].get("spec").unwrap();
+    assert!(seq(np, "policyTypes")
+        .iter()
+        .any(|t| t.as_str() == Some("Ingress")));
+    for rule in seq(np, "ingress") {
+        for from in seq(rule, "from") {
+            let keys: Vec<&str> = from.as_mapping().unwrap().keys().map(as_str).collect();
+            assert_eq!(
+                keys,
+                ["podSelector"],
+                "a peer other than pods of this namespace"
+            );
+            assert!(selects(
+                from.get("podSelector").unwrap().get("matchLabels").unwrap(),
+                p.labels
+            ));
+            assert!(!selects(
+                from.get("podSelector").unwrap().get("matchLabels").unwrap(),
+                redis_labels
+            ));
+        }
+        for np_port in seq(rule, "ports") {
+            assert_eq!(resolve_port(np_port.get("port").unwrap(), &named), port);
+        }
+    }
+
+    // The budget is about the Portcullis pods, not Redis.
+    let pdb = k.one("PodDisruptionBudget", "portcullis");
+    let pdb_selector = pdb
+        .get("spec")
+        .unwrap()
+        .get("selector")
+        .unwrap()
+        .get("matchLabels")
+        .unwrap();
+    assert!(selects(pdb_selector, p.labels));
+    assert!(!selects(pdb_selector, redis_labels));
+
+    // The README describes the fleet as it is.
+    let note = read(&docker_dir().join("k8s/README.md"));
+    let start = note.find("## Scale-out").expect("a \"Scale-out\" section");
+    let section = &note[start..];
+    for words in [
+        "state.redis",
+        "not share",
+        "fails closed",
+        "/readyz",
+        "portcullis_redis_errors_total",
+        "portcullis_redis_fallbacks_total",
+        "audit",
+        "/metrics",
+        "attestation store",
+        "pdb.yaml",
+        "networkpolicy.yaml",
+        "passwordFile",
+    ] {
+        assert!(section.contains(words), "\"Scale-out\" lacks {words:?}");
+    }
+    for stale in ["roadmap", "Nothing has to be shared"] {
+        assert!(
+            !note.contains(stale),
+            "docker/k8s/README.md still says {stale:?}"
+        );
     }
 }
 
