@@ -445,9 +445,7 @@ fn redis_down_fails_closed_and_redis_back_restores_service() {
         state.starts_with("degraded"),
         "readyz does not report the outage: {v}"
     );
-    let metrics = http::get(&format!("{}/metrics", b.url()))
-        .expect("metrics")
-        .text();
+    let metrics = b.admin_get("/metrics").text();
     assert!(
         counter(&metrics, "portcullis_redis_errors_total") > 0.0,
         "{metrics}"
@@ -504,12 +502,10 @@ fn skopeo_and_ctr_pull_through_a_round_robin_of_two_replicas() {
 
     // Both replicas served the pulls.
     for (name, p) in [("a", &fleet[0]), ("b", &fleet[1])] {
-        let metrics = http::get(&format!("{}/metrics", p.url()))
-            .expect("metrics")
-            .text();
+        let metrics = p.admin_get("/metrics").text();
         assert!(
             served_bytes(&metrics) > 0.0,
-            "replica {name} served nothing: the balancer did not alternate"
+            "replica {name} served nothing: the balancer did not alternate\n{metrics}"
         );
     }
 }
