@@ -43,6 +43,10 @@ const DECISION_BATCH: usize = 128;
 /// After a failed connection attempt, requests fail fast for this long
 /// instead of each waiting for a connect timeout.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// How often a replica checks on Redis by itself: a restart that lost
+/// every key (a new `run_id`), or an outage, is noticed within this even
+/// when no request asked Redis anything.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Version of the key layout and value formats; replicas of versions with
 /// another layout do not share.
 const LAYOUT: &str = "v1";
@@ -167,6 +171,7 @@ impl Shared {
             stats: FleetStats::default(),
         });
         tokio::spawn(append_decisions(Arc::downgrade(&shared), receiver));
+        tokio::spawn(heartbeat(Arc::downgrade(&shared)));
         Ok(shared)
     }
 
@@ -395,6 +400,37 @@ impl Shared {
             pipe.query_async::<()>(&mut c).await
         })
         .await
+    }
+}
+
+/// Asks Redis for its `run_id` every [`HEARTBEAT`] until the fleet is
+/// dropped: keeps the health `/readyz` reports current, and counts a
+/// server that restarted (another `run_id`: its keys may be gone) as a
+/// recovery, so replicas share what they admitted again.
+async fn heartbeat(shared: std::sync::Weak<Shared>) {
+    let mut run_id: Option<String> = None;
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let info: Result<String, FleetError> = shared
+            .run(|mut c| async move { redis::cmd("INFO").arg("server").query_async(&mut c).await })
+            .await;
+        let Ok(info) = info else {
+            continue;
+        };
+        let now = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned());
+        if run_id.is_some() && now.is_some() && run_id != now {
+            tracing::warn!(redis = %shared.url, "redis restarted (new run_id): sharing admissions again");
+            shared.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+        }
+        if now.is_some() {
+            run_id = now;
+        }
     }
 }
 
