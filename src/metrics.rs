@@ -35,6 +35,7 @@ pub struct UpstreamMetrics {
     seconds: OnceLock<Histogram>,
     /// Responses by status class, indexed by `status / 100`.
     classes: [OnceLock<Counter>; 10],
+    up: OnceLock<Gauge>,
 }
 
 impl UpstreamMetrics {
@@ -44,7 +45,24 @@ impl UpstreamMetrics {
             upstream: upstream.to_owned(),
             seconds: OnceLock::new(),
             classes: Default::default(),
+            up: OnceLock::new(),
         }
+    }
+
+    /// Whether the upstream is reachable, as last seen: by a readiness
+    /// check, or by a request that got an answer (1) or none (0). The
+    /// series exists once the upstream has been checked or used.
+    pub fn up(&self, reachable: bool) {
+        self.up
+            .get_or_init(|| {
+                self.metrics
+                    .upstream_up
+                    .get_or_create(&UpstreamLabels {
+                        upstream: self.upstream.clone(),
+                    })
+                    .clone()
+            })
+            .set(i64::from(reachable));
     }
 
     /// One round trip: its status code, or the transport error kind
@@ -138,6 +156,7 @@ pub struct Metrics {
     verification_seconds: Histogram,
     upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     upstream_responses: Family<UpstreamStatusLabels, Counter>,
+    upstream_up: Family<UpstreamLabels, Gauge>,
     bytes_served: Counter,
     in_flight: Gauge,
     policy_revision: Family<RevisionLabels, Gauge>,
@@ -226,6 +245,7 @@ impl DecisionFamilies {
 struct TrafficFamilies {
     upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     upstream_responses: Family<UpstreamStatusLabels, Counter>,
+    upstream_up: Family<UpstreamLabels, Gauge>,
     bytes_served: Counter,
     in_flight: Gauge,
 }
@@ -243,6 +263,12 @@ impl TrafficFamilies {
                 r,
                 "upstream_responses",
                 "Upstream responses by status class, and transport errors",
+                Family::default(),
+            ),
+            upstream_up: register(
+                r,
+                "upstream_up",
+                "1 if the upstream answered its last readiness check or request, 0 if it could not be reached",
                 Family::default(),
             ),
             bytes_served: register(
@@ -386,6 +412,7 @@ impl Metrics {
         let TrafficFamilies {
             upstream_seconds,
             upstream_responses,
+            upstream_up,
             bytes_served,
             in_flight,
         } = TrafficFamilies::register(&mut registry);
@@ -403,6 +430,7 @@ impl Metrics {
             verification_seconds,
             upstream_seconds,
             upstream_responses,
+            upstream_up,
             bytes_served,
             in_flight,
             policy_revision,
@@ -588,6 +616,10 @@ mod tests {
         upstream.response(Ok(410), Duration::from_millis(3));
         upstream.response(Ok(200), Duration::from_millis(3));
         upstream.response(Err("timeout"), Duration::from_secs(1));
+        upstream.up(false);
+        let other = UpstreamMetrics::new(Arc::clone(&m), "s.io");
+        other.up(false);
+        other.up(true);
         m.policy_loaded("abc");
         m.reload(false);
         let text = m.encode(Snapshot {
@@ -602,6 +634,9 @@ mod tests {
             r#"portcullis_upstream_responses_total{upstream="r.io",status="2xx"} 1"#,
             r#"portcullis_upstream_request_duration_seconds_count{upstream="r.io"} 4"#,
             r#"portcullis_upstream_responses_total{upstream="r.io",status="timeout"} 1"#,
+            r#"portcullis_upstream_up{upstream="r.io"} 0"#,
+            r#"portcullis_upstream_up{upstream="s.io"} 1"#,
+            "# TYPE portcullis_upstream_up gauge",
             r#"portcullis_policy_revision_info{revision="abc"} 1"#,
             r#"portcullis_policy_reloads_total{result="failure"} 1"#,
             "portcullis_policy_last_reload_success 0",

@@ -399,19 +399,29 @@ impl Gate {
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// One request: health endpoints here, `/v2/` to the app, all in a span
-/// that logs the outcome when the response body is done.
-async fn health_response(app: &App, path: &str) -> Response<ProxyBody> {
-    if path == "/healthz" {
+/// `/healthz` (the process is up) and `/readyz` (200 or 503, with the
+/// JSON of [`crate::serve::readiness`]; `?verbose` adds each upstream's
+/// detail).
+async fn health_response(app: &App, uri: &http::Uri) -> Response<ProxyBody> {
+    if uri.path() == "/healthz" {
         return text(StatusCode::OK, "ok\n");
     }
-    let (ready, detail) = app.readiness().await;
-    let status = if ready {
+    let readiness = app.readiness().await;
+    let status = if readiness.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json(status, detail.to_string())
+    json(status, readiness.to_json(verbose(uri.query())).to_string())
+}
+
+/// Whether a query asks for detail: `verbose` present, with no value or
+/// any value but `0` and `false` (as Kubernetes' own `/readyz?verbose`).
+fn verbose(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .any(|(key, value)| key == "verbose" && value != "0" && value != "false")
+    })
 }
 
 /// Which endpoints a listener serves.
@@ -467,13 +477,13 @@ async fn handle(
                     };
                     app.handle(&request, &client, &log).await
                 } else if health && (path == "/healthz" || path == "/readyz") {
-                    health_response(app, path).await
+                    health_response(app, request.uri()).await
                 } else {
                     text(StatusCode::NOT_FOUND, "not found\n")
                 }
             }
             Role::Admin { token } => match path {
-                "/healthz" | "/readyz" => health_response(app, path).await,
+                "/healthz" | "/readyz" => health_response(app, request.uri()).await,
                 _ => crate::admin::handle(app, &request, token.as_deref()).await,
             },
         }
@@ -650,5 +660,27 @@ impl Drop for LoggedBody {
                 )
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verbose;
+
+    #[test]
+    fn verbose_is_asked_by_the_key() {
+        for yes in [
+            "verbose",
+            "verbose=",
+            "verbose=1",
+            "verbose=true",
+            "x=1&verbose",
+        ] {
+            assert!(verbose(Some(yes)), "{yes}");
+        }
+        for no in ["", "verbose=0", "verbose=false", "verbosee", "v=verbose"] {
+            assert!(!verbose(Some(no)), "{no}");
+        }
+        assert!(!verbose(None));
     }
 }

@@ -17,6 +17,7 @@ use common::content;
 use common::fake::{Fake, FakeConfig};
 use common::proxy::single_upstream_config;
 use common::registry::Registry;
+use common::trust::{get_blob, pull_v1};
 use common::{free_port, Proxy};
 
 /// A proxy serving HTTPS, started by hand (the shared helper polls plain
@@ -217,6 +218,116 @@ fn readyz_reports_upstream_reachability() {
     assert_eq!(r.status, 503, "{}", r.text());
     // Liveness is independent of upstreams.
     let r = common::http::get(&format!("{}/healthz", proxy.url())).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+/// Two upstreams: `registry` (the default) and `dead` (prefix `dead`, a
+/// port nobody listens on), with an admin listener for `/readyz` and
+/// `/metrics`. Returns the proxy and the admin base URL.
+fn two_upstream_proxy(registry: &Registry, dead: &str, dead_required: bool) -> (Proxy, String) {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let live = registry.host();
+    let config = format!(
+        "listen: {{listen}}\n\
+         admin: {{listen: {admin}}}\n\
+         upstreams:\n  \
+           - registry: {live}\n    url: http://{live}\n    default: true\n  \
+           - registry: {dead}\n    url: http://{dead}\n    prefix: dead\n    required: {dead_required}\n"
+    );
+    let proxy = Proxy::start_with_health(&config, &format!("http://{admin}/healthz"));
+    (proxy, format!("http://{admin}"))
+}
+
+fn readyz(admin: &str, query: &str) -> (u16, serde_json::Value) {
+    let r = common::http::get(&format!("{admin}/readyz{query}")).unwrap();
+    let body = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()));
+    (r.status, body)
+}
+
+fn metrics(admin: &str) -> String {
+    common::http::get(&format!("{admin}/metrics"))
+        .unwrap()
+        .text()
+}
+
+#[test]
+fn readyz_is_per_upstream_and_required_upstreams_decide() {
+    let registry = Registry::start();
+    let image = content::push_image(
+        &registry.url(),
+        "demo/app",
+        Some("v1"),
+        common::host_arch(),
+        13,
+        &[512],
+    );
+    let live = registry.host();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let up =
+        |host: &str, value: u8| format!("portcullis_upstream_up{{upstream=\"{host}\"}} {value}");
+
+    // Neither is required: one reachable upstream is enough.
+    let (proxy, admin) = two_upstream_proxy(&registry, &dead, false);
+    // Requests report the upstream's state before any readiness check.
+    let manifest = pull_v1(&proxy, "demo/app");
+    assert_eq!(manifest.status, 200, "{}", manifest.text());
+    assert_eq!(manifest.body, image.manifest);
+    let config = get_blob(&proxy.url(), "demo/app", &image.config_digest);
+    assert_eq!(config, image.config);
+    let failed = pull_v1(&proxy, "dead/demo/app");
+    assert_eq!(failed.status, 502, "{}", failed.text());
+    let text = metrics(&admin);
+    assert!(text.contains(&up(&live, 1)), "{text}");
+    assert!(text.contains(&up(&dead, 0)), "{text}");
+
+    let (status, body) = readyz(&admin, "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "ready": true,
+            "upstreams": {live.as_str(): "reachable", dead.as_str(): "unreachable"},
+        })
+    );
+    let (status, body) = readyz(&admin, "?verbose");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["upstreams"][&live]["status"], "reachable", "{body}");
+    assert_eq!(body["upstreams"][&live]["required"], false, "{body}");
+    assert!(body["upstreams"][&live].get("error").is_none(), "{body}");
+    assert_eq!(body["upstreams"][&dead]["status"], "unreachable", "{body}");
+    assert_eq!(body["upstreams"][&dead]["required"], false, "{body}");
+    let error = body["upstreams"][&dead]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains(&dead), "{body}");
+    drop(proxy);
+
+    // The dead one required: not ready, though the other serves pulls.
+    let (proxy, admin) = two_upstream_proxy(&registry, &dead, true);
+    let (status, body) = readyz(&admin, "");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(
+        body["reason"],
+        format!("required upstream {dead} is unreachable"),
+        "{body}"
+    );
+    assert_eq!(body["upstreams"][&dead], "unreachable", "{body}");
+    let (status, body) = readyz(&admin, "?verbose");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["upstreams"][&live]["status"], "reachable", "{body}");
+    assert_eq!(body["upstreams"][&live]["required"], false, "{body}");
+    assert_eq!(body["upstreams"][&dead]["status"], "unreachable", "{body}");
+    assert_eq!(body["upstreams"][&dead]["required"], true, "{body}");
+    assert!(body["upstreams"][&dead]["error"].is_string(), "{body}");
+    // Readiness checks set the gauge too.
+    let text = metrics(&admin);
+    assert!(text.contains(&up(&live, 1)), "{text}");
+    assert!(text.contains(&up(&dead, 0)), "{text}");
+    let manifest = pull_v1(&proxy, "demo/app");
+    assert_eq!(manifest.status, 200, "{}", manifest.text());
+    // Liveness is independent of upstreams.
+    let r = common::http::get(&format!("{admin}/healthz")).unwrap();
     assert_eq!(r.status, 200);
 }
 

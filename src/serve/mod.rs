@@ -30,6 +30,7 @@ mod error;
 mod finish;
 pub mod listing;
 pub mod manifest;
+pub mod readiness;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +51,7 @@ use crate::verify::Verifier;
 
 pub use context::{Ctx, RequestLog};
 pub use error::{ServeError, Source};
+pub use readiness::{Readiness, UpstreamState};
 
 /// The error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -309,43 +311,37 @@ impl App {
         })
     }
 
-    /// `/readyz`: every upstream answered recently, or answers a probe now.
-    pub async fn readiness(&self) -> (bool, serde_json::Value) {
+    /// `/readyz`: each upstream's state (it answered recently, or answers
+    /// a probe now; the upstreams are checked at once), judged by
+    /// [`Readiness`]'s rule. Checking updates `portcullis_upstream_up`.
+    pub async fn readiness(&self) -> Readiness {
+        let mut states: Vec<UpstreamState> = self
+            .upstreams
+            .iter()
+            .map(|u| UpstreamState {
+                registry: u.registry.clone(),
+                required: u.required(),
+                error: Some("the readiness check did not finish".to_owned()),
+            })
+            .collect();
         let mut probes = tokio::task::JoinSet::new();
         for (i, upstream) in self.upstreams.iter().enumerate() {
             let upstream = Arc::clone(upstream);
             probes.spawn(async move {
-                let state = if upstream.answered_within(READY_WINDOW) {
-                    Ok(())
-                } else {
-                    upstream.probe(READY_PROBE_TIMEOUT).await
-                };
+                let state = upstream
+                    .reachability(READY_WINDOW, READY_PROBE_TIMEOUT)
+                    .await;
                 (i, state)
             });
         }
-        let mut ready = true;
-        let mut upstreams = serde_json::Map::new();
         while let Some(joined) = probes.join_next().await {
-            let Ok((i, state)) = joined else {
-                ready = false;
-                continue;
-            };
-            let text = match state {
-                Ok(()) => "reachable".to_owned(),
-                Err(e) => {
-                    ready = false;
-                    e.to_string()
-                }
-            };
-            upstreams.insert(
-                self.upstreams[i].registry.clone(),
-                serde_json::Value::String(text),
-            );
+            // A check that panicked leaves its upstream unreachable.
+            let Ok((i, state)) = joined else { continue };
+            if let Some(s) = states.get_mut(i) {
+                s.error = state.err().map(|e| e.to_string());
+            }
         }
-        (
-            ready,
-            serde_json::json!({"ready": ready, "upstreams": upstreams}),
-        )
+        Readiness { upstreams: states }
     }
 }
 

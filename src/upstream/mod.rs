@@ -99,6 +99,8 @@ pub const NO_REFERRERS_API_MEMORY: Duration = Duration::from_secs(300);
 pub struct Upstream {
     /// Canonical registry host, as configured.
     pub registry: String,
+    /// `upstreams[].required`: `/readyz` needs this upstream reachable.
+    required: bool,
     base: Uri,
     client: HttpClient,
     auth: AuthState,
@@ -109,9 +111,14 @@ pub struct Upstream {
     /// was logged (it is logged once).
     warned_foreign_realm: AtomicBool,
     timeouts: Timeouts,
-    /// Milliseconds since `epoch` at which the upstream last answered
+    /// Milliseconds since `epoch` at which the upstream (its own origin,
+    /// not a token realm or a storage host it redirected to) last answered
     /// anything (0: never). Drives `/readyz`.
     last_answer_ms: AtomicU64,
+    /// Milliseconds since `epoch` at which a request to the upstream's own
+    /// origin last got no answer (0: never). An answer older than this
+    /// no longer vouches for the upstream.
+    last_failure_ms: AtomicU64,
     /// Milliseconds since `epoch` at which the upstream last showed it has
     /// no referrers API (0: not seen). Evidence lookups then go straight
     /// to the referrers tag for [`NO_REFERRERS_API_MEMORY`].
@@ -156,6 +163,7 @@ impl Upstream {
         let client = build_client(config, &timeouts)?;
         Ok(Upstream {
             registry,
+            required: config.required,
             base,
             client,
             auth: AuthState::new(credentials),
@@ -163,6 +171,7 @@ impl Upstream {
             warned_foreign_realm: AtomicBool::new(false),
             timeouts,
             last_answer_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
             no_referrers_api_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics: None,
@@ -309,13 +318,66 @@ impl Upstream {
                 <= NO_REFERRERS_API_MEMORY.as_millis() as u64
     }
 
-    /// Whether the upstream answered anything within `window`.
+    /// Whether `/readyz` needs this upstream reachable
+    /// (`upstreams[].required`).
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// Whether the upstream answered anything within `window`, and no
+    /// request to it has failed since (nor in the same millisecond: then
+    /// the caller had better ask again).
     pub fn answered_within(&self, window: Duration) -> bool {
         let last = self.last_answer_ms.load(Ordering::Relaxed);
-        last != 0 && self.epoch.elapsed().as_millis() as u64 - last <= window.as_millis() as u64
+        let failed = self.last_failure_ms.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        last > failed && now.saturating_sub(last) <= window.as_millis() as u64
+    }
+
+    /// Whether the upstream is reachable: it answered within `window` (see
+    /// [`Upstream::answered_within`]), or it answers a [`Upstream::probe`]
+    /// now, within `probe_timeout`. The answer is what
+    /// `portcullis_upstream_up` shows until the next check or request.
+    pub async fn reachability(
+        &self,
+        window: Duration,
+        probe_timeout: Duration,
+    ) -> Result<(), UpstreamError> {
+        if self.answered_within(window) {
+            self.report_up(true);
+            return Ok(());
+        }
+        let probed = self.probe(probe_timeout).await;
+        match &probed {
+            Ok(()) => self.report_up(true),
+            Err(_) => self.failed(),
+        }
+        probed
+    }
+
+    /// The upstream's own origin answered a request.
+    fn answered(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_answer_ms.store(now.max(1), Ordering::Relaxed);
+        self.report_up(true);
+    }
+
+    /// A request to the upstream's own origin got no answer.
+    fn failed(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_failure_ms.store(now.max(1), Ordering::Relaxed);
+        self.report_up(false);
+    }
+
+    fn report_up(&self, up: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.up(up);
+        }
     }
 
     /// Asks the upstream's `/v2/` once; any HTTP answer means reachable.
+    /// (A probe that times out is not recorded as a failure here:
+    /// [`Upstream::reachability`] does that.)
     pub async fn probe(&self, timeout: Duration) -> Result<(), UpstreamError> {
         let uri = self.uri_for("/v2/")?;
         let headers = HeaderMap::new();
@@ -402,6 +464,9 @@ impl Upstream {
         authorization: Option<&Secret>,
         body: Bytes,
     ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        // Only the upstream's own origin speaks for its reachability: a
+        // token realm or a storage host it redirects to may be elsewhere.
+        let own_origin = self.is_own_host(&uri);
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(h) = request.headers_mut() {
             h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -428,6 +493,12 @@ impl Upstream {
             };
             metrics.response(status, started.elapsed());
         }
+        if own_origin {
+            match &result {
+                Ok(Ok(_)) => self.answered(),
+                _ => self.failed(),
+            }
+        }
         match result {
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.registry.clone(),
@@ -453,11 +524,7 @@ impl Upstream {
                     })
                 }
             }
-            Ok(Ok(response)) => {
-                let now = self.epoch.elapsed().as_millis() as u64;
-                self.last_answer_ms.store(now.max(1), Ordering::Relaxed);
-                Ok(response)
-            }
+            Ok(Ok(response)) => Ok(response),
         }
     }
 
@@ -772,6 +839,55 @@ mod tests {
         assert!(plain.realm_gets_credentials("http://127.0.0.1:5000/token"));
         assert!(!plain.realm_gets_credentials("http://127.0.0.2:5000/token"));
         assert!(!plain.realm_gets_credentials("http://127.0.0.1:5001/token"));
+    }
+
+    #[test]
+    fn a_failure_outweighs_an_earlier_answer_until_the_next_one() {
+        let u = upstream("http://127.0.0.1:1", &[]);
+        let window = Duration::from_secs(30);
+        let tick = || std::thread::sleep(Duration::from_millis(3));
+        assert!(!u.answered_within(window), "never answered");
+        u.answered();
+        assert!(u.answered_within(window));
+        tick();
+        u.failed();
+        assert!(!u.answered_within(window));
+        tick();
+        u.answered();
+        assert!(u.answered_within(window));
+        tick();
+        assert!(!u.answered_within(Duration::ZERO), "older than the window");
+    }
+
+    #[tokio::test]
+    async fn reachability_probes_an_upstream_that_failed_and_reports_it() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        // Nothing listens on port 1.
+        let u = upstream("http://127.0.0.1:1", &[]).with_metrics(Arc::clone(&metrics));
+        u.answered();
+        assert!(u
+            .reachability(Duration::from_secs(30), Duration::from_secs(2))
+            .await
+            .is_ok());
+        let text = metrics.encode(crate::metrics::Snapshot::default());
+        assert!(
+            text.contains(r#"portcullis_upstream_up{upstream="r.example"} 1"#),
+            "{text}"
+        );
+        std::thread::sleep(Duration::from_millis(3));
+        u.failed();
+        let probed = u
+            .reachability(Duration::from_secs(30), Duration::from_secs(2))
+            .await;
+        assert!(
+            matches!(probed, Err(UpstreamError::Connect { .. })),
+            "{probed:?}"
+        );
+        let text = metrics.encode(crate::metrics::Snapshot::default());
+        assert!(
+            text.contains(r#"portcullis_upstream_up{upstream="r.example"} 0"#),
+            "{text}"
+        );
     }
 
     #[test]
