@@ -334,14 +334,26 @@ impl App {
                 (i, state)
             });
         }
-        while let Some(joined) = probes.join_next().await {
-            // A check that panicked leaves its upstream unreachable.
-            let Ok((i, state)) = joined else { continue };
-            if let Some(s) = states.get_mut(i) {
-                s.error = state.err().map(|e| e.to_string());
+        let shared = async {
+            match self.verifier.fleet() {
+                Some(fleet) => Some(fleet.ping().await.map_err(|e| e.to_string())),
+                None => None,
             }
+        };
+        let upstreams = async {
+            while let Some(joined) = probes.join_next().await {
+                // A check that panicked leaves its upstream unreachable.
+                let Ok((i, state)) = joined else { continue };
+                if let Some(s) = states.get_mut(i) {
+                    s.error = state.err().map(|e| e.to_string());
+                }
+            }
+        };
+        let (shared, ()) = tokio::join!(shared, upstreams);
+        Readiness {
+            upstreams: states,
+            shared,
         }
-        Readiness { upstreams: states }
     }
 }
 

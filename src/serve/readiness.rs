@@ -13,7 +13,11 @@
 //! - `reason`: only when not ready, one line saying why;
 //! - `upstreams`: by registry, `"reachable"` or `"unreachable"`; with
 //!   `?verbose`, an object instead: `status` (the same word), `required`
-//!   and, when unreachable, `error`.
+//!   and, when unreachable, `error`;
+//! - `state`: in a fleet, `{"redis": "reachable"}` or `{"redis":
+//!   "degraded: <why>"}`. A degraded shared state leaves the replica
+//!   ready: it fails closed on what only Redis could prove, and serves the
+//!   rest (a Redis outage must not empty the Service).
 //!
 //! May use: what [`crate::serve`] may (this module builds no clients: it
 //! is handed each upstream's state).
@@ -50,6 +54,9 @@ impl UpstreamState {
 pub struct Readiness {
     /// In configuration order.
     pub upstreams: Vec<UpstreamState>,
+    /// The fleet's shared state: `None` without one; otherwise `Ok`, or
+    /// why it is degraded.
+    pub shared: Option<Result<(), String>>,
 }
 
 impl Readiness {
@@ -104,6 +111,13 @@ impl Readiness {
             body.insert("reason".to_owned(), Value::String(reason));
         }
         body.insert("upstreams".to_owned(), Value::Object(upstreams));
+        if let Some(shared) = &self.shared {
+            let redis = match shared {
+                Ok(()) => "reachable".to_owned(),
+                Err(why) => format!("degraded: {why}"),
+            };
+            body.insert("state".to_owned(), json!({ "redis": redis }));
+        }
         Value::Object(body)
     }
 }
@@ -126,6 +140,7 @@ mod tests {
                 .iter()
                 .map(|&(r, required, up)| state(r, required, up))
                 .collect(),
+            shared: None,
         }
     }
 
@@ -188,6 +203,24 @@ mod tests {
         assert_eq!(
             ready.to_json(false),
             json!({"ready": true, "upstreams": {"a.io": "reachable"}})
+        );
+    }
+
+    #[test]
+    fn degraded_shared_state_is_reported_and_leaves_the_replica_ready() {
+        let mut r = readiness(&[("a.io", false, true)]);
+        r.shared = Some(Err("redis is unreachable (retrying): refused".to_owned()));
+        assert!(r.ready(), "a Redis outage must not make a replica unready");
+        assert_eq!(
+            r.to_json(false)["state"],
+            json!({"redis": "degraded: redis is unreachable (retrying): refused"})
+        );
+        r.shared = Some(Ok(()));
+        assert_eq!(r.to_json(true)["state"], json!({"redis": "reachable"}));
+        r.shared = None;
+        assert!(
+            r.to_json(false).get("state").is_none(),
+            "no state key without a fleet"
         );
     }
 }
