@@ -592,3 +592,59 @@ fn served_bytes(metrics: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+#[test]
+fn a_password_protected_redis_is_used_with_password_file_and_refused_without() {
+    let up = Upstream::start();
+    let redis = Redis::start_with_password("s3cret-fleet-password-0123");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    std::fs::write(&good, "s3cret-fleet-password-0123\n").expect("write password");
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "not-the-password").expect("write password");
+    let with = |name: &str, file: &Path| {
+        let config = up.config(name, Some(&redis.url())).replace(
+            "    timeout: 300ms\n",
+            &format!("    timeout: 300ms\n    passwordFile: {}\n", file.display()),
+        );
+        Replica::start(&config)
+    };
+    let a = with("a", &good);
+    let b = with("b", &good);
+    let wrong = with("c", &bad);
+    assert_eq!(manifest(&a, SIGNED, "v1").status, 200);
+    for d in blobs_of(&up.signed) {
+        assert_blob_served(
+            &b,
+            SIGNED,
+            &d,
+            "through B, sharing through the password-protected Redis",
+        );
+        let text = assert_blob_refused(
+            &wrong,
+            SIGNED,
+            &d,
+            "through a replica with the wrong password",
+        );
+        assert!(text.contains("shared state"), "{text}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&wrong.admin_get("/readyz").body).expect("readyz json");
+    assert!(
+        v["state"]["redis"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("degraded")),
+        "{v}"
+    );
+    // The password never reaches the logs.
+    for r in [&a, &b, &wrong] {
+        assert!(
+            !r.logs().contains("s3cret-fleet-password"),
+            "the password was logged"
+        );
+        assert!(
+            !r.logs().contains("not-the-password"),
+            "the password was logged"
+        );
+    }
+}
