@@ -123,25 +123,9 @@ impl RedisConfig {
 /// Checks `state`: a name that fits a record, a `redis://`/`rediss://` URL
 /// without a password, a sane prefix, timeout and stream length, and that
 /// the files named exist.
-pub(super) fn validate(state: &StateConfig, at: &Source) -> Result<(), ConfigError> {
-    if let Some(replica) = &state.replica {
-        if replica.is_empty()
-            || replica.len() > 253
-            || !replica
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-        {
-            return Err(at.invalid(
-                "state.replica",
-                "replica",
-                replica,
-                "1 to 253 characters: letters, digits, '-', '_', '.', ':'",
-            ));
-        }
-    }
-    let Some(redis) = &state.redis else {
-        return Ok(());
-    };
+/// A `redis://` or `rediss://` URL naming a host and no password,
+/// consistent with `tls`.
+fn validate_url(redis: &RedisConfig, at: &Source) -> Result<(), ConfigError> {
     let url = redis.url.as_str();
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(at.invalid(
@@ -181,6 +165,29 @@ pub(super) fn validate(state: &StateConfig, at: &Source) -> Result<(), ConfigErr
             "tls: false contradicts a rediss:// URL",
         ));
     }
+    Ok(())
+}
+
+pub(super) fn validate(state: &StateConfig, at: &Source) -> Result<(), ConfigError> {
+    if let Some(replica) = &state.replica {
+        if replica.is_empty()
+            || replica.len() > 253
+            || !replica
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            return Err(at.invalid(
+                "state.replica",
+                "replica",
+                replica,
+                "1 to 253 characters: letters, digits, '-', '_', '.', ':'",
+            ));
+        }
+    }
+    let Some(redis) = &state.redis else {
+        return Ok(());
+    };
+    validate_url(redis, at)?;
     if redis.key_prefix.is_empty()
         || redis.key_prefix.len() > 64
         || redis

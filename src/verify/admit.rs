@@ -240,24 +240,14 @@ impl Verifier {
                     return Ok(hit);
                 }
                 let mut fetching = fetching;
-                if self.shares(&state, route) {
-                    if let Some(shared) = self.shared_verdict(&state, route, &key).await {
-                        let manifest = match fetching.as_mut().await {
-                            Ok(m) => m,
-                            Err(e) => {
-                                *slot = Some(Err(e));
-                                return Err(VerifyError::ManifestUnavailable);
-                            }
-                        };
-                        *slot = Some(Ok(manifest.clone()));
-                        let miss = Miss {
-                            state: &state,
-                            scope: &scope,
-                            route,
-                            key: &key,
-                        };
-                        return Ok(self.adopt(&miss, &manifest, shared).await);
-                    }
+                let miss = Miss {
+                    state: &state,
+                    scope: &scope,
+                    route,
+                    key: &key,
+                };
+                if let Some(adopted) = self.adopt_fetching(&miss, fetching.as_mut(), slot).await {
+                    return adopted;
                 }
                 let gather = self.gather(&state, route, &rule, digest);
                 let mut gather = std::pin::pin!(gather);
@@ -285,12 +275,6 @@ impl Verifier {
                     Some(g) => g,
                     None => gather.await,
                 };
-                let miss = Miss {
-                    state: &state,
-                    scope: &scope,
-                    route,
-                    key: &key,
-                };
                 self.verify_miss(&miss, &manifest, Some(gathered)).await
             })
         }))
@@ -312,6 +296,32 @@ impl Verifier {
             }),
         };
         Ok((manifest, early))
+    }
+
+    /// Another replica's verdict for `miss`, adopted once `fetching` gives
+    /// the manifest (kept in `slot` for the request); `None` when the fleet
+    /// has none (or is not used), and this replica verifies.
+    async fn adopt_fetching<E>(
+        &self,
+        miss: &Miss<'_>,
+        fetching: std::pin::Pin<&mut impl Future<Output = Result<Manifest, E>>>,
+        slot: &mut Option<Result<Manifest, E>>,
+    ) -> Option<Result<Hit, VerifyError>> {
+        if !self.shares(miss.state, miss.route) {
+            return None;
+        }
+        let shared = self
+            .shared_verdict(miss.state, miss.route, miss.key)
+            .await?;
+        let manifest = match fetching.await {
+            Ok(m) => m,
+            Err(e) => {
+                *slot = Some(Err(e));
+                return Some(Err(VerifyError::ManifestUnavailable));
+            }
+        };
+        *slot = Some(Ok(manifest.clone()));
+        Some(Ok(self.adopt(miss, &manifest, shared).await))
     }
 
     /// A verdict-cache miss: decides, registers the admitted content and
