@@ -29,6 +29,17 @@ pub(super) struct Early {
     cache_hit: bool,
 }
 
+impl Early {
+    /// A verdict found in the cache.
+    fn hit(key: Key, hit: Hit) -> Early {
+        Early {
+            key,
+            result: Ok(hit),
+            cache_hit: true,
+        }
+    }
+}
+
 impl Verifier {
     /// Decides whether the manifest `reference` names in `route` may be
     /// served: resolves it with `fetch` (the bytes, bounded and
@@ -211,13 +222,7 @@ impl Verifier {
         let key = scope.key_of(digest);
         if let Some(hit) = self.verdicts.get(&key) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            let manifest = fetch.await?;
-            let early = Early {
-                key,
-                result: Ok(hit),
-                cache_hit: true,
-            };
-            return Ok((manifest, Some(early)));
+            return Ok((fetch.await?, Some(Early::hit(key, hit))));
         }
         let name = route.canonical();
         let rule = state.policy.rule_for(&name);
