@@ -376,6 +376,15 @@ impl Config {
         if let Some(alerts) = &self.alerts {
             out.push_str(&format!("alerts: {} webhook(s)\n", alerts.webhooks.len()));
         }
+        match &self.state.redis {
+            Some(redis) => out.push_str(&format!(
+                "state: shared with the fleet through {} (prefix {}, timeout {:?})\n",
+                redis.redacted_url(),
+                redis.key_prefix,
+                redis.timeout
+            )),
+            None => out.push_str("state: this process only (no state.redis)\n"),
+        }
         if let Some(bg) = self.break_glass.as_ref().filter(|b| b.enabled) {
             out.push_str(&format!(
                 "break-glass: ENABLED via header {} for {}\n",

@@ -247,3 +247,105 @@ pub(super) fn validate(state: &StateConfig, at: &Source) -> Result<(), ConfigErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn load(state: &str) -> Result<Config, String> {
+        let text = format!("listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n{state}");
+        Config::from_yaml(&text, Path::new("/")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn absent_state_is_a_lone_instance() {
+        let c = load("").unwrap();
+        assert!(c.state.redis.is_none() && c.state.replica.is_none());
+    }
+
+    #[test]
+    fn defaults_and_tls_forms() {
+        let c = load("state:\n  redis: {url: redis://r:6379/0}\n").unwrap();
+        let r = c.state.redis.unwrap();
+        assert_eq!(r.key_prefix, "portcullis:");
+        assert_eq!(r.timeout, std::time::Duration::from_millis(250));
+        assert!(!r.uses_tls());
+        let c = load("state:\n  redis: {url: redis://r, tls: true}\n").unwrap();
+        assert!(c.state.redis.unwrap().uses_tls());
+        let c = load("state:\n  redis: {url: rediss://r}\n").unwrap();
+        assert!(c.state.redis.unwrap().uses_tls());
+    }
+
+    #[test]
+    fn refused_with_the_field_named() {
+        for (state, field, words) in [
+            (
+                "state:\n  redis: {url: 'redis://u:pw@r:6379'}\n",
+                "state.redis.url",
+                "passwordFile",
+            ),
+            (
+                "state:\n  redis: {url: 'http://r'}\n",
+                "state.redis.url",
+                "redis://",
+            ),
+            (
+                "state:\n  redis: {url: 'redis://'}\n",
+                "state.redis.url",
+                "no host",
+            ),
+            (
+                "state:\n  redis: {url: 'rediss://r', tls: false}\n",
+                "state.redis.tls",
+                "contradicts",
+            ),
+            (
+                "state:\n  redis: {url: 'redis://r', timeout: 0ms}\n",
+                "state.redis.timeout",
+                "more than 0",
+            ),
+            (
+                "state:\n  redis: {url: 'redis://r', timeout: 1m}\n",
+                "state.redis.timeout",
+                "at most",
+            ),
+            (
+                "state:\n  redis: {url: 'redis://r', keyPrefix: 'a b'}\n",
+                "state.redis.keyPrefix",
+                "no spaces",
+            ),
+            (
+                "state:\n  redis: {url: 'redis://r', decisions: 0}\n",
+                "state.redis.decisions",
+                "between",
+            ),
+            (
+                "state:\n  redis: {url: 'redis://r', username: u}\n",
+                "state.redis.username",
+                "passwordFile",
+            ),
+            (
+                "state:\n  redis: {url: 'redis://r', passwordFile: /nonexistent/pw}\n",
+                "state.redis.passwordFile",
+                "not a readable file",
+            ),
+            ("state:\n  replica: 'a b'\n", "state.replica", "letters"),
+            (
+                "state:\n  redis: {url: 'redis://r', bogus: 1}\n",
+                "bogus",
+                "unknown field",
+            ),
+        ] {
+            let e = load(state).expect_err(state);
+            assert!(e.contains(field) && e.contains(words), "{state} → {e}");
+        }
+    }
+
+    #[test]
+    fn logs_never_see_a_password() {
+        let c = load("state:\n  redis: {url: 'redis://user@r:6379'}\n").unwrap();
+        assert_eq!(c.state.redis.unwrap().redacted_url(), "redis://…@r:6379");
+    }
+}
