@@ -648,3 +648,50 @@ fn a_password_protected_redis_is_used_with_password_file_and_refused_without() {
         );
     }
 }
+
+#[test]
+fn a_break_glass_admission_on_one_replica_serves_its_blobs_on_another_only_with_the_credential() {
+    let up = Upstream::start();
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("oncall.token");
+    std::fs::write(&token, "glass-5e0c1d9a7b3f2468\n").expect("write token");
+    let glass = format!(
+        "breakGlass:\n  enabled: true\n  credentials:\n    - name: oncall\n      tokenFile: {}\n",
+        token.display()
+    );
+    let fleet: Vec<Replica> = ["a", "b"]
+        .iter()
+        .map(|n| Replica::start(&format!("{}{glass}", up.config(n, Some(&redis.url())))))
+        .collect();
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let header = (
+        "X-Portcullis-Break-Glass",
+        "glass-5e0c1d9a7b3f2468 INC-7 rollback",
+    );
+    let get = |p: &Replica, path: &str, with: bool| {
+        let mut headers = vec![("Accept", trust::MANIFEST_ACCEPT)];
+        if with {
+            headers.push(header);
+        }
+        http::request("GET", &format!("{}{path}", p.url()), &headers, &[]).expect("GET")
+    };
+    // The unsigned image, admitted by break-glass through A.
+    let r = get(a, &format!("/v2/{UNSIGNED}/manifests/v1"), true);
+    assert_eq!(r.status, 200, "break-glass through A: {}", r.text());
+    for d in blobs_of(&up.unsigned) {
+        let path = format!("/v2/{UNSIGNED}/blobs/{d}");
+        // B serves its blobs to a request with the credential...
+        let r = get(b, &path, true);
+        assert_eq!(r.status, 200, "break-glass blob through B: {}", r.text());
+        assert_eq!(sha256_digest(&r.body), d);
+        // ...and to nobody else.
+        let r = get(b, &path, false);
+        assert_eq!(
+            r.status,
+            403,
+            "a break-glass blob without the credential: {}",
+            r.text()
+        );
+    }
+}
