@@ -65,8 +65,8 @@ def cases(section):
 
 
 def targets(section, case):
-    order = ["direct", "distproxy", "nginx", "static", "pc-allow", "pc-require", "pc-require-ttl",
-             "direct-sig", "openssl", "criterion"]
+    order = ["direct", "distproxy", "nginx", "static", "pc-allow", "pc-require", "pc-fleet", "pc-fleet-b",
+             "pc-require-ttl", "direct-sig", "openssl", "criterion"]
     present = {t for (s, c, t, _) in RAW if s == section and c == case}
     return [t for t in order if t in present] + sorted(present - set(order))
 
@@ -79,6 +79,8 @@ NAMES = {
     "pc-allow": "**Portcullis** ALWAYS_ALLOW",
     "pc-require": "**Portcullis** REQUIRE_ATTESTATION",
     "pc-require-ttl": "**Portcullis** REQUIRE_ATTESTATION, tagTtl 5s",
+    "pc-fleet": "**Portcullis** REQUIRE_ATTESTATION, state.redis (replica a)",
+    "pc-fleet-b": "**Portcullis** REQUIRE_ATTESTATION, state.redis (replica b)",
     "direct-sig": "direct registry, the image's `.sig` manifest (one more round trip, for scale)",
 }
 
@@ -95,7 +97,8 @@ p(f"Machine: {META.get('nproc')} CPUs ({META.get('cpu')}), {META.get('memory')},
 p("")
 p("Everything on 127.0.0.1 over plain HTTP/1.1. The upstream is CNCF distribution with filesystem storage "
   "(log level warn, access log off); nginx has `access_log off`, `proxy_buffering off` and upstream keepalive; "
-  "Portcullis runs with its default logging. Ratios are to the direct registry and to the nginx hop in the "
+  "Portcullis runs with its default logging; its two fleet replicas (`pc-fleet`, `pc-fleet-b`) share state "
+  "through a local redis-server without persistence. Ratios are to the direct registry and to the nginx hop in the "
   "same run. CPU per request is the server process's utime+stime (all threads; nginx: master+worker) over "
   "the run divided by the requests served; for proxies the upstream registry's CPU per request is shown "
   "separately.")
@@ -198,7 +201,7 @@ for case in cases("micro"):
 p("")
 
 # targets
-p("## Issue 6 targets, checked against this run")
+p("## Issue 6 targets (and issue 13's Redis target), checked against this run")
 p("")
 p("| target | measured | status |")
 p("|---|---|---|")
@@ -236,6 +239,10 @@ check("by tag c=16, revalidated every request: ≥ 0.9× direct", f"{f(tp, 0)} v
 tt = med("manifest", t16, "pc-require-ttl", "rps")
 r = ratio(tt, td)
 check("by tag c=16, tagTtl 5s: ≥ 10× direct", f"{f(tt, 0)} vs {f(td, 0)} req/s = {rx(r)}", None if r is None else r >= 10)
+fr = med("manifest", c16, "pc-fleet", "rps")
+r = ratio(fr, pr)
+check("by digest c=16 with Redis (state.redis): within 10% of without (pc-fleet ≥ 0.9× pc-require)",
+      f"{f(fr, 0)} vs {f(pr, 0)} req/s = {rx(r)}", None if r is None else r >= 0.9)
 c50, d50 = med("cold", cold_case, "pc-require", "p50_ms"), med("cold", cold_case, "direct", "p50_ms")
 added = None if c50 is None or d50 is None else c50 - d50
 check("cold verification adds ≤ 5 ms at p50", f"+{f(added, 2)} ms ({f(c50, 2)} vs {f(d50, 2)} ms)",

@@ -118,7 +118,8 @@ wait_http() { # wait_http URL PID NAME
 if [ "$INSTALL" = 1 ]; then
     missing=()
     for pair in docker-registry:docker-registry nginx:nginx wrk:wrk skopeo:skopeo ctr:containerd \
-        curl:curl openssl:openssl taskset:util-linux python3:python3; do
+        redis-server:redis-server redis-cli:redis-tools curl:curl openssl:openssl taskset:util-linux \
+        python3:python3; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -128,7 +129,7 @@ if [ "$INSTALL" = 1 ]; then
         apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 fi
-for tool in docker-registry nginx wrk skopeo ctr containerd curl openssl taskset python3; do
+for tool in docker-registry nginx wrk skopeo ctr containerd redis-server redis-cli curl openssl taskset python3; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (run without --no-install)"
 done
 
@@ -140,7 +141,7 @@ fi
 BUILD_S=$(($(date +%s) - STARTED))
 [ -x "$BIN" ] || die "no release binary at $BIN"
 
-read -r P_UP P_DP P_NG P_ST P_PA P_PR P_PT A_PA A_PR A_PT <<<"$(free_ports 10)"
+read -r P_UP P_DP P_NG P_ST P_PA P_PR P_PT A_PA A_PR A_PT P_RD P_FA P_FB A_FA A_FB <<<"$(free_ports 15)"
 UP=127.0.0.1:$P_UP
 log "work directory $WORK; servers on CPUs $SERVER_CPUS, clients on CPU $CLIENT_CPUS"
 
@@ -222,10 +223,15 @@ NGINX
 start_bg "$WORK/nginx.log" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
 PID_NG=$LAST_PID
 
+# Redis for the fleet's shared state (issue 13): no persistence.
+start_bg "$WORK/redis.log" /usr/bin/redis-server --port "$P_RD" --bind 127.0.0.1 --save "" --appendonly no
+PID_RD=$LAST_PID
+
 # Portcullis: ALWAYS_ALLOW; REQUIRE_ATTESTATION (tags revalidated on every
-# request, the default); REQUIRE_ATTESTATION with a 5 s tag TTL.
+# request, the default); REQUIRE_ATTESTATION with a 5 s tag TTL; and two
+# replicas of a fleet (REQUIRE_ATTESTATION sharing state through Redis).
 PEM=$(sed 's/^/            /' "$WORK/cosign.pub")
-pc_config() { # pc_config FILE PORT ADMIN MODE TAG_TTL
+pc_config() { # pc_config FILE PORT ADMIN MODE TAG_TTL [REPLICA (with state.redis)]
     {
         cat <<YAML
 listen: 127.0.0.1:$2
@@ -253,31 +259,54 @@ attestors:
 $PEM
 YAML
         fi
+        if [ -n "${6:-}" ]; then
+            cat <<YAML
+state:
+  replica: $6
+  redis: {url: "redis://127.0.0.1:$P_RD", timeout: 250ms}
+YAML
+        fi
     } >"$1"
 }
 pc_config "$WORK/pc-allow.yaml" "$P_PA" "$A_PA" ALWAYS_ALLOW 0s
 pc_config "$WORK/pc-require.yaml" "$P_PR" "$A_PR" REQUIRE_ATTESTATION 0s
 pc_config "$WORK/pc-require-ttl.yaml" "$P_PT" "$A_PT" REQUIRE_ATTESTATION 5s
+pc_config "$WORK/pc-fleet.yaml" "$P_FA" "$A_FA" REQUIRE_ATTESTATION 0s a
+pc_config "$WORK/pc-fleet-b.yaml" "$P_FB" "$A_FB" REQUIRE_ATTESTATION 0s b
 start_bg "$WORK/pc-allow.log" "$BIN" serve --config "$WORK/pc-allow.yaml"
 PID_PA=$LAST_PID
 start_bg "$WORK/pc-require.log" "$BIN" serve --config "$WORK/pc-require.yaml"
 PID_PR=$LAST_PID
 start_bg "$WORK/pc-require-ttl.log" "$BIN" serve --config "$WORK/pc-require-ttl.yaml"
 PID_PT=$LAST_PID
+start_bg "$WORK/pc-fleet.log" "$BIN" serve --config "$WORK/pc-fleet.yaml"
+PID_FA=$LAST_PID
+start_bg "$WORK/pc-fleet-b.log" "$BIN" serve --config "$WORK/pc-fleet-b.yaml"
+PID_FB=$LAST_PID
 
 declare -A URL=(
     [direct]=http://$UP [distproxy]=http://127.0.0.1:$P_DP [nginx]=http://127.0.0.1:$P_NG
     [static]=http://127.0.0.1:$P_ST [pc-allow]=http://127.0.0.1:$P_PA
     [pc-require]=http://127.0.0.1:$P_PR [pc-require-ttl]=http://127.0.0.1:$P_PT
+    [pc-fleet]=http://127.0.0.1:$P_FA [pc-fleet-b]=http://127.0.0.1:$P_FB
 )
 declare -A PIDOF=(
     [direct]=$PID_UP [distproxy]=$PID_DP [nginx]=$PID_NG [static]=$PID_NG
     [pc-allow]=$PID_PA [pc-require]=$PID_PR [pc-require-ttl]=$PID_PT
+    [pc-fleet]=$PID_FA [pc-fleet-b]=$PID_FB
 )
 wait_http "${URL[distproxy]}/v2/" "$PID_DP" "distribution proxy"
 wait_http "${URL[static]}/" "$PID_NG" "nginx"
 wait_http "${URL[nginx]}/v2/" "$PID_NG" "nginx"
-for t in pc-allow pc-require pc-require-ttl; do wait_http "${URL[$t]}/v2/" "${PIDOF[$t]}" "$t"; done
+for t in pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b; do
+    wait_http "${URL[$t]}/v2/" "${PIDOF[$t]}" "$t"
+done
+for _ in $(seq 1 100); do
+    [ "$(redis-cli -p "$P_RD" ping 2>/dev/null)" = PONG ] && break
+    kill -0 "$PID_RD" 2>/dev/null || die "redis-server exited during startup"
+    sleep 0.1
+done
+[ "$(redis-cli -p "$P_RD" ping 2>/dev/null)" = PONG ] || die "redis-server did not answer on port $P_RD"
 
 # All the processes of a server (nginx: master and workers).
 pids_of() {
@@ -324,7 +353,9 @@ expect_200() {
 
 # ---------------------------------------------------------------- warm --
 log "warming the proxies (manifests, index children, the big blob through distribution)"
-for t in direct distproxy nginx pc-allow pc-require pc-require-ttl; do
+# pc-fleet-b comes after pc-fleet: it adopts pc-fleet's verdicts from Redis
+# (and opens its connection to it).
+for t in direct distproxy nginx pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b; do
     u=${URL[$t]}
     for path in demo/app/manifests/v1 "demo/app/manifests/$APP_DIGEST" demo/multi/manifests/v1 \
         "demo/multi/manifests/$MULTI_DIGEST" demo/big/manifests/v1 "demo/big/manifests/$BIG_DIGEST"; do
@@ -334,7 +365,7 @@ for t in direct distproxy nginx pc-allow pc-require pc-require-ttl; do
 done
 expect_200 "${URL[distproxy]}/v2/demo/big/blobs/$BIG_LAYER"
 # Warm connections/caches once more with a short load.
-for t in direct distproxy nginx static pc-allow pc-require pc-require-ttl; do
+for t in direct distproxy nginx static pc-allow pc-require pc-require-ttl pc-fleet; do
     taskset -c "$CLIENT_CPUS" wrk -t1 -c16 -d1s -H "Accept: $ACCEPT" \
         "${URL[$t]}/v2/demo/app/manifests/$APP_DIGEST" >/dev/null 2>&1 || true
 done
@@ -366,7 +397,7 @@ run_wrk() { # run_wrk TARGET KIND CONC URL
         fi
     fi
 }
-MF_TARGETS="direct distproxy nginx static pc-allow pc-require"
+MF_TARGETS="direct distproxy nginx static pc-allow pc-require pc-fleet"
 TAG_TARGETS="direct distproxy nginx pc-allow pc-require pc-require-ttl"
 for rep in $(seq 1 "$REPS"); do
     log "manifests: repetition $rep/$REPS (${DUR}s per run)"
@@ -563,7 +594,7 @@ END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "duration_s=$DUR"
     echo "big_mib=$((BIG_SIZE >> 20))"
     echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')"
-    echo "versions=$(docker-registry --version 2>/dev/null | awk '{print $NF}' | head -1) (distribution), $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $2}') (wrk), $(skopeo --version | awk '{print $3}') (skopeo), $(ctr --version | awk '{print $3}') (ctr), $(rustc --version | awk '{print $2}') (rustc)"
+    echo "versions=$(docker-registry --version 2>/dev/null | awk '{print $NF}' | head -1) (distribution), $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $2}') (wrk), $(skopeo --version | awk '{print $3}') (skopeo), $(ctr --version | awk '{print $3}') (ctr), $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/') (redis), $(rustc --version | awk '{print $2}') (rustc)"
     echo "elapsed=$(($(date +%s) - STARTED)) s (of which building: ${BUILD_S} s)"
 } >"$WORK/meta.txt"
 RESULTS=${BENCH_RESULTS_DIR:-$SELF_DIR/results}
