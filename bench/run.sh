@@ -38,10 +38,10 @@ for arg in "$@"; do
 done
 
 if [ "$MODE" = quick ]; then
-    REPS=1 DUR=1 CONCS="1 16 64" BIG_MIB=32 STREAMS="1" COLD_REPS=5 PULL_REPS=1
+    REPS=1 DUR=1 CONCS="1 16 64" BIG_MIB=32 STREAMS="1" COLD_REPS=5 PULL_REPS=1 GATE_REPS=30
     CRIT_WARMUP=0.1 CRIT_MEASURE=0.3 VERDICTS=100000
 else
-    REPS=3 DUR=2 CONCS="1 16 64" BIG_MIB=256 STREAMS="1 4" COLD_REPS=15 PULL_REPS=3
+    REPS=3 DUR=2 CONCS="1 16 64" BIG_MIB=256 STREAMS="1 4" COLD_REPS=15 PULL_REPS=3 GATE_REPS=100
     CRIT_WARMUP=1 CRIT_MEASURE=2 VERDICTS=1000000
 fi
 NCPU=$(nproc)
@@ -441,6 +441,55 @@ unsigned=$(awk 'NR==1{print $2}' "$WORK/cold-a.txt")
 rec sanity "unsigned image via pc-require" pc-require http_status "$(http_code "${URL[pc-require]}/v2/cold/app/manifests/$unsigned")"
 rec sanity "signed image via pc-require" pc-require http_status "$(http_code "${URL[pc-require]}/v2/demo/app/manifests/v1")"
 
+# ---------------------------------------- 2b. blob gating across a fleet --
+# A blob request on a replica that did not admit the image asks Redis (one
+# GET) before serving it. GATE_REPS fresh signed images (plus one never
+# admitted, the control): each manifest admitted through pc-fleet, then its
+# config blob fetched first through pc-fleet-b, pc-fleet and the registry.
+log "blob gating: $GATE_REPS fresh signed images admitted by pc-fleet, first blob GET on pc-fleet-b"
+python3 "$SELF_DIR/push.py" fresh "$UP" gate/app g "$((GATE_REPS + 1))" >"$WORK/gate-all.txt"
+head -n "$GATE_REPS" "$WORK/gate-all.txt" >"$WORK/gate.txt"
+GATE_CONTROL=$(tail -n 1 "$WORK/gate-all.txt" | awk '{print $2}')
+while read -r tag _; do
+    "$BIN" sign "$UP/gate/app:$tag" --key "$WORK/cosign.key" --insecure >>"$WORK/sign.log" 2>&1 ||
+        die "portcullis sign gate/app:$tag"
+done <"$WORK/gate.txt"
+fleet_counter() { # fleet_counter ADMIN_PORT NAME: a counter on a replica's /metrics
+    curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="portcullis_$2" '$1 == n {print $2; f=1} END {if (!f) print 0}'
+}
+hits0=$(fleet_counter "$A_FB" fleet_shared_hits_total)
+falls0=$(fleet_counter "$A_FB" redis_fallbacks_total)
+taskset -c "$CLIENT_CPUS" python3 "$SELF_DIR/blobgate.py" gate/app "${URL[pc-fleet]}" "${URL[pc-fleet-b]}" \
+    "${URL[direct]}" "$GATE_CONTROL" "127.0.0.1:$P_RD" <"$WORK/gate.txt" >"$WORK/gate.out" 2>>"$WORK/gate.log" ||
+    die "blobgate.py (see $WORK/gate.log)"
+GATE_CASE="first blob GET on a replica that did not admit the image (Redis lookup)"
+ADMIT_CASE="admission: first GET of the manifest by digest (verifies, writes to Redis; new connection)"
+RTT_CASE="for scale: a bare Redis GET from the client (kept-alive, loopback)"
+while read -r kind t a b n fail; do
+    case "$kind" in
+        admit | blob | rtt)
+            cs=$GATE_CASE
+            [ "$kind" = admit ] && cs=$ADMIT_CASE
+            [ "$kind" = rtt ] && cs=$RTT_CASE
+            rec gate "$cs" "$t" p50_ms "$a"
+            rec gate "$cs" "$t" p90_ms "$b"
+            rec gate "$cs" "$t" samples "$n"
+            rec gate "$cs" "$t" failures "$fail"
+            ;;
+        delta)
+            rec gate "$GATE_CASE" "$t" delta_p50_ms "$a"
+            rec gate "$GATE_CASE" "$t" delta_p90_ms "$b"
+            ;;
+        control) rec sanity "blob of an image no replica admitted via pc-fleet-b" "$t" http_status "$a" ;;
+    esac
+done <"$WORK/gate.out"
+# What pc-fleet-b found in Redis meanwhile (one hit per blob) and answered
+# without it (should be none).
+hits1=$(fleet_counter "$A_FB" fleet_shared_hits_total)
+falls1=$(fleet_counter "$A_FB" redis_fallbacks_total)
+rec gate "$GATE_CASE" pc-fleet-b redis_hits "$(python3 -c "print($hits1 - $hits0)")"
+rec gate "$GATE_CASE" pc-fleet-b redis_fallbacks "$(python3 -c "print($falls1 - $falls0)")"
+
 # ----------------------------------------------------------- 3. blobs --
 BLOB_TARGETS="direct distproxy nginx pc-allow pc-require"
 for rep in $(seq 1 "$REPS"); do
@@ -591,6 +640,7 @@ END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "client_cpus=$CLIENT_CPUS"
     echo "reps=$REPS"
     echo "cold_reps=$COLD_REPS"
+    echo "gate_reps=$GATE_REPS"
     echo "duration_s=$DUR"
     echo "big_mib=$((BIG_SIZE >> 20))"
     echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')"
