@@ -2,6 +2,10 @@
 # Portcullis benchmark (issue 6): Portcullis side by side with the registry
 # it fronts, CNCF distribution in pull-through proxy mode, an nginx reverse
 # proxy hop and an nginx `return 200` (the machine's HTTP floor), in one run.
+# Issue 13: two Portcullis replicas sharing state through a local
+# redis-server (pc-fleet, pc-fleet-b): the warm by-digest manifest path with
+# Redis configured next to without, and the first GET of a blob on a replica
+# that did not admit its image (one Redis lookup; section 2b).
 #
 #   bench/run.sh            full run (3 repetitions, 256 MiB blob, 1 and 4
 #                           streams, criterion; ~14 minutes from a fresh
