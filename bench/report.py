@@ -65,8 +65,8 @@ def cases(section):
 
 
 def targets(section, case):
-    order = ["direct", "distproxy", "nginx", "static", "pc-allow", "pc-require", "pc-require-ttl",
-             "direct-sig", "openssl", "criterion"]
+    order = ["direct", "distproxy", "nginx", "static", "pc-allow", "pc-require", "pc-fleet", "pc-fleet-b",
+             "pc-require-ttl", "direct-sig", "openssl", "criterion"]
     present = {t for (s, c, t, _) in RAW if s == section and c == case}
     return [t for t in order if t in present] + sorted(present - set(order))
 
@@ -79,6 +79,9 @@ NAMES = {
     "pc-allow": "**Portcullis** ALWAYS_ALLOW",
     "pc-require": "**Portcullis** REQUIRE_ATTESTATION",
     "pc-require-ttl": "**Portcullis** REQUIRE_ATTESTATION, tagTtl 5s",
+    "pc-fleet": "**Portcullis** REQUIRE_ATTESTATION, state.redis (replica a)",
+    "pc-fleet-b": "**Portcullis** REQUIRE_ATTESTATION, state.redis (replica b)",
+    "redis": "redis-server",
     "direct-sig": "direct registry, the image's `.sig` manifest (one more round trip, for scale)",
 }
 
@@ -95,7 +98,8 @@ p(f"Machine: {META.get('nproc')} CPUs ({META.get('cpu')}), {META.get('memory')},
 p("")
 p("Everything on 127.0.0.1 over plain HTTP/1.1. The upstream is CNCF distribution with filesystem storage "
   "(log level warn, access log off); nginx has `access_log off`, `proxy_buffering off` and upstream keepalive; "
-  "Portcullis runs with its default logging. Ratios are to the direct registry and to the nginx hop in the "
+  "Portcullis runs with its default logging; its two fleet replicas (`pc-fleet`, `pc-fleet-b`) share state "
+  "through a local redis-server without persistence. Ratios are to the direct registry and to the nginx hop in the "
   "same run. CPU per request is the server process's utime+stime (all threads; nginx: master+worker) over "
   "the run divided by the requests served; for proxies the upstream registry's CPU per request is shown "
   "separately.")
@@ -139,11 +143,46 @@ for t in targets("cold", cold_case):
     p(f"| {NAMES.get(t, t)} | {f(v, 2)} | {f(med('cold', cold_case, t, 'p90_ms'), 2)} | "
       f"{'–' if t in ('direct', 'direct-sig') else ('+' if (added or 0) >= 0 else '') + f(added, 2) + ' ms'} | "
       f"{META.get('cold_reps', '')}{'' if not fails else f' ({f(fails, 0)} failed)'} |")
-sanity = [(c, med("sanity", c, "pc-require", "http_status")) for c in cases("sanity")]
+sanity = [(c, t, med("sanity", c, t, "http_status")) for c in cases("sanity") for t in targets("sanity", c)]
 if sanity:
     p("")
-    p("Enforcement check: " + "; ".join(f"{c} → HTTP {f(v, 0)}" for c, v in sanity) + ".")
+    p("Enforcement check: " + "; ".join(f"{c} → HTTP {f(v, 0)}" for c, _, v in sanity) + ".")
 p("")
+
+# 2b. blob gating across the fleet
+gate_case = "first blob GET on a replica that did not admit the image (Redis lookup)"
+if cases("gate"):
+    p("## 2b. Blob gating across a fleet: first GET of a blob on a replica that did not admit its image")
+    p("")
+    p(f"{META.get('gate_reps')} fresh signed images. Each is admitted through replica a (`pc-fleet`: its "
+      "manifest by digest, a cold verification that writes the admitted blobs and the verdict to Redis); then "
+      "its config blob (small, unique to the image) is fetched for the first time through replica b "
+      "(`pc-fleet-b`: did not admit it, asks Redis, one GET), through replica a (admitted in process) and "
+      "from the registry directly, in a rotating order, over kept-alive connections. The last column is "
+      "the median over images of replica b's time minus replica a's for the same blob (p90 in brackets).")
+    p("")
+    p("| case | server | p50 ms | p90 ms | replica b − replica a, per image | samples |")
+    p("|---|---|---:|---:|---:|---:|")
+    for case in cases("gate"):
+        for t in targets("gate", case):
+            v = med("gate", case, t, "p50_ms")
+            if v is None:
+                continue
+            d50, d90 = med("gate", case, t, "delta_p50_ms"), med("gate", case, t, "delta_p90_ms")
+            delta = "–" if d50 is None else f"{'+' if d50 >= 0 else ''}{f(d50, 3)} ms ({f(d90, 3)})"
+            fails = med("gate", case, t, "failures")
+            how = {"pc-fleet-b": " (not admitted here: Redis lookup)",
+                   "pc-fleet": " (admitted here: in process)"}.get(t, "") if case == gate_case else ""
+            p(f"| {case} | {NAMES.get(t, t)}{how} | {f(v, 3)} | {f(med('gate', case, t, 'p90_ms'), 3)} | "
+              f"{delta} | {f(med('gate', case, t, 'samples'), 0)}"
+              f"{'' if not fails else f' ({f(fails, 0)} failed)'} |")
+    hits = med("gate", gate_case, "pc-fleet-b", "redis_hits")
+    falls = med("gate", gate_case, "pc-fleet-b", "redis_fallbacks")
+    if hits is not None:
+        p("")
+        p(f"Meanwhile replica b found {f(hits, 0)} blobs in Redis (`portcullis_fleet_shared_hits_total`) and "
+          f"answered {f(falls, 0)} requests without it (`portcullis_redis_fallbacks_total`).")
+    p("")
 
 # 3. blobs
 big = META.get("big_mib")
@@ -198,7 +237,7 @@ for case in cases("micro"):
 p("")
 
 # targets
-p("## Issue 6 targets, checked against this run")
+p("## Issue 6 targets (and issue 13's Redis target), checked against this run")
 p("")
 p("| target | measured | status |")
 p("|---|---|---|")
@@ -236,6 +275,10 @@ check("by tag c=16, revalidated every request: ≥ 0.9× direct", f"{f(tp, 0)} v
 tt = med("manifest", t16, "pc-require-ttl", "rps")
 r = ratio(tt, td)
 check("by tag c=16, tagTtl 5s: ≥ 10× direct", f"{f(tt, 0)} vs {f(td, 0)} req/s = {rx(r)}", None if r is None else r >= 10)
+fr = med("manifest", c16, "pc-fleet", "rps")
+r = ratio(fr, pr)
+check("by digest c=16 with Redis (state.redis): within 10% of without (pc-fleet ≥ 0.9× pc-require)",
+      f"{f(fr, 0)} vs {f(pr, 0)} req/s = {rx(r)}", None if r is None else r >= 0.9)
 c50, d50 = med("cold", cold_case, "pc-require", "p50_ms"), med("cold", cold_case, "direct", "p50_ms")
 added = None if c50 is None or d50 is None else c50 - d50
 check("cold verification adds ≤ 5 ms at p50", f"+{f(added, 2)} ms ({f(c50, 2)} vs {f(d50, 2)} ms)",

@@ -2,6 +2,10 @@
 # Portcullis benchmark (issue 6): Portcullis side by side with the registry
 # it fronts, CNCF distribution in pull-through proxy mode, an nginx reverse
 # proxy hop and an nginx `return 200` (the machine's HTTP floor), in one run.
+# Issue 13: two Portcullis replicas sharing state through a local
+# redis-server (pc-fleet, pc-fleet-b): the warm by-digest manifest path with
+# Redis configured next to without, and the first GET of a blob on a replica
+# that did not admit its image (one Redis lookup; section 2b).
 #
 #   bench/run.sh            full run (3 repetitions, 256 MiB blob, 1 and 4
 #                           streams, criterion; ~14 minutes from a fresh
@@ -38,10 +42,10 @@ for arg in "$@"; do
 done
 
 if [ "$MODE" = quick ]; then
-    REPS=1 DUR=1 CONCS="1 16 64" BIG_MIB=32 STREAMS="1" COLD_REPS=5 PULL_REPS=1
+    REPS=1 DUR=1 CONCS="1 16 64" BIG_MIB=32 STREAMS="1" COLD_REPS=5 PULL_REPS=1 GATE_REPS=30
     CRIT_WARMUP=0.1 CRIT_MEASURE=0.3 VERDICTS=100000
 else
-    REPS=3 DUR=2 CONCS="1 16 64" BIG_MIB=256 STREAMS="1 4" COLD_REPS=15 PULL_REPS=3
+    REPS=3 DUR=2 CONCS="1 16 64" BIG_MIB=256 STREAMS="1 4" COLD_REPS=15 PULL_REPS=3 GATE_REPS=100
     CRIT_WARMUP=1 CRIT_MEASURE=2 VERDICTS=1000000
 fi
 NCPU=$(nproc)
@@ -118,7 +122,8 @@ wait_http() { # wait_http URL PID NAME
 if [ "$INSTALL" = 1 ]; then
     missing=()
     for pair in docker-registry:docker-registry nginx:nginx wrk:wrk skopeo:skopeo ctr:containerd \
-        curl:curl openssl:openssl taskset:util-linux python3:python3; do
+        redis-server:redis-server redis-cli:redis-tools curl:curl openssl:openssl taskset:util-linux \
+        python3:python3; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -128,7 +133,7 @@ if [ "$INSTALL" = 1 ]; then
         apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 fi
-for tool in docker-registry nginx wrk skopeo ctr containerd curl openssl taskset python3; do
+for tool in docker-registry nginx wrk skopeo ctr containerd redis-server redis-cli curl openssl taskset python3; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (run without --no-install)"
 done
 
@@ -140,7 +145,7 @@ fi
 BUILD_S=$(($(date +%s) - STARTED))
 [ -x "$BIN" ] || die "no release binary at $BIN"
 
-read -r P_UP P_DP P_NG P_ST P_PA P_PR P_PT A_PA A_PR A_PT <<<"$(free_ports 10)"
+read -r P_UP P_DP P_NG P_ST P_PA P_PR P_PT A_PA A_PR A_PT P_RD P_FA P_FB A_FA A_FB <<<"$(free_ports 15)"
 UP=127.0.0.1:$P_UP
 log "work directory $WORK; servers on CPUs $SERVER_CPUS, clients on CPU $CLIENT_CPUS"
 
@@ -222,10 +227,15 @@ NGINX
 start_bg "$WORK/nginx.log" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
 PID_NG=$LAST_PID
 
+# Redis for the fleet's shared state (issue 13): no persistence.
+start_bg "$WORK/redis.log" /usr/bin/redis-server --port "$P_RD" --bind 127.0.0.1 --save "" --appendonly no
+PID_RD=$LAST_PID
+
 # Portcullis: ALWAYS_ALLOW; REQUIRE_ATTESTATION (tags revalidated on every
-# request, the default); REQUIRE_ATTESTATION with a 5 s tag TTL.
+# request, the default); REQUIRE_ATTESTATION with a 5 s tag TTL; and two
+# replicas of a fleet (REQUIRE_ATTESTATION sharing state through Redis).
 PEM=$(sed 's/^/            /' "$WORK/cosign.pub")
-pc_config() { # pc_config FILE PORT ADMIN MODE TAG_TTL
+pc_config() { # pc_config FILE PORT ADMIN MODE TAG_TTL [REPLICA (with state.redis)]
     {
         cat <<YAML
 listen: 127.0.0.1:$2
@@ -253,31 +263,54 @@ attestors:
 $PEM
 YAML
         fi
+        if [ -n "${6:-}" ]; then
+            cat <<YAML
+state:
+  replica: $6
+  redis: {url: "redis://127.0.0.1:$P_RD", timeout: 250ms}
+YAML
+        fi
     } >"$1"
 }
 pc_config "$WORK/pc-allow.yaml" "$P_PA" "$A_PA" ALWAYS_ALLOW 0s
 pc_config "$WORK/pc-require.yaml" "$P_PR" "$A_PR" REQUIRE_ATTESTATION 0s
 pc_config "$WORK/pc-require-ttl.yaml" "$P_PT" "$A_PT" REQUIRE_ATTESTATION 5s
+pc_config "$WORK/pc-fleet.yaml" "$P_FA" "$A_FA" REQUIRE_ATTESTATION 0s a
+pc_config "$WORK/pc-fleet-b.yaml" "$P_FB" "$A_FB" REQUIRE_ATTESTATION 0s b
 start_bg "$WORK/pc-allow.log" "$BIN" serve --config "$WORK/pc-allow.yaml"
 PID_PA=$LAST_PID
 start_bg "$WORK/pc-require.log" "$BIN" serve --config "$WORK/pc-require.yaml"
 PID_PR=$LAST_PID
 start_bg "$WORK/pc-require-ttl.log" "$BIN" serve --config "$WORK/pc-require-ttl.yaml"
 PID_PT=$LAST_PID
+start_bg "$WORK/pc-fleet.log" "$BIN" serve --config "$WORK/pc-fleet.yaml"
+PID_FA=$LAST_PID
+start_bg "$WORK/pc-fleet-b.log" "$BIN" serve --config "$WORK/pc-fleet-b.yaml"
+PID_FB=$LAST_PID
 
 declare -A URL=(
     [direct]=http://$UP [distproxy]=http://127.0.0.1:$P_DP [nginx]=http://127.0.0.1:$P_NG
     [static]=http://127.0.0.1:$P_ST [pc-allow]=http://127.0.0.1:$P_PA
     [pc-require]=http://127.0.0.1:$P_PR [pc-require-ttl]=http://127.0.0.1:$P_PT
+    [pc-fleet]=http://127.0.0.1:$P_FA [pc-fleet-b]=http://127.0.0.1:$P_FB
 )
 declare -A PIDOF=(
     [direct]=$PID_UP [distproxy]=$PID_DP [nginx]=$PID_NG [static]=$PID_NG
     [pc-allow]=$PID_PA [pc-require]=$PID_PR [pc-require-ttl]=$PID_PT
+    [pc-fleet]=$PID_FA [pc-fleet-b]=$PID_FB
 )
 wait_http "${URL[distproxy]}/v2/" "$PID_DP" "distribution proxy"
 wait_http "${URL[static]}/" "$PID_NG" "nginx"
 wait_http "${URL[nginx]}/v2/" "$PID_NG" "nginx"
-for t in pc-allow pc-require pc-require-ttl; do wait_http "${URL[$t]}/v2/" "${PIDOF[$t]}" "$t"; done
+for t in pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b; do
+    wait_http "${URL[$t]}/v2/" "${PIDOF[$t]}" "$t"
+done
+for _ in $(seq 1 100); do
+    [ "$(redis-cli -p "$P_RD" ping 2>/dev/null)" = PONG ] && break
+    kill -0 "$PID_RD" 2>/dev/null || die "redis-server exited during startup"
+    sleep 0.1
+done
+[ "$(redis-cli -p "$P_RD" ping 2>/dev/null)" = PONG ] || die "redis-server did not answer on port $P_RD"
 
 # All the processes of a server (nginx: master and workers).
 pids_of() {
@@ -324,7 +357,9 @@ expect_200() {
 
 # ---------------------------------------------------------------- warm --
 log "warming the proxies (manifests, index children, the big blob through distribution)"
-for t in direct distproxy nginx pc-allow pc-require pc-require-ttl; do
+# pc-fleet-b comes after pc-fleet: it adopts pc-fleet's verdicts from Redis
+# (and opens its connection to it).
+for t in direct distproxy nginx pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b; do
     u=${URL[$t]}
     for path in demo/app/manifests/v1 "demo/app/manifests/$APP_DIGEST" demo/multi/manifests/v1 \
         "demo/multi/manifests/$MULTI_DIGEST" demo/big/manifests/v1 "demo/big/manifests/$BIG_DIGEST"; do
@@ -334,7 +369,7 @@ for t in direct distproxy nginx pc-allow pc-require pc-require-ttl; do
 done
 expect_200 "${URL[distproxy]}/v2/demo/big/blobs/$BIG_LAYER"
 # Warm connections/caches once more with a short load.
-for t in direct distproxy nginx static pc-allow pc-require pc-require-ttl; do
+for t in direct distproxy nginx static pc-allow pc-require pc-require-ttl pc-fleet; do
     taskset -c "$CLIENT_CPUS" wrk -t1 -c16 -d1s -H "Accept: $ACCEPT" \
         "${URL[$t]}/v2/demo/app/manifests/$APP_DIGEST" >/dev/null 2>&1 || true
 done
@@ -366,7 +401,7 @@ run_wrk() { # run_wrk TARGET KIND CONC URL
         fi
     fi
 }
-MF_TARGETS="direct distproxy nginx static pc-allow pc-require"
+MF_TARGETS="direct distproxy nginx static pc-allow pc-require pc-fleet"
 TAG_TARGETS="direct distproxy nginx pc-allow pc-require pc-require-ttl"
 for rep in $(seq 1 "$REPS"); do
     log "manifests: repetition $rep/$REPS (${DUR}s per run)"
@@ -409,6 +444,55 @@ done <"$WORK/cold.out"
 unsigned=$(awk 'NR==1{print $2}' "$WORK/cold-a.txt")
 rec sanity "unsigned image via pc-require" pc-require http_status "$(http_code "${URL[pc-require]}/v2/cold/app/manifests/$unsigned")"
 rec sanity "signed image via pc-require" pc-require http_status "$(http_code "${URL[pc-require]}/v2/demo/app/manifests/v1")"
+
+# ---------------------------------------- 2b. blob gating across a fleet --
+# A blob request on a replica that did not admit the image asks Redis (one
+# GET) before serving it. GATE_REPS fresh signed images (plus one never
+# admitted, the control): each manifest admitted through pc-fleet, then its
+# config blob fetched first through pc-fleet-b, pc-fleet and the registry.
+log "blob gating: $GATE_REPS fresh signed images admitted by pc-fleet, first blob GET on pc-fleet-b"
+python3 "$SELF_DIR/push.py" fresh "$UP" gate/app g "$((GATE_REPS + 1))" >"$WORK/gate-all.txt"
+head -n "$GATE_REPS" "$WORK/gate-all.txt" >"$WORK/gate.txt"
+GATE_CONTROL=$(tail -n 1 "$WORK/gate-all.txt" | awk '{print $2}')
+while read -r tag _; do
+    "$BIN" sign "$UP/gate/app:$tag" --key "$WORK/cosign.key" --insecure >>"$WORK/sign.log" 2>&1 ||
+        die "portcullis sign gate/app:$tag"
+done <"$WORK/gate.txt"
+fleet_counter() { # fleet_counter ADMIN_PORT NAME: a counter on a replica's /metrics
+    curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="portcullis_$2" '$1 == n {print $2; f=1} END {if (!f) print 0}'
+}
+hits0=$(fleet_counter "$A_FB" fleet_shared_hits_total)
+falls0=$(fleet_counter "$A_FB" redis_fallbacks_total)
+taskset -c "$CLIENT_CPUS" python3 "$SELF_DIR/blobgate.py" gate/app "${URL[pc-fleet]}" "${URL[pc-fleet-b]}" \
+    "${URL[direct]}" "$GATE_CONTROL" "127.0.0.1:$P_RD" <"$WORK/gate.txt" >"$WORK/gate.out" 2>>"$WORK/gate.log" ||
+    die "blobgate.py (see $WORK/gate.log)"
+GATE_CASE="first blob GET on a replica that did not admit the image (Redis lookup)"
+ADMIT_CASE="admission: first GET of the manifest by digest (verifies, writes to Redis; new connection)"
+RTT_CASE="for scale: a bare Redis GET from the client (kept-alive, loopback)"
+while read -r kind t a b n fail; do
+    case "$kind" in
+        admit | blob | rtt)
+            cs=$GATE_CASE
+            [ "$kind" = admit ] && cs=$ADMIT_CASE
+            [ "$kind" = rtt ] && cs=$RTT_CASE
+            rec gate "$cs" "$t" p50_ms "$a"
+            rec gate "$cs" "$t" p90_ms "$b"
+            rec gate "$cs" "$t" samples "$n"
+            rec gate "$cs" "$t" failures "$fail"
+            ;;
+        delta)
+            rec gate "$GATE_CASE" "$t" delta_p50_ms "$a"
+            rec gate "$GATE_CASE" "$t" delta_p90_ms "$b"
+            ;;
+        control) rec sanity "blob of an image no replica admitted via pc-fleet-b" "$t" http_status "$a" ;;
+    esac
+done <"$WORK/gate.out"
+# What pc-fleet-b found in Redis meanwhile (one hit per blob) and answered
+# without it (should be none).
+hits1=$(fleet_counter "$A_FB" fleet_shared_hits_total)
+falls1=$(fleet_counter "$A_FB" redis_fallbacks_total)
+rec gate "$GATE_CASE" pc-fleet-b redis_hits "$(python3 -c "print($hits1 - $hits0)")"
+rec gate "$GATE_CASE" pc-fleet-b redis_fallbacks "$(python3 -c "print($falls1 - $falls0)")"
 
 # ----------------------------------------------------------- 3. blobs --
 BLOB_TARGETS="direct distproxy nginx pc-allow pc-require"
@@ -560,10 +644,11 @@ END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "client_cpus=$CLIENT_CPUS"
     echo "reps=$REPS"
     echo "cold_reps=$COLD_REPS"
+    echo "gate_reps=$GATE_REPS"
     echo "duration_s=$DUR"
     echo "big_mib=$((BIG_SIZE >> 20))"
     echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')"
-    echo "versions=$(docker-registry --version 2>/dev/null | awk '{print $NF}' | head -1) (distribution), $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $2}') (wrk), $(skopeo --version | awk '{print $3}') (skopeo), $(ctr --version | awk '{print $3}') (ctr), $(rustc --version | awk '{print $2}') (rustc)"
+    echo "versions=$(docker-registry --version 2>/dev/null | awk '{print $NF}' | head -1) (distribution), $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $2}') (wrk), $(skopeo --version | awk '{print $3}') (skopeo), $(ctr --version | awk '{print $3}') (ctr), $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/') (redis), $(rustc --version | awk '{print $2}') (rustc)"
     echo "elapsed=$(($(date +%s) - STARTED)) s (of which building: ${BUILD_S} s)"
 } >"$WORK/meta.txt"
 RESULTS=${BENCH_RESULTS_DIR:-$SELF_DIR/results}
