@@ -193,7 +193,7 @@ fn hot_verifier(max_entries: u64) -> Hot {
         Upstream::new(&config.upstreams[0], config.timeouts).expect("upstream"),
     )];
     Hot {
-        verifier: Verifier::new(policy, config.cache, upstreams),
+        verifier: Verifier::new(policy, config.cache.clone(), upstreams),
         router: Router::new(&config),
     }
 }

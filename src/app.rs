@@ -29,6 +29,7 @@ use crate::policy::{Policy, Rule};
 use crate::routing::Router;
 use crate::serve::{App, Parts};
 use crate::server::{self, Connections, Listeners, Settings};
+use crate::store::ContentStore;
 use crate::upstream::{SetupError, Upstream};
 use crate::verify::Verifier;
 
@@ -137,6 +138,7 @@ pub fn build_quiet(prepared: Prepared) -> Result<App, SetupError> {
         prepared.break_glass,
         observer,
         None,
+        None,
     )
 }
 
@@ -148,6 +150,7 @@ fn build(
     break_glass: Option<BreakGlass>,
     observer: Arc<Observer>,
     fleet: Option<Arc<Shared>>,
+    content: Option<Arc<ContentStore>>,
 ) -> Result<App, SetupError> {
     let upstreams = config
         .upstreams
@@ -158,7 +161,7 @@ fn build(
         })
         .collect::<Result<Vec<_>, _>>()?;
     observer.metrics.policy_loaded(&policy.revision);
-    let mut verifier = Verifier::new(policy, config.cache, upstreams.clone())
+    let mut verifier = Verifier::new(policy, config.cache.clone(), upstreams.clone())
         .with_timeouts(config.timeouts)
         .with_limits(&config.limits);
     if let Some(store) = &config.attestation_store {
@@ -175,6 +178,7 @@ fn build(
         verifier,
         observer,
         break_glass,
+        content,
     };
     Ok(App::new(parts, config))
 }
@@ -238,10 +242,27 @@ pub async fn serve(
         }
         None => None,
     };
+    let content = match &config.cache.content {
+        Some(c) => {
+            let store = ContentStore::open(c)
+                .map_err(|e| format!("content store {}: {e}", c.path.display()))?;
+            let (blobs, bytes) = store.usage();
+            tracing::info!(
+                path = %c.path.display(),
+                blobs,
+                bytes,
+                max_size = c.max_size,
+                "content store: serving stored blobs from disk"
+            );
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
     let replica = replica_name(&config);
     let observer = Arc::new(observer(&config)?.with_fleet(replica, fleet.clone()));
-    let app =
-        Arc::new(build(&config, policy, break_glass, observer, fleet).map_err(|e| e.to_string())?);
+    let app = Arc::new(
+        build(&config, policy, break_glass, observer, fleet, content).map_err(|e| e.to_string())?,
+    );
     log_policy(&config, &app);
     if let Some(path) = config_path {
         tokio::spawn(crate::reload::watch(Arc::clone(&app), path, reload_policy));

@@ -51,6 +51,11 @@
 //!   round trips bounded by a timeout, keys under the policy revision,
 //!   the reload counter and the fleet's decision stream; values are bytes,
 //!   their meaning is `verify`'s.
+//! - [`store`]: the on-disk content store (`cache.content`): verified
+//!   blobs by digest, written to a temporary file, hashed, then renamed
+//!   into place; one download per digest that readers follow; bounded by
+//!   size with least-recently-used eviction. What may be stored and served
+//!   is decided above it.
 //! - [`upstream`]: the registry client: pooled connections, timeouts,
 //!   redirects, Basic and bearer-token auth, the one bounded read, the one
 //!   referrers lookup (API or tag schema) and the one HTTPS client builder
@@ -97,6 +102,7 @@ pub mod reload;
 pub mod routing;
 pub mod serve;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;
 pub mod verify;

@@ -191,6 +191,24 @@ pub struct Snapshot {
     pub redis_fallbacks: u64,
     pub fleet_hits: u64,
     pub fleet_decisions_dropped: u64,
+    /// The content store (zero without one).
+    pub content: ContentSnapshot,
+}
+
+/// The content store's counters and sizes (`cache.content`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ContentSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_from_store: u64,
+    pub bytes_downloaded: u64,
+    pub evictions: u64,
+    pub errors: u64,
+    pub mismatches: u64,
+    pub corrupt: u64,
+    pub downloads: u64,
+    pub stored_bytes: u64,
+    pub stored_blobs: u64,
 }
 
 impl Default for Metrics {
@@ -339,6 +357,84 @@ struct ScrapedFamilies {
     redis_fallbacks: Counter<u64, AtomicU64>,
     fleet_hits: Counter<u64, AtomicU64>,
     fleet_decisions_dropped: Counter<u64, AtomicU64>,
+    content: ContentFamilies,
+}
+
+/// `portcullis_content_cache_*`: the content store.
+struct ContentFamilies {
+    hits: Counter<u64, AtomicU64>,
+    misses: Counter<u64, AtomicU64>,
+    bytes: Family<SourceLabels, Counter<u64, AtomicU64>>,
+    evictions: Counter<u64, AtomicU64>,
+    errors: Counter<u64, AtomicU64>,
+    mismatches: Counter<u64, AtomicU64>,
+    corrupt: Counter<u64, AtomicU64>,
+    downloads: Gauge<i64, AtomicI64>,
+    stored_bytes: Gauge<i64, AtomicI64>,
+    stored_blobs: Gauge<i64, AtomicI64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+impl ContentFamilies {
+    fn register(r: &mut Registry) -> ContentFamilies {
+        let mut counter = |name: &str, help: &str| register(r, name, help, Counter::default());
+        let hits = counter(
+            "content_cache_hits",
+            "Blob requests answered from the content store (cache.content)",
+        );
+        let misses = counter(
+            "content_cache_misses",
+            "Blob requests the content store did not hold (downloaded once, or sent upstream)",
+        );
+        let evictions = counter(
+            "content_cache_evictions",
+            "Blobs evicted from the content store to stay under cache.content.maxSize",
+        );
+        let errors = counter(
+            "content_cache_errors",
+            "Content store disk errors (each makes it step aside for 30 s: plain proxying)",
+        );
+        let mismatches = counter(
+            "content_cache_download_mismatches",
+            "Downloads whose bytes did not hash to their digest (never stored)",
+        );
+        let corrupt = counter(
+            "content_cache_corrupt",
+            "Stored blobs found changed on disk (verifyOnRead, cache gc --verify) and removed",
+        );
+        let bytes = register(
+            r,
+            "content_cache_bytes",
+            "Blob bytes by source: from the store to clients, or downloaded from upstreams into it",
+            Family::default(),
+        );
+        let mut gauge = |name: &str, help: &str| register(r, name, help, Gauge::default());
+        ContentFamilies {
+            hits,
+            misses,
+            bytes,
+            evictions,
+            errors,
+            mismatches,
+            corrupt,
+            downloads: gauge(
+                "content_cache_downloads_in_flight",
+                "Downloads into the content store in flight",
+            ),
+            stored_bytes: gauge(
+                "content_cache_stored_bytes",
+                "Bytes the content store holds",
+            ),
+            stored_blobs: gauge(
+                "content_cache_stored_blobs",
+                "Blobs the content store holds",
+            ),
+        }
+    }
 }
 
 impl ScrapedFamilies {
@@ -396,6 +492,7 @@ impl ScrapedFamilies {
                 "fleet_decisions_dropped",
                 "Decision records not appended to the fleet's stream (queue full or Redis failing); the audit trail keeps them",
             ),
+            content: ContentFamilies::register(r),
         }
     }
 }
@@ -587,6 +684,25 @@ impl Metrics {
         set(&m.fleet_decisions_dropped, snapshot.fleet_decisions_dropped);
         m.cache_entries
             .set(i64::try_from(snapshot.cache_entries).unwrap_or(i64::MAX));
+        let (c, s) = (&m.content, &snapshot.content);
+        set(&c.hits, s.hits);
+        set(&c.misses, s.misses);
+        set(&c.evictions, s.evictions);
+        set(&c.errors, s.errors);
+        set(&c.mismatches, s.mismatches);
+        set(&c.corrupt, s.corrupt);
+        set(
+            &c.bytes.get_or_create(&SourceLabels { source: "store" }),
+            s.bytes_from_store,
+        );
+        set(
+            &c.bytes.get_or_create(&SourceLabels { source: "upstream" }),
+            s.bytes_downloaded,
+        );
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        c.downloads.set(gauge(s.downloads));
+        c.stored_bytes.set(gauge(s.stored_bytes));
+        c.stored_blobs.set(gauge(s.stored_blobs));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!("encoding metrics failed: {e}");

@@ -284,9 +284,11 @@ fn thousands_of_idle_sockets_from_one_address_do_not_lock_out_another() {
     raise_open_files(3 * IDLE as u64);
     let fake = Fake::start();
     let img = fake.put_image("team/app", Some("v1"), 5, 100_000);
-    // Default limits and timeouts: the sockets stay open for the whole
-    // test unless the proxy refuses them.
-    let proxy = start_proxy(&fake, "", None);
+    // Default limits. Opening 4,200 sockets can take longer than the
+    // 10 s handshake timeout on a loaded two-core runner, which would close
+    // the first ones for a reason this test is not about: the timeouts are
+    // raised so the sockets stay open unless the proxy refuses them.
+    let proxy = start_proxy(&fake, "timeouts: {handshake: 120s, idle: 120s}\n", None);
     let started = Instant::now();
     let mut idle: Vec<TcpStream> = (0..IDLE)
         .map(|i| {

@@ -24,6 +24,7 @@ const LAYERS: &[&str] = &[
     "metrics",    // the Prometheus registry
     "routing",    // request → route
     "fleet",      // the replicas' shared state (Redis)
+    "store",      // the on-disk content store
     "upstream",   // the registry client
     "breakglass", // break-glass credentials and their proof
     "verify",     // admission: evidence, verdicts, proofs

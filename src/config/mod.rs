@@ -14,7 +14,8 @@
 //! One file per section: [`listen`] (`tls`, `admin`), [`upstreams`],
 //! [`limits`] (`timeouts`, `limits`), [`cache`], [`policy`] (the policy
 //! and attestors as written, and a `policyFile`'s document), [`audit`],
-//! [`alerts`], [`breakglass`], [`state`] (the fleet's Redis); [`duration`] is the one parser of `10s`.
+//! [`alerts`], [`breakglass`], [`state`] (the fleet's Redis); [`duration`]
+//! is the one parser of `10s`, [`size`] of `50GiB`.
 //!
 //! May use: std, serde, http, `crate::oci` (name syntax, Docker Hub's
 //! aliases). Must never use: any other module of the crate; every other
@@ -28,6 +29,7 @@ pub mod duration;
 pub mod limits;
 pub mod listen;
 pub mod policy;
+pub mod size;
 pub mod state;
 pub mod upstreams;
 
@@ -262,6 +264,9 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
+        if let Some(content) = &mut self.cache.content {
+            fix(&mut content.path);
+        }
         if let Some(redis) = &mut self.state.redis {
             if let Some(path) = &mut redis.password_file {
                 fix(path);
@@ -312,6 +317,7 @@ impl Config {
             listen::validate_admin(admin, self.listen, at)?;
         }
         state::validate(&self.state, at)?;
+        cache::validate(&self.cache, at)?;
         limits::validate_timeouts(&self.timeouts, at)?;
         limits::validate_limits(&self.limits, at)
     }
@@ -372,6 +378,18 @@ impl Config {
                 a.on_full
             )),
             None => out.push_str("audit: off (decisions are still logged)\n"),
+        }
+        if let Some(content) = &self.cache.content {
+            out.push_str(&format!(
+                "content cache: {} (at most {} bytes{})\n",
+                content.path.display(),
+                content.max_size,
+                if content.verify_on_read {
+                    ", hashed again on every read"
+                } else {
+                    ""
+                }
+            ));
         }
         if let Some(alerts) = &self.alerts {
             out.push_str(&format!("alerts: {} webhook(s)\n", alerts.webhooks.len()));

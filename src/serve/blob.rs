@@ -122,7 +122,7 @@ pub async fn serve(
 
 /// A client's byte range, as [`check_range`] accepted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ByteRange {
+pub(super) enum ByteRange {
     /// `bytes=N-M` (`Some(M)`) or `bytes=N-` (`None`).
     From(u64, Option<u64>),
     /// `bytes=-N`: the last N bytes.
@@ -207,7 +207,7 @@ fn check_partial(requested: &ByteRange, headers: &HeaderMap) -> Result<Part, Str
     Ok(part)
 }
 
-fn describe(range: &ByteRange) -> String {
+pub(super) fn describe(range: &ByteRange) -> String {
     match range {
         ByteRange::From(first, Some(last)) => format!("bytes={first}-{last}"),
         ByteRange::From(first, None) => format!("bytes={first}-"),
@@ -216,13 +216,13 @@ fn describe(range: &ByteRange) -> String {
 }
 
 /// A body that holds its fetch's slots until it is dropped.
-struct Holding<B> {
+pub(super) struct Holding<B> {
     inner: B,
     _slots: FetchSlots,
 }
 
 impl<B> Holding<B> {
-    fn new(inner: B, slots: FetchSlots) -> Holding<B> {
+    pub(super) fn new(inner: B, slots: FetchSlots) -> Holding<B> {
         Holding {
             inner,
             _slots: slots,
@@ -256,7 +256,7 @@ where
 /// Accepts one byte range: `bytes=N-M`, `bytes=N-` or `bytes=-N`.
 /// Multiple ranges are refused: no registry client asks for them, and a
 /// multipart body is one more thing to get wrong.
-fn check_range(value: &HeaderValue) -> Result<ByteRange, ServeError> {
+pub(super) fn check_range(value: &HeaderValue) -> Result<ByteRange, ServeError> {
     let bad = || {
         ServeError::BadRange(format!(
             "unsupported Range {:?}: one byte range (bytes=N-M, bytes=N- or bytes=-N) is supported",

@@ -31,6 +31,7 @@ mod finish;
 pub mod listing;
 pub mod manifest;
 pub mod readiness;
+mod stored;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,9 +44,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::audit::{Client, Observer};
 use crate::breakglass::{Attempt, BreakGlass};
 use crate::config::Config;
-use crate::metrics::Snapshot;
+use crate::metrics::{ContentSnapshot, Snapshot};
 use crate::oci::Digest;
 use crate::routing::{Endpoint, Routed, Router};
+use crate::store::ContentStore;
 use crate::upstream::Upstream;
 use crate::verify::Verifier;
 
@@ -94,6 +96,26 @@ pub struct FetchSlots {
     _proxy: OwnedSemaphorePermit,
 }
 
+/// The content store's figures for `/metrics`.
+fn content_snapshot(store: &ContentStore) -> ContentSnapshot {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &store.stats;
+    let (stored_blobs, stored_bytes) = store.usage();
+    ContentSnapshot {
+        hits: s.hits.load(Relaxed),
+        misses: s.misses.load(Relaxed),
+        bytes_from_store: s.bytes_from_store.load(Relaxed),
+        bytes_downloaded: s.bytes_downloaded.load(Relaxed),
+        evictions: s.evictions.load(Relaxed),
+        errors: s.errors.load(Relaxed),
+        mismatches: s.mismatches.load(Relaxed),
+        corrupt: s.corrupt.load(Relaxed),
+        downloads: store.downloads(),
+        stored_bytes,
+        stored_blobs,
+    }
+}
+
 /// What the pipeline is built from: the parts the composition root
 /// ([`crate::app`]) makes from a configuration.
 #[derive(Debug)]
@@ -103,6 +125,8 @@ pub struct Parts {
     pub verifier: Verifier,
     pub observer: Arc<Observer>,
     pub break_glass: Option<BreakGlass>,
+    /// The content store (`cache.content`), if configured.
+    pub content: Option<Arc<ContentStore>>,
 }
 
 /// The proxy: routing, one client per upstream, the verifier and where
@@ -122,6 +146,8 @@ pub struct App {
     fetches_per_connection: usize,
     /// How long a blob request waits for a fetch slot (`timeouts.read`).
     fetch_wait: Duration,
+    /// Blobs on disk (`cache.content`).
+    content: Option<Arc<ContentStore>>,
 }
 
 impl App {
@@ -138,6 +164,7 @@ impl App {
             fetches_limit: config.limits.upstream_fetches,
             fetches_per_connection: config.limits.upstream_fetches_per_connection,
             fetch_wait: config.timeouts.read,
+            content: parts.content,
         }
     }
 
@@ -273,6 +300,11 @@ impl App {
             Err(decision) => return Err(finish::blob_denied(self, ctx, digest, decision).await),
         };
         finish::blob_permitted(self, ctx, &permit).await;
+        if let Some(store) = &self.content {
+            if let Some(response) = stored::serve(self, store, ctx, &permit).await? {
+                return Ok(response);
+            }
+        }
         let slots = self.fetch_slots(ctx.connection).await?;
         blob::serve(
             self.upstream(ctx),
@@ -308,6 +340,11 @@ impl App {
             redis_fallbacks: fleet.map_or(0, |f| f.fallbacks.load(Relaxed)),
             fleet_hits: fleet.map_or(0, |f| f.hits.load(Relaxed)),
             fleet_decisions_dropped: fleet.map_or(0, |f| f.decisions_dropped.load(Relaxed)),
+            content: self
+                .content
+                .as_deref()
+                .map(content_snapshot)
+                .unwrap_or_default(),
         })
     }
 

@@ -56,7 +56,7 @@ fn env(url: &str, policy: &str, content_capacity: usize) -> Env {
     )];
     let verifier = Verifier::with_content_capacity(
         compile(&config),
-        config.cache,
+        config.cache.clone(),
         upstreams.clone(),
         content_capacity,
     );

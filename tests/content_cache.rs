@@ -1,0 +1,508 @@
+//! The content store (`cache.content`): verified blobs on disk.
+//!
+//! With a real distribution registry (its access log counts what it was
+//! asked) and real clients:
+//! - a second and third skopeo pull make no upstream blob request, and
+//!   bring the same bytes;
+//! - 20 concurrent cold GETs of one 128 MiB blob make one upstream fetch;
+//! - ranges and HEADs of a stored blob are answered from disk.
+//!
+//! With the in-process fake upstream, for faults a registry cannot show:
+//! - wrong or cut-off upstream bytes are never stored, and the next pull
+//!   fetches again;
+//! - kill -9 during a download leaves no visible file, and a new process
+//!   on the same store pulls normally;
+//! - eviction keeps the store under `maxSize`, least recently used first;
+//! - `verifyOnRead` catches a flipped bit, never serves it, and refetches.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::clients;
+use common::content::{self, sha256_reader};
+use common::fake::{pseudo_random, Fake, FakeConfig};
+use common::http;
+use common::proxy::single_upstream_config;
+use common::registry::Registry;
+use common::Proxy;
+
+const REPO: &str = "team/app";
+
+/// `config` with a content store at `store` (and `extra` settings).
+fn with_store(config: &str, store: &Path, extra: &str) -> String {
+    format!(
+        "{config}cache:\n  content:\n    path: {}\n    maxSize: 1GiB\n{extra}",
+        store.display()
+    )
+}
+
+/// Starts the proxy with an admin listener; its URL (for `/metrics`).
+fn start_with_admin(config: &str) -> (Proxy, String) {
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let config = format!("{config}admin: {{listen: {admin}}}\n");
+    let proxy = Proxy::start_with_health(&config, &format!("http://{admin}/healthz"));
+    (proxy, format!("http://{admin}"))
+}
+
+/// Upstream GETs of blobs of `name` in the registry's access log.
+fn upstream_blob_gets(reg: &Registry, name: &str, digest: Option<&str>) -> usize {
+    let needle = match digest {
+        Some(d) => format!("\"GET /v2/{name}/blobs/{d} "),
+        None => format!("\"GET /v2/{name}/blobs/"),
+    };
+    reg.logs().matches(&needle).count()
+}
+
+/// The files in the store's `blobs/sha256` and `tmp` directories.
+fn store_files(store: &Path) -> (Vec<String>, Vec<String>) {
+    let list = |dir: PathBuf| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (
+        list(store.join("blobs").join("sha256")),
+        list(store.join("tmp")),
+    )
+}
+
+/// Waits up to `wait` for `check`.
+fn eventually(wait: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// GET `url`, the body read to its end: `Ok(bytes)` if complete,
+/// `Err(description)` if refused or cut off.
+fn get_whole(url: &str) -> Result<Vec<u8>, String> {
+    let r =
+        http::request_streaming("GET", url, &[], None).map_err(|e| format!("no response: {e}"))?;
+    if r.status != 200 {
+        let mut text = String::new();
+        let mut body = r.body;
+        let _ = body.read_to_string(&mut text);
+        return Err(format!("HTTP {}: {text}", r.status));
+    }
+    let mut body = r.body;
+    let mut got = Vec::new();
+    body.read_to_end(&mut got)
+        .map_err(|e| format!("cut off after {} bytes: {e}", got.len()))?;
+    Ok(got)
+}
+
+#[test]
+fn repeat_pulls_come_from_the_store_not_the_upstream() {
+    let reg = Registry::start_with_access_log();
+    let image = content::push_image(
+        &reg.url(),
+        REPO,
+        Some("v1"),
+        common::host_arch(),
+        301,
+        &[300_000, 40_000],
+    );
+    let store = tempfile::tempdir().expect("tempdir");
+    let (proxy, admin) = start_with_admin(&with_store(
+        &single_upstream_config(&reg.host()),
+        store.path(),
+        "",
+    ));
+    let reference = format!("{}/{REPO}:v1", proxy.host());
+    let direct = tempfile::tempdir().expect("tempdir");
+    clients::skopeo_copy_to_dir(&format!("{}/{REPO}:v1", reg.host()), direct.path(), false);
+    let before = upstream_blob_gets(&reg, REPO, None);
+    let mut pulls = Vec::new();
+    let mut fetched = Vec::new();
+    for _ in 0..3 {
+        let dest = tempfile::tempdir().expect("tempdir");
+        clients::skopeo_copy_to_dir(&reference, dest.path(), false);
+        let files = clients::assert_dirs_identical(direct.path(), dest.path());
+        assert!(files >= 3, "only {files} files pulled");
+        fetched.push(upstream_blob_gets(&reg, REPO, None) - before);
+        pulls.push(dest);
+    }
+    eprintln!("upstream blob GETs after each pull through the store: {fetched:?}");
+    let blobs = image.blobs().len();
+    assert_eq!(
+        fetched,
+        vec![blobs, blobs, blobs],
+        "the first pull fetches each blob once; the second and third fetch none"
+    );
+    let (stored, tmp) = store_files(store.path());
+    for blob in image.blobs() {
+        let hex = blob.digest.trim_start_matches("sha256:");
+        assert!(
+            stored.iter().any(|f| f == hex),
+            "{} not stored",
+            blob.digest
+        );
+    }
+    assert!(tmp.is_empty(), "files left in tmp/: {tmp:?}");
+    let metrics = http::get(&format!("{admin}/metrics")).expect("metrics");
+    let text = metrics.text();
+    let hits = metric(&text, "portcullis_content_cache_hits_total");
+    assert!(
+        hits >= 2.0 * blobs as f64,
+        "content cache hits {hits}, expected at least {}",
+        2 * blobs
+    );
+}
+
+/// The value of an unlabelled sample in a Prometheus exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+#[test]
+fn twenty_concurrent_cold_pulls_of_one_blob_fetch_it_once() {
+    const SIZE: u64 = 128 * 1024 * 1024;
+    let reg = Registry::start_with_access_log();
+    let image = content::push_image(
+        &reg.url(),
+        REPO,
+        Some("big"),
+        common::host_arch(),
+        302,
+        &[SIZE],
+    );
+    let store = tempfile::tempdir().expect("tempdir");
+    let proxy = Proxy::start(&with_store(
+        &single_upstream_config(&reg.host()),
+        store.path(),
+        "",
+    ));
+    let manifest = http::request(
+        "GET",
+        &format!("{}/v2/{REPO}/manifests/big", proxy.url()),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        &[],
+    )
+    .expect("manifest");
+    assert_eq!(manifest.status, 200, "manifest: {}", manifest.text());
+    let layer = image.layers[0].1.clone();
+    let url = format!("{}/v2/{REPO}/blobs/{}", proxy.url(), layer.digest);
+    let started = Instant::now();
+    let pulls: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || -> Result<(String, u64), String> {
+                let r = http::request_streaming("GET", &url, &[], None)
+                    .map_err(|e| format!("no response: {e}"))?;
+                if r.status != 200 {
+                    return Err(format!("HTTP {}", r.status));
+                }
+                sha256_reader(r.body).map_err(|e| format!("cut off: {e}"))
+            })
+        })
+        .collect();
+    for (i, pull) in pulls.into_iter().enumerate() {
+        let (digest, len) = pull
+            .join()
+            .expect("pull thread")
+            .unwrap_or_else(|e| panic!("pull {i}: {e}\n--- proxy log ---\n{}", proxy.logs()));
+        assert_eq!(
+            (digest.as_str(), len),
+            (layer.digest.as_str(), layer.size),
+            "pull {i}"
+        );
+    }
+    let fetches = upstream_blob_gets(&reg, REPO, Some(&layer.digest));
+    eprintln!(
+        "20 concurrent pulls of a 128 MiB blob took {:?}; upstream fetches: {fetches}",
+        started.elapsed()
+    );
+    assert_eq!(fetches, 1, "upstream fetches of the blob");
+    let (stored, _) = store_files(store.path());
+    assert!(stored.contains(&layer.digest.trim_start_matches("sha256:").to_owned()));
+}
+
+#[test]
+fn ranges_and_heads_of_a_stored_blob_are_answered_from_disk() {
+    let reg = Registry::start_with_access_log();
+    let image = content::push_image(
+        &reg.url(),
+        REPO,
+        Some("v1"),
+        common::host_arch(),
+        303,
+        &[200_000],
+    );
+    let store = tempfile::tempdir().expect("tempdir");
+    let proxy = Proxy::start(&with_store(
+        &single_upstream_config(&reg.host()),
+        store.path(),
+        "",
+    ));
+    let layer = image.layers[0].1.clone();
+    let url = format!("{}/v2/{REPO}/blobs/{}", proxy.url(), layer.digest);
+    let whole = get_whole(&url).expect("first GET");
+    let fetched = upstream_blob_gets(&reg, REPO, Some(&layer.digest));
+    assert_eq!(fetched, 1);
+
+    let r = http::request("GET", &url, &[("Range", "bytes=10-19")], &[]).expect("range");
+    assert_eq!(r.status, 206, "{}", r.text());
+    assert_eq!(r.body, whole[10..20]);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 10-19/{}", whole.len()).as_str())
+    );
+    let r = http::request("GET", &url, &[("Range", "bytes=-5")], &[]).expect("suffix");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, whole[whole.len() - 5..]);
+    let r = http::request("GET", &url, &[("Range", "bytes=999999999-")], &[]).expect("past");
+    assert_eq!(r.status, 416, "a range past the end: {}", r.text());
+    let r = http::head(&url).expect("head");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(whole.len().to_string().as_str())
+    );
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(layer.digest.as_str())
+    );
+    assert_eq!(
+        upstream_blob_gets(&reg, REPO, Some(&layer.digest)),
+        fetched,
+        "ranges and HEAD went to the upstream"
+    );
+    assert!(
+        !reg.logs()
+            .contains(&format!("\"HEAD /v2/{REPO}/blobs/{}", layer.digest)),
+        "HEAD went to the upstream"
+    );
+}
+
+#[test]
+fn wrong_or_cut_off_upstream_bytes_are_never_stored() {
+    let fake = Fake::start();
+    let good = pseudo_random(304, 3 * 1024 * 1024 + 7);
+    let digest = fake.put_blob(REPO, &good);
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let store = tempfile::tempdir().expect("tempdir");
+    let proxy = Proxy::start(&with_store(&fake.proxy_config(), store.path(), ""));
+    let url = format!("{}{path}", proxy.url());
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+
+    for fault in ["corrupt", "drop"] {
+        fake.set(|c| {
+            c.corrupt_blob = fault == "corrupt";
+            c.drop_connection_mid_blob = fault == "drop";
+        });
+        match get_whole(&url) {
+            Ok(body) => panic!(
+                "{fault}: a complete body of {} bytes was served",
+                body.len()
+            ),
+            Err(e) => eprintln!("{fault}: {e}"),
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                let (stored, tmp) = store_files(store.path());
+                !stored.contains(&hex) && tmp.is_empty()
+            }),
+            "{fault}: the store kept something: {:?}",
+            store_files(store.path())
+        );
+    }
+    fake.set(|c| *c = FakeConfig::default());
+    let before = fake.hits(&path);
+    let body = get_whole(&url).expect("intact upstream");
+    assert!(body == good, "bytes differ");
+    assert_eq!(fake.hits(&path), before + 1, "the intact blob was fetched");
+    assert!(eventually(Duration::from_secs(5), || store_files(
+        store.path()
+    )
+    .0
+    .contains(&hex)));
+    let body = get_whole(&url).expect("from the store");
+    assert!(body == good, "stored bytes differ");
+    assert_eq!(
+        fake.hits(&path),
+        before + 1,
+        "a stored blob was fetched again"
+    );
+}
+
+#[test]
+fn kill_9_during_a_download_leaves_nothing_visible_and_the_next_pull_works() {
+    let fake = Fake::with_config(FakeConfig {
+        blob_chunk_delay: Some(Duration::from_millis(20)),
+        ..FakeConfig::default()
+    });
+    let blob = pseudo_random(305, 4 * 1024 * 1024);
+    let digest = fake.put_blob(REPO, &blob);
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    let store = tempfile::tempdir().expect("tempdir");
+    let config = with_store(&fake.proxy_config(), store.path(), "");
+    let proxy = Proxy::start(&config);
+    let url = format!("{}{path}", proxy.url());
+    let reader = std::thread::spawn(move || get_whole(&url));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (_, tmp) = store_files(store.path());
+            tmp.iter().any(|f| {
+                std::fs::metadata(store.path().join("tmp").join(f))
+                    .map(|m| m.len() > 0)
+                    .unwrap_or(false)
+            })
+        }),
+        "the download never started"
+    );
+    let killed = Command::new("kill")
+        .args(["-9", &proxy.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let outcome = reader.join().expect("reader");
+    assert!(outcome.is_err(), "the killed proxy served the whole blob");
+    let (stored, _) = store_files(store.path());
+    assert!(
+        !stored.contains(&hex),
+        "a partial download is visible in blobs/"
+    );
+    drop(proxy);
+
+    fake.set(|c| c.blob_chunk_delay = None);
+    let proxy = Proxy::start(&config);
+    let (_, tmp) = store_files(store.path());
+    assert!(tmp.is_empty(), "tmp/ not emptied at startup: {tmp:?}");
+    let body = get_whole(&format!("{}{path}", proxy.url())).expect("pull after restart");
+    assert!(body == blob, "bytes differ after restart");
+    assert!(eventually(Duration::from_secs(5), || store_files(
+        store.path()
+    )
+    .0
+    .contains(&hex)));
+}
+
+#[test]
+fn eviction_keeps_the_store_under_max_size_least_recently_used_first() {
+    let fake = Fake::start();
+    let blobs: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| {
+            let bytes = pseudo_random(310 + i, 300_000);
+            (fake.put_blob(REPO, &bytes), bytes)
+        })
+        .collect();
+    let store = tempfile::tempdir().expect("tempdir");
+    let config = fake.proxy_config()
+        + &format!(
+            "cache:\n  content:\n    path: {}\n    maxSize: 1MiB\n",
+            store.path().display()
+        );
+    let proxy = Proxy::start(&config);
+    let get = |digest: &str| {
+        let body = get_whole(&format!("{}/v2/{REPO}/blobs/{digest}", proxy.url()))
+            .unwrap_or_else(|e| panic!("GET {digest}: {e}"));
+        // The download is recorded just after its last byte is sent.
+        std::thread::sleep(Duration::from_millis(100));
+        body
+    };
+    for (digest, bytes) in &blobs[..3] {
+        assert!(get(digest) == *bytes);
+    }
+    // The first is used again: the second is now the least recent.
+    assert!(get(&blobs[0].0) == blobs[0].1);
+    for (digest, bytes) in &blobs[3..] {
+        assert!(get(digest) == *bytes);
+    }
+    let (stored, tmp) = store_files(store.path());
+    let total: u64 = stored
+        .iter()
+        .map(|f| {
+            std::fs::metadata(store.path().join("blobs/sha256").join(f))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    eprintln!(
+        "store after 6 x 300 kB with maxSize 1MiB: {} files, {total} bytes",
+        stored.len()
+    );
+    assert!(total <= 1024 * 1024, "{total} bytes stored");
+    assert!(tmp.is_empty());
+    let has = |i: usize| stored.contains(&blobs[i].0.trim_start_matches("sha256:").to_owned());
+    assert!(has(5) && has(4) && has(3), "the newest blobs were evicted");
+    assert!(!has(1), "the least recently used blob is still stored");
+    let path = format!("/v2/{REPO}/blobs/{}", blobs[1].0);
+    let before = fake.hits(&path);
+    assert!(get(&blobs[1].0) == blobs[1].1);
+    assert_eq!(
+        fake.hits(&path),
+        before + 1,
+        "an evicted blob is fetched again"
+    );
+}
+
+#[test]
+fn verify_on_read_catches_a_flipped_bit_and_fetches_again() {
+    let fake = Fake::start();
+    let blob = pseudo_random(320, 2 * 1024 * 1024 + 11);
+    let digest = fake.put_blob(REPO, &blob);
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    let store = tempfile::tempdir().expect("tempdir");
+    let (proxy, admin) = start_with_admin(&with_store(
+        &fake.proxy_config(),
+        store.path(),
+        "    verifyOnRead: true\n",
+    ));
+    let url = format!("{}{path}", proxy.url());
+    assert!(get_whole(&url).expect("first GET") == blob);
+    let file = store.path().join("blobs/sha256").join(&hex);
+    assert!(eventually(Duration::from_secs(5), || file.exists()));
+    let mut bytes = std::fs::read(&file).expect("stored file");
+    bytes[1_000_000] ^= 0x01;
+    std::fs::write(&file, &bytes).expect("flip a bit");
+
+    let hits = fake.hits(&path);
+    match get_whole(&url) {
+        Ok(body) => panic!(
+            "a corrupt stored blob was served complete ({} bytes, {})",
+            body.len(),
+            if body == blob {
+                "the right bytes"
+            } else {
+                "wrong bytes"
+            }
+        ),
+        Err(e) => eprintln!("corrupt stored blob: {e}"),
+    }
+    assert_eq!(fake.hits(&path), hits, "the corrupt read went upstream");
+    assert!(
+        eventually(Duration::from_secs(5), || !file.exists()),
+        "the corrupt file is still in the store"
+    );
+    assert!(proxy.logs().contains("no longer matches its digest"));
+    assert!(get_whole(&url).expect("after removal") == blob);
+    assert_eq!(
+        fake.hits(&path),
+        hits + 1,
+        "fetched again from the upstream"
+    );
+    let metrics = http::get(&format!("{admin}/metrics")).expect("metrics");
+    assert_eq!(
+        metric(&metrics.text(), "portcullis_content_cache_corrupt_total"),
+        1.0
+    );
+}
