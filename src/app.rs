@@ -156,8 +156,13 @@ fn build(
         .upstreams
         .iter()
         .map(|u| {
-            Upstream::new(u, config.timeouts)
-                .map(|up| Arc::new(up.with_metrics(Arc::clone(&observer.metrics))))
+            Upstream::new(u, config.timeouts).map(|up| {
+                let up = up.with_metrics(Arc::clone(&observer.metrics));
+                Arc::new(match &content {
+                    Some(store) => up.with_store(Arc::clone(store)),
+                    None => up,
+                })
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     observer.metrics.policy_loaded(&policy.revision);

@@ -372,6 +372,8 @@ struct ContentFamilies {
     downloads: Gauge<i64, AtomicI64>,
     stored_bytes: Gauge<i64, AtomicI64>,
     stored_blobs: Gauge<i64, AtomicI64>,
+    /// Counted as it happens (not scraped).
+    stale_serves: Counter<u64, AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -402,6 +404,10 @@ impl ContentFamilies {
             "content_cache_download_mismatches",
             "Downloads whose bytes did not hash to their digest (never stored)",
         );
+        let stale_serves = counter(
+            "stale_serves",
+            "Images served while their upstream could not be reached, from the content store, admitted under the current policy on evidence kept there",
+        );
         let corrupt = counter(
             "content_cache_corrupt",
             "Stored blobs found changed on disk (verifyOnRead, cache gc --verify) and removed",
@@ -421,6 +427,7 @@ impl ContentFamilies {
             errors,
             mismatches,
             corrupt,
+            stale_serves,
             downloads: gauge(
                 "content_cache_downloads_in_flight",
                 "Downloads into the content store in flight",
@@ -625,6 +632,12 @@ impl Metrics {
                 status,
             })
             .clone()
+    }
+
+    /// An image served from the content store because its upstream could
+    /// not be reached.
+    pub fn stale_serve(&self) {
+        self.scraped.content.stale_serves.inc();
     }
 
     pub fn served_bytes(&self, n: u64) {

@@ -224,6 +224,7 @@ fn record(verdict: RecordedVerdict, request_id: u64) -> DecisionRecord {
             _ => None,
         },
         replica: None,
+        stale: None,
     }
 }
 

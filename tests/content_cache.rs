@@ -506,3 +506,129 @@ fn verify_on_read_catches_a_flipped_bit_and_fetches_again() {
         1.0
     );
 }
+
+/// The upstream stopped after a verified pull: skopeo, podman and ctr still
+/// pull that image (verified again, offline, from the evidence kept in the
+/// store, by a fresh process with no verdict in memory), each such serve
+/// audited and counted; an image never pulled through the proxy fails
+/// closed saying so; and after the key is removed from the policy the kept
+/// image is refused too.
+#[test]
+fn with_the_upstream_down_only_what_the_current_policy_admits_is_served_from_the_store() {
+    use common::trust::{self, TrustConfig};
+    let reg = Registry::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = trust::keygen(keys.path(), "ci");
+    let other_key = trust::keygen(keys.path(), "other");
+    let arch = common::host_arch();
+    let host = reg.host();
+    let pulled = content::push_image(&reg.url(), "team/pulled", Some("v1"), arch, 330, &[60_000]);
+    let never = content::push_image(&reg.url(), "team/never", Some("v1"), arch, 331, &[50_000]);
+    for (repo, image) in [("team/pulled", &pulled), ("team/never", &never)] {
+        let reference = format!("{host}/{repo}:v1");
+        trust::sign(&reg.url(), &reference, repo, &image.digest, &key, &[]);
+    }
+    let store = tempfile::tempdir().expect("tempdir");
+    let audit = tempfile::tempdir().expect("tempdir");
+    let audit_file = audit.path().join("audit.jsonl");
+    let with_store = |key: &trust::KeyPair| {
+        let mut trust = TrustConfig::new(&host, &reg.url(), &[("ci", key)]);
+        trust.cache = format!(
+            "{{allowTtl: 10m, denyTtl: 30s, content: {{path: {}, maxSize: 1GiB}}}}",
+            store.path().display()
+        );
+        format!(
+            "{}audit: {{path: {}}}\n",
+            trust.yaml(),
+            audit_file.display()
+        )
+    };
+    let direct = tempfile::tempdir().expect("tempdir");
+    clients::skopeo_copy_to_dir(&format!("{host}/team/pulled:v1"), direct.path(), false);
+
+    // Online: one verified pull through the proxy.
+    {
+        let (proxy, _) = start_with_admin(&with_store(&key));
+        let dest = tempfile::tempdir().expect("tempdir");
+        clients::skopeo_copy_to_dir(
+            &format!("{}/team/pulled:v1", proxy.host()),
+            dest.path(),
+            false,
+        );
+        clients::assert_dirs_identical(direct.path(), dest.path());
+    }
+
+    // The upstream goes away; a fresh proxy (no verdicts in memory).
+    let killed = Command::new("kill")
+        .args(["-9", &reg.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let (proxy, admin) = start_with_admin(&with_store(&key));
+    let reference = format!("{}/team/pulled:v1", proxy.host());
+    let dest = tempfile::tempdir().expect("tempdir");
+    clients::skopeo_copy_to_dir(&reference, dest.path(), false);
+    clients::assert_dirs_identical(direct.path(), dest.path());
+    let podman = clients::Podman::new();
+    podman.pull(&reference);
+    let containerd = clients::Containerd::start();
+    containerd.pull_plain_http(&reference, false);
+    assert_eq!(containerd.image_target(&reference), pulled.digest);
+
+    // Never pulled through the proxy: nothing kept, fail closed, saying so.
+    let r = http::request(
+        "GET",
+        &format!("{}/v2/team/never/manifests/v1", proxy.url()),
+        &[("Accept", trust::MANIFEST_ACCEPT)],
+        &[],
+    )
+    .expect("GET never-pulled");
+    assert!(
+        r.status >= 500,
+        "never-pulled image: {} {}",
+        r.status,
+        r.text()
+    );
+    assert!(
+        r.text().contains("never verified through this proxy"),
+        "the error does not say why: {}",
+        r.text()
+    );
+
+    // Each stale serve is audited and counted.
+    let metrics = http::get(&format!("{admin}/metrics"))
+        .expect("metrics")
+        .text();
+    let stale = metric(&metrics, "portcullis_stale_serves_total");
+    assert!(stale >= 3.0, "stale serves counted: {stale}");
+    drop(proxy);
+    let audit_text = std::fs::read_to_string(&audit_file).expect("audit file");
+    let stale_records: Vec<serde_json::Value> = audit_text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["stale"].is_string())
+        .collect();
+    assert!(
+        stale_records.len() >= 3,
+        "stale serves in the audit trail: {}\n{audit_text}",
+        stale_records.len()
+    );
+    for r in &stale_records {
+        assert_eq!(r["verdict"], "allow");
+        assert_eq!(r["digest"], pulled.digest.as_str());
+    }
+
+    // The key is no longer trusted: the kept evidence no longer admits it.
+    let (proxy, _) = start_with_admin(&with_store(&other_key));
+    let r = http::request(
+        "GET",
+        &format!("{}/v2/team/pulled/manifests/v1", proxy.url()),
+        &[("Accept", trust::MANIFEST_ACCEPT)],
+        &[],
+    )
+    .expect("GET after key change");
+    assert_eq!(r.status, 403, "kept image under a new key: {}", r.text());
+    let layer = &pulled.layers[0].1.digest;
+    let r = http::get(&format!("{}/v2/team/pulled/blobs/{layer}", proxy.url())).expect("blob");
+    assert_ne!(r.status, 200, "a blob of the refused image was served");
+}

@@ -432,6 +432,7 @@ pub(crate) mod tests {
             latency_ms: 1.5,
             break_glass_justification: None,
             replica: None,
+            stale: None,
         }
     }
 

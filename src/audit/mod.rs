@@ -81,6 +81,9 @@ pub struct Decided {
     pub break_glass: Option<Use>,
     /// The replica that decided, in a fleet (`state.replica`).
     pub replica: Option<Arc<str>>,
+    /// Served from the content store because the upstream could not be
+    /// reached: why.
+    pub stale: Option<Arc<str>>,
 }
 
 impl Decided {
@@ -514,6 +517,7 @@ mod tests {
             latency: Duration::from_micros(250),
             break_glass: None,
             replica: None,
+            stale: None,
         }
     }
 

@@ -125,6 +125,11 @@ pub struct DecisionRecord {
     /// any fleet): the fleet's decision list mixes replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
+    /// The upstream could not be reached and the image was served from
+    /// the content store, verified again under the current policy: why
+    /// the upstream was not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
 }
 
 /// A small, fixed vocabulary for why a decision went the way it did.
@@ -207,6 +212,7 @@ impl DecisionRecord {
             latency_ms: decided.latency.as_secs_f64() * 1000.0,
             break_glass_justification: break_glass.map(|used| used.justification().to_owned()),
             replica: decided.replica.as_deref().map(str::to_owned),
+            stale: decided.stale.as_deref().map(str::to_owned),
         }
     }
 }

@@ -108,6 +108,9 @@ pub struct Manifest {
     /// (it is served many times from the cache).
     digest_header: Option<HeaderValue>,
     etag: Option<HeaderValue>,
+    /// Why these bytes came from the content store instead of the
+    /// upstream (it could not be reached); `None` for a live answer.
+    offline: Option<std::sync::Arc<str>>,
 }
 
 /// The bytes of a manifest requested by digest hash to another digest.
@@ -153,7 +156,20 @@ impl Manifest {
             media_type,
             digest_header,
             etag,
+            offline: None,
         }
+    }
+
+    /// The same manifest, noted as answered from the content store
+    /// because the upstream could not be reached (`why`).
+    pub fn answered_offline(mut self, why: Option<std::sync::Arc<str>>) -> Manifest {
+        self.offline = why;
+        self
+    }
+
+    /// Why the manifest came from the content store, if it did.
+    pub fn offline(&self) -> Option<&std::sync::Arc<str>> {
+        self.offline.as_ref()
     }
 
     /// The bytes, as received.

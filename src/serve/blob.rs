@@ -58,7 +58,7 @@ pub async fn serve(
     let method = if head { Method::HEAD } else { Method::GET };
     let path = format!("/v2/{}/blobs/{digest}", route.repository);
     let response = upstream
-        .fetch(method, &path, &route.repository, &headers)
+        .fetch_unkept(method, &path, &route.repository, &headers)
         .await?;
     let status = response.status();
     if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {

@@ -89,6 +89,7 @@ fn upstream_error(e: UpstreamError) -> ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unauthorized, message)
             }
             UpstreamError::Connect { .. }
+            | UpstreamError::Unreachable { .. }
             | UpstreamError::Protocol { .. }
             | UpstreamError::Redirect { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, message)

@@ -30,6 +30,13 @@ pub(super) async fn manifest(
         ),
         Outcome::Denied(d) => (d.digest(), d.cache_hit(), d.verified_in(), None),
     };
+    let stale = match outcome {
+        Outcome::Admitted(a) => a.manifest().offline().cloned(),
+        Outcome::Denied(_) => None,
+    };
+    if stale.is_some() {
+        app.observer.metrics.stale_serve();
+    }
     if let Some(took) = verified_in {
         app.observer.metrics.verification(took);
     }
@@ -48,6 +55,7 @@ pub(super) async fn manifest(
         latency: ctx.started.elapsed(),
         break_glass: break_glass.cloned(),
         replica: app.observer.replica(),
+        stale,
     };
     let routine = log(ctx, &decided, matches!(outcome, Outcome::Denied(_)));
     app.observer.decided(decided).await;
@@ -102,6 +110,7 @@ fn blob_decided(
         latency: ctx.started.elapsed(),
         break_glass,
         replica: app.observer.replica(),
+        stale: None,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::oci::error::ErrorCode;
 use crate::oci::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Reference};
 use crate::routing::Route;
+use crate::upstream::offline::Stale;
 use crate::upstream::{read_bounded, ReadError, Upstream};
 use crate::verify::{Admission, Failed, Outcome};
 
@@ -70,7 +71,7 @@ impl ManifestCache {
                     }
                 }
                 let m = fetch(upstream, route, reference, client_headers).await?;
-                if let Some(cache) = &self.by_digest {
+                if let Some(cache) = self.by_digest.as_ref().filter(|_| m.offline().is_none()) {
                     cache.insert(key, m.clone()).await;
                 }
                 Ok(m)
@@ -89,7 +90,7 @@ impl ManifestCache {
                     }
                 }
                 let m = fetch(upstream, route, reference, client_headers).await?;
-                if let Some(cache) = &self.by_tag {
+                if let Some(cache) = self.by_tag.as_ref().filter(|_| m.offline().is_none()) {
                     cache.insert(key, m.clone()).await;
                 }
                 Ok(m)
@@ -194,6 +195,10 @@ async fn fetch_now(
         });
     }
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let offline = response
+        .extensions()
+        .get::<Stale>()
+        .map(|s| Arc::clone(&s.0));
     let bytes = read_bounded(response.into_body(), MAX_MANIFEST_BYTES)
         .await
         .map_err(|e| match e {
@@ -211,17 +216,16 @@ async fn fetch_now(
             reason: "no Content-Type and no mediaType field".into(),
         })?,
     };
-    match reference {
-        Reference::Digest(requested) => {
-            Manifest::by_digest(bytes, requested, media_type).map_err(|m| {
-                ServeError::DigestMismatch {
+    let manifest =
+        match reference {
+            Reference::Digest(requested) => Manifest::by_digest(bytes, requested, media_type)
+                .map_err(|m| ServeError::DigestMismatch {
                     requested: m.requested,
                     actual: m.actual,
-                }
-            })
-        }
-        Reference::Tag(_) => Ok(Manifest::new(bytes, media_type)),
-    }
+                })?,
+            Reference::Tag(_) => Manifest::new(bytes, media_type),
+        };
+    Ok(manifest.answered_offline(offline))
 }
 
 /// Serves exactly the bytes that were verified.

@@ -163,7 +163,7 @@ async fn lead_download(
     let path = format!("/v2/{}/blobs/{digest}", ctx.route.repository);
     let response = app
         .upstream(ctx)
-        .fetch(Method::GET, &path, &ctx.route.repository, &HeaderMap::new())
+        .fetch_unkept(Method::GET, &path, &ctx.route.repository, &HeaderMap::new())
         .await?;
     if response.status() != StatusCode::OK {
         let what = format!("blob {}@{digest}", ctx.canonical);

@@ -23,6 +23,11 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// Names temporary files apart within one process.
 static TMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// A number no other temporary file of this process has.
+pub(super) fn next_tmp_sequence() -> u64 {
+    TMP_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+}
+
 /// How far a download is.
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -125,7 +130,7 @@ impl Lead {
             self.digest.algorithm().name(),
             self.digest.hex(),
             std::process::id(),
-            TMP_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+            next_tmp_sequence()
         ));
         let path = tmp.clone();
         let created = tokio::task::spawn_blocking(move || create(&path, length)).await;

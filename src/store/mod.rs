@@ -31,6 +31,7 @@
 mod download;
 mod index;
 pub mod read;
+pub mod small;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

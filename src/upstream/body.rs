@@ -46,22 +46,82 @@ impl BodyError {
     }
 }
 
-/// An upstream body that errors if no frame arrives for `idle`.
+/// An upstream body that errors if no frame arrives for `idle`; or, when
+/// the upstream could not be reached, what the content store kept of its
+/// earlier answer ([`super::offline`]).
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     upstream: String,
+    /// Sees every byte; given the whole body at its end.
+    tap: Option<Tap>,
+}
+
+enum Inner {
+    Live(Incoming),
+    /// Bytes from the store, sent as one frame.
+    Stored(Option<Bytes>),
+}
+
+/// Collects a body (up to `limit` bytes) and hands it to `on_end` when it
+/// ends cleanly; a longer body or a failed one is not handed on.
+pub(super) struct Tap {
+    collected: bytes::BytesMut,
+    limit: usize,
+    on_end: Option<Box<dyn FnOnce(Bytes) + Send>>,
+}
+
+impl Tap {
+    pub(super) fn new(limit: usize, on_end: Box<dyn FnOnce(Bytes) + Send>) -> Tap {
+        Tap {
+            collected: bytes::BytesMut::new(),
+            limit,
+            on_end: Some(on_end),
+        }
+    }
+
+    fn see(&mut self, data: &Bytes) {
+        if self.collected.len() + data.len() > self.limit {
+            self.on_end = None;
+        }
+        if self.on_end.is_some() {
+            self.collected.extend_from_slice(data);
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(std::mem::take(&mut self.collected).freeze());
+        }
+    }
 }
 
 impl UpstreamBody {
     pub fn new(inner: Incoming, idle: Duration, upstream: String) -> UpstreamBody {
         UpstreamBody {
-            inner,
+            inner: Inner::Live(inner),
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             upstream,
+            tap: None,
         }
+    }
+
+    /// A body of `bytes` from the content store.
+    pub(super) fn stored(bytes: Bytes, upstream: String) -> UpstreamBody {
+        UpstreamBody {
+            inner: Inner::Stored(Some(bytes)),
+            idle: Duration::MAX,
+            deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            upstream,
+            tap: None,
+        }
+    }
+
+    pub(super) fn with_tap(mut self, tap: Tap) -> UpstreamBody {
+        self.tap = Some(tap);
+        self
     }
 }
 
@@ -74,10 +134,25 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let inner = match &mut this.inner {
+            Inner::Stored(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Live(inner) => inner,
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 let idle = this.idle;
                 this.deadline.as_mut().reset(Instant::now() + idle);
+                if let Some(tap) = this.tap.as_mut() {
+                    match &frame {
+                        Some(Ok(f)) => {
+                            if let Some(data) = f.data_ref() {
+                                tap.see(data);
+                            }
+                        }
+                        Some(Err(_)) => this.tap = None,
+                        None => tap.end(),
+                    }
+                }
                 Poll::Ready(frame.map(|r| {
                     r.map_err(|source| BodyError::Upstream {
                         upstream: this.upstream.clone(),
@@ -96,11 +171,19 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Live(inner) => inner.is_end_stream(),
+            Inner::Stored(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Live(inner) => inner.size_hint(),
+            Inner::Stored(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod offline;
 mod referrers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::Full;
 
 use crate::config::{Timeouts, UpstreamConfig};
+use crate::store::ContentStore;
 use auth::{AuthState, Challenge, Credentials, Scheme, Secret, TokenResponse};
 pub use body::{read_bounded, BodyError, ReadError, UpstreamBody};
 use client::{ClientError, HttpClient};
@@ -62,6 +64,15 @@ pub enum UpstreamError {
     Auth { upstream: String, reason: String },
     #[error("upstream {upstream} redirect failed: {reason}")]
     Redirect { upstream: String, reason: String },
+    /// The upstream cannot be reached and the content store keeps nothing
+    /// for the request: the image was never pulled (and verified) through
+    /// this proxy, or not all of its evidence was.
+    #[error("upstream {upstream} cannot be reached ({reason}), and the content store holds no copy of {what}: it was never verified through this proxy")]
+    Unreachable {
+        upstream: String,
+        reason: String,
+        what: String,
+    },
 }
 
 /// Could not build an upstream client from its configuration.
@@ -125,6 +136,10 @@ pub struct Upstream {
     no_referrers_api_ms: AtomicU64,
     epoch: Instant,
     metrics: Option<crate::metrics::UpstreamMetrics>,
+    /// The content store its answers are kept in (`cache.content`).
+    offline: Option<Arc<ContentStore>>,
+    /// Answers the store gave because the upstream could not be reached.
+    stale_answers: AtomicU64,
 }
 
 impl Upstream {
@@ -175,7 +190,22 @@ impl Upstream {
             no_referrers_api_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics: None,
+            offline: None,
+            stale_answers: AtomicU64::new(0),
         })
+    }
+
+    /// Keeps what this upstream answers in `store`, and answers from it
+    /// when the upstream cannot be reached ([`offline`]).
+    pub fn with_store(mut self, store: Arc<ContentStore>) -> Upstream {
+        self.offline = Some(store);
+        self
+    }
+
+    /// Answers given from the content store because this upstream could
+    /// not be reached.
+    pub fn stale_answers(&self) -> u64 {
+        self.stale_answers.load(Ordering::Relaxed)
     }
 
     /// Reports upstream round trips to `metrics`.
@@ -212,6 +242,73 @@ impl Upstream {
     /// Like [`Upstream::fetch`], with a request body and the access the
     /// token must grant (`portcullis sign` pushes).
     pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        repository: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        access: Access,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let kept = match (&self.offline, access) {
+            (Some(_), Access::Pull) if method == Method::GET => offline::Kept::of(path_and_query),
+            _ => None,
+        };
+        let (Some(store), Some(kept)) = (&self.offline, kept) else {
+            return self
+                .request_online(method, path_and_query, repository, headers, body, access)
+                .await;
+        };
+        if let Some(kept) = offline::immutable(store, &self.registry, &kept).await {
+            return Ok(kept);
+        }
+        let result = self
+            .request_online(method, path_and_query, repository, headers, body, access)
+            .await;
+        let Some(why) = offline::unreachable(&result) else {
+            return result.map(|r| offline::record(store, &self.registry, kept, r));
+        };
+        match offline::answer(store, &self.registry, &kept, why.clone()).await {
+            Some(answer) => {
+                self.stale_answers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    upstream = %self.registry,
+                    path = path_and_query,
+                    reason = %why,
+                    "upstream unreachable: answered from the content store"
+                );
+                Ok(answer)
+            }
+            None => Err(UpstreamError::Unreachable {
+                upstream: self.registry.clone(),
+                reason: why,
+                what: path_and_query.to_owned(),
+            }),
+        }
+    }
+
+    /// Like [`Upstream::fetch`], but what it answers is not kept in the
+    /// content store: blob bodies the store's own downloads keep.
+    pub async fn fetch_unkept(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        repository: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        self.request_online(
+            method,
+            path_and_query,
+            repository,
+            headers,
+            Bytes::new(),
+            Access::Pull,
+        )
+        .await
+    }
+
+    /// [`Upstream::request`] on the network only.
+    async fn request_online(
         &self,
         method: Method,
         path_and_query: &str,

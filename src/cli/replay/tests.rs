@@ -89,6 +89,7 @@ fn record(repo: &str, digest: &str, verdict: RecordedVerdict, rule: &str) -> Dec
         latency_ms: 1.0,
         break_glass_justification: None,
         replica: None,
+        stale: None,
     }
 }
 

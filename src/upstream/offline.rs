@@ -1,0 +1,381 @@
+//! Answers kept for when an upstream cannot be reached (the content store,
+//! `cache.content`).
+//!
+//! While the upstream answers, what it says about manifests (by tag or
+//! digest), referrers listings and small blobs (signatures, attestations,
+//! bundles, image configs) is kept: the bytes by digest (checked), and per
+//! name the digest and media type it served — or that it had nothing
+//! (`404`), so that an offline verification sees the same absences.
+//!
+//! When the upstream cannot be reached (no connection, a timeout, a broken
+//! connection, or a `502`/`503`/`504` from a gateway in front of it), a
+//! request for something kept is answered from the store, marked
+//! [`Stale`]. Nothing here decides admission: the verifier checks these
+//! answers like any others, against the current policy and keys, so the
+//! store can only make an image available that would be admitted now on
+//! evidence once served by the upstream — never one that was not.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::{Tap, UpstreamBody};
+use super::UpstreamError;
+use crate::oci::{Digest, Reference};
+use crate::store::small::{Answer, MAX_SMALL};
+use crate::store::ContentStore;
+
+/// Marks a response that came from the store because the upstream could
+/// not be reached (in the response's extensions). Holds why.
+#[derive(Debug, Clone)]
+pub struct Stale(pub Arc<str>);
+
+/// A request whose answer is kept.
+#[derive(Debug, Clone)]
+pub(super) enum Kept {
+    Manifest {
+        repository: String,
+        reference: Reference,
+    },
+    Referrers {
+        repository: String,
+        key: String,
+    },
+    Blob {
+        digest: Digest,
+    },
+}
+
+impl Kept {
+    /// What `GET path_and_query` asks for, if it is kept.
+    pub(super) fn of(path_and_query: &str) -> Option<Kept> {
+        let path = path_and_query.split('?').next()?;
+        let rest = path.strip_prefix("/v2/")?;
+        if let Some((repository, reference)) = rest.rsplit_once("/manifests/") {
+            crate::oci::validate_name(repository).ok()?;
+            return Some(Kept::Manifest {
+                repository: repository.to_owned(),
+                reference: Reference::parse(reference).ok()?,
+            });
+        }
+        if let Some((repository, digest)) = rest.rsplit_once("/referrers/") {
+            crate::oci::validate_name(repository).ok()?;
+            digest.parse::<Digest>().ok()?;
+            // The query (an artifactType filter) is part of the question.
+            return Some(Kept::Referrers {
+                repository: repository.to_owned(),
+                key: Digest::sha256_of(path_and_query.as_bytes())
+                    .hex()
+                    .to_owned(),
+            });
+        }
+        if let Some((repository, digest)) = rest.rsplit_once("/blobs/") {
+            crate::oci::validate_name(repository).ok()?;
+            return Some(Kept::Blob {
+                digest: digest.parse().ok()?,
+            });
+        }
+        None
+    }
+
+    fn name(&self) -> (&str, &'static str, String) {
+        match self {
+            Kept::Manifest {
+                repository,
+                reference,
+            } => (repository, "manifests", reference.to_string()),
+            Kept::Referrers { repository, key } => (repository, "referrers", key.clone()),
+            Kept::Blob { .. } => ("", "blobs", String::new()),
+        }
+    }
+}
+
+/// Whether `result` means the upstream could not be reached.
+pub(super) fn unreachable(
+    result: &Result<Response<UpstreamBody>, UpstreamError>,
+) -> Option<String> {
+    match result {
+        Err(
+            e @ (UpstreamError::Connect { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Protocol { .. }),
+        ) => Some(e.to_string()),
+        Err(_) => None,
+        Ok(response) => matches!(
+            response.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        )
+        .then(|| format!("the upstream answered {}", response.status())),
+    }
+}
+
+/// What the store kept for a request.
+enum Found {
+    /// The upstream had answered `404`.
+    Absent,
+    Document {
+        bytes: Bytes,
+        digest: Digest,
+        media_type: Option<String>,
+    },
+}
+
+/// Looks `kept` up in the store (blocking: small files).
+fn look_up(store: &ContentStore, registry: &str, kept: &Kept) -> Option<Found> {
+    let (digest, media_type) = match kept {
+        Kept::Blob { digest } => (digest.clone(), None),
+        Kept::Manifest {
+            reference: Reference::Digest(digest),
+            ..
+        } => {
+            let (repository, kind, name) = kept.name();
+            let media_type = match store.get_answer(registry, repository, kind, &name) {
+                Some(Answer::Found { media_type, .. }) => media_type,
+                _ => None,
+            };
+            (digest.clone(), media_type)
+        }
+        _ => {
+            let (repository, kind, name) = kept.name();
+            match store.get_answer(registry, repository, kind, &name)? {
+                Answer::Absent => return Some(Found::Absent),
+                Answer::Found { digest, media_type } => (digest, media_type),
+            }
+        }
+    };
+    Some(Found::Document {
+        bytes: store.get_small(&digest)?,
+        digest,
+        media_type,
+    })
+}
+
+/// The kept answer to `kept` from `registry`, marked stale with `why`.
+pub(super) async fn answer(
+    store: &Arc<ContentStore>,
+    registry: &str,
+    kept: &Kept,
+    why: String,
+) -> Option<Response<UpstreamBody>> {
+    let found = {
+        let (store, registry, kept) = (Arc::clone(store), registry.to_owned(), kept.clone());
+        tokio::task::spawn_blocking(move || look_up(&store, &registry, &kept))
+            .await
+            .ok()??
+    };
+    let mut response = match found {
+        Found::Absent => {
+            let mut r = Response::new(UpstreamBody::stored(
+                Bytes::from_static(
+                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"not found (as the upstream last answered)"}]}"#,
+                ),
+                registry.to_owned(),
+            ));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+        Found::Document {
+            bytes,
+            digest,
+            media_type,
+        } => {
+            let len = bytes.len();
+            let mut r = Response::new(UpstreamBody::stored(bytes, registry.to_owned()));
+            let headers = r.headers_mut();
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            if let Some(mt) = media_type.and_then(|m| HeaderValue::from_str(&m).ok()) {
+                headers.insert(header::CONTENT_TYPE, mt);
+            }
+            if let Ok(d) = HeaderValue::from_str(&digest.to_string()) {
+                headers.insert("docker-content-digest", d);
+            }
+            r
+        }
+    };
+    response.extensions_mut().insert(Stale(why.into()));
+    Some(response)
+}
+
+/// A manifest asked for by digest that the store holds (and whose media
+/// type it kept): answered from the store without asking the upstream, as
+/// content by digest never changes.
+pub(super) async fn immutable(
+    store: &Arc<ContentStore>,
+    registry: &str,
+    kept: &Kept,
+) -> Option<Response<UpstreamBody>> {
+    let Kept::Manifest {
+        repository,
+        reference: Reference::Digest(digest),
+    } = kept
+    else {
+        return None;
+    };
+    let (store, registry, repository, digest) = (
+        Arc::clone(store),
+        registry.to_owned(),
+        repository.clone(),
+        digest.clone(),
+    );
+    let label = registry.clone();
+    let (bytes, media_type) = tokio::task::spawn_blocking(move || {
+        let media_type =
+            match store.get_answer(&registry, &repository, "manifests", &digest.to_string())? {
+                Answer::Found {
+                    media_type: Some(m),
+                    ..
+                } => m,
+                _ => return None,
+            };
+        Some((store.get_small(&digest)?, media_type))
+    })
+    .await
+    .ok()??;
+    let len = bytes.len();
+    let mut response = Response::new(UpstreamBody::stored(bytes, label));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&media_type).ok()?,
+    );
+    Some(response)
+}
+
+/// Keeps what the upstream answers to `kept`: a `404` at once, a `200`'s
+/// body once it has been read whole (through a [`Tap`]).
+pub(super) fn record(
+    store: &Arc<ContentStore>,
+    registry: &str,
+    kept: Kept,
+    response: Response<UpstreamBody>,
+) -> Response<UpstreamBody> {
+    let status = response.status();
+    if status == StatusCode::NOT_FOUND {
+        if !matches!(kept, Kept::Blob { .. }) {
+            let store = Arc::clone(store);
+            let registry = registry.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let (repository, kind, name) = kept.name();
+                let _ = store.put_answer(&registry, repository, kind, &name, &Answer::Absent);
+            });
+        }
+        return response;
+    }
+    if status != StatusCode::OK {
+        return response;
+    }
+    let declared = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_SMALL) {
+        return response;
+    }
+    let media_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let store = Arc::clone(store);
+    let registry = registry.to_owned();
+    let on_end = Box::new(move |bytes: Bytes| {
+        tokio::task::spawn_blocking(move || keep(&store, &registry, &kept, &bytes, media_type));
+    });
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.with_tap(Tap::new(MAX_SMALL as usize, on_end)))
+}
+
+/// Stores a whole `200` body and what it answered.
+fn keep(
+    store: &ContentStore,
+    registry: &str,
+    kept: &Kept,
+    bytes: &[u8],
+    media_type: Option<String>,
+) {
+    let digest = match kept {
+        Kept::Blob { digest }
+        | Kept::Manifest {
+            reference: Reference::Digest(digest),
+            ..
+        } => {
+            if digest.same_algorithm_of(bytes) != *digest {
+                return;
+            }
+            digest.clone()
+        }
+        _ => Digest::sha256_of(bytes),
+    };
+    if store.put_small(&digest, bytes).is_err() {
+        return;
+    }
+    if let Kept::Blob { .. } = kept {
+        return;
+    }
+    let (repository, kind, name) = kept.name();
+    if let Kept::Manifest {
+        reference: Reference::Tag(_),
+        ..
+    } = kept
+    {
+        // What a tag led to is also known by its digest.
+        let by_digest = Answer::Found {
+            digest: digest.clone(),
+            media_type: media_type.clone(),
+        };
+        let _ = store.put_answer(registry, repository, kind, &digest.to_string(), &by_digest);
+    }
+    let _ = store.put_answer(
+        registry,
+        repository,
+        kind,
+        &name,
+        &Answer::Found { digest, media_type },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_kept() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(matches!(
+            Kept::of("/v2/team/app/manifests/v1"),
+            Some(Kept::Manifest { .. })
+        ));
+        assert!(matches!(
+            Kept::of(&format!("/v2/team/app/manifests/{d}")),
+            Some(Kept::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            Kept::of(&format!("/v2/team/app/blobs/{d}")),
+            Some(Kept::Blob { .. })
+        ));
+        let plain = Kept::of(&format!("/v2/team/app/referrers/{d}"));
+        let filtered = Kept::of(&format!("/v2/team/app/referrers/{d}?artifactType=x"));
+        match (plain, filtered) {
+            (Some(Kept::Referrers { key: a, .. }), Some(Kept::Referrers { key: b, .. })) => {
+                assert_ne!(a, b, "a filtered listing is another question")
+            }
+            other => panic!("{other:?}"),
+        }
+        for not_kept in [
+            "/v2/",
+            "/v2/team/app/tags/list",
+            "/v2/team/app/blobs/uploads/",
+            "/v2/Team/app/manifests/v1",
+            "/v2/team/app/manifests/bad tag",
+            "/token?scope=x",
+        ] {
+            assert!(Kept::of(not_kept).is_none(), "{not_kept}");
+        }
+    }
+}
