@@ -206,6 +206,8 @@ pub struct ContentSnapshot {
     pub errors: u64,
     pub mismatches: u64,
     pub corrupt: u64,
+    pub tags_unchanged: u64,
+    pub tags_changed: u64,
     pub downloads: u64,
     pub stored_bytes: u64,
     pub stored_blobs: u64,
@@ -365,6 +367,7 @@ struct ContentFamilies {
     hits: Counter<u64, AtomicU64>,
     misses: Counter<u64, AtomicU64>,
     bytes: Family<SourceLabels, Counter<u64, AtomicU64>>,
+    revalidations: Family<ResultLabels, Counter<u64, AtomicU64>>,
     evictions: Counter<u64, AtomicU64>,
     errors: Counter<u64, AtomicU64>,
     mismatches: Counter<u64, AtomicU64>,
@@ -418,11 +421,18 @@ impl ContentFamilies {
             "Blob bytes by source: from the store to clients, or downloaded from upstreams into it",
             Family::default(),
         );
+        let revalidations = register(
+            r,
+            "content_cache_tag_revalidations",
+            "Tag requests checked with a HEAD at the upstream: unchanged (the stored manifest served, no GET) or changed (fetched again)",
+            Family::default(),
+        );
         let mut gauge = |name: &str, help: &str| register(r, name, help, Gauge::default());
         ContentFamilies {
             hits,
             misses,
             bytes,
+            revalidations,
             evictions,
             errors,
             mismatches,
@@ -712,6 +722,14 @@ impl Metrics {
             &c.bytes.get_or_create(&SourceLabels { source: "upstream" }),
             s.bytes_downloaded,
         );
+        for (result, value) in [("unchanged", s.tags_unchanged), ("changed", s.tags_changed)] {
+            set(
+                &c.revalidations.get_or_create(&ResultLabels {
+                    result: result.to_owned(),
+                }),
+                value,
+            );
+        }
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         c.downloads.set(gauge(s.downloads));
         c.stored_bytes.set(gauge(s.stored_bytes));

@@ -632,3 +632,91 @@ fn with_the_upstream_down_only_what_the_current_policy_admits_is_served_from_the
     let r = http::get(&format!("{}/v2/team/pulled/blobs/{layer}", proxy.url())).expect("blob");
     assert_ne!(r.status, 200, "a blob of the refused image was served");
 }
+
+#[test]
+fn a_stored_tag_is_revalidated_with_a_head_and_refetched_when_it_moves() {
+    let reg = Registry::start_with_access_log();
+    let first = content::push_image(
+        &reg.url(),
+        REPO,
+        Some("v1"),
+        common::host_arch(),
+        305,
+        &[1_000],
+    );
+    let store = tempfile::tempdir().expect("tempdir");
+    let (proxy, admin) = start_with_admin(&with_store(
+        &single_upstream_config(&reg.host()),
+        store.path(),
+        "",
+    ));
+    let url = format!("{}/v2/{REPO}/manifests/v1", proxy.url());
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let get = || {
+        let r = http::request("GET", &url, &accept, &[]).expect("manifest");
+        assert_eq!(r.status, 200, "manifest by tag: {}", r.text());
+        r
+    };
+    let tag_requests = |method: &str| {
+        reg.logs()
+            .matches(&format!("\"{method} /v2/{REPO}/manifests/v1 "))
+            .count()
+    };
+    // The first pull fetches the tag (what it answered is kept once the
+    // body was read, in the background); the next two only ask whether it
+    // still names the stored manifest.
+    let kept = |digest: &str| {
+        let answer = store
+            .path()
+            .join("refs")
+            .join(reg.host())
+            .join(REPO)
+            .join("manifests")
+            .join("v1");
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&answer).is_ok_and(|a| a.starts_with(digest))
+        })
+    };
+    for i in 0..3 {
+        let r = get();
+        assert_eq!(r.body, first.manifest, "the manifest's exact bytes");
+        assert_eq!(
+            r.header("docker-content-digest"),
+            Some(first.digest.as_str())
+        );
+        if i == 0 {
+            assert!(kept(&first.digest), "the tag's answer was never kept");
+        }
+    }
+    let (gets, heads) = (tag_requests("GET"), tag_requests("HEAD"));
+    assert_eq!((gets, heads), (1, 2), "upstream GETs and HEADs of the tag");
+    let text = http::get(&format!("{admin}/metrics"))
+        .expect("metrics")
+        .text();
+    assert!(
+        text.contains("portcullis_content_cache_tag_revalidations_total{result=\"unchanged\"} 2"),
+        "{text}"
+    );
+
+    // The tag moves: the HEAD names another digest, and the new manifest
+    // is fetched and served, never the stored one.
+    let second = content::push_image(
+        &reg.url(),
+        REPO,
+        Some("v1"),
+        common::host_arch(),
+        306,
+        &[1_000],
+    );
+    assert_ne!(first.digest, second.digest);
+    let r = get();
+    assert_eq!(r.body, second.manifest, "the moved tag's manifest");
+    assert_eq!((tag_requests("GET"), tag_requests("HEAD")), (2, 3));
+    assert!(
+        kept(&second.digest),
+        "the moved tag's answer was never kept"
+    );
+    let r = get();
+    assert_eq!(r.body, second.manifest, "and from the store afterwards");
+    assert_eq!((tag_requests("GET"), tag_requests("HEAD")), (2, 4));
+}

@@ -110,6 +110,8 @@ fn content_snapshot(store: &ContentStore) -> ContentSnapshot {
         errors: s.errors.load(Relaxed),
         mismatches: s.mismatches.load(Relaxed),
         corrupt: s.corrupt.load(Relaxed),
+        tags_unchanged: s.tags_unchanged.load(Relaxed),
+        tags_changed: s.tags_changed.load(Relaxed),
         downloads: store.downloads(),
         stored_bytes,
         stored_blobs,

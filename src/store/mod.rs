@@ -71,6 +71,11 @@ pub struct StoreStats {
     /// Stored files that no longer matched their digest when read
     /// (`verifyOnRead`, or `cache gc --verify`): removed.
     pub corrupt: AtomicU64,
+    /// Tag requests whose `HEAD` at the upstream named the manifest the
+    /// store holds (served from the store, no `GET`).
+    pub tags_unchanged: AtomicU64,
+    /// Tag requests whose `HEAD` named another manifest (fetched again).
+    pub tags_changed: AtomicU64,
 }
 
 /// What the store has for a digest.

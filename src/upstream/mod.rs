@@ -262,13 +262,50 @@ impl Upstream {
         if let Some(kept) = offline::immutable(store, &self.registry, &kept).await {
             return Ok(kept);
         }
+        if let Some(last) = offline::last_for_tag(store, &self.registry, &kept).await {
+            // A tag whose manifest is stored: a HEAD says whether it still
+            // leads there (cheap, and not a pull on Docker Hub's count).
+            let head = self
+                .request_online(
+                    Method::HEAD,
+                    path_and_query,
+                    repository,
+                    headers,
+                    Bytes::new(),
+                    access,
+                )
+                .await;
+            match offline::unreachable(&head) {
+                Some(why) => return self.answer_offline(store, &kept, why, path_and_query).await,
+                None => {
+                    if let Some(response) = head
+                        .ok()
+                        .and_then(|head| offline::unchanged(store, &self.registry, last, &head))
+                    {
+                        return Ok(response);
+                    }
+                }
+            }
+        }
         let result = self
             .request_online(method, path_and_query, repository, headers, body, access)
             .await;
         let Some(why) = offline::unreachable(&result) else {
             return result.map(|r| offline::record(store, &self.registry, kept, r));
         };
-        match offline::answer(store, &self.registry, &kept, why.clone()).await {
+        self.answer_offline(store, &kept, why, path_and_query).await
+    }
+
+    /// The store's answer to `kept` when the upstream could not be reached
+    /// (`why`), marked stale; or, if it holds none, the error saying so.
+    async fn answer_offline(
+        &self,
+        store: &Arc<ContentStore>,
+        kept: &offline::Kept,
+        why: String,
+        path_and_query: &str,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match offline::answer(store, &self.registry, kept, why.clone()).await {
             Some(answer) => {
                 self.stale_answers.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(

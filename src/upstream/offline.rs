@@ -7,6 +7,12 @@
 //! name the digest and media type it served — or that it had nothing
 //! (`404`), so that an offline verification sees the same absences.
 //!
+//! A tag whose manifest the store holds is revalidated with a `HEAD`
+//! (same `Accept`): if the upstream names the stored digest, the stored
+//! bytes are the answer, with no `GET` (Docker Hub does not count a `HEAD`
+//! as a pull). How often a tag is asked at all is `cache.tagTtl`'s
+//! business, above this.
+//!
 //! When the upstream cannot be reached (no connection, a timeout, a broken
 //! connection, or a `502`/`503`/`504` from a gateway in front of it), a
 //! request for something kept is answered from the store, marked
@@ -15,6 +21,7 @@
 //! store can only make an image available that would be admitted now on
 //! evidence once served by the upstream — never one that was not.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -179,22 +186,103 @@ pub(super) async fn answer(
             bytes,
             digest,
             media_type,
-        } => {
-            let len = bytes.len();
-            let mut r = Response::new(UpstreamBody::stored(bytes, registry.to_owned()));
-            let headers = r.headers_mut();
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            if let Some(mt) = media_type.and_then(|m| HeaderValue::from_str(&m).ok()) {
-                headers.insert(header::CONTENT_TYPE, mt);
-            }
-            if let Ok(d) = HeaderValue::from_str(&digest.to_string()) {
-                headers.insert("docker-content-digest", d);
-            }
-            r
-        }
+        } => document(bytes, &digest, media_type.as_deref(), registry),
     };
     response.extensions_mut().insert(Stale(why.into()));
     Some(response)
+}
+
+/// A `200` carrying stored `bytes` (which hash to `digest`).
+fn document(
+    bytes: Bytes,
+    digest: &Digest,
+    media_type: Option<&str>,
+    registry: &str,
+) -> Response<UpstreamBody> {
+    let len = bytes.len();
+    let mut r = Response::new(UpstreamBody::stored(bytes, registry.to_owned()));
+    let headers = r.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(mt) = media_type.and_then(|m| HeaderValue::from_str(m).ok()) {
+        headers.insert(header::CONTENT_TYPE, mt);
+    }
+    if let Ok(d) = HeaderValue::from_str(&digest.to_string()) {
+        headers.insert("docker-content-digest", d);
+    }
+    r
+}
+
+/// The manifest a tag led to when the upstream last answered it, if the
+/// store still holds its bytes (checked against its digest on read).
+pub(super) struct LastAnswer {
+    digest: Digest,
+    bytes: Bytes,
+    media_type: Option<String>,
+}
+
+/// What the store holds for a manifest request by tag.
+pub(super) async fn last_for_tag(
+    store: &Arc<ContentStore>,
+    registry: &str,
+    kept: &Kept,
+) -> Option<LastAnswer> {
+    let Kept::Manifest {
+        reference: Reference::Tag(_),
+        ..
+    } = kept
+    else {
+        return None;
+    };
+    let (store, registry, kept) = (Arc::clone(store), registry.to_owned(), kept.clone());
+    tokio::task::spawn_blocking(move || match look_up(&store, &registry, &kept)? {
+        Found::Absent => None,
+        Found::Document {
+            bytes,
+            digest,
+            media_type,
+        } => Some(LastAnswer {
+            digest,
+            bytes,
+            media_type,
+        }),
+    })
+    .await
+    .ok()?
+}
+
+/// Revalidation: `head` is the upstream's answer to a `HEAD` of the tag
+/// (with the client's `Accept`). When it names the digest of the stored
+/// manifest, that manifest is the answer a `GET` would bring (same digest,
+/// same bytes) and it is served from the store; otherwise `None` (the tag
+/// moved, the upstream does not say, or it refused: ask with a `GET`).
+pub(super) fn unchanged(
+    store: &ContentStore,
+    registry: &str,
+    last: LastAnswer,
+    head: &Response<UpstreamBody>,
+) -> Option<Response<UpstreamBody>> {
+    let named = head
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<Digest>().ok());
+    if head.status() != StatusCode::OK || named.as_ref() != Some(&last.digest) {
+        store.stats.tags_changed.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    store.stats.tags_unchanged.fetch_add(1, Ordering::Relaxed);
+    let media_type = head
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(last.media_type);
+    Some(document(
+        last.bytes,
+        &last.digest,
+        media_type.as_deref(),
+        registry,
+    ))
 }
 
 /// A manifest asked for by digest that the store holds (and whose media
