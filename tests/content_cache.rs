@@ -720,3 +720,154 @@ fn a_stored_tag_is_revalidated_with_a_head_and_refetched_when_it_moves() {
     assert_eq!(r.body, second.manifest, "and from the store afterwards");
     assert_eq!((tag_requests("GET"), tag_requests("HEAD")), (2, 4));
 }
+
+/// Runs `portcullis ARGS`: exit code, stdout, stderr.
+fn portcullis(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .expect("run portcullis");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cache_commands_warm_list_verify_and_purge_the_store() {
+    let reg = Registry::start_with_access_log();
+    let image = content::push_image(
+        &reg.url(),
+        REPO,
+        Some("v1"),
+        common::host_arch(),
+        307,
+        &[200_000, 30_000],
+    );
+    content::push_image(
+        &reg.url(),
+        "team/denied",
+        Some("v1"),
+        common::host_arch(),
+        308,
+        &[1_000],
+    );
+    let store = tempfile::tempdir().expect("tempdir");
+    let policy = format!(
+        "policy:\n  admissionWhitelistPatterns:\n    - namePattern: {}/{REPO}\n  \
+         defaultAdmissionRule: {{evaluationMode: ALWAYS_DENY}}\n",
+        reg.host()
+    );
+    let config = with_store(&single_upstream_config(&reg.host()), store.path(), &policy);
+    let (proxy, _admin) = start_with_admin(&config);
+    let config_path = proxy.config_path();
+    let config_arg = config_path.to_str().expect("utf-8 path");
+
+    // warm: pulls the image through the proxy, which stores every blob.
+    let reference = format!("{}/{REPO}:v1", proxy.host());
+    let (code, out, err) = portcullis(&["cache", "warm", "--insecure", &reference]);
+    assert_eq!(code, 0, "warm: {out}{err}");
+    let blobs = image.blobs().len();
+    assert!(
+        out.contains(&format!("warmed 1 manifests, {blobs} blobs")),
+        "{out}"
+    );
+    // Not a terminal: a plain line per blob, no bar.
+    assert!(
+        !err.contains('\r'),
+        "progress bar drawn off a terminal: {err:?}"
+    );
+    for blob in image.blobs() {
+        assert!(
+            err.contains(&blob.digest),
+            "no line for {}: {err}",
+            blob.digest
+        );
+    }
+    assert!(eventually(Duration::from_secs(5), || {
+        let (stored, _) = store_files(store.path());
+        image
+            .blobs()
+            .iter()
+            .all(|b| stored.contains(&b.digest.trim_start_matches("sha256:").to_owned()))
+    }));
+    let fetched = upstream_blob_gets(&reg, REPO, None);
+    let dest = tempfile::tempdir().expect("tempdir");
+    clients::skopeo_copy_to_dir(&reference, dest.path(), false);
+    assert_eq!(
+        upstream_blob_gets(&reg, REPO, None),
+        fetched,
+        "a pull after warm fetches no blob from the upstream"
+    );
+
+    // A denied image: warm says the proxy refused it, exit 1.
+    let denied = format!("{}/team/denied:v1", proxy.host());
+    let (code, out, err) = portcullis(&["cache", "warm", "--insecure", &denied]);
+    assert_eq!(code, 1, "warm of a denied image: {out}{err}");
+    assert!(err.contains("refused") && err.contains("403"), "{err}");
+
+    // ls and du.
+    let upstream_ref = format!("{}/{REPO}:v1", reg.host());
+    let (code, out, err) = portcullis(&["cache", "ls", "-c", config_arg]);
+    assert_eq!(code, 0, "ls: {out}{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with(&upstream_ref)
+            && l.contains(&image.digest)
+            && l.ends_with("stored")),
+        "ls:\n{out}"
+    );
+    let (code, out, err) = portcullis(&["cache", "du", "-c", config_arg]);
+    assert_eq!(code, 0, "du: {out}{err}");
+    assert!(out.contains("of maxSize 1.0 GiB"), "du:\n{out}");
+
+    // gc --verify finds a flipped bit, removes the file, exits 1.
+    let layer = &image.layers[0].1;
+    let path = store
+        .path()
+        .join("blobs/sha256")
+        .join(layer.digest.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).expect("stored layer");
+    bytes[100] ^= 0x10;
+    std::fs::write(&path, bytes).expect("flip a bit");
+    let (code, out, err) = portcullis(&["cache", "gc", "--verify", "-c", config_arg]);
+    assert_eq!(code, 1, "gc --verify with a corrupt blob: {out}{err}");
+    assert!(err.contains(&layer.digest), "{err}");
+    assert!(out.contains("1 corrupt"), "{out}");
+    assert!(!path.exists(), "the corrupt file is still in the store");
+    let (code, out, err) = portcullis(&["cache", "gc", "--verify", "-c", config_arg]);
+    assert_eq!(code, 0, "gc --verify on a clean store: {out}{err}");
+
+    // purge: the image is gone from the store, so with the upstream down
+    // it is no longer served (it was, before the purge).
+    drop(reg); // the upstream is down from here on
+    let manifest_url = format!("{}/v2/{REPO}/manifests/v1", proxy.url());
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let before = http::request("GET", &manifest_url, &accept, &[]).expect("manifest");
+    assert_eq!(
+        before.status,
+        200,
+        "served from the store: {}",
+        before.text()
+    );
+    let (code, out, err) = portcullis(&["cache", "purge", "-c", config_arg, &upstream_ref]);
+    assert_eq!(code, 0, "purge: {out}{err}");
+    assert!(out.contains("removed"), "{out}");
+    let (_, out, _) = portcullis(&["cache", "ls", "-c", config_arg]);
+    assert!(
+        !out.contains(&upstream_ref),
+        "still listed after purge:\n{out}"
+    );
+    let after = http::request("GET", &manifest_url, &accept, &[]).expect("manifest");
+    assert_eq!(after.status, 502, "after purge: {}", after.text());
+    for blob in image.blobs() {
+        let r = http::request(
+            "GET",
+            &format!("{}/v2/{REPO}/blobs/{}", proxy.url(), blob.digest),
+            &[],
+            &[],
+        )
+        .expect("blob");
+        assert_ne!(r.status, 200, "{} served after purge", blob.digest);
+    }
+}

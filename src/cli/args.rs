@@ -99,6 +99,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AttestationsCommand,
     },
+    /// The content store (cache.content): list, size, clean, purge, warm.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Evaluate the policy for an image against the live upstream and
     /// explain the decision. Exit 0 allow, 1 deny, 2 error.
     Verify {
@@ -138,6 +143,81 @@ pub enum AttestationsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Which content store a `cache` command works on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// The configuration whose cache.content is the store.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// The store's directory, instead of the configuration's (no maxSize:
+    /// `gc` then does not evict).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+impl From<StoreArgs> for super::cache::StoreLocation {
+    fn from(args: StoreArgs) -> Self {
+        super::cache::StoreLocation {
+            config: args.config,
+            store: args.store,
+        }
+    }
+}
+
+// `portcullis cache …`.
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// List the tags the store answers for (and with --blobs every blob).
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Also list every stored blob, its size and when it was last used.
+        #[arg(long)]
+        blobs: bool,
+    },
+    /// Show what the store takes, against cache.content.maxSize.
+    Du {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Evict to maxSize and empty tmp/ (when no Portcullis holds the
+    /// store), drop kept answers whose content is gone; --verify hashes
+    /// every blob again and removes those that changed (exit 1 if any).
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Hash every stored blob and remove those that no longer match.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Remove images from the store: the tag's answer, its manifests,
+    /// configs, layers and signature tags. Nothing of them is served from
+    /// the store afterwards, also not while the upstream is down.
+    Purge {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Images, fully qualified at their upstream, e.g.
+        /// docker.io/library/alpine:3.20.
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Pull images through a running Portcullis ahead of a rollout, so it
+    /// verifies and stores them (a progress bar on a terminal, a line per
+    /// blob otherwise). Exit 1 if the proxy refuses one.
+    Warm {
+        /// Images as a runtime names them through Portcullis, e.g.
+        /// portcullis.internal:5000/library/alpine:3.20.
+        #[arg(required = true)]
+        references: Vec<String>,
+        /// Only these platforms of a multi-platform image (os/arch[/variant],
+        /// repeatable); all without.
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        #[command(flatten)]
+        registry: RegistryOptions,
     },
 }
 

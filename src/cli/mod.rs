@@ -24,6 +24,7 @@ use crate::config::{Config, ConfigError, DEFAULT_CONFIG};
 mod args;
 pub mod attest;
 pub mod attestations;
+pub mod cache;
 pub mod check;
 pub mod explain;
 pub mod image;
@@ -34,7 +35,7 @@ pub mod serve;
 pub mod sign;
 pub mod verify;
 
-pub use args::{AttestationsCommand, Cli, Command, PolicyCommand};
+pub use args::{AttestationsCommand, CacheCommand, Cli, Command, PolicyCommand};
 
 /// How a command ended. [`Exit::code`] is the one exit-code policy; see
 /// the table in the module documentation.
@@ -188,6 +189,19 @@ fn dispatch(command: Command) -> Outcome {
                 },
         } => attestations::run_list(&reference, config.as_deref(), json),
         Command::Verify { reference, config } => verify::run(&reference, config.as_deref()),
+        Command::Cache { command } => match command {
+            CacheCommand::Ls { store, blobs } => cache::run_ls(&store.into(), blobs),
+            CacheCommand::Du { store } => cache::run_du(&store.into()),
+            CacheCommand::Gc { store, verify } => cache::run_gc(&store.into(), verify),
+            CacheCommand::Purge { store, references } => {
+                cache::run_purge(&store.into(), &references)
+            }
+            CacheCommand::Warm {
+                references,
+                platforms,
+                registry,
+            } => cache::run_warm(&references, &platforms, &registry),
+        },
     }
 }
 

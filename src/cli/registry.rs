@@ -43,7 +43,10 @@ pub struct RegistryOptions {
     pub token_realms: Vec<String>,
 }
 
-fn registry_client(registry: &str, options: &RegistryOptions) -> Result<Upstream, String> {
+pub(super) fn registry_client(
+    registry: &str,
+    options: &RegistryOptions,
+) -> Result<Upstream, String> {
     let scheme = if options.insecure { "http" } else { "https" };
     let auth = match (&options.username, &options.password_file) {
         (Some(username), Some(password_file)) => Some(AuthConfig {

@@ -30,6 +30,7 @@
 
 mod download;
 mod index;
+pub mod inventory;
 pub mod read;
 pub mod small;
 
@@ -201,10 +202,7 @@ impl ContentStore {
 
     /// The file a stored blob is in (whether or not it is stored).
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(digest.algorithm().name())
-            .join(digest.hex())
+        inventory::blob_path(&self.root, digest)
     }
 
     /// Whether a disk error made the store step aside and it has not come
@@ -386,11 +384,14 @@ fn lock_exclusively(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)?;
     rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
         |e| {
-            std::io::Error::other(format!(
-                "{} is locked ({e}): another Portcullis process uses this store; give each \
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is locked ({e}): another Portcullis process uses this store; give each \
                  replica its own cache.content.path",
-                path.display()
-            ))
+                    path.display()
+                ),
+            )
         },
     )?;
     Ok(file)

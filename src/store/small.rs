@@ -106,23 +106,14 @@ impl ContentStore {
         kind: &str,
         name: &str,
     ) -> Option<Answer> {
-        let path = self.answer_path(registry, repository, kind, name);
-        let text = std::fs::read_to_string(path).ok()?;
-        let mut lines = text.lines();
-        let first = lines.next()?;
-        if first == "absent" {
-            return Some(Answer::Absent);
-        }
-        let digest = first.parse().ok()?;
-        let media_type = lines.next().filter(|m| !m.is_empty()).map(str::to_owned);
-        Some(Answer::Found { digest, media_type })
+        super::inventory::read_answer(&self.answer_path(registry, repository, kind, name))
     }
 
     /// `refs/<registry>/<repository>/<kind>/<name>`; every part is one a
     /// route or the configuration validated, and separators in them
     /// cannot climb out (`..` is not a valid name component).
     fn answer_path(&self, registry: &str, repository: &str, kind: &str, name: &str) -> PathBuf {
-        let clean = |s: &str| s.replace(['/', '\\'], "_").replace("..", "_");
+        use super::inventory::clean;
         let mut path = self.root.join("refs").join(clean(registry));
         for component in repository.split('/') {
             path.push(clean(component));
