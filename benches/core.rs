@@ -317,6 +317,35 @@ fn bench_sha256(c: &mut Criterion) {
     g.finish();
 }
 
+/// Opening a content store of 100,000 blobs: the startup index rebuild
+/// (one directory read and a stat per file; warm page cache).
+fn bench_store_open(c: &mut Criterion) {
+    use portcullis::config::cache::ContentConfig;
+    use portcullis::store::ContentStore;
+    const BLOBS: u32 = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = dir.path().join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir");
+    for i in 0..BLOBS {
+        let digest = Digest::sha256_of(&i.to_le_bytes());
+        std::fs::write(blobs.join(digest.hex()), i.to_le_bytes()).expect("write blob");
+    }
+    let config = ContentConfig {
+        path: dir.path().to_path_buf(),
+        max_size: u64::MAX / 2,
+        verify_on_read: false,
+    };
+    let mut g = c.benchmark_group("content_store");
+    g.sample_size(10);
+    g.bench_function("open_100k_blobs", |b| {
+        b.iter(|| {
+            let store = ContentStore::open(&config).expect("open");
+            assert_eq!(store.usage().0, u64::from(BLOBS));
+        })
+    });
+    g.finish();
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -466,7 +495,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_policy, bench_p256, bench_verdict_cache, bench_sha256
+    targets = bench_policy, bench_p256, bench_verdict_cache, bench_sha256, bench_store_open
 }
 
 fn main() {
