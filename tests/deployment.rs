@@ -119,6 +119,8 @@ struct PortcullisConfig {
     redis: Option<RedisState>,
     /// `attestationStore.path`.
     attestation_store: Option<String>,
+    /// `cache.content.path`.
+    content_store: Option<String>,
 }
 
 /// `state.redis` of a Portcullis config.
@@ -228,6 +230,12 @@ fn parse_config(text: &str) -> PortcullisConfig {
         replica,
         redis,
         attestation_store,
+        content_store: v
+            .get("cache")
+            .and_then(|c| c.get("content"))
+            .and_then(|c| c.get("path"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     }
 }
 
@@ -401,6 +409,8 @@ struct ComposeReplica {
     ports: Vec<(Option<String>, u16, u16)>,
     /// The named volume the audit file is on.
     audit_volume: String,
+    /// The named volume the content store is on.
+    content_volume: String,
     networks: BTreeSet<String>,
     depends_on: BTreeSet<String>,
 }
@@ -497,6 +507,16 @@ fn compose_replica(
         "the Dockerfile does not create {audit_dir} for its user"
     );
     let audit_volume = m.source.clone();
+
+    // So is the content store, on a volume of its own.
+    let content = config.content_store.as_deref().expect("cache.content.path");
+    let m = mount_at(content).unwrap_or_else(|| panic!("{name}: {content} is not a volume"));
+    assert!(!is_bind(&m.source) && !m.read_only);
+    assert!(
+        dockerfile_text_creates(content),
+        "the Dockerfile does not create {content} for its user"
+    );
+    let content_volume = m.source.clone();
     assert_eq!(
         p.get("read_only").and_then(Value::as_bool),
         Some(true),
@@ -543,6 +563,7 @@ fn compose_replica(
         config,
         ports,
         audit_volume,
+        content_volume,
         networks: networks(p),
         depends_on,
     }
@@ -773,6 +794,12 @@ fn compose_fleet_shares_state_through_redis() {
         audit.len(),
         replicas.len(),
         "replicas share an audit volume"
+    );
+    let content: BTreeSet<&str> = replicas.iter().map(|r| r.content_volume.as_str()).collect();
+    assert_eq!(
+        content.len(),
+        replicas.len(),
+        "replicas share a content store volume (each needs its own)"
     );
 
     // The Redis service the URL names.
@@ -1175,6 +1202,20 @@ fn k8s_manifests_parse_and_agree_with_the_configmap() {
         );
         // `check` does not open it, but a temp dir is where it belongs.
         text = text.replace(store.as_str(), "attestations");
+    }
+    if let Some(content) = &config.content_store {
+        // The content store: writable, and a volume each pod has to itself
+        // (an emptyDir; a shared claim would put two replicas on one store).
+        let (mount, volume) = mount_of(pod_spec, c, content);
+        assert_ne!(
+            mount.get("readOnly").and_then(Value::as_bool),
+            Some(true),
+            "cache.content.path {content} is read-only"
+        );
+        assert!(
+            volume.get("emptyDir").is_some(),
+            "cache.content.path {content} is not on a per-pod emptyDir: {volume:?}"
+        );
     }
     files.insert(p.key.clone(), text);
     let summary = portcullis_check(&files, &p.key, "the ConfigMap's portcullis.yaml");
