@@ -6,12 +6,23 @@
 # redis-server (pc-fleet, pc-fleet-b): the warm by-digest manifest path with
 # Redis configured next to without, and the first GET of a blob on a replica
 # that did not admit its image (one Redis lookup; section 2b).
+# Issue 14: the content store (cache.content). pc-cache is pc-require's
+# policy with an on-disk store in a fresh directory: the big blob served
+# from the store (warmed with one GET, the hits counter checked on every
+# run) at 1 and 4 streams next to the registry and distribution's warm
+# proxy (MB/s, CPU-s/GiB, peak RSS with 4 streams), whole-image skopeo and
+# ctr pulls of the stored image (second pull) next to the registry, and
+# cold pulls through an empty store (pc-cache-cold, restarted on a new
+# empty directory before every pull) next to pass-through pc-require and
+# distribution's proxy on empty storage (distproxy-cold). A pull through
+# the store that fails, or a blob not served from it, fails the run.
 #
 #   bench/run.sh            full run (3 repetitions, 256 MiB blob, 1 and 4
 #                           streams, criterion; ~14 minutes from a fresh
 #                           clone, build included)
 #   bench/run.sh --quick    CI/local smoke run (1 repetition, short runs,
-#                           32 MiB blob, 1 stream, tiny criterion; < 2 min)
+#                           32 MiB blob, 1 and 4 streams, tiny criterion;
+#                           < 3 min)
 #   --no-install            do not apt-get install missing tools
 #   --no-build              use an existing release build
 #
@@ -42,7 +53,7 @@ for arg in "$@"; do
 done
 
 if [ "$MODE" = quick ]; then
-    REPS=1 DUR=1 CONCS="1 16 64" BIG_MIB=32 STREAMS="1" COLD_REPS=5 PULL_REPS=1 GATE_REPS=30
+    REPS=1 DUR=1 CONCS="1 16 64" BIG_MIB=32 STREAMS="1 4" COLD_REPS=5 PULL_REPS=1 GATE_REPS=30
     CRIT_WARMUP=0.1 CRIT_MEASURE=0.3 VERDICTS=100000
 else
     REPS=3 DUR=2 CONCS="1 16 64" BIG_MIB=256 STREAMS="1 4" COLD_REPS=15 PULL_REPS=3 GATE_REPS=100
@@ -98,6 +109,16 @@ start_bg() { # start_bg LOG CMD... (pinned to the server CPUs); sets LAST_PID
     PIDS+=("$LAST_PID")
 }
 
+stop_bg() { # stop_bg PID: stops one process started by start_bg (and forgets it)
+    local pid=$1 p keep=()
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
 free_ports() { # free_ports N: N distinct free loopback ports
     python3 - "$1" <<'PY'
 import socket, sys
@@ -145,7 +166,8 @@ fi
 BUILD_S=$(($(date +%s) - STARTED))
 [ -x "$BIN" ] || die "no release binary at $BIN"
 
-read -r P_UP P_DP P_NG P_ST P_PA P_PR P_PT A_PA A_PR A_PT P_RD P_FA P_FB A_FA A_FB <<<"$(free_ports 15)"
+read -r P_UP P_DP P_NG P_ST P_PA P_PR P_PT A_PA A_PR A_PT P_RD P_FA P_FB A_FA A_FB \
+    P_PC A_PC P_PK A_PK P_DK <<<"$(free_ports 20)"
 UP=127.0.0.1:$P_UP
 log "work directory $WORK; servers on CPUs $SERVER_CPUS, clients on CPU $CLIENT_CPUS"
 
@@ -232,10 +254,14 @@ start_bg "$WORK/redis.log" /usr/bin/redis-server --port "$P_RD" --bind 127.0.0.1
 PID_RD=$LAST_PID
 
 # Portcullis: ALWAYS_ALLOW; REQUIRE_ATTESTATION (tags revalidated on every
-# request, the default); REQUIRE_ATTESTATION with a 5 s tag TTL; and two
-# replicas of a fleet (REQUIRE_ATTESTATION sharing state through Redis).
+# request, the default); REQUIRE_ATTESTATION with a 5 s tag TTL; two
+# replicas of a fleet (REQUIRE_ATTESTATION sharing state through Redis);
+# and REQUIRE_ATTESTATION with the content store (pc-cache; pc-cache-cold,
+# started on an empty store before each cold pull, section 4).
 PEM=$(sed 's/^/            /' "$WORK/cosign.pub")
-pc_config() { # pc_config FILE PORT ADMIN MODE TAG_TTL [REPLICA (with state.redis)]
+pc_config() { # pc_config FILE PORT ADMIN MODE TAG_TTL [REPLICA (with state.redis)] [STORE_DIR (cache.content)]
+    local content=""
+    [ -n "${7:-}" ] && content=", content: {path: \"$7\", maxSize: 8GiB}"
     {
         cat <<YAML
 listen: 127.0.0.1:$2
@@ -244,7 +270,7 @@ upstreams:
     url: http://$UP
     default: true
 admin: {listen: 127.0.0.1:$3}
-cache: {allowTtl: 10m, denyTtl: 30s, maxEntries: 100000, tagTtl: $5}
+cache: {allowTtl: 10m, denyTtl: 30s, maxEntries: 100000, tagTtl: $5$content}
 policy:
   defaultAdmissionRule:
     evaluationMode: $4
@@ -277,6 +303,7 @@ pc_config "$WORK/pc-require.yaml" "$P_PR" "$A_PR" REQUIRE_ATTESTATION 0s
 pc_config "$WORK/pc-require-ttl.yaml" "$P_PT" "$A_PT" REQUIRE_ATTESTATION 5s
 pc_config "$WORK/pc-fleet.yaml" "$P_FA" "$A_FA" REQUIRE_ATTESTATION 0s a
 pc_config "$WORK/pc-fleet-b.yaml" "$P_FB" "$A_FB" REQUIRE_ATTESTATION 0s b
+pc_config "$WORK/pc-cache.yaml" "$P_PC" "$A_PC" REQUIRE_ATTESTATION 0s "" "$WORK/pc-cache-store"
 start_bg "$WORK/pc-allow.log" "$BIN" serve --config "$WORK/pc-allow.yaml"
 PID_PA=$LAST_PID
 start_bg "$WORK/pc-require.log" "$BIN" serve --config "$WORK/pc-require.yaml"
@@ -287,22 +314,26 @@ start_bg "$WORK/pc-fleet.log" "$BIN" serve --config "$WORK/pc-fleet.yaml"
 PID_FA=$LAST_PID
 start_bg "$WORK/pc-fleet-b.log" "$BIN" serve --config "$WORK/pc-fleet-b.yaml"
 PID_FB=$LAST_PID
+start_bg "$WORK/pc-cache.log" "$BIN" serve --config "$WORK/pc-cache.yaml"
+PID_PC=$LAST_PID
 
 declare -A URL=(
     [direct]=http://$UP [distproxy]=http://127.0.0.1:$P_DP [nginx]=http://127.0.0.1:$P_NG
     [static]=http://127.0.0.1:$P_ST [pc-allow]=http://127.0.0.1:$P_PA
     [pc-require]=http://127.0.0.1:$P_PR [pc-require-ttl]=http://127.0.0.1:$P_PT
     [pc-fleet]=http://127.0.0.1:$P_FA [pc-fleet-b]=http://127.0.0.1:$P_FB
+    [pc-cache]=http://127.0.0.1:$P_PC [pc-cache-cold]=http://127.0.0.1:$P_PK
+    [distproxy-cold]=http://127.0.0.1:$P_DK
 )
 declare -A PIDOF=(
     [direct]=$PID_UP [distproxy]=$PID_DP [nginx]=$PID_NG [static]=$PID_NG
     [pc-allow]=$PID_PA [pc-require]=$PID_PR [pc-require-ttl]=$PID_PT
-    [pc-fleet]=$PID_FA [pc-fleet-b]=$PID_FB
+    [pc-fleet]=$PID_FA [pc-fleet-b]=$PID_FB [pc-cache]=$PID_PC
 )
 wait_http "${URL[distproxy]}/v2/" "$PID_DP" "distribution proxy"
 wait_http "${URL[static]}/" "$PID_NG" "nginx"
 wait_http "${URL[nginx]}/v2/" "$PID_NG" "nginx"
-for t in pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b; do
+for t in pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b pc-cache; do
     wait_http "${URL[$t]}/v2/" "${PIDOF[$t]}" "$t"
 done
 for _ in $(seq 1 100); do
@@ -343,6 +374,28 @@ hwm_kib() { # largest VmHWM among the server's processes
     echo "$m"
 }
 now_ns() { date +%s%N; }
+pc_metric() { # pc_metric ADMIN_PORT SERIES: one series of a Portcullis /metrics (0 if absent)
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" |
+        awk -v n="portcullis_$2" '$1 == n {print $2; f=1} END {if (!f) print 0}'
+}
+cache_counts() { # cache_counts ADMIN_PORT: "hits misses bytes-from-store bytes-from-upstream" of cache.content
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" | awk '
+        $1 == "portcullis_content_cache_hits_total" {h = $2}
+        $1 == "portcullis_content_cache_misses_total" {m = $2}
+        $1 == "portcullis_content_cache_bytes_total{source=\"store\"}" {s = $2}
+        $1 == "portcullis_content_cache_bytes_total{source=\"upstream\"}" {u = $2}
+        END {printf "%.0f %.0f %.0f %.0f\n", h, m, s, u}'
+}
+wait_stored() { # wait_stored ADMIN_PORT NAME: until the store holds the big blob, no download in flight
+    local inflight stored
+    for _ in $(seq 1 300); do
+        inflight=$(pc_metric "$1" content_cache_downloads_in_flight) || inflight=-1
+        stored=$(pc_metric "$1" content_cache_stored_bytes) || stored=0
+        [ "$inflight" = 0 ] && [ "$stored" -ge "$BIG_SIZE" ] && return 0
+        sleep 0.1
+    done
+    die "$2: the content store does not hold the $((BIG_SIZE >> 20)) MiB blob 30 s after its first GET (stored $stored bytes, $inflight downloads in flight)"
+}
 
 RAW=$WORK/raw.tsv
 : >"$RAW"
@@ -356,10 +409,10 @@ expect_200() {
 }
 
 # ---------------------------------------------------------------- warm --
-log "warming the proxies (manifests, index children, the big blob through distribution)"
+log "warming the proxies (manifests, index children, the big blob through distribution and into pc-cache's store)"
 # pc-fleet-b comes after pc-fleet: it adopts pc-fleet's verdicts from Redis
 # (and opens its connection to it).
-for t in direct distproxy nginx pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b; do
+for t in direct distproxy nginx pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b pc-cache; do
     u=${URL[$t]}
     for path in demo/app/manifests/v1 "demo/app/manifests/$APP_DIGEST" demo/multi/manifests/v1 \
         "demo/multi/manifests/$MULTI_DIGEST" demo/big/manifests/v1 "demo/big/manifests/$BIG_DIGEST"; do
@@ -368,6 +421,21 @@ for t in direct distproxy nginx pc-allow pc-require pc-require-ttl pc-fleet pc-f
     curl -s -o /dev/null -H "Accept: $ACCEPT" "$u/v2/demo/multi/manifests/v1-amd64"
 done
 expect_200 "${URL[distproxy]}/v2/demo/big/blobs/$BIG_LAYER"
+# pc-cache: one GET stores the big blob (a miss, downloaded once); the next
+# is served from the store (a hit, no upstream bytes).
+cc=$(cache_counts "$A_PC") || die "pc-cache: no /metrics"
+read -r _ m0 _ u0 <<<"$cc"
+expect_200 "${URL[pc-cache]}/v2/demo/big/blobs/$BIG_LAYER"
+wait_stored "$A_PC" pc-cache
+cc=$(cache_counts "$A_PC") || die "pc-cache: no /metrics"
+read -r h1 m1 _ u1 <<<"$cc"
+[ "$((m1 - m0))" -ge 1 ] && [ "$((u1 - u0))" -ge "$BIG_SIZE" ] ||
+    die "pc-cache: the first GET of the big blob was not downloaded into the store (misses +$((m1 - m0)), upstream bytes +$((u1 - u0)))"
+expect_200 "${URL[pc-cache]}/v2/demo/big/blobs/$BIG_LAYER"
+cc=$(cache_counts "$A_PC") || die "pc-cache: no /metrics"
+read -r h2 m2 _ u2 <<<"$cc"
+[ "$((h2 - h1))" -ge 1 ] && [ "$m2" = "$m1" ] && [ "$u2" = "$u1" ] ||
+    die "pc-cache: the second GET of the big blob was not served from the store (hits +$((h2 - h1)), misses +$((m2 - m1)), upstream bytes +$((u2 - u1)))"
 # Warm connections/caches once more with a short load.
 for t in direct distproxy nginx static pc-allow pc-require pc-require-ttl pc-fleet; do
     taskset -c "$CLIENT_CPUS" wrk -t1 -c16 -d1s -H "Accept: $ACCEPT" \
@@ -458,11 +526,8 @@ while read -r tag _; do
     "$BIN" sign "$UP/gate/app:$tag" --key "$WORK/cosign.key" --insecure >>"$WORK/sign.log" 2>&1 ||
         die "portcullis sign gate/app:$tag"
 done <"$WORK/gate.txt"
-fleet_counter() { # fleet_counter ADMIN_PORT NAME: a counter on a replica's /metrics
-    curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="portcullis_$2" '$1 == n {print $2; f=1} END {if (!f) print 0}'
-}
-hits0=$(fleet_counter "$A_FB" fleet_shared_hits_total)
-falls0=$(fleet_counter "$A_FB" redis_fallbacks_total)
+hits0=$(pc_metric "$A_FB" fleet_shared_hits_total)
+falls0=$(pc_metric "$A_FB" redis_fallbacks_total)
 taskset -c "$CLIENT_CPUS" python3 "$SELF_DIR/blobgate.py" gate/app "${URL[pc-fleet]}" "${URL[pc-fleet-b]}" \
     "${URL[direct]}" "$GATE_CONTROL" "127.0.0.1:$P_RD" <"$WORK/gate.txt" >"$WORK/gate.out" 2>>"$WORK/gate.log" ||
     die "blobgate.py (see $WORK/gate.log)"
@@ -489,19 +554,25 @@ while read -r kind t a b n fail; do
 done <"$WORK/gate.out"
 # What pc-fleet-b found in Redis meanwhile (one hit per blob) and answered
 # without it (should be none).
-hits1=$(fleet_counter "$A_FB" fleet_shared_hits_total)
-falls1=$(fleet_counter "$A_FB" redis_fallbacks_total)
+hits1=$(pc_metric "$A_FB" fleet_shared_hits_total)
+falls1=$(pc_metric "$A_FB" redis_fallbacks_total)
 rec gate "$GATE_CASE" pc-fleet-b redis_hits "$(python3 -c "print($hits1 - $hits0)")"
 rec gate "$GATE_CASE" pc-fleet-b redis_fallbacks "$(python3 -c "print($falls1 - $falls0)")"
 
 # ----------------------------------------------------------- 3. blobs --
-BLOB_TARGETS="direct distproxy nginx pc-allow pc-require"
+# pc-cache serves the blob from its store (warmed above): every run must
+# add one hit per stream, no miss, and all its bytes from the store.
+BLOB_TARGETS="direct distproxy nginx pc-allow pc-require pc-cache"
 for rep in $(seq 1 "$REPS"); do
     log "blobs: repetition $rep/$REPS ($((BIG_SIZE >> 20)) MiB; streams: $STREAMS)"
     for s in $STREAMS; do
         for t in $BLOB_TARGETS; do
             pid=${PIDOF[$t]}
             url="${URL[$t]}/v2/demo/big/blobs/$BIG_LAYER"
+            if [ "$t" = pc-cache ]; then
+                cc=$(cache_counts "$A_PC") || die "pc-cache: no /metrics"
+                read -r h0 m0 s0 _ <<<"$cc"
+            fi
             hwm_reset "$pid"
             c0=$(cpu_ticks "$pid")
             u0=$(upstream_sent)
@@ -522,11 +593,17 @@ for rep in $(seq 1 "$REPS"); do
                     die "blob via $t: HTTP $code, $got of $BIG_SIZE bytes"
             done
             bytes=$((BIG_SIZE * s))
+            if [ "$t" = pc-cache ]; then
+                cc=$(cache_counts "$A_PC") || die "pc-cache: no /metrics"
+                read -r h1 m1 s1 _ <<<"$cc"
+                [ "$((h1 - h0))" -ge "$s" ] && [ "$m1" = "$m0" ] && [ "$((s1 - s0))" -ge "$bytes" ] ||
+                    die "blob via pc-cache, $s stream(s): not served from the store (hits +$((h1 - h0)), misses +$((m1 - m0)), bytes from the store $((s1 - s0)) of $bytes)"
+            fi
             cs="${s} stream(s)"
             rec blob "$cs" "$t" mb_s "$(python3 -c "print($bytes/1e6/(($t1-$t0)/1e9))")"
             rec blob "$cs" "$t" cpu_s_per_gib "$(python3 -c "print(($c1-$c0)/$CLK_TCK/($bytes/2**30))")"
             rec blob "$cs" "$t" peak_rss_mib "$(python3 -c "print($(hwm_kib "$pid")/1024)")"
-            if [ "$t" = pc-allow ] || [ "$t" = pc-require ] || [ "$t" = nginx ]; then
+            if [ "$t" = pc-allow ] || [ "$t" = pc-require ] || [ "$t" = nginx ] || [ "$t" = pc-cache ]; then
                 # Upstream body+header bytes per client body byte, over the
                 # proxy's kept-alive upstream connections (ss bytes_acked).
                 rec blob "$cs" "$t" upstream_per_client "$(python3 -c "print(($u1-$u0)/$bytes)")"
@@ -559,36 +636,124 @@ PID_CD=$LAST_PID
 CTR=(ctr --address "$WORK/containerd/sock" -n bench)
 for _ in $(seq 1 100); do "${CTR[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
 "${CTR[@]}" version >/dev/null 2>&1 || die "containerd did not start"
-PULL_TARGETS="direct distproxy nginx pc-allow pc-require"
-for rep in $(seq 1 "$PULL_REPS"); do
-    log "whole-image pulls: repetition $rep/$PULL_REPS (skopeo copy, ctr pull of demo/big:v1)"
-    for t in $PULL_TARGETS; do
-        host=${URL[$t]#http://}
-        rm -rf "$WORK/pull"
-        t0=$(now_ns)
+pull() { # pull skopeo|ctr TARGET: one timed pull of demo/big:v1 (skopeo copy to a new dir:, or ctr pull, then removed); sets PULL_S
+    local client=$1 t=$2 host=${URL[$2]#http://} t0 t1 left
+    rm -rf "$WORK/pull"
+    t0=$(now_ns)
+    if [ "$client" = skopeo ]; then
         taskset -c "$CLIENT_CPUS" skopeo --policy "$WORK/policy.json" copy --quiet \
             --src-tls-verify=false "docker://$host/demo/big:v1" "dir:$WORK/pull" >>"$WORK/skopeo.log" 2>&1 ||
             die "skopeo copy via $t"
         t1=$(now_ns)
-        rec pull "skopeo copy" "$t" wall_s "$(python3 -c "print(($t1-$t0)/1e9)")"
         rm -rf "$WORK/pull"
-        t0=$(now_ns)
+    else
         taskset -c "$CLIENT_CPUS" "${CTR[@]}" images pull --plain-http --snapshotter native \
             "$host/demo/big:v1" >>"$WORK/ctr.log" 2>&1 || die "ctr pull via $t"
         t1=$(now_ns)
-        rec pull "ctr pull" "$t" wall_s "$(python3 -c "print(($t1-$t0)/1e9)")"
         "${CTR[@]}" images rm --sync "$host/demo/big:v1" >>"$WORK/ctr.log" 2>&1 || true
         left=$("${CTR[@]}" content ls -q 2>/dev/null | wc -l)
         [ "$left" = 0 ] || die "containerd kept $left blobs after removing the image"
+    fi
+    PULL_S=$(python3 -c "print(($t1-$t0)/1e9)")
+}
+declare -A PULL_CASE=([skopeo]="skopeo copy" [ctr]="ctr pull")
+
+# Cold pulls through a content store (issue 14): before each one, a new
+# pc-cache-cold on a new empty store directory, and for scale distribution's
+# proxy on empty storage (distproxy-cold). Their manifests are fetched
+# first, as every other target's were in the warm-up (so the verdict is
+# cached, as in pass-through pc-require's pulls): the pull's blobs are all
+# first fetches.
+cat >"$WORK/distproxy-cold.yml.in" <<YAML
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage:
+  filesystem: {rootdirectory: @DIR@}
+http: {addr: 127.0.0.1:$P_DK}
+proxy: {remoteurl: http://$UP}
+YAML
+COLD_N=0
+restart_cold() { # restart_cold pc-cache-cold|distproxy-cold: a fresh instance on empty storage
+    local t=$1 dir
+    if [ -n "${PIDOF[$t]:-}" ]; then stop_bg "${PIDOF[$t]}"; fi
+    rm -rf "$WORK/$t"-*/
+    COLD_N=$((COLD_N + 1))
+    dir=$WORK/$t-$COLD_N
+    if [ "$t" = pc-cache-cold ]; then
+        pc_config "$WORK/$t.yaml" "$P_PK" "$A_PK" REQUIRE_ATTESTATION 0s "" "$dir"
+        start_bg "$WORK/$t.log" "$BIN" serve --config "$WORK/$t.yaml"
+    else
+        sed "s|@DIR@|$dir|" "$WORK/distproxy-cold.yml.in" >"$WORK/$t.yml"
+        start_bg "$WORK/$t.log" docker-registry serve "$WORK/$t.yml"
+    fi
+    PIDOF[$t]=$LAST_PID
+    wait_http "${URL[$t]}/v2/" "$LAST_PID" "$t"
+    expect_200 "${URL[$t]}/v2/demo/big/manifests/v1"
+    expect_200 "${URL[$t]}/v2/demo/big/manifests/$BIG_DIGEST"
+}
+
+PULL_TARGETS="direct distproxy nginx pc-allow pc-require pc-cache"
+COLD_TARGETS="pc-cache-cold distproxy-cold"
+# pc-cache's measured pulls are second pulls: a first one stores what the
+# warm-up did not fetch (the image's config blob).
+pull skopeo pc-cache
+wait_stored "$A_PC" pc-cache
+for rep in $(seq 1 "$PULL_REPS"); do
+    log "whole-image pulls: repetition $rep/$PULL_REPS (skopeo copy, ctr pull of demo/big:v1; cold: $COLD_TARGETS)"
+    for t in $PULL_TARGETS; do
+        for client in skopeo ctr; do
+            if [ "$t" = pc-cache ]; then
+                cc=$(cache_counts "$A_PC") || die "pc-cache: no /metrics"
+                read -r h0 m0 s0 _ <<<"$cc"
+            fi
+            pull "$client" "$t"
+            rec pull "${PULL_CASE[$client]}" "$t" wall_s "$PULL_S"
+            if [ "$t" = pc-cache ]; then
+                cc=$(cache_counts "$A_PC") || die "pc-cache: no /metrics"
+                read -r h1 m1 s1 _ <<<"$cc"
+                [ "$((h1 - h0))" -ge 1 ] && [ "$m1" = "$m0" ] && [ "$((s1 - s0))" -ge "$BIG_SIZE" ] ||
+                    die "${PULL_CASE[$client]} via pc-cache (second pull): not served from the store (hits +$((h1 - h0)), misses +$((m1 - m0)), bytes from the store $((s1 - s0)) of at least $BIG_SIZE)"
+            fi
+        done
     done
+    for client in skopeo ctr; do
+        for t in $COLD_TARGETS; do
+            restart_cold "$t"
+            if [ "$t" = pc-cache-cold ]; then
+                cc=$(cache_counts "$A_PK") || die "pc-cache-cold: no /metrics"
+                read -r _ m0 _ u0 <<<"$cc"
+            fi
+            pull "$client" "$t"
+            rec pull "${PULL_CASE[$client]}" "$t" wall_s "$PULL_S"
+            if [ "$t" = pc-cache-cold ]; then
+                wait_stored "$A_PK" pc-cache-cold
+                cc=$(cache_counts "$A_PK") || die "pc-cache-cold: no /metrics"
+                read -r _ m1 _ u1 <<<"$cc"
+                [ "$((m1 - m0))" -ge 1 ] && [ "$((u1 - u0))" -ge "$BIG_SIZE" ] ||
+                    die "${PULL_CASE[$client]} via pc-cache-cold (empty store): the blobs did not go through the store (misses +$((m1 - m0)), bytes downloaded into it $((u1 - u0)) of at least $BIG_SIZE)"
+            fi
+        done
+    done
+done
+for t in $COLD_TARGETS; do
+    stop_bg "${PIDOF[$t]}"
+    unset "PIDOF[$t]"
+    rm -rf "$WORK/$t"-*/
 done
 kill -TERM "$PID_CD" 2>/dev/null || true
 
 # Memory after everything (RSS now, for the record).
-for t in direct distproxy nginx pc-allow pc-require; do
+for t in direct distproxy nginx pc-allow pc-require pc-cache; do
     rec memory "RSS at end" "$t" rss_mib \
         "$(awk '/^VmRSS/{print $2/1024}' "/proc/${PIDOF[$t]}/status")"
 done
+# pc-cache's content store over the whole run.
+cc=$(cache_counts "$A_PC") || die "pc-cache: no /metrics"
+read -r h1 m1 s1 u1 <<<"$cc"
+rec cache "content store counters" pc-cache hits "$h1"
+rec cache "content store counters" pc-cache misses "$m1"
+rec cache "content store counters" pc-cache gib_from_store "$(python3 -c "print($s1/2**30)")"
+rec cache "content store counters" pc-cache gib_from_upstream "$(python3 -c "print($u1/2**30)")"
 
 # ------------------------------------------------- 5. micro-benchmarks --
 log "openssl speed ecdsap256"
@@ -647,6 +812,7 @@ END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "gate_reps=$GATE_REPS"
     echo "duration_s=$DUR"
     echo "big_mib=$((BIG_SIZE >> 20))"
+    echo "clk_tck=$CLK_TCK"
     echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')"
     echo "versions=$(docker-registry --version 2>/dev/null | awk '{print $NF}' | head -1) (distribution), $(nginx -v 2>&1 | sed 's/.*\///'), $(wrk -v 2>&1 | head -1 | awk '{print $2}') (wrk), $(skopeo --version | awk '{print $3}') (skopeo), $(ctr --version | awk '{print $3}') (ctr), $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/') (redis), $(rustc --version | awk '{print $2}') (rustc)"
     echo "elapsed=$(($(date +%s) - STARTED)) s (of which building: ${BUILD_S} s)"
