@@ -28,7 +28,7 @@ use super::ContentStore;
 use crate::oci::{Digest, Hasher};
 
 /// Bytes read from the file at a time.
-pub const READ_CHUNK: usize = 256 * 1024;
+pub const READ_CHUNK: usize = 1024 * 1024;
 
 /// Chunks read ahead of the client, per response.
 pub const READ_AHEAD: usize = 2;
