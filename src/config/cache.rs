@@ -55,6 +55,22 @@ pub struct ContentConfig {
     pub verify_on_read: bool,
 }
 
+impl ContentConfig {
+    /// Its line in `portcullis check`'s summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "content cache: {} (at most {} bytes{})\n",
+            self.path.display(),
+            self.max_size,
+            if self.verify_on_read {
+                ", hashed again on every read"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 /// The smallest `cache.content.maxSize` accepted.
 const MIN_CONTENT_SIZE: u64 = 1 << 20;
 

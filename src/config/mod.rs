@@ -380,16 +380,7 @@ impl Config {
             None => out.push_str("audit: off (decisions are still logged)\n"),
         }
         if let Some(content) = &self.cache.content {
-            out.push_str(&format!(
-                "content cache: {} (at most {} bytes{})\n",
-                content.path.display(),
-                content.max_size,
-                if content.verify_on_read {
-                    ", hashed again on every read"
-                } else {
-                    ""
-                }
-            ));
+            out.push_str(&content.summary());
         }
         if let Some(alerts) = &self.alerts {
             out.push_str(&format!("alerts: {} webhook(s)\n", alerts.webhooks.len()));

@@ -6,9 +6,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use base64::Engine as _;
-use http::HeaderValue;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Uri};
 use tokio::sync::Mutex;
+
+use super::body::{read_bounded, UpstreamBody};
+use super::{UpstreamError, MAX_TOKEN_RESPONSE};
 
 /// At most this many scopes keep a cached token; past it, expired tokens are
 /// dropped and, if that is not enough, the cache starts over. One scope is
@@ -246,6 +252,160 @@ pub struct TokenResponse {
     pub token: Option<String>,
     pub access_token: Option<String>,
     pub expires_in: Option<u64>,
+}
+
+/// Token authentication: what an upstream's challenges ask for.
+impl super::Upstream {
+    /// The `Authorization` to send before any challenge, when an earlier
+    /// challenge told us the scheme.
+    pub(super) async fn proactive_authorization(
+        &self,
+        scope: &str,
+    ) -> Result<Option<Secret>, UpstreamError> {
+        match self.auth.scheme() {
+            None => Ok(None),
+            Some(Scheme::Basic) => Ok(self.auth.credentials.as_ref().map(|c| c.basic_header())),
+            Some(Scheme::Bearer { realm, service }) => {
+                if let Some(token) = self.auth.cached_token(scope).await {
+                    return Ok(Some(token));
+                }
+                self.fetch_token(&realm, service.as_deref(), scope, scope)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    /// Answers a 401 challenge; `None` when we have nothing to answer with.
+    pub(super) async fn answer_challenge(
+        &self,
+        challenge: Challenge,
+        scope: &str,
+    ) -> Result<Option<Secret>, UpstreamError> {
+        match challenge {
+            Challenge::Basic => {
+                let Some(credentials) = &self.auth.credentials else {
+                    return Ok(None);
+                };
+                self.auth.learn(Scheme::Basic);
+                Ok(Some(credentials.basic_header()))
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope: asked,
+            } => {
+                self.auth.learn(Scheme::Bearer {
+                    realm: realm.clone(),
+                    service: service.clone(),
+                });
+                let asked = asked.unwrap_or_else(|| scope.to_owned());
+                self.fetch_token(&realm, service.as_deref(), &asked, scope)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    /// Gets a token for `scope` from the token endpoint and caches it under
+    /// `cache_key`; within `timeouts.read` in all (a token response is a
+    /// few hundred bytes: a token endpoint trickling it must not hold a
+    /// blob request, which has no total deadline of its own).
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        cache_key: &str,
+    ) -> Result<Secret, UpstreamError> {
+        self.within(
+            self.timeouts.read,
+            "read",
+            || "a token".to_owned(),
+            self.fetch_token_now(realm, service, scope, cache_key),
+        )
+        .await
+    }
+
+    async fn fetch_token_now(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        cache_key: &str,
+    ) -> Result<Secret, UpstreamError> {
+        let auth_error = |reason: String| UpstreamError::Auth {
+            upstream: self.registry.clone(),
+            reason,
+        };
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", scope);
+            query.finish()
+        };
+        let separator = if realm.contains('?') { '&' } else { '?' };
+        let uri: Uri = format!("{realm}{separator}{query}")
+            .parse()
+            .map_err(|_| auth_error(format!("token realm {realm:?} is not a URL")))?;
+        let basic = match &self.auth.credentials {
+            Some(credentials) if self.realm_gets_credentials(realm) => {
+                Some(credentials.basic_header())
+            }
+            Some(_) => {
+                if !self.warned_foreign_realm.swap(true, Ordering::Relaxed) {
+                    let shown: String = realm.chars().take(200).collect();
+                    tracing::warn!(
+                        upstream = %self.registry,
+                        realm = %shown,
+                        "token realm is not on the upstream's own origin and not in \
+                         upstreams[].auth.tokenRealms: asking it for an anonymous token, \
+                         without the configured credentials (logged once)"
+                    );
+                }
+                None
+            }
+            None => None,
+        };
+        let response = self
+            .send(
+                Method::GET,
+                uri,
+                &HeaderMap::new(),
+                basic.as_ref(),
+                Bytes::new(),
+            )
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(auth_error(format!("token endpoint answered {status}")));
+        }
+        let body = UpstreamBody::new(
+            response.into_body(),
+            self.timeouts.read,
+            self.registry.clone(),
+        );
+        let bytes = read_bounded(body, MAX_TOKEN_RESPONSE)
+            .await
+            .map_err(|e| auth_error(format!("reading token response: {e}")))?;
+        let parsed: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| auth_error(format!("token response is not JSON: {e}")))?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| auth_error("token response has no token".into()))?;
+        self.auth
+            .store_token(
+                cache_key,
+                &token,
+                parsed.expires_in.map(Duration::from_secs),
+            )
+            .await
+            .ok_or_else(|| auth_error("token is not a valid header value".into()))
+    }
 }
 
 #[cfg(test)]

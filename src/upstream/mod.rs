@@ -26,7 +26,7 @@ use http_body_util::Full;
 
 use crate::config::{Timeouts, UpstreamConfig};
 use crate::store::ContentStore;
-use auth::{AuthState, Challenge, Credentials, Scheme, Secret, TokenResponse};
+use auth::{AuthState, Challenge, Credentials, Secret};
 pub use body::{read_bounded, BodyError, ReadError, UpstreamBody};
 use client::{ClientError, HttpClient};
 pub use referrers::Referrers;
@@ -254,73 +254,15 @@ impl Upstream {
             (Some(_), Access::Pull) if method == Method::GET => offline::Kept::of(path_and_query),
             _ => None,
         };
-        let (Some(store), Some(kept)) = (&self.offline, kept) else {
-            return self
-                .request_online(method, path_and_query, repository, headers, body, access)
-                .await;
-        };
-        if let Some(kept) = offline::immutable(store, &self.registry, &kept).await {
-            return Ok(kept);
-        }
-        if let Some(last) = offline::last_for_tag(store, &self.registry, &kept).await {
-            // A tag whose manifest is stored: a HEAD says whether it still
-            // leads there (cheap, and not a pull on Docker Hub's count).
-            let head = self
-                .request_online(
-                    Method::HEAD,
-                    path_and_query,
-                    repository,
-                    headers,
-                    Bytes::new(),
-                    access,
-                )
-                .await;
-            match offline::unreachable(&head) {
-                Some(why) => return self.answer_offline(store, &kept, why, path_and_query).await,
-                None => {
-                    if let Some(response) = head
-                        .ok()
-                        .and_then(|head| offline::unchanged(store, &self.registry, last, &head))
-                    {
-                        return Ok(response);
-                    }
-                }
+        match (&self.offline, kept) {
+            (Some(store), Some(kept)) => {
+                self.request_kept(store, kept, path_and_query, repository, headers)
+                    .await
             }
-        }
-        let result = self
-            .request_online(method, path_and_query, repository, headers, body, access)
-            .await;
-        let Some(why) = offline::unreachable(&result) else {
-            return result.map(|r| offline::record(store, &self.registry, kept, r));
-        };
-        self.answer_offline(store, &kept, why, path_and_query).await
-    }
-
-    /// The store's answer to `kept` when the upstream could not be reached
-    /// (`why`), marked stale; or, if it holds none, the error saying so.
-    async fn answer_offline(
-        &self,
-        store: &Arc<ContentStore>,
-        kept: &offline::Kept,
-        why: String,
-        path_and_query: &str,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match offline::answer(store, &self.registry, kept, why.clone()).await {
-            Some(answer) => {
-                self.stale_answers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    upstream = %self.registry,
-                    path = path_and_query,
-                    reason = %why,
-                    "upstream unreachable: answered from the content store"
-                );
-                Ok(answer)
+            _ => {
+                self.request_online(method, path_and_query, repository, headers, body, access)
+                    .await
             }
-            None => Err(UpstreamError::Unreachable {
-                upstream: self.registry.clone(),
-                reason: why,
-                what: path_and_query.to_owned(),
-            }),
         }
     }
 
@@ -660,154 +602,6 @@ impl Upstream {
             }
             Ok(Ok(response)) => Ok(response),
         }
-    }
-
-    /// The `Authorization` to send before any challenge, when an earlier
-    /// challenge told us the scheme.
-    async fn proactive_authorization(&self, scope: &str) -> Result<Option<Secret>, UpstreamError> {
-        match self.auth.scheme() {
-            None => Ok(None),
-            Some(Scheme::Basic) => Ok(self.auth.credentials.as_ref().map(|c| c.basic_header())),
-            Some(Scheme::Bearer { realm, service }) => {
-                if let Some(token) = self.auth.cached_token(scope).await {
-                    return Ok(Some(token));
-                }
-                self.fetch_token(&realm, service.as_deref(), scope, scope)
-                    .await
-                    .map(Some)
-            }
-        }
-    }
-
-    /// Answers a 401 challenge; `None` when we have nothing to answer with.
-    async fn answer_challenge(
-        &self,
-        challenge: Challenge,
-        scope: &str,
-    ) -> Result<Option<Secret>, UpstreamError> {
-        match challenge {
-            Challenge::Basic => {
-                let Some(credentials) = &self.auth.credentials else {
-                    return Ok(None);
-                };
-                self.auth.learn(Scheme::Basic);
-                Ok(Some(credentials.basic_header()))
-            }
-            Challenge::Bearer {
-                realm,
-                service,
-                scope: asked,
-            } => {
-                self.auth.learn(Scheme::Bearer {
-                    realm: realm.clone(),
-                    service: service.clone(),
-                });
-                let asked = asked.unwrap_or_else(|| scope.to_owned());
-                self.fetch_token(&realm, service.as_deref(), &asked, scope)
-                    .await
-                    .map(Some)
-            }
-        }
-    }
-
-    /// Gets a token for `scope` from the token endpoint and caches it under
-    /// `cache_key`; within `timeouts.read` in all (a token response is a
-    /// few hundred bytes: a token endpoint trickling it must not hold a
-    /// blob request, which has no total deadline of its own).
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        cache_key: &str,
-    ) -> Result<Secret, UpstreamError> {
-        self.within(
-            self.timeouts.read,
-            "read",
-            || "a token".to_owned(),
-            self.fetch_token_now(realm, service, scope, cache_key),
-        )
-        .await
-    }
-
-    async fn fetch_token_now(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        cache_key: &str,
-    ) -> Result<Secret, UpstreamError> {
-        let auth_error = |reason: String| UpstreamError::Auth {
-            upstream: self.registry.clone(),
-            reason,
-        };
-        let query = {
-            let mut query = form_urlencoded::Serializer::new(String::new());
-            if let Some(service) = service {
-                query.append_pair("service", service);
-            }
-            query.append_pair("scope", scope);
-            query.finish()
-        };
-        let separator = if realm.contains('?') { '&' } else { '?' };
-        let uri: Uri = format!("{realm}{separator}{query}")
-            .parse()
-            .map_err(|_| auth_error(format!("token realm {realm:?} is not a URL")))?;
-        let basic = match &self.auth.credentials {
-            Some(credentials) if self.realm_gets_credentials(realm) => {
-                Some(credentials.basic_header())
-            }
-            Some(_) => {
-                if !self.warned_foreign_realm.swap(true, Ordering::Relaxed) {
-                    let shown: String = realm.chars().take(200).collect();
-                    tracing::warn!(
-                        upstream = %self.registry,
-                        realm = %shown,
-                        "token realm is not on the upstream's own origin and not in \
-                         upstreams[].auth.tokenRealms: asking it for an anonymous token, \
-                         without the configured credentials (logged once)"
-                    );
-                }
-                None
-            }
-            None => None,
-        };
-        let response = self
-            .send(
-                Method::GET,
-                uri,
-                &HeaderMap::new(),
-                basic.as_ref(),
-                Bytes::new(),
-            )
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(auth_error(format!("token endpoint answered {status}")));
-        }
-        let body = UpstreamBody::new(
-            response.into_body(),
-            self.timeouts.read,
-            self.registry.clone(),
-        );
-        let bytes = read_bounded(body, MAX_TOKEN_RESPONSE)
-            .await
-            .map_err(|e| auth_error(format!("reading token response: {e}")))?;
-        let parsed: TokenResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| auth_error(format!("token response is not JSON: {e}")))?;
-        let token = parsed
-            .token
-            .or(parsed.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| auth_error("token response has no token".into()))?;
-        self.auth
-            .store_token(
-                cache_key,
-                &token,
-                parsed.expires_in.map(Duration::from_secs),
-            )
-            .await
-            .ok_or_else(|| auth_error("token is not a valid header value".into()))
     }
 }
 

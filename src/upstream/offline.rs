@@ -25,10 +25,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::body::{Tap, UpstreamBody};
-use super::UpstreamError;
+use super::{Access, UpstreamError};
 use crate::oci::{Digest, Reference};
 use crate::store::small::{Answer, MAX_SMALL};
 use crate::store::ContentStore;
@@ -423,6 +423,82 @@ fn keep(
         &name,
         &Answer::Found { digest, media_type },
     );
+}
+
+impl super::Upstream {
+    /// A pull (`GET`) of something the store keeps: by-digest manifests
+    /// from the store, stored tags revalidated with a `HEAD`, everything
+    /// else fetched and kept; the store's answer when the upstream cannot
+    /// be reached.
+    pub(super) async fn request_kept(
+        &self,
+        store: &Arc<ContentStore>,
+        kept: Kept,
+        path_and_query: &str,
+        repository: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if let Some(stored) = immutable(store, &self.registry, &kept).await {
+            return Ok(stored);
+        }
+        let online = |method: Method| {
+            self.request_online(
+                method,
+                path_and_query,
+                repository,
+                headers,
+                Bytes::new(),
+                Access::Pull,
+            )
+        };
+        if let Some(last) = last_for_tag(store, &self.registry, &kept).await {
+            // A tag whose manifest is stored: a HEAD says whether it still
+            // leads there (cheap, and not a pull on Docker Hub's count).
+            let head = online(Method::HEAD).await;
+            if let Some(why) = unreachable(&head) {
+                return self.answer_offline(store, &kept, why, path_and_query).await;
+            }
+            if let Some(response) = head
+                .ok()
+                .and_then(|head| unchanged(store, &self.registry, last, &head))
+            {
+                return Ok(response);
+            }
+        }
+        let result = online(Method::GET).await;
+        match unreachable(&result) {
+            None => result.map(|r| record(store, &self.registry, kept, r)),
+            Some(why) => self.answer_offline(store, &kept, why, path_and_query).await,
+        }
+    }
+
+    /// The store's answer to `kept` when the upstream could not be reached
+    /// (`why`), marked stale; or, if it holds none, the error saying so.
+    async fn answer_offline(
+        &self,
+        store: &Arc<ContentStore>,
+        kept: &Kept,
+        why: String,
+        path_and_query: &str,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match answer(store, &self.registry, kept, why.clone()).await {
+            Some(answer) => {
+                self.stale_answers.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    upstream = %self.registry,
+                    path = path_and_query,
+                    reason = %why,
+                    "upstream unreachable: answered from the content store"
+                );
+                Ok(answer)
+            }
+            None => Err(UpstreamError::Unreachable {
+                upstream: self.registry.clone(),
+                reason: why,
+                what: path_and_query.to_owned(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
