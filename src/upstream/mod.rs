@@ -390,7 +390,7 @@ impl Upstream {
     fn known_without_referrers_api(&self) -> bool {
         let seen = self.no_referrers_api_ms.load(Ordering::Relaxed);
         seen != 0
-            && self.epoch.elapsed().as_millis() as u64 - seen
+            && (self.epoch.elapsed().as_millis() as u64).saturating_sub(seen)
                 <= NO_REFERRERS_API_MEMORY.as_millis() as u64
     }
 
