@@ -13,7 +13,11 @@
 //! - kill -9 during a download leaves no visible file, and a new process
 //!   on the same store pulls normally;
 //! - eviction keeps the store under `maxSize`, least recently used first;
-//! - `verifyOnRead` catches a flipped bit, never serves it, and refetches.
+//! - `verifyOnRead` catches a flipped bit, never serves it, and refetches;
+//! - a leading client that stops reading does not hold up the others, and
+//!   still gets every byte when it reads again;
+//! - a download still trickling in after `timeouts.download` is dropped:
+//!   nothing stored, no client gets a complete body.
 
 mod common;
 
@@ -400,6 +404,103 @@ fn kill_9_during_a_download_leaves_nothing_visible_and_the_next_pull_works() {
     )
     .0
     .contains(&hex)));
+}
+
+#[test]
+fn a_leader_that_stops_reading_does_not_hold_up_the_download_others_follow() {
+    // Larger than the socket buffers between the proxy and a client that
+    // reads nothing, so the leader's queue fills and it is let go.
+    const SIZE: usize = 48 * 1024 * 1024;
+    let fake = Fake::start();
+    let blob = pseudo_random(306, SIZE);
+    let digest = fake.put_blob(REPO, &blob);
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    let store = tempfile::tempdir().expect("tempdir");
+    let proxy = Proxy::start(&with_store(&fake.proxy_config(), store.path(), ""));
+    let url = format!("{}{path}", proxy.url());
+
+    // The leader: headers read, then not a byte of the body for now.
+    let leader = http::request_streaming("GET", &url, &[], None).expect("leader");
+    assert_eq!(leader.status, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || !store_files(store.path())
+            .1
+            .is_empty()),
+        "the leader's download never started"
+    );
+    // A follower gets the whole blob while the leader still reads nothing.
+    let started = Instant::now();
+    let follower = get_whole(&url).expect("follower");
+    assert!(follower == blob, "the follower's bytes differ");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the follower waited {:?} for a leader that reads nothing",
+        started.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || store_files(store.path())
+            .0
+            .contains(&hex)),
+        "the blob was not stored while its leader read nothing"
+    );
+    // The leader reads again: every byte, in order, from the file.
+    let mut got = Vec::new();
+    let mut body = leader.body;
+    body.read_to_end(&mut got).expect("the leader's body");
+    assert!(
+        got == blob,
+        "the leader's bytes differ ({} read)",
+        got.len()
+    );
+    assert_eq!(fake.hits(&path), 1, "upstream fetches of the blob");
+}
+
+#[test]
+fn a_download_past_timeouts_download_is_dropped_and_nothing_is_stored() {
+    // 64 chunks of 64 KiB, one every 50 ms: live (never silent for
+    // `timeouts.read`), but 3.2 s in all, past `timeouts.download`.
+    let fake = Fake::with_config(FakeConfig {
+        blob_chunk_delay: Some(Duration::from_millis(50)),
+        ..FakeConfig::default()
+    });
+    let blob = pseudo_random(307, 4 * 1024 * 1024);
+    let digest = fake.put_blob(REPO, &blob);
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    let store = tempfile::tempdir().expect("tempdir");
+    let proxy = Proxy::start(&with_store(
+        &fake.proxy_config(),
+        store.path(),
+        "timeouts: {download: 1s}\n",
+    ));
+    let url = format!("{}{path}", proxy.url());
+    let started = Instant::now();
+    match get_whole(&url) {
+        Ok(body) => panic!("a complete body of {} bytes was served", body.len()),
+        Err(e) => eprintln!("cut off: {e}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2800),
+        "the download ran {took:?}, past timeouts.download (1 s)"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (stored, tmp) = store_files(store.path());
+            !stored.contains(&hex) && tmp.is_empty()
+        }),
+        "the store kept something: {:?}",
+        store_files(store.path())
+    );
+    assert!(
+        proxy.logs().contains("timeouts.download"),
+        "the log does not say which limit cut the download"
+    );
+    // Not remembered as failed: a faster upstream is fetched again.
+    fake.set(|c| c.blob_chunk_delay = None);
+    let body = get_whole(&url).expect("after the upstream sped up");
+    assert!(body == blob, "bytes differ");
 }
 
 #[test]

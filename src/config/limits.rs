@@ -57,6 +57,13 @@ pub struct Timeouts {
     /// outcome.
     #[serde(deserialize_with = "duration::deserialize")]
     pub verification: Duration,
+    /// Total time of one download into the content store
+    /// (`cache.content`): a blob still arriving after this long is
+    /// dropped, nothing is stored, and the requests following it get an
+    /// error. A download outlives the request that started it, so this,
+    /// not a client, bounds how long an upstream can hold its fetch slot.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub download: Duration,
     /// A response stream whose client accepts no bytes for this long is
     /// reset (HTTP/2 `RST_STREAM`; HTTP/1.1 closes the connection), and the
     /// upstream fetch behind it is dropped. Unset: `read`, so one setting
@@ -76,6 +83,7 @@ impl Default for Timeouts {
             manifest: Duration::from_secs(60),
             evidence: Duration::from_secs(60),
             verification: Duration::from_secs(120),
+            download: Duration::from_secs(30 * 60),
             client_stall: None,
         }
     }

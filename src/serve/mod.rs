@@ -148,6 +148,8 @@ pub struct App {
     fetches_per_connection: usize,
     /// How long a blob request waits for a fetch slot (`timeouts.read`).
     fetch_wait: Duration,
+    /// Total time of one download into the store (`timeouts.download`).
+    download_time: Duration,
     /// Blobs on disk (`cache.content`).
     content: Option<Arc<ContentStore>>,
 }
@@ -166,6 +168,7 @@ impl App {
             fetches_limit: config.limits.upstream_fetches,
             fetches_per_connection: config.limits.upstream_fetches_per_connection,
             fetch_wait: config.timeouts.read,
+            download_time: config.timeouts.download,
             content: parts.content,
         }
     }

@@ -149,7 +149,8 @@ fn following(download: &Arc<Download>, content_type: Option<&HeaderValue>) -> Re
 }
 
 /// Fetches the blob from the upstream and starts its download into the
-/// store; this request then follows the download like the others. A blob
+/// store; this request gets the upstream's frames as they arrive (the
+/// others follow the file), and the last byte once the digest matched. A blob
 /// the store cannot take is streamed from the upstream as without a
 /// store.
 async fn lead_download(
@@ -160,6 +161,7 @@ async fn lead_download(
 ) -> Result<Response<ProxyBody>, ServeError> {
     let digest = permit.digest();
     let slots = app.fetch_slots(ctx.connection).await?;
+    let deadline = tokio::time::Instant::now() + app.download_time;
     let path = format!("/v2/{}/blobs/{digest}", ctx.route.repository);
     let response = app
         .upstream(ctx)
@@ -176,8 +178,15 @@ async fn lead_download(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let content_type = parts.headers.get(header::CONTENT_TYPE);
-    match lead.start(body, length, slots).await {
-        Ok(download) => Ok(following(&download, content_type)),
+    match lead.start(body, length, deadline, slots).await {
+        Ok((download, tee)) => {
+            let body = read::lead(tee)
+                .map_err(|e| -> BoxError { Box::new(e) })
+                .boxed_unsync();
+            let mut out = Response::new(body);
+            blob_headers(out.headers_mut(), digest, download.length(), content_type);
+            Ok(out)
+        }
         Err((body, slots)) => {
             let body = Holding::new(VerifyingBody::new(body, digest.clone()), slots).boxed_unsync();
             let mut out = Response::new(body);

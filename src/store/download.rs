@@ -1,24 +1,42 @@
 //! One download into the store: the leader's upstream body, written to a
 //! file in `tmp/`, hashed as it is written, renamed into `blobs/` once its
-//! digest matched and it was flushed. Readers follow the file as it grows
-//! ([`super::read`]); the task belongs to none of them.
+//! digest matched and it was flushed. The request that leads the download
+//! gets the upstream's frames as they arrive (a [`Tee`]), as it would
+//! without a store; the others follow the file as it grows
+//! ([`super::read`]). The task belongs to none of them: a leader that goes
+//! away or falls behind is let go, and follows the file from where it was.
+//! Writing runs one chunk behind reading, on a blocking thread, so the
+//! disk never holds up the upstream connection.
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{ContentStore, Phase};
 use crate::oci::{Digest, Hasher};
 
-/// Bytes gathered from the upstream before each write (and hash) on a
-/// blocking thread.
-const WRITE_CHUNK: usize = 256 * 1024;
+/// Bytes gathered from the upstream (as the frames it sent, not copied)
+/// before each write (and hash) on a blocking thread: one thread hop per
+/// MiB. At most two such chunks per download are held (one written while
+/// the next is read), and downloads are bounded by
+/// `limits.upstreamFetches`.
+const WRITE_CHUNK: usize = 1024 * 1024;
+
+/// Upstream frames queued for the leading request.
+const TEE_FRAMES: usize = 16;
+
+/// How long the download waits for a leading request whose queue is full
+/// before it lets that request go (it then reads the file, at its own
+/// pace): a slow client never slows the download the others follow.
+const TEE_STALL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Names temporary files apart within one process.
 static TMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
@@ -107,15 +125,18 @@ impl Lead {
 
     /// Starts writing `body` (the upstream's `200` for this digest;
     /// `length` its `Content-Length`) into the store, holding `guard` (the
-    /// upstream fetch slots) until the download ends. Gives `body` and
-    /// `guard` back if the store cannot take it: larger than `maxSize`, or
-    /// a disk error (no space for `length`).
+    /// upstream fetch slots) until the download ends or `deadline` passes
+    /// (then it fails, and nothing is stored). The [`Tee`] carries the
+    /// upstream's frames to the leading request. Gives `body` and `guard`
+    /// back if the store cannot take it: larger than `maxSize`, or a disk
+    /// error (no space for `length`).
     pub async fn start<B, G>(
         mut self,
         body: B,
         length: Option<u64>,
+        deadline: Instant,
         guard: G,
-    ) -> Result<Arc<Download>, (B, G)>
+    ) -> Result<(Arc<Download>, Tee), (B, G)>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display,
@@ -160,6 +181,7 @@ impl Lead {
         if let Some(phase) = self.phase.take() {
             phase.send_replace(Phase::Started(Arc::clone(&download)));
         }
+        let (tee_tx, tee_rx) = mpsc::channel(TEE_FRAMES);
         let writer = Writer {
             store: Arc::clone(&self.store),
             download: Arc::clone(&download),
@@ -169,9 +191,13 @@ impl Lead {
         };
         tokio::spawn(async move {
             let _guard = guard;
-            writer.run(body).await;
+            writer.run(body, tee_tx, deadline).await;
         });
-        Ok(download)
+        let tee = Tee {
+            download: Arc::clone(&download),
+            frames: tee_rx,
+        };
+        Ok((download, tee))
     }
 }
 
@@ -211,12 +237,61 @@ fn create(path: &std::path::Path, length: Option<u64>) -> std::io::Result<std::f
     Ok(file)
 }
 
+/// The upstream's frames of a download, for the request that leads it, as
+/// they arrive ([`super::read::lead`] turns them into a response body).
+/// The frames stop (the channel closes) when the download ends or lets the
+/// leader go; the rest, and the last byte in every case, comes from the
+/// file once the digest matched.
+#[derive(Debug)]
+pub struct Tee {
+    pub(super) download: Arc<Download>,
+    pub(super) frames: mpsc::Receiver<Bytes>,
+}
+
 /// Why a download failed.
 enum Failure {
     /// The upstream body (its error, a wrong length, a wrong digest).
     Upstream(String),
     /// The disk.
     Disk(std::io::Error),
+}
+
+/// Frames from the upstream, to be written together.
+#[derive(Default)]
+struct Chunk {
+    frames: Vec<Bytes>,
+    len: u64,
+}
+
+impl Chunk {
+    fn push(&mut self, frame: Bytes) {
+        self.len += frame.len() as u64;
+        self.frames.push(frame);
+    }
+}
+
+/// A chunk written: the hasher it went through, where the file now ends.
+struct Written {
+    hasher: Option<Hasher>,
+    end: u64,
+    len: u64,
+    result: std::io::Result<()>,
+}
+
+/// Hands `data` to the leading request: at once when its queue has room,
+/// else after at most [`TEE_STALL`]. `None` when the request is gone or
+/// was let go (it then follows the file).
+async fn pass_on(tee: mpsc::Sender<Bytes>, data: Bytes) -> Option<mpsc::Sender<Bytes>> {
+    match tee.try_send(data) {
+        Ok(()) => Some(tee),
+        Err(mpsc::error::TrySendError::Closed(_)) => None,
+        Err(mpsc::error::TrySendError::Full(data)) => {
+            match tokio::time::timeout(TEE_STALL, tee.send(data)).await {
+                Ok(Ok(())) => Some(tee),
+                _ => None,
+            }
+        }
+    }
 }
 
 struct Writer {
@@ -228,13 +303,19 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run<B>(self, body: B)
+    async fn run<B>(self, body: B, tee: mpsc::Sender<Bytes>, deadline: Instant)
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display,
     {
         let digest = self.download.digest.clone();
-        match self.copy(body).await {
+        let copied = match tokio::time::timeout_at(deadline, self.copy(body, tee)).await {
+            Ok(copied) => copied,
+            Err(_) => Err(Failure::Upstream(
+                "the download ran past timeouts.download".to_string(),
+            )),
+        };
+        match copied {
             Ok(size) => {
                 self.progress.send_modify(|p| p.state = State::Verified);
                 self.commit(size).await;
@@ -257,16 +338,21 @@ impl Writer {
         self.store.finished(&digest);
     }
 
-    /// Copies the body into the file, hashing it; the size on a match.
-    async fn copy<B>(&self, mut body: B) -> Result<u64, Failure>
+    /// Copies the body into the file, hashing it, and hands each frame to
+    /// the leading request first; the size on a match.
+    async fn copy<B>(&self, mut body: B, tee: mpsc::Sender<Bytes>) -> Result<u64, Failure>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display,
     {
         let download = &self.download;
         let limit = download.length.unwrap_or(self.store.max_size);
-        let mut hasher = Hasher::new(download.digest.algorithm());
-        let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+        let mut tee = Some(tee);
+        let mut hasher = Some(Hasher::new(download.digest.algorithm()));
+        // The chunk being written while the next one is read.
+        let mut writing: Option<JoinHandle<Written>> = None;
+        let mut chunk = Chunk::default();
+        let mut received = 0u64;
         let mut offset = 0u64;
         loop {
             let frame = match body.frame().await {
@@ -279,7 +365,8 @@ impl Writer {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            if offset + (buf.len() + data.len()) as u64 > limit {
+            received += data.len() as u64;
+            if received > limit {
                 return Err(Failure::Upstream(format!(
                     "the upstream sent more than {limit} bytes ({})",
                     if download.length.is_some() {
@@ -289,18 +376,24 @@ impl Writer {
                     }
                 )));
             }
-            buf.extend_from_slice(&data);
-            if buf.len() >= WRITE_CHUNK {
-                let chunk = buf.split().freeze();
-                let len = chunk.len() as u64;
-                hasher = self.flush(chunk, offset, hasher).await?;
+            if let Some(sender) = tee.take() {
+                tee = pass_on(sender, data.clone()).await;
+            }
+            chunk.push(data);
+            if chunk.len >= WRITE_CHUNK as u64 {
+                hasher = self.written(writing.take(), hasher).await?;
+                let full = std::mem::take(&mut chunk);
+                let len = full.len;
+                writing = Some(self.write(full, offset, hasher.take()));
                 offset += len;
             }
         }
-        if !buf.is_empty() {
-            let chunk = buf.split().freeze();
-            let len = chunk.len() as u64;
-            hasher = self.flush(chunk, offset, hasher).await?;
+        drop(tee);
+        hasher = self.written(writing.take(), hasher).await?;
+        if chunk.len > 0 {
+            let len = chunk.len;
+            let handle = self.write(chunk, offset, hasher.take());
+            hasher = self.written(Some(handle), None).await?;
             offset += len;
         }
         if let Some(length) = download.length {
@@ -310,7 +403,9 @@ impl Writer {
                 )));
             }
         }
-        let actual = hasher.finish();
+        let actual = hasher
+            .ok_or_else(|| Failure::Disk(std::io::Error::other("the hasher was lost")))?
+            .finish();
         if actual != download.digest {
             self.store.stats.mismatches.fetch_add(1, Ordering::Relaxed);
             return Err(Failure::Upstream(format!(
@@ -321,30 +416,54 @@ impl Writer {
         Ok(offset)
     }
 
-    /// Writes (and hashes) `chunk` at `offset` on a blocking thread, then
-    /// tells readers how far the file goes.
-    async fn flush(
-        &self,
-        chunk: Bytes,
-        offset: u64,
-        mut hasher: Hasher,
-    ) -> Result<Hasher, Failure> {
+    /// Starts writing (and hashing) `chunk` at `offset` on a blocking
+    /// thread.
+    fn write(&self, chunk: Chunk, offset: u64, hasher: Option<Hasher>) -> JoinHandle<Written> {
         let file = self.download.file();
-        let len = chunk.len() as u64;
-        let (hasher, written) = tokio::task::spawn_blocking(move || {
-            hasher.update(&chunk);
-            let written = file.write_all_at(&chunk, offset);
-            (hasher, written)
+        tokio::task::spawn_blocking(move || {
+            let mut hasher = hasher;
+            let mut at = offset;
+            let mut result = Ok(());
+            for frame in &chunk.frames {
+                if let Some(h) = hasher.as_mut() {
+                    h.update(frame);
+                }
+                result = file.write_all_at(frame, at);
+                if result.is_err() {
+                    break;
+                }
+                at += frame.len() as u64;
+            }
+            Written {
+                hasher,
+                end: offset + chunk.len,
+                len: chunk.len,
+                result,
+            }
         })
-        .await
-        .map_err(|e| Failure::Disk(std::io::Error::other(e)))?;
-        written.map_err(Failure::Disk)?;
+    }
+
+    /// Waits for the chunk being written, if there is one, then tells
+    /// readers how far the file goes; the hasher, back from the write (or
+    /// `hasher` when nothing was being written).
+    async fn written(
+        &self,
+        writing: Option<JoinHandle<Written>>,
+        hasher: Option<Hasher>,
+    ) -> Result<Option<Hasher>, Failure> {
+        let Some(handle) = writing else {
+            return Ok(hasher);
+        };
+        let done = handle
+            .await
+            .map_err(|e| Failure::Disk(std::io::Error::other(e)))?;
+        done.result.map_err(Failure::Disk)?;
         self.store
             .stats
             .bytes_downloaded
-            .fetch_add(len, Ordering::Relaxed);
-        self.progress.send_modify(|p| p.written = offset + len);
-        Ok(hasher)
+            .fetch_add(done.len, Ordering::Relaxed);
+        self.progress.send_modify(|p| p.written = done.end);
+        Ok(done.hasher)
     }
 
     /// Flushes the file, renames it into `blobs/` and records it.

@@ -14,8 +14,10 @@
 //!
 //! One upstream fetch per digest: the first request for a blob that is not
 //! stored *leads* (fetches it and hands the body to a [`download`] task
-//! that writes the file); requests for the same digest meanwhile *follow*
-//! the file as it grows ([`read`]). The download does not belong to any
+//! that writes the file, and gets the upstream's frames from that task as
+//! they arrive); requests for the same digest meanwhile *follow* the file
+//! as it grows ([`read`]). A download runs for `timeouts.download` at
+//! most. The download does not belong to any
 //! client: a client that disconnects does not cancel it. A failed download
 //! is forgotten (its file removed), and the next request leads again.
 //!
@@ -28,6 +30,7 @@
 //! use: anything above it (what may be stored is `verify`'s decision, made
 //! before `serve` asks).
 
+mod buffers;
 mod download;
 mod index;
 pub mod inventory;

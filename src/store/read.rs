@@ -9,9 +9,12 @@
 //! equivalent is large positional reads from the page cache straight into
 //! the buffers hyper sends.
 //!
-//! Followers of a download never get its last byte before the whole file
-//! hashed to the digest: a download that turns out wrong ends their
-//! responses short (an error), so no client can accept a corrupt blob.
+//! The request that leads a download gets the upstream's frames straight
+//! from the download ([`lead`]), one frame behind, and the rest from the
+//! file. Neither it nor the followers of a download ever get its last byte
+//! before the whole file hashed to the digest: a download that turns out
+//! wrong ends their responses short (an error), so no client can accept a
+//! corrupt blob.
 
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
@@ -19,11 +22,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
-use super::download::{Download, State};
+use super::buffers;
+use super::download::{Download, State, Tee};
 use super::ContentStore;
 use crate::oci::{Digest, Hasher};
 
@@ -128,7 +132,7 @@ impl StoredBlob {
     }
 }
 
-/// Reads `len` bytes at `at` on a blocking thread, hashing them into
+/// Reads `len` bytes (at most [`READ_CHUNK`]) at `at` on a blocking thread, hashing them into
 /// `hasher` if there is one.
 async fn read_chunk(
     file: &Arc<std::fs::File>,
@@ -138,11 +142,12 @@ async fn read_chunk(
 ) -> Result<(Bytes, Option<Hasher>), ReadError> {
     let file = Arc::clone(file);
     tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::zeroed(len);
-        file.read_exact_at(&mut buf, at)?;
+        let mut buf = buffers::take();
+        let filled = buf.fill(len);
+        file.read_exact_at(filled, at)?;
         let mut hasher = hasher;
         if let Some(h) = hasher.as_mut() {
-            h.update(&buf);
+            h.update(filled);
         }
         Ok((buf.freeze(), hasher))
     })
@@ -209,19 +214,35 @@ async fn send_stored(
 /// The body of a download as it is written: everything written so far but
 /// the last byte, which waits for the digest to match.
 pub fn follow(download: &Arc<Download>) -> StoreBody {
-    let (tx, rx) = mpsc::channel(READ_AHEAD);
-    let total = download.length();
-    tokio::spawn(send_following(Arc::clone(download), tx));
-    match total {
-        Some(total) => StoreBody::new(rx, total),
-        None => StoreBody::of_unknown_length(rx),
-    }
+    StoreBody::with_source(Source::File(following_from(download, 0)), download.length())
 }
 
-async fn send_following(download: Arc<Download>, tx: Sender) {
+/// The body of a download for the request that leads it: the upstream's
+/// frames as they arrive, each sent once the next one came (so the last is
+/// never sent from here), then — when the frames stop, because the
+/// download ended or let this request go — the file from where they
+/// stopped, which waits for the digest to match.
+pub fn lead(tee: Tee) -> StoreBody {
+    let total = tee.download.length();
+    let source = Source::Tee {
+        download: tee.download,
+        frames: tee.frames,
+        held: None,
+        sent: 0,
+    };
+    StoreBody::with_source(source, total)
+}
+
+/// A task reading the download's file from `at` into a new channel.
+fn following_from(download: &Arc<Download>, at: u64) -> mpsc::Receiver<Result<Bytes, ReadError>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(send_following(Arc::clone(download), tx, at));
+    rx
+}
+
+async fn send_following(download: Arc<Download>, tx: Sender, mut at: u64) {
     let file = download.file();
     let mut progress = download.progress();
-    let mut at = 0u64;
     loop {
         let (written, state) = {
             let p = progress.borrow_and_update();
@@ -271,10 +292,26 @@ async fn send_following(download: Arc<Download>, tx: Sender) {
     }
 }
 
+/// Where a [`StoreBody`]'s bytes come from.
+#[derive(Debug)]
+enum Source {
+    /// A task reading the file.
+    File(mpsc::Receiver<Result<Bytes, ReadError>>),
+    /// A download's frames, for the request leading it.
+    Tee {
+        download: Arc<Download>,
+        frames: mpsc::Receiver<Bytes>,
+        /// The frame received last, sent once another follows it.
+        held: Option<Bytes>,
+        /// Bytes sent so far.
+        sent: u64,
+    },
+}
+
 /// A response body fed from the store.
 #[derive(Debug)]
 pub struct StoreBody {
-    rx: mpsc::Receiver<Result<Bytes, ReadError>>,
+    source: Source,
     /// Bytes still to come, when known.
     remaining: Option<u64>,
     done: bool,
@@ -282,18 +319,43 @@ pub struct StoreBody {
 
 impl StoreBody {
     fn new(rx: mpsc::Receiver<Result<Bytes, ReadError>>, len: u64) -> StoreBody {
+        StoreBody::with_source(Source::File(rx), Some(len))
+    }
+
+    fn with_source(source: Source, len: Option<u64>) -> StoreBody {
         StoreBody {
-            rx,
-            remaining: Some(len),
-            done: len == 0,
+            source,
+            remaining: len,
+            done: len == Some(0),
         }
     }
 
-    fn of_unknown_length(rx: mpsc::Receiver<Result<Bytes, ReadError>>) -> StoreBody {
-        StoreBody {
-            rx,
-            remaining: None,
-            done: false,
+    /// The next chunk from the source (`None`: the source ended).
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ReadError>>> {
+        loop {
+            match &mut self.source {
+                Source::File(rx) => return rx.poll_recv(cx),
+                Source::Tee {
+                    download,
+                    frames,
+                    held,
+                    sent,
+                } => match frames.poll_recv(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(frame)) => {
+                        if let Some(ready) = held.replace(frame) {
+                            *sent += ready.len() as u64;
+                            return Poll::Ready(Some(Ok(ready)));
+                        }
+                    }
+                    // The held frame is read again from the file, once the
+                    // download says how it ended.
+                    Poll::Ready(None) => {
+                        let rx = following_from(download, *sent);
+                        self.source = Source::File(rx);
+                    }
+                },
+            }
         }
     }
 }
@@ -310,7 +372,7 @@ impl Body for StoreBody {
         if this.done {
             return Poll::Ready(None);
         }
-        match this.rx.poll_recv(cx) {
+        match this.poll_source(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.done = true;
