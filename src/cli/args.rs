@@ -112,6 +112,29 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Verify a Sigstore bundle offline, as the Sigstore conformance
+    /// suite's client protocol runs it: keyless (an identity and its OIDC
+    /// issuer) or with a key. Exit 0 only when verified.
+    VerifyBundle {
+        /// The bundle (JSON).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The certificate identity (subject alternative name) expected.
+        #[arg(long, conflicts_with = "key", requires = "certificate_oidc_issuer")]
+        certificate_identity: Option<String>,
+        /// The OIDC issuer expected.
+        #[arg(long, conflicts_with = "key", requires = "certificate_identity")]
+        certificate_oidc_issuer: Option<String>,
+        /// The signer's public key (PEM), for a key-signed bundle.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// A trusted_root.json; default: Sigstore's public-good root,
+        /// embedded.
+        #[arg(long)]
+        trusted_root: Option<PathBuf>,
+        /// The artifact: a file, or `sha256:<hex>`.
+        artifact: String,
+    },
 }
 
 // `portcullis attestations …`.

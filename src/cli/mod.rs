@@ -34,6 +34,7 @@ pub mod replay;
 pub mod serve;
 pub mod sign;
 pub mod verify;
+pub mod verify_bundle;
 
 pub use args::{AttestationsCommand, CacheCommand, Cli, Command, PolicyCommand};
 
@@ -189,6 +190,20 @@ fn dispatch(command: Command) -> Outcome {
                 },
         } => attestations::run_list(&reference, config.as_deref(), json),
         Command::Verify { reference, config } => verify::run(&reference, config.as_deref()),
+        Command::VerifyBundle {
+            bundle,
+            certificate_identity,
+            certificate_oidc_issuer,
+            key,
+            trusted_root,
+            artifact,
+        } => verify_bundle::run(&verify_bundle::Args {
+            bundle,
+            identity: certificate_identity.zip(certificate_oidc_issuer),
+            key,
+            trusted_root,
+            artifact,
+        }),
         Command::Cache { command } => match command {
             CacheCommand::Ls { store, blobs } => cache::run_ls(&store.into(), blobs),
             CacheCommand::Du { store } => cache::run_du(&store.into()),
