@@ -353,16 +353,24 @@ fn wrong_or_cut_off_upstream_bytes_are_never_stored() {
     );
 }
 
-#[test]
-fn kill_9_during_a_download_leaves_nothing_visible_and_the_next_pull_works() {
+/// A fake upstream holding one 4 MiB blob (from `seed`) that it sends in
+/// 64 KiB chunks, `delay` before each: the upstream, the blob, its path
+/// and its hex digest.
+fn slow_upstream(delay: Duration, seed: u64) -> (Fake, Vec<u8>, String, String) {
     let fake = Fake::with_config(FakeConfig {
-        blob_chunk_delay: Some(Duration::from_millis(20)),
+        blob_chunk_delay: Some(delay),
         ..FakeConfig::default()
     });
-    let blob = pseudo_random(305, 4 * 1024 * 1024);
+    let blob = pseudo_random(seed, 4 * 1024 * 1024);
     let digest = fake.put_blob(REPO, &blob);
     let path = format!("/v2/{REPO}/blobs/{digest}");
     let hex = digest.trim_start_matches("sha256:").to_owned();
+    (fake, blob, path, hex)
+}
+
+#[test]
+fn kill_9_during_a_download_leaves_nothing_visible_and_the_next_pull_works() {
+    let (fake, blob, path, hex) = slow_upstream(Duration::from_millis(20), 305);
     let store = tempfile::tempdir().expect("tempdir");
     let config = with_store(&fake.proxy_config(), store.path(), "");
     let proxy = Proxy::start(&config);
@@ -460,14 +468,7 @@ fn a_leader_that_stops_reading_does_not_hold_up_the_download_others_follow() {
 fn a_download_past_timeouts_download_is_dropped_and_nothing_is_stored() {
     // 64 chunks of 64 KiB, one every 50 ms: live (never silent for
     // `timeouts.read`), but 3.2 s in all, past `timeouts.download`.
-    let fake = Fake::with_config(FakeConfig {
-        blob_chunk_delay: Some(Duration::from_millis(50)),
-        ..FakeConfig::default()
-    });
-    let blob = pseudo_random(307, 4 * 1024 * 1024);
-    let digest = fake.put_blob(REPO, &blob);
-    let path = format!("/v2/{REPO}/blobs/{digest}");
-    let hex = digest.trim_start_matches("sha256:").to_owned();
+    let (fake, blob, path, hex) = slow_upstream(Duration::from_millis(50), 307);
     let store = tempfile::tempdir().expect("tempdir");
     let proxy = Proxy::start(&with_store(
         &fake.proxy_config(),

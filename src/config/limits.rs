@@ -178,6 +178,7 @@ pub(super) fn validate_timeouts(t: &Timeouts, at: &Source) -> Result<(), ConfigE
         ("manifest", t.manifest),
         ("evidence", t.evidence),
         ("verification", t.verification),
+        ("download", t.download),
         ("clientStall", t.client_stall()),
     ] {
         if value.is_zero() {
@@ -289,6 +290,7 @@ mod tests {
             "timeouts: {manifest: 0s}",
             "timeouts: {evidence: 0s}",
             "timeouts: {verification: 0s}",
+            "timeouts: {download: 0s}",
             "timeouts: {clientStall: 0s}",
             "limits: {connections: 0}",
             "limits: {connectionsPerClient: 0}",

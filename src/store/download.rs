@@ -362,9 +362,16 @@ impl Writer {
                 }
                 Some(Ok(frame)) => frame,
             };
+            // Empty frames carry nothing, and would break the leader's
+            // hold-back: it holds the frame received last, so an empty
+            // frame after the real last one (an HTTP/2 upstream can send
+            // one) would release the last byte before the digest matched.
             let Ok(data) = frame.into_data() else {
                 continue;
             };
+            if data.is_empty() {
+                continue;
+            }
             received += data.len() as u64;
             if received > limit {
                 return Err(Failure::Upstream(format!(

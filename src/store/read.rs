@@ -342,6 +342,9 @@ impl StoreBody {
                     sent,
                 } => match frames.poll_recv(cx) {
                     Poll::Pending => return Poll::Pending,
+                    // Never hold an empty frame: the one held is what
+                    // keeps the last byte back.
+                    Poll::Ready(Some(frame)) if frame.is_empty() => {}
                     Poll::Ready(Some(frame)) => {
                         if let Some(ready) = held.replace(frame) {
                             *sent += ready.len() as u64;
