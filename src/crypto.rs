@@ -290,6 +290,20 @@ pub fn decode_base64_lenient(text: &str) -> Option<Vec<u8>> {
         .find_map(|engine| engine.decode(&cleaned).ok())
 }
 
+/// DSSE's pre-authentication encoding: the bytes a DSSE signature signs
+/// (`DSSEv1 <len> <type> <len> <payload>`).
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,10 @@
 //!   on), [`oci::manifest`] (what a manifest is, decided once; the manifest
 //!   size limit) and [`oci::error`] (OCI error codes and the envelope).
 //! - [`crypto`]: keys and signature verification (pure).
+//! - [`sigstore`]: Sigstore verification proper (pure): trusted roots,
+//!   Fulcio certificates and their identities, SCTs, Rekor entries,
+//!   inclusion proofs and checkpoints, RFC 3161 timestamps; one bundle
+//!   verified against one trusted root ([`sigstore::verify_bundle`]).
 //! - [`config`]: the YAML configuration: shapes, defaults and validation,
 //!   one file per section, one duration parser. A leaf: it uses only
 //!   `oci`; what needs files read or the policy compiled is checked once by
@@ -102,6 +106,7 @@ pub mod reload;
 pub mod routing;
 pub mod serve;
 pub mod server;
+pub mod sigstore;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -18,6 +18,7 @@ use quote::ToTokens;
 const LAYERS: &[&str] = &[
     "oci",        // the vocabulary: digests, names, manifests, OCI errors
     "crypto",     // keys and signatures (pure)
+    "sigstore",   // Sigstore bundles, certificates, logs (pure)
     "config",     // the YAML shapes and their validation (a leaf)
     "telemetry",  // logging setup
     "policy",     // the policy and its evaluation (pure)

@@ -1,5 +1,5 @@
 //! `portcullis verify-bundle`: one Sigstore bundle, verified offline by
-//! the same code the proxy uses ([`crate::verify::formats::keyless`]), in
+//! the same code the proxy uses ([`crate::sigstore`]), in
 //! the Sigstore conformance suite's client protocol: exit 0 only when the
 //! bundle verifies, 1 when it does not (the failing check on stderr), 2
 //! when the command could not run.
@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{CliError, Exit, Outcome};
-use crate::verify::formats::keyless::{
-    self, root, Artifact, Matcher, Options, Signer, TrustedRoot,
-};
+use crate::sigstore::{self, root, Artifact, Matcher, Options, Signer, TrustedRoot};
 
 /// The command's arguments.
 #[derive(Debug)]
@@ -76,7 +74,7 @@ pub fn run(args: &Args) -> Outcome {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    match keyless::verify_bundle(&json, &artifact, &signer, &root, Options::at(now_ms)) {
+    match sigstore::verify_bundle(&json, &artifact, &signer, &root, Options::at(now_ms)) {
         Ok(verified) => {
             if let Some(identity) = &verified.identity {
                 println!(

@@ -102,18 +102,7 @@ impl Binding<'_> {
     }
 }
 
-/// DSSE's pre-authentication encoding.
-pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "DSSEv1 {} {} {} ",
-        payload_type.len(),
-        payload_type,
-        payload.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(payload);
-    out
-}
+pub use crate::crypto::pae;
 
 /// Whether `text` is a sha256 digest in the form subjects and indexes use:
 /// 64 lowercase hex digits.

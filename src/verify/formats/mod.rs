@@ -5,9 +5,6 @@
 //! - [`simple_signing`]: cosign's and containers/image's signed payload;
 //! - [`dsse`]: DSSE envelopes and in-toto statements (cosign `.att`);
 //! - [`bundle`]: sigstore bundles (cosign v3, GitHub attestations);
-//! - [`keyless`]: Sigstore verification proper: Fulcio certificates, CT
-//!   proofs, Rekor entries and checkpoints, RFC 3161 timestamps, against a
-//!   trusted root (`portcullis verify-bundle`);
 //! - [`binauthz`]: Binary Authorization occurrences (gcloud, Kritis).
 //!
 //! May use `oci`, `crypto` and `policy`; never a source, the verifier or
@@ -16,5 +13,4 @@
 pub mod binauthz;
 pub mod bundle;
 pub mod dsse;
-pub mod keyless;
 pub mod simple_signing;

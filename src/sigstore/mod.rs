@@ -46,7 +46,6 @@ use sha2::{Digest as _, Sha256};
 pub use cert::Identity;
 pub use root::TrustedRoot;
 
-use super::dsse;
 use crate::oci::json::Strict;
 
 /// The artifact a bundle must be about.
@@ -326,7 +325,7 @@ pub fn verify_bundle(
                 };
                 let signature = b64("dsseEnvelope signature", &only.sig)?;
                 let payload = b64("dsseEnvelope.payload", &envelope.payload)?;
-                let pae = dsse::pae(&envelope.payload_type, &payload);
+                let pae = crate::crypto::pae(&envelope.payload_type, &payload);
                 if !key.verify(&pae, &signature) {
                     return Err("the DSSE envelope's signature does not verify".into());
                 }
