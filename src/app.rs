@@ -105,6 +105,19 @@ pub fn compile_policy(config: &Config) -> Result<Policy, ConfigError> {
         }
     };
     attestors.extend(config.attestors.iter().cloned());
+    for (i, attestor) in attestors.iter_mut().enumerate() {
+        if let Some(keyless) = &mut attestor.keyless {
+            if let Some(path) = &keyless.trusted_root {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        &format!("attestors[{i}].keyless.trustedRoot"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                keyless.trusted_root_content = Some(text);
+            }
+        }
+    }
     Policy::compile(&doc, &attestors).map_err(|e| ConfigError::Invalid {
         field: e.field,
         line: None,

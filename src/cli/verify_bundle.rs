@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{CliError, Exit, Outcome};
-use crate::sigstore::{self, root, Artifact, Matcher, Options, Signer, TrustedRoot};
+use crate::sigstore::{self, root, Artifact, IdentityPolicy, Options, Signer, TrustedRoot};
 
 /// The command's arguments.
 #[derive(Debug)]
@@ -46,11 +46,12 @@ pub fn run(args: &Args) -> Outcome {
             .map_err(|e| CliError::error(format!("{}: {e}", path.display())))?,
         None => TrustedRoot::public_good(),
     };
+    let identities;
     let signer = match (&args.identity, &args.key) {
-        (Some((subject, issuer)), None) => Signer::Identity {
-            subject: Matcher::Exact(subject.clone()),
-            issuer: Matcher::Exact(issuer.clone()),
-        },
+        (Some((subject, issuer)), None) => {
+            identities = [IdentityPolicy::exact(subject, issuer)];
+            Signer::Identities(&identities)
+        }
         (None, Some(path)) => {
             let pem = String::from_utf8(read(path, "key")?)
                 .map_err(|_| CliError::error(format!("{} is not PEM text", path.display())))?;

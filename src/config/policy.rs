@@ -192,7 +192,14 @@ pub struct AttestorDoc {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// Keys whose signatures count (`pkixPublicKey`); may be empty when
+    /// `keyless` is set.
+    #[serde(default)]
     pub public_keys: Vec<PublicKeyDoc>,
+    /// Keyless signers whose signatures count: Fulcio certificates for
+    /// these identities, logged in Rekor, under a trusted root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyless: Option<KeylessDoc>,
     /// Where `.sig` artifacts live, like `COSIGN_REPOSITORY`.
     #[serde(default)]
     pub signature_repository: Option<String>,
@@ -200,6 +207,54 @@ pub struct AttestorDoc {
     /// without any, a plain signature satisfies the attestor.
     #[serde(default)]
     pub attestations: Vec<RequirementDoc>,
+}
+
+/// `keyless:` on an attestor, in sigstore policy-controller's vocabulary.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeylessDoc {
+    /// Any one of them suffices.
+    pub identities: Vec<KeylessIdentityDoc>,
+    /// A `trusted_root.json` file (a private Sigstore deployment); the
+    /// default is Sigstore's public-good root, embedded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_root: Option<std::path::PathBuf>,
+    /// The file's contents, read by `app::compile_policy` (never from
+    /// YAML); serialized so the policy revision changes with them.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub trusted_root_content: Option<String>,
+    /// At least one verified transparency-log entry (default true).
+    #[serde(default = "yes")]
+    pub require_tlog: bool,
+    /// An SCT from a trusted CT log in the certificate (default true).
+    #[serde(default = "yes")]
+    pub require_sct: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One acceptable keyless signer: an OIDC issuer and subject (each exact
+/// or a regular expression over the whole value) and Fulcio claims.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeylessIdentityDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_reg_exp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_reg_exp: Option<String>,
+    /// Fulcio claims by name (`sourceRepositoryURI`, `buildTrigger` ...)
+    /// and their exact values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// Fulcio claims by name and regular expressions over their values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claims_reg_exp: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -4,15 +4,20 @@
 //! field it is in. Pure: the YAML was read by `config`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
 use super::{
     attestation, attestor_short_name, canonical_pattern, Attestor, AttestorKey, EnforcementMode,
-    EvaluationMode, Pattern, PatternIndex, Policy, PolicyError, Rule, RuleSource, SignedIdentity,
+    EvaluationMode, Keyless, Pattern, PatternIndex, Policy, PolicyError, Rule, RuleSource,
+    SignedIdentity,
 };
-use crate::config::policy::{AttestorDoc, GlobalMode, PolicyDoc, RuleDoc};
+use crate::config::policy::{
+    AttestorDoc, GlobalMode, KeylessDoc, KeylessIdentityDoc, PolicyDoc, RuleDoc,
+};
 use crate::crypto::{self, PublicKey};
+use crate::sigstore::{identity, IdentityPolicy, Matcher, TrustedRoot};
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
     PolicyError {
@@ -216,10 +221,10 @@ fn compile_attestor(doc: &AttestorDoc, index: usize) -> Result<Attestor, PolicyE
     if name.is_empty() {
         return Err(err(format!("{field}.name"), "must not be empty"));
     }
-    if doc.public_keys.is_empty() {
+    if doc.public_keys.is_empty() && doc.keyless.is_none() {
         return Err(err(
             format!("{field}.publicKeys"),
-            format!("attestor {name:?} has no public keys"),
+            format!("attestor {name:?} has no public keys and no keyless identities"),
         ));
     }
     let mut keys = Vec::new();
@@ -264,6 +269,104 @@ fn compile_attestor(doc: &AttestorDoc, index: usize) -> Result<Attestor, PolicyE
         keys,
         signature_repository: doc.signature_repository.clone(),
         attestations,
+        keyless: doc
+            .keyless
+            .as_ref()
+            .map(|k| compile_keyless(k, &format!("{field}.keyless")))
+            .transpose()?,
+    })
+}
+
+fn compile_keyless(doc: &KeylessDoc, field: &str) -> Result<Keyless, PolicyError> {
+    if doc.identities.is_empty() {
+        return Err(err(
+            format!("{field}.identities"),
+            "at least one identity is required (an issuer and a subject)",
+        ));
+    }
+    let identities = doc
+        .identities
+        .iter()
+        .enumerate()
+        .map(|(i, id)| compile_identity(id, &format!("{field}.identities[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (root, root_source) = match (&doc.trusted_root, &doc.trusted_root_content) {
+        (None, _) => (
+            TrustedRoot::public_good(),
+            "the Sigstore public-good root (embedded)".to_owned(),
+        ),
+        (Some(path), Some(text)) => (
+            TrustedRoot::parse(text.as_bytes()).map_err(|m| {
+                err(
+                    format!("{field}.trustedRoot"),
+                    format!("{}: {m}", path.display()),
+                )
+            })?,
+            path.display().to_string(),
+        ),
+        (Some(path), None) => {
+            return Err(err(
+                format!("{field}.trustedRoot"),
+                format!("{} was not read", path.display()),
+            ))
+        }
+    };
+    if root.certificate_authorities.is_empty() {
+        return Err(err(
+            format!("{field}.trustedRoot"),
+            format!("{root_source} has no certificate authority: no certificate could verify"),
+        ));
+    }
+    Ok(Keyless {
+        identities,
+        root: Arc::new(root),
+        root_source,
+        require_tlog: doc.require_tlog,
+        require_sct: doc.require_sct,
+    })
+}
+
+fn compile_identity(doc: &KeylessIdentityDoc, field: &str) -> Result<IdentityPolicy, PolicyError> {
+    let issuer = Matcher::one_of(
+        doc.issuer.as_deref(),
+        doc.issuer_reg_exp.as_deref(),
+        "issuer",
+    )
+    .map_err(|m| err(field, m))?;
+    let subject = Matcher::one_of(
+        doc.subject.as_deref(),
+        doc.subject_reg_exp.as_deref(),
+        "subject",
+    )
+    .map_err(|m| err(field, m))?;
+    let mut claims = Vec::new();
+    let written = doc
+        .claims
+        .iter()
+        .map(|(name, value)| (name, "claims", Ok(Matcher::Exact(value.clone()))))
+        .chain(
+            doc.claims_reg_exp
+                .iter()
+                .map(|(name, pattern)| (name, "claimsRegExp", Matcher::regex(pattern))),
+        );
+    for (name, key, matcher) in written {
+        let cfield = format!("{field}.{key}.{name}");
+        let oid = identity::claim_oid(name).ok_or_else(|| {
+            let known: Vec<&str> = identity::CLAIMS.iter().map(|(n, _)| *n).collect();
+            err(
+                &cfield,
+                format!("unknown Fulcio claim (known: {})", known.join(", ")),
+            )
+        })?;
+        if claims.iter().any(|(o, _)| *o == oid) {
+            return Err(err(&cfield, "set in both claims and claimsRegExp"));
+        }
+        claims.push((oid, matcher.map_err(|m| err(&cfield, m))?));
+    }
+    Ok(IdentityPolicy {
+        issuer,
+        subject,
+        claims,
     })
 }
 

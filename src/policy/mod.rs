@@ -86,6 +86,21 @@ pub struct Attestor {
     pub signature_repository: Option<String>,
     /// Required attestations; empty: a signature suffices.
     pub attestations: Vec<attestation::Requirement>,
+    /// Keyless signers that count besides the keys.
+    pub keyless: Option<Keyless>,
+}
+
+/// A compiled `keyless:`: who may sign, under which trust material.
+#[derive(Debug)]
+pub struct Keyless {
+    /// Any one suffices.
+    pub identities: Vec<crate::sigstore::IdentityPolicy>,
+    pub root: std::sync::Arc<crate::sigstore::TrustedRoot>,
+    /// Where the root came from: the file, or the embedded public-good
+    /// root.
+    pub root_source: String,
+    pub require_tlog: bool,
+    pub require_sct: bool,
 }
 
 /// The compiled policy.

@@ -22,6 +22,7 @@ fn attestor(name: &str) -> AttestorDoc {
             }),
             ascii_armored_pgp_public_key: None,
         }],
+        keyless: None,
         signature_repository: None,
         attestations: Vec::new(),
     }
@@ -477,5 +478,109 @@ fn signed_identity_forms() {
     assert_eq!(
         doc.default_admission_rule.signed_identity,
         SignedIdentity::ExactRepository("r.io/x".into())
+    );
+}
+
+/// An attestor with only `keyless:` (as YAML, the way users write it).
+fn keyless_attestor(keyless_yaml: &str) -> AttestorDoc {
+    serde_yaml_ng::from_str(&format!("name: ci\nkeyless:\n{keyless_yaml}")).unwrap()
+}
+
+const ONE_RULE: &str = "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATION\n  \
+                        enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n  requireAttestationsBy: [ci]\n";
+
+#[test]
+fn keyless_attestors_compile_with_defaults_and_claims() {
+    let doc = keyless_attestor(
+        "  identities:\n  - issuer: https://token.actions.githubusercontent.com\n    \
+         subjectRegExp: https://github.com/acme/.*\n    \
+         claims: {sourceRepositoryURI: https://github.com/acme/app, buildTrigger: push}\n    \
+         claimsRegExp: {sourceRepositoryRef: refs/tags/v.*}\n",
+    );
+    let compiled = policy(ONE_RULE, &[doc]).expect("compiles");
+    let keyless = compiled.attestors["ci"].keyless.as_ref().expect("keyless");
+    assert!(
+        keyless.require_tlog && keyless.require_sct,
+        "both default on"
+    );
+    assert!(keyless.root_source.contains("public-good"));
+    assert_eq!(keyless.identities[0].claims.len(), 3);
+}
+
+#[test]
+fn keyless_attestors_refuse_what_would_match_too_much_or_nothing() {
+    for (yaml, field, says) in [
+        ("  identities: []\n", "keyless.identities", "at least one"),
+        (
+            "  identities:\n  - subject: a@example.com\n",
+            "identities[0]",
+            "issuer or issuerRegExp is required",
+        ),
+        (
+            "  identities:\n  - issuer: https://x\n",
+            "identities[0]",
+            "subject or subjectRegExp is required",
+        ),
+        (
+            "  identities:\n  - {issuer: https://x, issuerRegExp: x, subject: s}\n",
+            "identities[0]",
+            "not both",
+        ),
+        (
+            "  identities:\n  - {issuer: https://x, subjectRegExp: '('}\n",
+            "identities[0]",
+            "invalid regular expression",
+        ),
+        (
+            "  identities:\n  - {issuer: https://x, subject: s, claims: {workflowRepo: x}}\n",
+            "claims.workflowRepo",
+            "unknown Fulcio claim",
+        ),
+        (
+            "  identities:\n  - {issuer: https://x, subject: s, claims: {buildTrigger: push}, \
+             claimsRegExp: {buildTrigger: p.*}}\n",
+            "buildTrigger",
+            "both",
+        ),
+        (
+            "  identities:\n  - {issuer: https://x, subject: s}\n  trustedRoot: /nonexistent\n",
+            "keyless.trustedRoot",
+            "was not read",
+        ),
+    ] {
+        let e = policy(ONE_RULE, &[keyless_attestor(yaml)]).expect_err(yaml);
+        assert!(e.field.contains(field), "{yaml}: field {}", e.field);
+        assert!(e.message.contains(says), "{yaml}: {}", e.message);
+    }
+    let unknown: Result<AttestorDoc, _> = serde_yaml_ng::from_str(
+        "name: ci\nkeyless:\n  identities: [{issuer: a, subject: b}]\n  ignoreSct: true\n",
+    );
+    assert!(unknown.is_err(), "unknown keys are refused");
+}
+
+#[test]
+fn a_trusted_root_file_changes_the_revision_and_must_parse() {
+    let root = crate::sigstore::root::PUBLIC_GOOD;
+    let with_root = |text: &str| {
+        let mut doc = keyless_attestor(
+            "  identities: [{issuer: https://x, subject: s}]\n  trustedRoot: root.json\n",
+        );
+        doc.keyless.as_mut().unwrap().trusted_root_content = Some(text.to_owned());
+        doc
+    };
+    let a = policy(ONE_RULE, &[with_root(root)]).expect("compiles");
+    let b = policy(ONE_RULE, &[with_root(&root.replacen("rekor", "rekr", 1))]).expect("compiles");
+    assert_ne!(
+        a.revision, b.revision,
+        "the root's content is part of the revision"
+    );
+    assert_eq!(
+        a.attestors["ci"].keyless.as_ref().unwrap().root_source,
+        "root.json"
+    );
+    let e = policy(ONE_RULE, &[with_root("{}")]).expect_err("not a root");
+    assert!(
+        e.field.ends_with("keyless.trustedRoot") && e.message.contains("root.json"),
+        "{e}"
     );
 }

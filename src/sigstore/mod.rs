@@ -33,6 +33,7 @@
 
 pub mod body;
 pub mod cert;
+pub mod identity;
 pub mod root;
 pub mod sct;
 pub mod time;
@@ -44,6 +45,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 pub use cert::Identity;
+pub use identity::{IdentityPolicy, Matcher};
 pub use root::TrustedRoot;
 
 use crate::oci::json::Strict;
@@ -66,43 +68,11 @@ impl Artifact {
     }
 }
 
-/// A string matched exactly, or by a regular expression (anchored).
-#[derive(Debug, Clone)]
-pub enum Matcher {
-    Exact(String),
-    Regex(regex::Regex),
-}
-
-impl Matcher {
-    /// A regular expression, anchored at both ends.
-    pub fn regex(pattern: &str) -> Result<Matcher, String> {
-        regex::Regex::new(&format!("^(?:{pattern})$"))
-            .map(Matcher::Regex)
-            .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))
-    }
-
-    pub fn matches(&self, value: &str) -> bool {
-        match self {
-            Matcher::Exact(want) => want == value,
-            Matcher::Regex(re) => re.is_match(value),
-        }
-    }
-}
-
-impl std::fmt::Display for Matcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Matcher::Exact(s) => write!(f, "{s:?}"),
-            Matcher::Regex(re) => write!(f, "/{}/", re.as_str()),
-        }
-    }
-}
-
 /// Who must have signed.
 #[derive(Debug, Clone)]
-pub enum Signer {
-    /// A certificate issued to this identity (keyless).
-    Identity { subject: Matcher, issuer: Matcher },
+pub enum Signer<'a> {
+    /// A certificate issued to one of these identities (keyless).
+    Identities(&'a [IdentityPolicy]),
     /// This key (SubjectPublicKeyInfo, DER).
     Key(root::Key),
 }
@@ -241,7 +211,7 @@ fn version(media_type: &str) -> Result<(u8, u8), String> {
 pub fn verify_bundle(
     json: &[u8],
     artifact: &Artifact,
-    signer: &Signer,
+    signer: &Signer<'_>,
     root: &TrustedRoot,
     options: Options,
 ) -> Result<Verified, String> {
@@ -278,8 +248,8 @@ pub fn verify_bundle(
         _ => return Err("the bundle has more than one kind of verification material".into()),
     };
     let (key, verifier_der): (&root::Key, body::Verifier<'_>) = match (signer, &leaf) {
-        (Signer::Identity { .. }, Some(leaf)) => (&leaf.key, body::Verifier::Certificate(&leaf.der)),
-        (Signer::Identity { .. }, None) => {
+        (Signer::Identities(_), Some(leaf)) => (&leaf.key, body::Verifier::Certificate(&leaf.der)),
+        (Signer::Identities(_), None) => {
             return Err("the bundle is signed with a key, not a certificate: an identity cannot verify it (give the key)".into())
         }
         (Signer::Key(key), None) => (key, body::Verifier::Key(&key.spki)),
@@ -393,7 +363,7 @@ pub fn verify_bundle(
 
     // The certificate, at the signing time.
     let identity = match (&leaf, signer) {
-        (Some(leaf), Signer::Identity { subject, issuer }) => {
+        (Some(leaf), Signer::Identities(policies)) => {
             if times_ms.is_empty() {
                 return Err("no verified signing time (neither a log's integrated time nor a trusted timestamp)".into());
             }
@@ -412,18 +382,7 @@ pub fn verify_bundle(
                 sct::verify_embedded(leaf, &issuer_spki, root)?;
             }
             let identity = leaf.identity()?;
-            let got_subject = identity.subject.as_deref().unwrap_or("");
-            let got_issuer = identity.issuer.as_deref().unwrap_or("");
-            if !subject.matches(got_subject) {
-                return Err(format!(
-                    "the certificate's identity is {got_subject:?}, not {subject}"
-                ));
-            }
-            if !issuer.matches(got_issuer) {
-                return Err(format!(
-                    "the certificate's OIDC issuer is {got_issuer:?}, not {issuer}"
-                ));
-            }
+            identity::check(&identity, policies)?;
             Some(identity)
         }
         _ => None,

@@ -58,6 +58,7 @@ pub fn attestor(name: &str, keys: Vec<AttestorKey>, predicate_types: &[&str]) ->
     Attestor {
         name: name.into(),
         keys,
+        keyless: None,
         signature_repository: None,
         attestations: predicate_types
             .iter()
