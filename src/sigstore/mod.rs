@@ -33,6 +33,7 @@
 
 pub mod body;
 pub mod cert;
+pub mod cosign;
 pub mod identity;
 pub mod root;
 pub mod sct;
@@ -109,6 +110,11 @@ pub struct Verified {
     pub times_ms: Vec<i64>,
     /// The DSSE statement's predicate type, for an envelope.
     pub predicate_type: Option<String>,
+    /// The DSSE envelope's payload type and payload (the signed
+    /// statement), for an envelope.
+    pub statement: Option<(String, Vec<u8>)>,
+    /// SHA-256 of the signing certificate (DER), lowercase hex (keyless).
+    pub certificate_sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +224,18 @@ pub fn verify_bundle(
     Strict::parse(json).map_err(|e| format!("the bundle is not valid JSON: {e}"))?;
     let wire: WireBundle =
         serde_json::from_slice(json).map_err(|e| format!("the bundle is malformed: {e}"))?;
+    verify_wire(&wire, artifact, signer, root, options)
+}
+
+/// [`verify_bundle`] once the JSON was read (cosign's classic signatures
+/// arrive as annotations, read into the same shape by [`cosign`]).
+fn verify_wire(
+    wire: &WireBundle,
+    artifact: &Artifact,
+    signer: &Signer<'_>,
+    root: &TrustedRoot,
+    options: Options,
+) -> Result<Verified, String> {
     let version = version(&wire.media_type)?;
     let material = &wire.verification_material;
 
@@ -387,11 +405,17 @@ pub fn verify_bundle(
         }
         _ => None,
     };
+    let statement = match (&wire.dsse_envelope, payload) {
+        (Some(envelope), Some(payload)) => Some((envelope.payload_type.clone(), payload)),
+        _ => None,
+    };
     Ok(Verified {
         identity,
         entries,
         times_ms,
         predicate_type,
+        statement,
+        certificate_sha256: leaf.as_ref().map(|l| hex::encode(Sha256::digest(&l.der))),
     })
 }
 
