@@ -80,6 +80,10 @@ pub struct EvidenceRecord {
     pub detail: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// For keyless evidence that verified: the certificate's identity,
+    /// issuer, log index and integrated time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyless: Option<crate::policy::KeylessSigner>,
 }
 
 /// One attestor's outcome as recorded.
@@ -177,6 +181,7 @@ fn check_name(check: &Check) -> &'static str {
         Check::OtherPredicate { .. } => "other-predicate",
         Check::ConditionFailed { .. } => "condition-failed",
         Check::Unsupported { .. } => "unsupported",
+        Check::Unverified { .. } => "unverified",
     }
 }
 
@@ -236,6 +241,7 @@ fn attestor_record(a: &AttestorResult) -> AttestorRecord {
                     Check::Valid { key_id } => Some(key_id.clone()),
                     _ => None,
                 },
+                keyless: e.keyless.clone(),
             })
             .collect(),
     }

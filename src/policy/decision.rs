@@ -34,6 +34,9 @@ pub enum Check {
     /// Evidence of a kind Portcullis cannot verify (keyless bundles, PGP
     /// attestations): never satisfies an attestor.
     Unsupported { reason: String },
+    /// Keyless evidence whose verification failed: `reason` names the
+    /// check (certificate chain, SCT, log entry, signing time, identity).
+    Unverified { reason: String },
 }
 
 impl Check {
@@ -47,6 +50,7 @@ impl Check {
             Check::OtherPredicate { .. } => "of another predicate type",
             Check::ConditionFailed { .. } => "failing a condition",
             Check::Unsupported { .. } => "unsupported",
+            Check::Unverified { .. } => "failing keyless verification",
         }
     }
 
@@ -68,6 +72,7 @@ impl Check {
                 format!("valid attestation, but a condition fails: {reason}")
             }
             Check::Unsupported { reason } => format!("not verifiable: {reason}"),
+            Check::Unverified { reason } => format!("keyless verification failed: {reason}"),
         }
     }
 }
@@ -128,6 +133,43 @@ pub struct Evidence {
     /// transparency-log entries, recorded but not required).
     pub note: Option<String>,
     pub check: Check,
+    /// Who signed, for keyless evidence that verified: the certificate's
+    /// identity and the log entry that vouched for the signing time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyless: Option<KeylessSigner>,
+}
+
+/// The verified signer of keyless evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeylessSigner {
+    /// The key id evidence it signed carries: `keyless:<subject>`.
+    pub key_id: String,
+    /// The certificate's subject (an email address, a workflow URI ...).
+    pub subject: String,
+    /// The OIDC issuer that vouched for it.
+    pub issuer: String,
+    /// SHA-256 of the signing certificate (DER), lowercase hex.
+    pub certificate_sha256: String,
+    /// The transparency log entry: its index, and its integrated time
+    /// (seconds since the epoch; Rekor v2 logs have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_index: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrated_time: Option<i64>,
+}
+
+impl fmt::Display for KeylessSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (issuer {})", self.subject, self.issuer)?;
+        if let Some(index) = self.log_index {
+            write!(f, ", log index {index}")?;
+        }
+        if let Some(at) = self.integrated_time {
+            write!(f, ", integrated at {at}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Evidence {
@@ -138,7 +180,13 @@ impl Evidence {
             predicate_type: None,
             note: None,
             check,
+            keyless: None,
         }
+    }
+
+    pub fn with_keyless(mut self, signer: Option<KeylessSigner>) -> Evidence {
+        self.keyless = signer;
+        self
     }
 
     pub fn with_note(mut self, note: Option<String>) -> Evidence {

@@ -29,7 +29,7 @@ pub use crate::config::policy::{EnforcementMode, EvaluationMode, SignedIdentity}
 use crate::crypto::PublicKey;
 pub use decision::{
     evaluate, evaluate_in, refuse, AttestorResult, Check, Decision, Evidence, EvidenceKind,
-    Verdict, UNNAMED_NOTE,
+    KeylessSigner, Verdict, UNNAMED_NOTE,
 };
 pub use pattern::{canonical_pattern, Pattern, PatternIndex};
 

@@ -90,6 +90,7 @@ impl Verifier {
             manifest: manifest.bytes(),
             identity: &rule.signed_identity,
             require_named: rule.require_named_identity,
+            now_ms: evidence::now_ms(),
         };
         for (attestors, found) in &gathered.locations {
             for attestor in attestors {

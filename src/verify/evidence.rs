@@ -11,18 +11,30 @@
 //! | DSSE, predicate `cosign/sign/v1`           | yes            | no (another predicate type)   |
 //! | DSSE, any other predicate (`.att`, bundle, store) | no (another predicate type) | when a requirement holds |
 //! | bundle `messageSignature`                  | yes            | no                            |
+//!
+//! An attestor with `keyless:` also accepts evidence signed with a Fulcio
+//! certificate — a `.sig` or `.att` layer with cosign's certificate
+//! annotations, or a bundle with a certificate — once [`crate::sigstore`]
+//! verified all of it (chain, SCT, log entry, signing time, identity);
+//! what the signed content says is then judged exactly as for a key.
+//! Keyless evidence that fails is [`Check::Unverified`], naming the check.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use super::formats::bundle::{self, Artifact};
 use super::formats::{dsse, simple_signing};
-use super::sources::cosign;
+use super::sources::cosign::{self, FoundLayer};
 use super::sources::store::{Content, Item};
 use crate::oci::Digest;
 use crate::policy::attestation::SIGNATURE_PREDICATE_TYPE;
-use crate::policy::{Attestor, Check, Evidence, EvidenceKind, SignedIdentity};
+use crate::policy::{
+    Attestor, Check, Evidence, EvidenceKind, Keyless, KeylessSigner, SignedIdentity,
+};
+use crate::sigstore::{self, cosign as classic};
 
 /// The image a decision is about.
 pub struct Target<'a> {
@@ -34,11 +46,28 @@ pub struct Target<'a> {
     pub identity: &'a SignedIdentity,
     /// The rule's `requireNamedIdentity`.
     pub require_named: bool,
+    /// Now, in milliseconds since the epoch: keyless verification's clock.
+    pub now_ms: i64,
+}
+
+/// The wall clock in milliseconds since the epoch, for [`Target::now_ms`].
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Target<'_> {
     fn digest_text(&self) -> String {
         self.digest.to_string()
+    }
+
+    /// The manifest's SHA-256, as bytes.
+    fn sha256(&self) -> Result<[u8; 32], Check> {
+        hex::decode(self.digest.hex())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| malformed("keyless evidence needs a sha256 manifest digest"))
     }
 
     fn artifact(&self) -> Artifact<'_> {
@@ -65,34 +94,157 @@ fn malformed(reason: &str) -> Check {
     }
 }
 
-/// A simple-signing signature.
+/// A simple-signing signature: keyless when it carries a certificate and
+/// the attestor has `keyless:`, else with the attestor's keys.
 fn signature_check(
     candidate: &simple_signing::Candidate,
     attestor: &Attestor,
     target: &Target<'_>,
-) -> Check {
+) -> (Check, Option<KeylessSigner>) {
     if !attestor.attestations.is_empty() {
-        return Check::OtherPredicate {
+        let check = Check::OtherPredicate {
             signed: "none (a plain signature)".into(),
         };
+        return (check, None);
     }
     let digest = target.digest_text();
     let subject = simple_signing::Subject {
         name: target.name,
         digest: &digest,
     };
-    simple_signing::check(candidate, attestor, &subject, target.identity)
+    match &attestor.keyless {
+        Some(keyless) if classic::has_certificate(&candidate.annotations) => {
+            let signed = classic::Signed::Payload {
+                payload: &candidate.payload,
+                signature_b64: &candidate.signature_b64,
+            };
+            let ((check, _, _), signer) = keyless_check(
+                keyless,
+                target,
+                |signer, root, options| {
+                    classic::verify(signed, &candidate.annotations, signer, root, options)
+                },
+                |_, key_id| {
+                    let check = simple_signing::check_payload(
+                        &candidate.payload,
+                        &subject,
+                        target.identity,
+                        &key_id,
+                    );
+                    (check, None, None)
+                },
+            );
+            (check, signer)
+        }
+        _ => (
+            simple_signing::check(candidate, attestor, &subject, target.identity),
+            None,
+        ),
+    }
+}
+
+/// Verifies keyless evidence with `verify` under the attestor's
+/// `keyless:` (its identities, trusted root and requirements, at the
+/// target's time); once everything held, `judge` reads the signed content
+/// as signed by `key_id` (`keyless:<subject>`). The verified signer goes
+/// with a valid verdict only.
+fn keyless_check(
+    keyless: &Keyless,
+    target: &Target<'_>,
+    verify: impl FnOnce(
+        &sigstore::Signer<'_>,
+        &sigstore::TrustedRoot,
+        sigstore::Options,
+    ) -> Result<sigstore::Verified, String>,
+    judge: impl FnOnce(&sigstore::Verified, String) -> Checked,
+) -> (Checked, Option<KeylessSigner>) {
+    let options = sigstore::Options {
+        require_tlog: keyless.require_tlog,
+        require_sct: keyless.require_sct,
+        now_ms: target.now_ms,
+    };
+    let signer = sigstore::Signer::Identities(&keyless.identities);
+    let verified = match verify(&signer, &keyless.root, options) {
+        Ok(verified) => verified,
+        Err(reason) => return ((Check::Unverified { reason }, None, None), None),
+    };
+    let identity = verified.identity.clone().unwrap_or_default();
+    let subject = identity.subject.unwrap_or_default();
+    let entry = verified.entries.first();
+    let signer = KeylessSigner {
+        key_id: format!("keyless:{subject}"),
+        subject,
+        issuer: identity.issuer.unwrap_or_default(),
+        certificate_sha256: verified.certificate_sha256.clone().unwrap_or_default(),
+        log_index: entry.map(|(_, index, _)| *index),
+        integrated_time: entry.and_then(|(_, _, at)| at.map(|ms| ms / 1000)),
+    };
+    let checked = judge(&verified, signer.key_id.clone());
+    let valid = matches!(checked.0, Check::Valid { .. });
+    (checked, valid.then_some(signer))
+}
+
+/// A DSSE statement keyless verification vouched for, judged like one a
+/// key verified.
+fn judge_statement(
+    verified: &sigstore::Verified,
+    key_id: String,
+    attestor: &Attestor,
+    target: &Target<'_>,
+) -> Checked {
+    let Some((payload_type, payload)) = &verified.statement else {
+        return (malformed("no DSSE statement was verified"), None, None);
+    };
+    match dsse::Verified::from_signed(payload_type, payload, key_id) {
+        Ok(statement) => judge_envelope(&statement, attestor, target),
+        Err(check) => (check, None, None),
+    }
 }
 
 /// A DSSE envelope, for either kind of attestor; with the signed
 /// predicate type when the signature verified.
 pub fn envelope_check(envelope: &[u8], attestor: &Attestor, target: &Target<'_>) -> Checked {
+    match dsse::verify(envelope, attestor) {
+        Ok(verified) => judge_envelope(&verified, attestor, target),
+        Err(check) => (check, None, None),
+    }
+}
+
+/// A `.att` layer: keyless when it carries a certificate and the attestor
+/// has `keyless:`, else with the attestor's keys.
+fn att_check(
+    envelope: &[u8],
+    annotations: &HashMap<String, String>,
+    attestor: &Attestor,
+    target: &Target<'_>,
+) -> (Checked, Option<KeylessSigner>) {
+    let Some(keyless) = attestor
+        .keyless
+        .as_ref()
+        .filter(|_| classic::has_certificate(annotations))
+    else {
+        return (envelope_check(envelope, attestor, target), None);
+    };
+    let digest = match target.sha256() {
+        Ok(digest) => digest,
+        Err(check) => return ((check, None, None), None),
+    };
+    let signed = classic::Signed::Envelope {
+        json: envelope,
+        digest,
+    };
+    keyless_check(
+        keyless,
+        target,
+        |signer, root, options| classic::verify(signed, annotations, signer, root, options),
+        |verified, key_id| judge_statement(verified, key_id, attestor, target),
+    )
+}
+
+/// A statement whose signature verified, for either kind of attestor.
+fn judge_envelope(verified: &dsse::Verified, attestor: &Attestor, target: &Target<'_>) -> Checked {
     let digest_hex = target.digest.hex();
     let binding = target.binding();
-    let verified = match dsse::verify(envelope, attestor) {
-        Ok(v) => v,
-        Err(check) => return (check, None, None),
-    };
     let predicate_type = Some(verified.predicate_type().to_owned());
     let note = verified
         .subject_names(digest_hex)
@@ -108,7 +260,7 @@ pub fn envelope_check(envelope: &[u8], attestor: &Attestor, target: &Target<'_>)
             other => other,
         }
     } else {
-        dsse::check_for_attestor(&verified, attestor, digest_hex, Some(&binding))
+        dsse::check_for_attestor(verified, attestor, digest_hex, Some(&binding))
     };
     (check, predicate_type, note)
 }
@@ -121,18 +273,24 @@ type Checked = (Check, Option<String>, Option<String>);
 fn each<T>(
     kind: EvidenceKind,
     found: &[(String, Result<T, String>)],
-    check: impl Fn(&T) -> Checked,
+    check: impl Fn(&T) -> (Checked, Option<KeylessSigner>),
 ) -> Vec<Evidence> {
     found
         .iter()
         .map(|(source, item)| {
-            let (check, predicate, note) = match item {
+            let ((check, predicate, note), signer) = match item {
                 Ok(item) => check(item),
-                Err(reason) => (malformed(reason), None, None),
+                Err(reason) => ((malformed(reason), None, None), None),
+            };
+            let note = match (&signer, note) {
+                (Some(signer), None) => Some(format!("signed keyless by {signer}")),
+                (Some(signer), Some(note)) => Some(format!("{note}; signed keyless by {signer}")),
+                (None, note) => note,
             };
             Evidence::new(kind, source.clone(), check)
                 .with_predicate_type(predicate)
                 .with_note(note)
+                .with_keyless(signer)
         })
         .collect()
 }
@@ -144,18 +302,19 @@ pub fn from_signatures(
     target: &Target<'_>,
 ) -> Vec<Evidence> {
     each(EvidenceKind::SigTag, found, |candidate| {
-        (signature_check(candidate, attestor, target), None, None)
+        let (check, signer) = signature_check(candidate, attestor, target);
+        ((check, None, None), signer)
     })
 }
 
 /// Envelopes from an `.att` tag.
 pub fn from_envelopes(
-    found: &[(String, Result<Bytes, String>)],
+    found: &[FoundLayer],
     attestor: &Attestor,
     target: &Target<'_>,
 ) -> Vec<Evidence> {
-    each(EvidenceKind::AttTag, found, |bytes| {
-        envelope_check(bytes, attestor, target)
+    each(EvidenceKind::AttTag, found, |(bytes, annotations)| {
+        att_check(bytes, annotations, attestor, target)
     })
 }
 
@@ -167,13 +326,63 @@ pub fn from_bundles(
 ) -> Vec<Evidence> {
     each(EvidenceKind::Referrer, found, |bytes| {
         match bundle::parse(bytes) {
-            Ok(bundle) => {
-                let (check, predicate) = bundle.check(attestor, &target.artifact());
-                (check, predicate, Some(bundle_note(&bundle, target)))
-            }
-            Err(reason) => (malformed(&reason), None, None),
+            Ok(parsed) => match &attestor.keyless {
+                Some(keyless) if parsed.is_keyless() => {
+                    keyless_bundle_check(bytes, &parsed, keyless, attestor, target)
+                }
+                _ => {
+                    let (check, predicate) = parsed.check(attestor, &target.artifact());
+                    ((check, predicate, Some(bundle_note(&parsed, target))), None)
+                }
+            },
+            Err(reason) => ((malformed(&reason), None, None), None),
         }
     })
+}
+
+/// A bundle signed with a certificate, for an attestor with `keyless:`:
+/// the whole bundle verified by [`sigstore::verify_bundle`] — a DSSE
+/// statement about the manifest's digest, or a message signature over the
+/// manifest's bytes — then its content judged.
+fn keyless_bundle_check(
+    bytes: &[u8],
+    parsed: &bundle::Bundle,
+    keyless: &Keyless,
+    attestor: &Attestor,
+    target: &Target<'_>,
+) -> (Checked, Option<KeylessSigner>) {
+    let artifact = if parsed.is_dsse() {
+        match target.sha256() {
+            Ok(digest) => sigstore::Artifact::Digest(digest),
+            Err(check) => return ((check, None, None), None),
+        }
+    } else {
+        sigstore::Artifact::Bytes(target.manifest.to_vec())
+    };
+    keyless_check(
+        keyless,
+        target,
+        |signer, root, options| sigstore::verify_bundle(bytes, &artifact, signer, root, options),
+        |verified, key_id| {
+            if verified.statement.is_some() {
+                return judge_statement(verified, key_id, attestor, target);
+            }
+            // A message signature: never an attestation, names no repository.
+            if !attestor.attestations.is_empty() {
+                let check = Check::OtherPredicate {
+                    signed: "none (a message signature signs the artifact itself; it is not \
+                             an attestation)"
+                        .into(),
+                };
+                return (check, None, None);
+            }
+            let check = match target.binding().check(&[]) {
+                Ok(()) => Check::Valid { key_id },
+                Err(refused) => refused,
+            };
+            (check, None, None)
+        },
+    )
 }
 
 /// What a bundle carries besides its signature: transparency-log
@@ -203,7 +412,7 @@ pub fn from_store(items: &[Arc<Item>], attestor: &Attestor, target: &Target<'_>)
         .map(|item| {
             let (check, predicate) = match &item.content {
                 Content::Signature(candidate) => {
-                    (signature_check(candidate, attestor, target), None)
+                    (signature_check(candidate, attestor, target).0, None)
                 }
                 Content::Occurrence(occurrence) => {
                     if attestor.attestations.is_empty() {

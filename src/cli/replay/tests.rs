@@ -64,6 +64,7 @@ fn evidence(source: &str, result: &str, key: Option<&str>) -> EvidenceRecord {
         kind: None,
         predicate_type: None,
         note: None,
+        keyless: None,
     }
 }
 

@@ -18,10 +18,12 @@
 //!
 //! Only the attestor's configured keys verify. `publicKey.hint` is
 //! recorded but never used to pick or reject a key; transparency log
-//! entries are counted, not required. Keyless bundles (a Fulcio
-//! certificate) cannot be verified without a trust root, so one that no
-//! configured key verifies is [`Check::Unsupported`], not merely signed
-//! by an unknown key.
+//! entries are counted, not required. A keyless bundle (a Fulcio
+//! certificate) is verified here only by key; for an attestor with
+//! `keyless:` identities the verifier hands it to [`crate::sigstore`]
+//! instead. One no configured key verifies, for an attestor without
+//! `keyless:`, is [`Check::Unsupported`], not merely signed by an unknown
+//! key.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -41,8 +43,8 @@ const VERSIONS: [&str; 3] = ["0.1", "0.2", "0.3"];
 /// The only message digest algorithm understood.
 const SHA2_256: &str = "SHA2_256";
 /// Why a keyless bundle that no configured key verifies is not checked.
-const KEYLESS: &str = "keyless bundle (Fulcio certificate): keyless verification is not \
-                       supported; configure the signer's public key on the attestor";
+const KEYLESS: &str = "signed keyless (a Fulcio certificate), and the attestor has no \
+                       `keyless:` identities to verify it with";
 
 /// Whether `media_type` is a sigstore bundle media type Portcullis reads.
 /// Case-insensitive, tolerant of spaces around `;` and `=`.

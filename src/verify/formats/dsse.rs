@@ -144,25 +144,7 @@ impl Envelope {
         let Some(key) = key else {
             return Err(Check::UnknownKey);
         };
-        // Only signed content is interpreted from here on.
-        if self.payload_type != IN_TOTO_PAYLOAD_TYPE {
-            return Err(malformed(format!(
-                "payloadType {:?} is not {IN_TOTO_PAYLOAD_TYPE}",
-                self.payload_type
-            )));
-        }
-        let statement: Statement = serde_json::from_slice(&payload)
-            .map_err(|e| malformed(format!("signed payload is not an in-toto statement: {e}")))?;
-        if !STATEMENT_TYPES.contains(&statement.statement_type.as_str()) {
-            return Err(malformed(format!(
-                "unknown statement _type {:?}",
-                statement.statement_type
-            )));
-        }
-        Ok(Verified {
-            key_id: key.id.clone(),
-            statement,
-        })
+        Verified::from_signed(&self.payload_type, &payload, key.id.clone())
     }
 
     /// The names the statement *claims* for the subjects with sha256
@@ -218,6 +200,31 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// Reads a statement whose signature verified (with an attestor's key,
+    /// or keyless by `sigstore`), signed by `key_id`. Only signed content
+    /// is interpreted: this is never called before the signature held.
+    pub fn from_signed(
+        payload_type: &str,
+        payload: &[u8],
+        key_id: String,
+    ) -> Result<Verified, Check> {
+        let malformed = |reason: String| Check::Malformed { reason };
+        if payload_type != IN_TOTO_PAYLOAD_TYPE {
+            return Err(malformed(format!(
+                "payloadType {payload_type:?} is not {IN_TOTO_PAYLOAD_TYPE}"
+            )));
+        }
+        let statement: Statement = serde_json::from_slice(payload)
+            .map_err(|e| malformed(format!("signed payload is not an in-toto statement: {e}")))?;
+        if !STATEMENT_TYPES.contains(&statement.statement_type.as_str()) {
+            return Err(malformed(format!(
+                "unknown statement _type {:?}",
+                statement.statement_type
+            )));
+        }
+        Ok(Verified { key_id, statement })
+    }
+
     /// The names the signed statement gives the subjects with sha256
     /// `digest_hex` (empty names left out).
     pub fn subject_names(&self, digest_hex: &str) -> Vec<&str> {

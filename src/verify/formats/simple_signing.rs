@@ -22,6 +22,9 @@ const ACCEPTED_TYPES: [&str; 3] = [
 pub struct Candidate {
     pub payload: Vec<u8>,
     pub signature_b64: String,
+    /// The layer's other annotations: a keyless signature's certificate,
+    /// Rekor bundle and timestamp (see `sigstore::cosign`).
+    pub annotations: std::collections::HashMap<String, String>,
 }
 
 /// The image a signature must bind.

@@ -163,6 +163,7 @@ pub async fn signatures(
                 Ok(Candidate {
                     payload: payload.to_vec(),
                     signature_b64,
+                    annotations,
                 })
             });
             (source, candidate)
@@ -177,25 +178,21 @@ pub async fn attestations(
     budget: &Arc<Budget>,
     repository: &str,
     digest: &Digest,
-) -> Result<Vec<(String, Result<Bytes, String>)>, VerifyError> {
+) -> Result<Vec<FoundLayer>, VerifyError> {
     let site = Site {
         upstream: &upstream,
         budget,
         repository,
         digest,
     };
-    let layers = artifact_layers(site, &ATT, &[]).await?;
-    Ok(layers
-        .into_iter()
-        .map(|(source, layer)| (source, layer.map(|(bytes, _)| bytes)))
-        .collect())
+    artifact_layers(site, &ATT, &[]).await
 }
 
-type Annotations = std::collections::HashMap<String, String>;
+pub type Annotations = std::collections::HashMap<String, String>;
 
 /// A layer as found: its source (`<where> layer <n>`) and its content with
 /// its annotations, or why it is not evidence.
-type FoundLayer = (String, Result<(Bytes, Annotations), String>);
+pub type FoundLayer = (String, Result<(Bytes, Annotations), String>);
 
 /// The `sha256-<hex>.<suffix>` manifest of `artifact` at `site`, read
 /// within the budget: its location and bytes; `None` when there is none.

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::StatusCode;
 
 pub mod cosign;
@@ -57,8 +56,8 @@ impl Wants {
 pub struct Collected {
     /// Simple-signing signatures from the `.sig` tag.
     pub signatures: Vec<cosign::FoundSignature>,
-    /// DSSE envelopes from the `.att` tag.
-    pub envelopes: Vec<(String, Result<Bytes, String>)>,
+    /// DSSE envelopes from the `.att` tag, with their layer annotations.
+    pub envelopes: Vec<cosign::FoundLayer>,
     /// Sigstore bundles attached as referrers.
     pub bundles: Vec<referrers::FoundBundle>,
 }
@@ -194,6 +193,7 @@ impl Verifier {
             manifest: manifest.bytes(),
             identity: &rule.signed_identity,
             require_named: rule.require_named_identity,
+            now_ms: evidence::now_ms(),
         };
         let mut attestors: Vec<&Attestor> = policy.attestors.values().collect();
         attestors.sort_by(|a, b| a.name.cmp(&b.name));

@@ -388,6 +388,7 @@ fn classify(value: serde_json::Value, out: &mut Vec<(Vec<String>, Content)>) -> 
             Content::Signature(Candidate {
                 payload,
                 signature_b64: d.signature,
+                annotations: Default::default(),
             }),
         ));
     } else {
@@ -584,6 +585,7 @@ mod tests {
             manifest: b"",
             identity: &SignedIdentity::MatchRepository,
             require_named: false,
+            now_ms: 0,
         };
         let items = store.items_for(KRITIS_DIGEST);
         let found = evidence::from_store(&items, &kritis, &target);
