@@ -13,9 +13,11 @@
 //! registry cannot hold these image manifests: their layers are not in the
 //! fixtures).
 //!
+//! Keyless cases (Fulcio certificates, Rekor entries) are verified under
+//! keyless attestors with the embedded Sigstore public-good trusted root.
 //! Where a README case depends on something Portcullis deliberately does
-//! not have (containers/image's `matchExact`, Rekor SET checks, keyless
-//! Fulcio identities, connaisseur's signature thresholds), the test checks
+//! not have (containers/image's `matchExact`, Rekor SET checks for
+//! key-signed signatures, connaisseur's signature thresholds), the test checks
 //! the closest Portcullis equivalent and says, next to the assertion, what
 //! the README expects and why Portcullis answers what it does.
 //!
@@ -560,18 +562,59 @@ fn ci_key_rekor_valid() {
 }
 
 /// `dir-img-cosign-fulcio-rekor-valid` (`cosign-signed/fulcio-rekor-1`):
-/// VALID only with the Fulcio root + Rekor key + the e-mail identity, and
-/// "fails with any plain public key". Keyless (Fulcio) verification is out
-/// of Portcullis' scope, so no Portcullis policy can reproduce the VALID
-/// verdict; what Portcullis must (and does) do is fail closed: the keyless
-/// signature does not verify with any configured plain key, and the
-/// certificate in the annotation is never trusted as a key.
+/// VALID with the Fulcio root, the Rekor key and the e-mail identity
+/// (mitr@redhat.com, GitHub's OAuth issuer), the certificate checked at
+/// the Rekor entry's integrated time (it expired ten minutes after
+/// issue, in 2023); "fails with any plain public key". The Fulcio CA and
+/// the Rekor key are Sigstore's public-good ones, so the embedded trusted
+/// root is the trust material.
 #[test]
-fn ci_fulcio_rekor_keyless_fails_with_plain_keys() {
+fn ci_fulcio_rekor_keyless_verifies_under_its_identity_only() {
     let repo = "cosign-signed/fulcio-rekor-1";
     let fake = Fake::start();
     let view = View::load("dir-img-cosign-fulcio-rekor-valid");
+    let manifest = view.image_manifest.clone().expect("image manifest");
     view.put(&fake, repo, Some("latest"));
+    let identity = |issuer: &str, subject: &str| {
+        Attestor::keyless(
+            "fulcio",
+            &format!("identities:\n- issuer: {issuer}\n  subject: {subject}\n"),
+        )
+    };
+    let right = identity("https://github.com/login/oauth", "mitr@redhat.com");
+    let proxy = Proxy::start(&policy_config(
+        CI_REGISTRY,
+        &fake,
+        std::slice::from_ref(&right),
+        None,
+    ));
+    let r = get_manifest(&proxy, repo, "latest");
+    assert_served(&r, &manifest, "keyless signature, right identity");
+    drop(proxy);
+
+    for (attestor, says) in [
+        (
+            identity("https://github.com/login/oauth", "someone@redhat.com"),
+            "subject \"mitr@redhat.com\" is not \"someone@redhat.com\"",
+        ),
+        (
+            identity("https://accounts.google.com", "mitr@redhat.com"),
+            "issuer \"https://github.com/login/oauth\" is not",
+        ),
+    ] {
+        let proxy = Proxy::start(&policy_config(CI_REGISTRY, &fake, &[attestor], None));
+        let r = get_manifest(&proxy, repo, "latest");
+        let denial = assert_denied_with(
+            &r,
+            &["1 checked: 1 failing keyless verification"],
+            "keyless signature, wrong identity",
+        );
+        let evidence = denial.evidence();
+        assert!(
+            evidence.iter().any(|e| e.contains(says)),
+            "the evidence names the identity check: {evidence:?}"
+        );
+    }
     for key in ["cosign", "cosign2", "rekor"] {
         let proxy = Proxy::start(&policy_config(
             CI_REGISTRY,
@@ -1006,26 +1049,110 @@ fn connaisseur_unsigned_and_nonexistent() {
     assert!(v.stdout.contains("no evidence was found"), "{}", v.output());
 }
 
-/// `:keyless`: VALID for connaisseur with a keyless trust root (Fulcio
-/// issuer/subject regexes), INVALID for the wrong identity. Keyless
-/// verification is out of Portcullis' scope: no Portcullis attestor can
-/// express a Fulcio identity, so the VALID case cannot be reproduced. The
-/// Portcullis obligation is to fail closed: with the key-based trust roots
-/// (alice, bob) the keyless signature is "by unknown key".
+fn philipp_keyless() -> Attestor {
+    Attestor::keyless(
+        "philipp-keyless",
+        "identities:\n- issuerRegExp: .*github.*\n  subjectRegExp: .*philipp.*\n",
+    )
+}
+
+/// `:keyless`: VALID under trust root philipp-keyless (issuer regex
+/// `github`, subject regex `philipp`), INVALID under bob-keyless (issuer
+/// google, subject bob@gmail.com: "none of the expected identities
+/// matched"). Connaisseur's `11_keyless.yaml` trust material is Sigstore's
+/// public-good Fulcio root and Rekor and CT keys, which the embedded
+/// trusted root holds. Portcullis' regular expressions match the whole
+/// value, so connaisseur's substring regexes are written `.*github.*`.
+/// With key trust roots (alice, bob) the keyless signature is "by unknown
+/// key": the certificate in the annotation is never taken as a key.
 #[test]
-fn connaisseur_keyless_fails_closed() {
-    let (_fake, proxy) = conn_setup(&[Attestor::new(
-        "alice-or-bob",
-        &[
-            p256("alice", &connaisseur_key("alice")),
-            p256("bob", &connaisseur_key("bob")),
-        ],
-    )]);
+fn connaisseur_keyless_verifies_under_its_identity_only() {
+    let manifest = conn_manifest("keyless");
+    let philipp = philipp_keyless();
+    // The signature names index.docker.io/phbelitz/rekor-test: the image
+    // is served under that repository.
+    let repo = "phbelitz/rekor-test";
+    let fake = Fake::start();
+    put_connaisseur(&fake, repo);
+    let proxy = Proxy::start(&policy_config(
+        CONN_REGISTRY,
+        &fake,
+        std::slice::from_ref(&philipp),
+        None,
+    ));
+    let r = get_manifest(&proxy, repo, "keyless");
+    assert_served(&r, &manifest, "keyless, philipp-keyless");
+    drop(proxy);
+
+    let cfg = policy_config(CONN_REGISTRY, &fake, &[philipp], None);
+    let v = run_verify(&cfg, &format!("{CONN_REGISTRY}/{repo}:keyless"));
+    assert_eq!(v.code, Some(0), "{}", v.output());
+    for shown in [
+        "philipp.belitz@securesystems.de",
+        "https://github.com/login/oauth",
+        "log index",
+        "integrated at 1717082297",
+    ] {
+        assert!(
+            v.stdout.contains(shown),
+            "verify shows {shown:?}: {}",
+            v.output()
+        );
+    }
+
+    let bob = Attestor::keyless(
+        "bob-keyless",
+        "identities:\n- issuerRegExp: .*google.*\n  subject: bob@gmail.com\n",
+    );
+    let proxy = Proxy::start(&policy_config(CONN_REGISTRY, &fake, &[bob], None));
+    let r = get_manifest(&proxy, repo, "keyless");
+    let denial = assert_denied_with(
+        &r,
+        &["attestor bob-keyless: no valid signature (1 checked: 1 failing keyless verification)"],
+        "keyless, bob-keyless",
+    );
+    let evidence = denial.evidence();
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e.contains("which no expected identity matches")),
+        "{evidence:?}"
+    );
+    drop(proxy);
+
+    // Under its own repository the signature still binds the other one.
+    put_connaisseur(&fake, CONN_REPO);
+    let proxy = Proxy::start(&policy_config(
+        CONN_REGISTRY,
+        &fake,
+        &[philipp_keyless()],
+        None,
+    ));
     let r = get_manifest(&proxy, CONN_REPO, "keyless");
     assert_denied_with(
         &r,
+        &["1 for another repository"],
+        "keyless, another repository",
+    );
+    drop(proxy);
+
+    let proxy = Proxy::start(&policy_config(
+        CONN_REGISTRY,
+        &fake,
+        &[Attestor::new(
+            "alice-or-bob",
+            &[
+                p256("alice", &connaisseur_key("alice")),
+                p256("bob", &connaisseur_key("bob")),
+            ],
+        )],
+        None,
+    ));
+    let r = get_manifest(&proxy, repo, "keyless");
+    assert_denied_with(
+        &r,
         &[
-            "image docker.io/securesystemsengineering/testimage@sha256:31dc72a13a0c34b40eb95419d2b2fd67320c856baf3b72da518023ee8d370aee",
+            "image docker.io/phbelitz/rekor-test@sha256:31dc72a13a0c34b40eb95419d2b2fd67320c856baf3b72da518023ee8d370aee",
             "attestor alice-or-bob: no valid signature (1 checked: 1 by unknown key or altered)",
         ],
         "keyless with key trust roots",

@@ -447,3 +447,141 @@ pub fn from_store(items: &[Arc<Item>], attestor: &Attestor, target: &Target<'_>)
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sigstore::TrustedRoot;
+    use crate::verify::testing::{fixture, fixture_text, keyless_attestor};
+
+    const GITHUB_ACTIONS: &str = "https://token.actions.githubusercontent.com";
+    const GITHUB_OAUTH: &str = "https://github.com/login/oauth";
+    /// The kubewarden-controller image sigstore-rs' cosign v3 bundle signs.
+    const KUBEWARDEN: &str =
+        "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172";
+    const KUBEWARDEN_WORKFLOW: &str = "https://github.com/kubewarden/kubewarden-controller/.*";
+    /// go-containerregistry's empty image, cosign's keyless attestation's subject.
+    const EMPTY_IMAGE: &str =
+        "sha256:732112270d7e59418a8c080b134b24cabd67d250d0d0147a97ed95ba5c280aa4";
+    const NOW: i64 = 1_780_000_000_000;
+
+    fn target<'a>(name: &'a str, digest: &'a Digest) -> Target<'a> {
+        Target {
+            name,
+            digest,
+            manifest: b"",
+            identity: &SignedIdentity::MatchRepository,
+            require_named: false,
+            now_ms: NOW,
+        }
+    }
+
+    fn referrer(path: &str) -> Vec<(String, Result<Bytes, String>)> {
+        vec![(path.to_owned(), Ok(Bytes::from(fixture(path))))]
+    }
+
+    #[test]
+    fn a_cosign_v3_keyless_bundle_satisfies_a_keyless_attestor_with_its_identity() {
+        let digest: Digest = KUBEWARDEN.parse().unwrap();
+        let target = target("ghcr.io/kubewarden/kubewarden-controller", &digest);
+        let found = referrer("sigstore-rs/bundle_v03/bundle_v03.json");
+        let right = keyless_attestor(
+            "ci",
+            &[(GITHUB_ACTIONS, KUBEWARDEN_WORKFLOW)],
+            TrustedRoot::public_good(),
+            &[],
+        );
+        let evidence = from_bundles(&found, &right, &target);
+        assert!(
+            matches!(&evidence[0].check, Check::Valid { key_id } if key_id.starts_with("keyless:https://github.com/kubewarden/")),
+            "{evidence:?}"
+        );
+        let signer = evidence[0]
+            .keyless
+            .as_ref()
+            .expect("the signer is recorded");
+        assert_eq!(signer.issuer, GITHUB_ACTIONS);
+        assert!(
+            signer.subject.ends_with("release.yml@refs/tags/v1.34.0"),
+            "{signer:?}"
+        );
+        assert!(signer.log_index.is_some() && signer.certificate_sha256.len() == 64);
+
+        // Another workflow, another issuer, another image: refused, naming why.
+        for (attestor, digest, says) in [
+            (
+                keyless_attestor(
+                    "ci",
+                    &[(GITHUB_ACTIONS, "https://github.com/acme/.*")],
+                    TrustedRoot::public_good(),
+                    &[],
+                ),
+                KUBEWARDEN,
+                "no expected identity matches",
+            ),
+            (
+                keyless_attestor(
+                    "ci",
+                    &[(GITHUB_OAUTH, KUBEWARDEN_WORKFLOW)],
+                    TrustedRoot::public_good(),
+                    &[],
+                ),
+                KUBEWARDEN,
+                "issuer",
+            ),
+            (right, EMPTY_IMAGE, "subjects"),
+        ] {
+            let digest: Digest = digest.parse().unwrap();
+            let evidence = from_bundles(&found, &attestor, &target_for(&digest));
+            assert!(
+                matches!(&evidence[0].check, Check::Unverified { reason } if reason.contains(says)),
+                "{says}: {evidence:?}"
+            );
+            assert!(evidence[0].keyless.is_none());
+        }
+    }
+
+    fn target_for(digest: &Digest) -> Target<'_> {
+        target("ghcr.io/kubewarden/kubewarden-controller", digest)
+    }
+
+    #[test]
+    fn a_keyless_attestation_bundle_meets_a_requirement_under_its_own_trusted_root() {
+        let dir = "cosign/oci-attestation-bundle";
+        let root =
+            TrustedRoot::parse(fixture_text(&format!("{dir}/trusted_root_pgi.json")).as_bytes())
+                .expect("root");
+        let digest: Digest = EMPTY_IMAGE.parse().unwrap();
+        let target = target("127.0.0.1:60943/repo", &digest);
+        let found = referrer(&format!("{dir}/oci-attestation.sigstore.json"));
+        let predicate = "https://cosign.sigstore.dev/attestation/v1";
+        let attestor = |predicates: &[&str]| {
+            keyless_attestor(
+                "ci",
+                &[(GITHUB_OAUTH, "cody@soyland\\.com")],
+                root.clone(),
+                predicates,
+            )
+        };
+        let evidence = from_bundles(&found, &attestor(&[predicate]), &target);
+        assert!(
+            matches!(evidence[0].check, Check::Valid { .. }),
+            "{evidence:?}"
+        );
+        assert_eq!(evidence[0].predicate_type.as_deref(), Some(predicate));
+        // A plain signature is wanted: an attestation is not one.
+        let evidence = from_bundles(&found, &attestor(&[]), &target);
+        assert!(
+            matches!(evidence[0].check, Check::OtherPredicate { .. }),
+            "{evidence:?}"
+        );
+        // Without keyless identities the attestor cannot use it.
+        let mut keyed = attestor(&[predicate]);
+        keyed.keyless = None;
+        let evidence = from_bundles(&found, &keyed, &target);
+        assert!(
+            matches!(evidence[0].check, Check::Unsupported { .. }),
+            "{evidence:?}"
+        );
+    }
+}

@@ -69,3 +69,30 @@ pub fn attestor(name: &str, keys: Vec<AttestorKey>, predicate_types: &[&str]) ->
             .collect(),
     }
 }
+
+/// A keyless attestor: `identities` (issuer, subject regular expression),
+/// under `root`, requiring `predicate_types` (none: a signature suffices).
+pub fn keyless_attestor(
+    name: &str,
+    identities: &[(&str, &str)],
+    root: crate::sigstore::TrustedRoot,
+    predicate_types: &[&str],
+) -> Attestor {
+    use crate::sigstore::{IdentityPolicy, Matcher};
+    let mut attestor = attestor(name, Vec::new(), predicate_types);
+    attestor.keyless = Some(crate::policy::Keyless {
+        identities: identities
+            .iter()
+            .map(|(issuer, subject)| IdentityPolicy {
+                issuer: Matcher::Exact((*issuer).into()),
+                subject: Matcher::regex(subject).expect("regex"),
+                claims: Vec::new(),
+            })
+            .collect(),
+        root: std::sync::Arc::new(root),
+        root_source: "test".into(),
+        require_tlog: true,
+        require_sct: true,
+    });
+    attestor
+}

@@ -412,6 +412,8 @@ impl Key {
 pub struct Attestor {
     pub name: String,
     pub keys: Vec<Key>,
+    /// The `keyless:` block's YAML (its keys at column 0), if any.
+    pub keyless: Option<String>,
 }
 
 impl Attestor {
@@ -419,11 +421,32 @@ impl Attestor {
         Attestor {
             name: name.to_string(),
             keys: keys.to_vec(),
+            keyless: None,
+        }
+    }
+
+    /// A keyless attestor: `keyless_yaml` is the `keyless:` block's
+    /// content (`identities: [...]` ...), unindented.
+    pub fn keyless(name: &str, keyless_yaml: &str) -> Attestor {
+        Attestor {
+            name: name.to_string(),
+            keys: Vec::new(),
+            keyless: Some(keyless_yaml.to_string()),
         }
     }
 
     fn yaml(&self) -> String {
-        let mut y = format!("  - name: {}\n    publicKeys:\n", self.name);
+        let mut y = format!("  - name: {}\n", self.name);
+        if let Some(keyless) = &self.keyless {
+            y.push_str("    keyless:\n");
+            for line in keyless.lines() {
+                y.push_str(&format!("      {line}\n"));
+            }
+        }
+        if self.keys.is_empty() {
+            return y;
+        }
+        y.push_str("    publicKeys:\n");
         for k in &self.keys {
             let pem: String = k
                 .pem
