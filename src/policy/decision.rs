@@ -278,6 +278,13 @@ impl AttestorResult {
         }) {
             text.push_str(&format!("; condition failed: {reason}"));
         }
+        // The first failing keyless check, so the client sees which.
+        if let Some(reason) = self.evidence.iter().find_map(|e| match &e.check {
+            Check::Unverified { reason } => Some(reason),
+            _ => None,
+        }) {
+            text.push_str(&format!("; keyless verification failed: {reason}"));
+        }
         text
     }
 }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod proxy;
 pub mod redis;
 pub mod registry;
+pub mod sigstore;
 pub mod trust;
 pub mod webhook;
 

@@ -322,6 +322,22 @@ pub fn assert_denied(r: &http::Response, failure: &str, what: &str) -> String {
     msg
 }
 
+/// Asserts a 403 `DENIED` by the keyless attestor `acme-release` whose
+/// message names the keyless check that failed (`says`). Returns the
+/// message.
+pub fn assert_denied_keyless(r: &http::Response, says: &str, what: &str) -> String {
+    super::fake::assert_oci_error(r, 403, Some("DENIED"), what);
+    let errors = super::fake::oci_errors(&r.body).expect("oci errors");
+    let msg = errors[0].1.clone();
+    for w in ["attestor acme-release", "keyless verification failed", says] {
+        assert!(
+            msg.contains(w),
+            "{what}: denial message lacks {w:?}: {msg:?}"
+        );
+    }
+    msg
+}
+
 /// The combined stdout and stderr of a command.
 pub fn output_text(out: &Output) -> String {
     format!(

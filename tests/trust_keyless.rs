@@ -1,0 +1,310 @@
+//! Keyless trust with real components: a Sigstore of the test's own (a
+//! Fulcio-like CA, a CT log key, a Rekor-like log key, and the
+//! `trusted_root.json` naming them, `common::sigstore`), images in a real
+//! distribution registry signed keyless the way `cosign sign` leaves them
+//! (a `.sig` layer with the certificate and the Rekor bundle as
+//! annotations), and skopeo, podman and containerd (`ctr`) pulling through
+//! a proxy whose attestor is "the release workflow of acme/app, as GitHub
+//! Actions vouched for it".
+//!
+//! Right identity → pulls. Wrong identity, wrong issuer, an expired
+//! certificate with no valid signing time, a missing or forged log entry,
+//! a certificate without an SCT, an untrusted CA → denied, the denial
+//! naming the check that failed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use common::clients::{Containerd, Podman};
+use common::content;
+use common::registry::Registry;
+use common::sigstore::{self, Issue, TestSigstore};
+use common::trust::{self, get_manifest_via};
+use common::Proxy;
+
+const ISSUER: &str = "https://token.actions.githubusercontent.com";
+const WORKFLOW: &str = "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.0.0";
+
+/// The proxy's configuration: one attestor, keyless, trusting `root`.
+fn config(registry: &Registry, root: &Path, extra_identity: &str) -> String {
+    let r = registry.host();
+    format!(
+        "listen: {{listen}}\n\
+         upstreams:\n\
+         \x20 - registry: {r}\n\
+         \x20   url: {url}\n\
+         \x20   default: true\n\
+         policy:\n\
+         \x20 defaultAdmissionRule:\n\
+         \x20   evaluationMode: REQUIRE_ATTESTATION\n\
+         \x20   enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n\
+         \x20   requireAttestationsBy: [acme-release]\n\
+         attestors:\n\
+         \x20 - name: acme-release\n\
+         \x20   keyless:\n\
+         \x20     trustedRoot: {root}\n\
+         \x20     identities:\n\
+         \x20       - issuer: {ISSUER}\n\
+         \x20         subjectRegExp: https://github\\.com/acme/app/\\.github/workflows/release\\.yml@refs/tags/v.*\n\
+         {extra_identity}\
+         cache: {{allowTtl: 10m, denyTtl: 30s, maxEntries: 100000}}\n",
+        url = registry.url(),
+        root = root.display(),
+    )
+}
+
+struct Env {
+    reg: Registry,
+    ours: TestSigstore,
+    dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+fn env() -> Env {
+    let reg = Registry::start();
+    let ours = TestSigstore::new("ours");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("trusted_root.json");
+    std::fs::write(&root, ours.trusted_root()).expect("write the trusted root");
+    Env {
+        reg,
+        ours,
+        dir,
+        root,
+    }
+}
+
+/// Pushes an image to `repo:v1`; its digest.
+fn push(env: &Env, repo: &str, seed: u64) -> String {
+    content::push_image(
+        &env.reg.url(),
+        repo,
+        Some("v1"),
+        common::host_arch(),
+        seed,
+        &[40_000, 2000],
+    )
+    .digest
+}
+
+/// Pushes an image to `repo:v1` and signs it keyless as `issue` says,
+/// logged (when `integrated` is given) by the Sigstore `by`.
+fn push_signed(
+    env: &Env,
+    repo: &str,
+    seed: u64,
+    by: &TestSigstore,
+    issue: &Issue,
+    integrated: Option<SystemTime>,
+) -> String {
+    let digest = push(env, repo, seed);
+    let reference = format!("{}/{repo}", env.reg.host());
+    let signature = sigstore::sign_keyless(by, &reference, &digest, issue, integrated);
+    sigstore::push_signature(&env.reg.url(), repo, &digest, &signature);
+    digest
+}
+
+#[test]
+fn keyless_signed_image_pulls_with_skopeo_podman_and_ctr() {
+    let env = env();
+    let digest = push_signed(
+        &env,
+        "acme/app",
+        1,
+        &env.ours,
+        &Issue::now(WORKFLOW, ISSUER),
+        Some(SystemTime::now()),
+    );
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let proxy = Proxy::start_with_health(
+        &(config(&env.reg, &env.root, "") + &format!("admin: {{listen: {admin}}}\n")),
+        &format!("http://{admin}/healthz"),
+    );
+    let reference = format!("{}/acme/app:v1", proxy.host());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("img");
+    let out = trust::skopeo_copy(&reference, &dest);
+    trust::assert_succeeded(&out, "skopeo copy of a keyless-signed image");
+    assert_eq!(trust::dir_manifest_digest(&dest), digest, "skopeo");
+
+    let podman = Podman::new();
+    let out = trust::podman_pull(&podman, &reference);
+    trust::assert_succeeded(&out, "podman pull of a keyless-signed image");
+    assert_eq!(podman.inspect(&reference).digest, digest, "podman");
+
+    let ctr = Containerd::start();
+    let out = trust::ctr_pull(&ctr, &reference, None);
+    trust::assert_succeeded(&out, "ctr pull of a keyless-signed image");
+    assert_eq!(ctr.image_target(&reference), digest, "containerd");
+
+    // The decision shows who signed and where it was logged.
+    let audit = http_get(&format!("http://{admin}/-/api/decisions"));
+    for shown in [WORKFLOW, ISSUER, "\"logIndex\":4242"] {
+        assert!(audit.contains(shown), "the decisions show {shown}: {audit}");
+    }
+}
+
+fn http_get(url: &str) -> String {
+    let r = common::http::request("GET", url, &[], &[]).expect("GET");
+    assert_eq!(r.status, 200, "{url}: {}", r.text());
+    r.text()
+}
+
+/// Every way keyless evidence can fail, each in its own repository of one
+/// registry, against one proxy: denied, naming the check.
+#[test]
+fn keyless_failures_are_denied_naming_the_check() {
+    let env = env();
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let right = Issue::now(WORKFLOW, ISSUER);
+    // A CA the trusted root does not hold, with our CT and Rekor keys: only
+    // the chain is wrong.
+    let mut rogue = TestSigstore::new("rogue");
+    rogue.ct_key = env.ours.ct_key.clone();
+    rogue.rekor_key = env.ours.rekor_key.clone();
+    // A forger claiming our Rekor's log ID, signing with another key.
+    let mut forger = TestSigstore::new("ours");
+    forger.rekor_key = sigstore::key("forger rekor");
+    forger.claimed_log_id = Some(env.ours.rekor_log_id());
+
+    let expired = Issue {
+        not_before: now - 3 * hour,
+        not_after: now - 3 * hour + Duration::from_secs(600),
+        ..right.clone()
+    };
+    let cases: Vec<(&str, &TestSigstore, Issue, Option<SystemTime>, &str)> = vec![
+        (
+            "wrong-subject",
+            &env.ours,
+            Issue::now(
+                "https://github.com/acme/app/.github/workflows/pr.yml@refs/pull/7/merge",
+                ISSUER,
+            ),
+            Some(now),
+            "which no expected identity matches (subject",
+        ),
+        (
+            "wrong-issuer",
+            &env.ours,
+            Issue::now(WORKFLOW, "https://token.actions.example.com"),
+            Some(now),
+            "which no expected identity matches (issuer",
+        ),
+        (
+            "expired",
+            &env.ours,
+            expired.clone(),
+            Some(now),
+            "the signing time lies outside the certificate's validity",
+        ),
+        (
+            "expired-unlogged",
+            &env.ours,
+            expired,
+            None,
+            "no transparency log entry",
+        ),
+        (
+            "unlogged",
+            &env.ours,
+            right.clone(),
+            None,
+            "no transparency log entry",
+        ),
+        (
+            "forged-log-entry",
+            &forger,
+            right.clone(),
+            Some(now),
+            "signed entry timestamp",
+        ),
+        (
+            "no-sct",
+            &env.ours,
+            Issue {
+                sct: false,
+                ..right.clone()
+            },
+            Some(now),
+            "the certificate carries no SCT",
+        ),
+        (
+            "untrusted-ca",
+            &rogue,
+            right.clone(),
+            Some(now),
+            "does not chain to a trusted certificate authority",
+        ),
+    ];
+    for (i, (repo, by, issue, integrated, _)) in cases.iter().enumerate() {
+        push_signed(
+            &env,
+            &format!("acme/{repo}"),
+            10 + i as u64,
+            by,
+            issue,
+            *integrated,
+        );
+    }
+    let proxy = Proxy::start(&config(&env.reg, &env.root, ""));
+    for (repo, _, _, _, says) in &cases {
+        let repo = format!("acme/{repo}");
+        let r = get_manifest_via(&proxy, &repo, "v1");
+        let message = trust::assert_denied_keyless(&r, says, &repo);
+        eprintln!("{repo}: {message}");
+    }
+
+    // The clients show it too.
+    let reference = format!("{}/acme/wrong-issuer:v1", proxy.host());
+    let words = ["attestor acme-release", "keyless verification failed"];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = trust::skopeo_copy(&reference, &dir.path().join("img"));
+    trust::assert_failed_saying(&out, &words, "skopeo copy, wrong issuer");
+    let podman = Podman::new();
+    let out = trust::podman_pull(&podman, &reference);
+    trust::assert_failed_saying(&out, &words, "podman pull, wrong issuer");
+    let ctr = Containerd::start();
+    let out = trust::ctr_pull(&ctr, &reference, None);
+    trust::assert_failed_saying(&out, &["denied by policy"], "ctr pull, wrong issuer");
+    drop(env.dir);
+}
+
+/// An identity added to the attestor admits what it signs; the trusted
+/// root is read from the file, so the same signature under the public-good
+/// root (the default) does not verify.
+#[test]
+fn identities_and_trusted_roots_are_the_attestors() {
+    let env = env();
+    let pr = "https://github.com/acme/app/.github/workflows/pr.yml@refs/heads/main";
+    push_signed(
+        &env,
+        "acme/pr",
+        30,
+        &env.ours,
+        &Issue::now(pr, ISSUER),
+        Some(SystemTime::now()),
+    );
+    let extra = format!(
+        "\x20       - issuer: {ISSUER}\n\
+         \x20         subject: {pr}\n"
+    );
+    let proxy = Proxy::start(&config(&env.reg, &env.root, &extra));
+    let r = get_manifest_via(&proxy, "acme/pr", "v1");
+    assert_eq!(r.status, 200, "a second identity admits: {}", r.text());
+    drop(proxy);
+
+    let public_good = config(&env.reg, &env.root, &extra)
+        .replace(&format!("      trustedRoot: {}\n", env.root.display()), "");
+    assert!(!public_good.contains("trustedRoot"));
+    let proxy = Proxy::start(&public_good);
+    let r = get_manifest_via(&proxy, "acme/pr", "v1");
+    trust::assert_denied_keyless(
+        &r,
+        "the entry is in a log the trusted root does not know",
+        "acme/pr",
+    );
+}
