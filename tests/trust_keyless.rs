@@ -308,3 +308,57 @@ fn identities_and_trusted_roots_are_the_attestors() {
         "acme/pr",
     );
 }
+
+/// What an upstream can do with real keyless signatures of the right
+/// identity: move one to another image, or put a right certificate on a
+/// signature made with another key. Neither is served.
+#[test]
+fn a_right_signature_moved_or_a_right_certificate_borrowed_is_denied() {
+    let env = env();
+    let now = Some(SystemTime::now());
+    let right = Issue::now(WORKFLOW, ISSUER);
+    let signed = push_signed(&env, "acme/signed", 40, &env.ours, &right, now);
+
+    // The signed image's signature, as the .sig of another image.
+    let other = push(&env, "acme/signed", 41);
+    let reference = format!("{}/acme/signed", env.reg.host());
+    let moved = sigstore::sign_keyless(&env.ours, &reference, &signed, &right, now);
+    sigstore::push_signature(&env.reg.url(), "acme/signed", &other, &moved);
+
+    // A signature by an attacker's key, with a right certificate (and its
+    // log entry) copied from a real signature.
+    let borrowed_digest = push(&env, "acme/borrowed", 42);
+    let reference = format!("{}/acme/borrowed", env.reg.host());
+    let real = sigstore::sign_keyless(&env.ours, &reference, &borrowed_digest, &right, now);
+    let mut forged = sigstore::sign_keyless(
+        &env.ours,
+        &reference,
+        &borrowed_digest,
+        &Issue::now("mallory@example.com", ISSUER),
+        now,
+    );
+    for annotation in [
+        sigstore::CERTIFICATE_ANNOTATION,
+        sigstore::BUNDLE_ANNOTATION,
+    ] {
+        forged.annotations[annotation] = real.annotations[annotation].clone();
+    }
+    sigstore::push_signature(&env.reg.url(), "acme/borrowed", &borrowed_digest, &forged);
+
+    let proxy = Proxy::start(&config(&env.reg, &env.root, ""));
+    let r = get_manifest_via(&proxy, "acme/signed", &signed);
+    assert_eq!(r.status, 200, "the signed image itself: {}", r.text());
+    let r = get_manifest_via(&proxy, "acme/signed", &other);
+    common::fake::assert_oci_error(&r, 403, Some("DENIED"), "a moved signature");
+    let text = r.text();
+    assert!(
+        text.contains("1 for another digest") && text.contains(&signed),
+        "a moved signature names the digest it signs: {text}"
+    );
+    let r = get_manifest_via(&proxy, "acme/borrowed", "v1");
+    trust::assert_denied_keyless(
+        &r,
+        "the signature does not verify over the artifact",
+        "a borrowed certificate",
+    );
+}
