@@ -8,6 +8,9 @@
     push.py fresh HOST:PORT REPO PREFIX COUNT          -> "tag digest" lines
         COUNT small images never seen before (unique config each), tagged
         PREFIX0..PREFIX{COUNT-1}, for cold first-pull measurements.
+    push.py sigs HOST:PORT REPO < JSON lines
+        pushes the keyless .sig manifests `keyless-sign sign` printed (its
+        config and payload blobs, then the manifest under sha256-<hex>.sig)
 """
 
 import gzip
@@ -173,6 +176,18 @@ def fresh(host, repo, prefix, count):
         print(tag, d)
 
 
+def sigs(host, repo):
+    import base64
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        sig = json.loads(line)
+        push_blob(host, repo, data=base64.b64decode(sig["config"]))
+        push_blob(host, repo, data=base64.b64decode(sig["payload"]))
+        tag = sig["digest"].replace(":", "-", 1) + ".sig"
+        push_manifest(host, repo, tag, sig["manifest"], OCI_MANIFEST)
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "setup":
         host = argv[1]
@@ -181,6 +196,8 @@ def main(argv):
         setup(host, big_mib, work)
     elif len(argv) == 5 and argv[0] == "fresh":
         fresh(argv[1], argv[2], argv[3], int(argv[4]))
+    elif len(argv) == 3 and argv[0] == "sigs":
+        sigs(argv[1], argv[2])
     else:
         sys.exit(__doc__)
 

@@ -6,6 +6,8 @@
 # redis-server (pc-fleet, pc-fleet-b): the warm by-digest manifest path with
 # Redis configured next to without, and the first GET of a blob on a replica
 # that did not admit its image (one Redis lookup; section 2b).
+# Issue 15: pc-keyless, a keyless attestor: the cold first GET of images
+# signed keyless by the benchmark's own Sigstore (section 2).
 # Issue 14: the content store (cache.content). pc-cache is pc-require's
 # policy with an on-disk store in a fresh directory: the big blob served
 # from the store (warmed with one GET, the hits counter checked on every
@@ -64,6 +66,7 @@ SERVER_CPUS=${BENCH_SERVER_CPUS:-0-$((NCPU - 1))}
 CLIENT_CPUS=${BENCH_CLIENT_CPUS:-$((NCPU - 1))}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/portcullis
+SIGNER=$TARGET_DIR/release/examples/keyless-sign
 ACCEPT="application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
 STARTED=$(date +%s)
 START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -161,13 +164,15 @@ done
 if [ "$BUILD" = 1 ]; then
     log "cargo build --release (target dir $TARGET_DIR)"
     cargo build --release --locked --quiet
+    cargo build --release --locked --quiet --example keyless-sign
     cargo bench --locked --quiet --bench core --no-run 2>/dev/null || cargo bench --locked --bench core --no-run
 fi
 BUILD_S=$(($(date +%s) - STARTED))
 [ -x "$BIN" ] || die "no release binary at $BIN"
+[ -x "$SIGNER" ] || die "no keyless signer at $SIGNER (cargo build --release --example keyless-sign)"
 
 read -r P_UP P_DP P_NG P_ST P_PA P_PR P_PT A_PA A_PR A_PT P_RD P_FA P_FB A_FA A_FB \
-    P_PC A_PC P_PK A_PK P_DK <<<"$(free_ports 20)"
+    P_PC A_PC P_PK A_PK P_DK P_PL A_PL <<<"$(free_ports 22)"
 UP=127.0.0.1:$P_UP
 log "work directory $WORK; servers on CPUs $SERVER_CPUS, clients on CPU $CLIENT_CPUS"
 
@@ -304,6 +309,33 @@ pc_config "$WORK/pc-require-ttl.yaml" "$P_PT" "$A_PT" REQUIRE_ATTESTATION 5s
 pc_config "$WORK/pc-fleet.yaml" "$P_FA" "$A_FA" REQUIRE_ATTESTATION 0s a
 pc_config "$WORK/pc-fleet-b.yaml" "$P_FB" "$A_FB" REQUIRE_ATTESTATION 0s b
 pc_config "$WORK/pc-cache.yaml" "$P_PC" "$A_PC" REQUIRE_ATTESTATION 0s "" "$WORK/pc-cache-store"
+# Issue 15: pc-keyless requires a keyless signature by one GitHub workflow
+# identity, under the trusted root of the benchmark's own Sigstore
+# (bench/keyless_sign.rs): Fulcio-like chain, SCT, Rekor SET, identity.
+"$SIGNER" root "$WORK/trusted_root.json" || die "keyless-sign root"
+cat >"$WORK/pc-keyless.yaml" <<YAML
+listen: 127.0.0.1:$P_PL
+upstreams:
+  - registry: $UP
+    url: http://$UP
+    default: true
+admin: {listen: 127.0.0.1:$A_PL}
+cache: {allowTtl: 10m, denyTtl: 30s, maxEntries: 100000, tagTtl: 0s}
+policy:
+  defaultAdmissionRule:
+    evaluationMode: REQUIRE_ATTESTATION
+    enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+    requireAttestationsBy: [acme-release]
+attestors:
+  - name: acme-release
+    keyless:
+      trustedRoot: $WORK/trusted_root.json
+      identities:
+        - issuer: https://token.actions.githubusercontent.com
+          subjectRegExp: https://github\.com/acme/app/\.github/workflows/release\.yml@refs/tags/v.*
+YAML
+start_bg "$WORK/pc-keyless.log" "$BIN" serve --config "$WORK/pc-keyless.yaml"
+PID_PL=$LAST_PID
 start_bg "$WORK/pc-allow.log" "$BIN" serve --config "$WORK/pc-allow.yaml"
 PID_PA=$LAST_PID
 start_bg "$WORK/pc-require.log" "$BIN" serve --config "$WORK/pc-require.yaml"
@@ -323,17 +355,18 @@ declare -A URL=(
     [pc-require]=http://127.0.0.1:$P_PR [pc-require-ttl]=http://127.0.0.1:$P_PT
     [pc-fleet]=http://127.0.0.1:$P_FA [pc-fleet-b]=http://127.0.0.1:$P_FB
     [pc-cache]=http://127.0.0.1:$P_PC [pc-cache-cold]=http://127.0.0.1:$P_PK
+    [pc-keyless]=http://127.0.0.1:$P_PL
     [distproxy-cold]=http://127.0.0.1:$P_DK
 )
 declare -A PIDOF=(
     [direct]=$PID_UP [distproxy]=$PID_DP [nginx]=$PID_NG [static]=$PID_NG
     [pc-allow]=$PID_PA [pc-require]=$PID_PR [pc-require-ttl]=$PID_PT
-    [pc-fleet]=$PID_FA [pc-fleet-b]=$PID_FB [pc-cache]=$PID_PC
+    [pc-fleet]=$PID_FA [pc-fleet-b]=$PID_FB [pc-cache]=$PID_PC [pc-keyless]=$PID_PL
 )
 wait_http "${URL[distproxy]}/v2/" "$PID_DP" "distribution proxy"
 wait_http "${URL[static]}/" "$PID_NG" "nginx"
 wait_http "${URL[nginx]}/v2/" "$PID_NG" "nginx"
-for t in pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b pc-cache; do
+for t in pc-allow pc-require pc-require-ttl pc-fleet pc-fleet-b pc-cache pc-keyless; do
     wait_http "${URL[$t]}/v2/" "${PIDOF[$t]}" "$t"
 done
 for _ in $(seq 1 100); do
@@ -495,23 +528,31 @@ while read -r tag _; do
     "$BIN" sign "$UP/cold/app:$tag" --key "$WORK/cosign.key" --insecure >>"$WORK/sign.log" 2>&1 ||
         die "portcullis sign cold/app:$tag"
 done <"$WORK/cold-c.txt"
-paste "$WORK/cold-a.txt" "$WORK/cold-b.txt" "$WORK/cold-c.txt" "$WORK/cold-d.txt" |
-    while read -r _ a _ b _ c _ d; do
+python3 "$SELF_DIR/push.py" fresh "$UP" cold/app k "$COLD_REPS" >"$WORK/cold-k.txt"
+"$SIGNER" sign "$UP/cold/app" <"$WORK/cold-k.txt" >"$WORK/cold-k.sigs" || die "keyless-sign sign"
+python3 "$SELF_DIR/push.py" sigs "$UP" cold/app <"$WORK/cold-k.sigs" || die "push.py sigs"
+paste "$WORK/cold-a.txt" "$WORK/cold-b.txt" "$WORK/cold-c.txt" "$WORK/cold-d.txt" "$WORK/cold-k.txt" |
+    while read -r _ a _ b _ c _ d _ k; do
         echo "direct ${URL[direct]}/v2/cold/app/manifests/$a"
         echo "pc-allow ${URL[pc-allow]}/v2/cold/app/manifests/$b"
         echo "pc-require ${URL[pc-require]}/v2/cold/app/manifests/$c"
         echo "direct-sig ${URL[direct]}/v2/cold/app/manifests/${c/:/-}.sig"
         echo "distproxy ${URL[distproxy]}/v2/cold/app/manifests/$d"
+        echo "pc-keyless ${URL[pc-keyless]}/v2/cold/app/manifests/$k"
     done | taskset -c "$CLIENT_CPUS" python3 "$SELF_DIR/cold.py" >"$WORK/cold.out" 2>>"$WORK/cold.log"
 while read -r t p50 p90 n fail; do
     rec cold "first GET by digest" "$t" p50_ms "$p50"
     rec cold "first GET by digest" "$t" p90_ms "$p90"
     rec cold "first GET by digest" "$t" failures "$fail"
 done <"$WORK/cold.out"
+# The keyless-signed images must all have been admitted.
+kfail=$(awk '$1 == "pc-keyless" {print $5}' "$WORK/cold.out")
+[ "$kfail" = 0 ] || die "pc-keyless refused $kfail keyless-signed image(s): see $WORK/cold.log and $WORK/pc-keyless.log"
 # Enforcement sanity: an unsigned image is refused by pc-require.
 unsigned=$(awk 'NR==1{print $2}' "$WORK/cold-a.txt")
 rec sanity "unsigned image via pc-require" pc-require http_status "$(http_code "${URL[pc-require]}/v2/cold/app/manifests/$unsigned")"
 rec sanity "signed image via pc-require" pc-require http_status "$(http_code "${URL[pc-require]}/v2/demo/app/manifests/v1")"
+rec sanity "key-signed image via pc-keyless" pc-keyless http_status "$(http_code "${URL[pc-keyless]}/v2/demo/app/manifests/v1")"
 
 # ---------------------------------------- 2b. blob gating across a fleet --
 # A blob request on a replica that did not admit the image asks Redis (one

@@ -253,50 +253,6 @@ fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// What cosign v3 pushes: the bundle blob, the empty config and a
-/// manifest whose `subject` is the image. Returns the referrer manifest
-/// and the descriptor a referrers index lists for it.
-fn referrer(
-    push_blob: &mut dyn FnMut(&[u8]) -> String,
-    image_digest: &str,
-    image_size: usize,
-    bundle: &[u8],
-    predicate_type: &str,
-) -> (Vec<u8>, serde_json::Value) {
-    let bundle_digest = push_blob(bundle);
-    let empty = push_blob(b"{}");
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": empty},
-        "layers": [{"mediaType": BUNDLE_V03, "size": bundle.len(), "digest": bundle_digest}],
-        "annotations": {
-            "dev.sigstore.bundle.content": "dsse-envelope",
-            "dev.sigstore.bundle.predicateType": predicate_type,
-        },
-        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": image_size, "digest": image_digest},
-        "artifactType": BUNDLE_V03,
-    }))
-    .unwrap();
-    let descriptor = serde_json::json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": sha256_digest(&manifest),
-        "size": manifest.len(),
-        "artifactType": BUNDLE_V03,
-        "annotations": {"dev.sigstore.bundle.predicateType": predicate_type},
-    });
-    (manifest, descriptor)
-}
-
-fn index(descriptors: &[serde_json::Value]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": descriptors,
-    }))
-    .unwrap()
-}
-
 fn bundle_config(registry_host: &str, url: &str, signer: &KeyPair, ci: &KeyPair) -> String {
     format!(
         "listen: {{listen}}\nupstreams:\n  - registry: {registry_host}\n    url: {url}\n\
@@ -375,7 +331,7 @@ fn referrer_bundles_admit_images_through_the_tag_schema_fallback() {
         let bundle = bundle(dir.path(), key, &statement);
         let mut push = |bytes: &[u8]| content::push_blob(&url, repo, bytes).digest;
         let (manifest_bytes, descriptor) =
-            referrer(&mut push, &image.digest, manifest.len(), &bundle, predicate);
+            trust::referrer(&mut push, &image.digest, manifest.len(), &bundle, predicate);
         let pushed = content::push_manifest(
             &url,
             repo,
@@ -394,7 +350,7 @@ fn referrer_bundles_admit_images_through_the_tag_schema_fallback() {
             repo,
             &image.digest.replace(':', "-"),
             "application/vnd.oci.image.index.v1+json",
-            &index(&[descriptor]),
+            &trust::index(&[descriptor]),
         );
     }
     let no_api =
@@ -465,7 +421,7 @@ fn referrer_bundles_are_read_through_the_referrers_api() {
         &statement(&image.digest, SIGN_PREDICATE, None),
     );
     let mut push = |bytes: &[u8]| fake.put_blob(repo, bytes);
-    let (referrer_manifest, descriptor) = referrer(
+    let (referrer_manifest, descriptor) = trust::referrer(
         &mut push,
         &image.digest,
         manifest.len(),
@@ -478,7 +434,7 @@ fn referrer_bundles_are_read_through_the_referrers_api() {
         "application/vnd.oci.image.manifest.v1+json",
         &referrer_manifest,
     );
-    fake.put_referrers(repo, &image.digest, &index(&[descriptor]));
+    fake.put_referrers(repo, &image.digest, &trust::index(&[descriptor]));
 
     let proxy = Proxy::start(&bundle_config(&registry.host(), &fake.url(), &signer, &ci));
     let r = pull(&proxy, repo);
@@ -495,28 +451,6 @@ fn referrer_bundles_are_read_through_the_referrers_api() {
         )),
         0,
         "the tag fallback was read although the API answered"
-    );
-}
-
-/// Pushes `bundle` as a referrer of `image_digest` in `repo`, with the
-/// referrers tag that distribution 2.8 needs (it has no referrers API).
-fn attach_bundle(url: &str, repo: &str, image_digest: &str, image_size: usize, bundle: &[u8]) {
-    let mut push = |bytes: &[u8]| content::push_blob(url, repo, bytes).digest;
-    let (manifest, descriptor) =
-        referrer(&mut push, image_digest, image_size, bundle, SIGN_PREDICATE);
-    content::push_manifest(
-        url,
-        repo,
-        &sha256_digest(&manifest),
-        "application/vnd.oci.image.manifest.v1+json",
-        &manifest,
-    );
-    content::push_manifest(
-        url,
-        repo,
-        &image_digest.replace(':', "-"),
-        "application/vnd.oci.image.index.v1+json",
-        &index(&[descriptor]),
     );
 }
 
@@ -553,16 +487,44 @@ fn bundles_are_bound_to_the_repository_their_signed_statement_names() {
     .unwrap();
     let named = bundle(dir.path(), &signer, &named);
     // Made for team/app, and copied with the image into copy/app.
-    attach_bundle(&url, "team/app", &image.digest, size, &named);
-    attach_bundle(&url, "copy/app", &image.digest, size, &named);
+    trust::attach_bundle(
+        &url,
+        "team/app",
+        &image.digest,
+        size,
+        &named,
+        SIGN_PREDICATE,
+    );
+    trust::attach_bundle(
+        &url,
+        "copy/app",
+        &image.digest,
+        size,
+        &named,
+        SIGN_PREDICATE,
+    );
     // A statement that names no repository binds the digest only.
     let unnamed = bundle(
         dir.path(),
         &signer,
         &statement(&image.digest, SIGN_PREDICATE, None),
     );
-    attach_bundle(&url, "anon/app", &image.digest, size, &unnamed);
-    attach_bundle(&url, "strict/app", &image.digest, size, &unnamed);
+    trust::attach_bundle(
+        &url,
+        "anon/app",
+        &image.digest,
+        size,
+        &unnamed,
+        SIGN_PREDICATE,
+    );
+    trust::attach_bundle(
+        &url,
+        "strict/app",
+        &image.digest,
+        size,
+        &unnamed,
+        SIGN_PREDICATE,
+    );
 
     let config = bundle_config(&host, &url, &signer, &ci).replace(
         "  repositoryAdmissionRules:\n",

@@ -27,8 +27,9 @@ use common::Proxy;
 const ISSUER: &str = "https://token.actions.githubusercontent.com";
 const WORKFLOW: &str = "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.0.0";
 
-/// The proxy's configuration: one attestor, keyless, trusting `root`.
-fn config(registry: &Registry, root: &Path, extra_identity: &str) -> String {
+/// The proxy's configuration: one attestor, keyless, trusting `root`;
+/// `extra` continues the attestor (more identities, `attestations:`).
+fn config(registry: &Registry, root: &Path, extra: &str) -> String {
     let r = registry.host();
     format!(
         "listen: {{listen}}\n\
@@ -48,7 +49,7 @@ fn config(registry: &Registry, root: &Path, extra_identity: &str) -> String {
          \x20     identities:\n\
          \x20       - issuer: {ISSUER}\n\
          \x20         subjectRegExp: https://github\\.com/acme/app/\\.github/workflows/release\\.yml@refs/tags/v.*\n\
-         {extra_identity}\
+         {extra}\
          cache: {{allowTtl: 10m, denyTtl: 30s, maxEntries: 100000}}\n",
         url = registry.url(),
         root = root.display(),
@@ -102,8 +103,33 @@ fn push_signed(
     let digest = push(env, repo, seed);
     let reference = format!("{}/{repo}", env.reg.host());
     let signature = sigstore::sign_keyless(by, &reference, &digest, issue, integrated);
-    sigstore::push_signature(&env.reg.url(), repo, &digest, &signature);
+    push_signature(&env.reg.url(), repo, &digest, &signature);
     digest
+}
+
+/// Pushes `signature` as the `.sig` of `digest` in `repo`, laid out as
+/// cosign lays it out.
+fn push_signature(
+    registry_url: &str,
+    repo: &str,
+    digest: &str,
+    signature: &sigstore::KeylessSignature,
+) {
+    let config = content::push_blob(registry_url, repo, b"{}");
+    let layer = content::push_blob(registry_url, repo, &signature.payload);
+    let manifest = sigstore::sig_manifest(
+        signature,
+        (&config.digest, config.size),
+        (&layer.digest, layer.size),
+    );
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    content::push_manifest(
+        registry_url,
+        repo,
+        &tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &serde_json::to_vec(&manifest).expect("JSON"),
+    );
 }
 
 #[test]
@@ -323,7 +349,7 @@ fn a_right_signature_moved_or_a_right_certificate_borrowed_is_denied() {
     let other = push(&env, "acme/signed", 41);
     let reference = format!("{}/acme/signed", env.reg.host());
     let moved = sigstore::sign_keyless(&env.ours, &reference, &signed, &right, now);
-    sigstore::push_signature(&env.reg.url(), "acme/signed", &other, &moved);
+    push_signature(&env.reg.url(), "acme/signed", &other, &moved);
 
     // A signature by an attacker's key, with a right certificate (and its
     // log entry) copied from a real signature.
@@ -343,7 +369,7 @@ fn a_right_signature_moved_or_a_right_certificate_borrowed_is_denied() {
     ] {
         forged.annotations[annotation] = real.annotations[annotation].clone();
     }
-    sigstore::push_signature(&env.reg.url(), "acme/borrowed", &borrowed_digest, &forged);
+    push_signature(&env.reg.url(), "acme/borrowed", &borrowed_digest, &forged);
 
     let proxy = Proxy::start(&config(&env.reg, &env.root, ""));
     let r = get_manifest_via(&proxy, "acme/signed", &signed);
@@ -361,4 +387,95 @@ fn a_right_signature_moved_or_a_right_certificate_borrowed_is_denied() {
         "the signature does not verify over the artifact",
         "a borrowed certificate",
     );
+}
+
+const SLSA_V1: &str = "https://slsa.dev/provenance/v1";
+const BUILDER: &str = "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1.0.0";
+
+/// "SLSA provenance whose builder is our workflow, signed by our
+/// workflow's identity" as one attestor: cosign v3 keyless attestation
+/// bundles (DSSE, a Rekor `dsse` entry with an inclusion proof and a
+/// signed checkpoint) attached as OCI referrers through the referrers tag
+/// fallback of a real registry.
+#[test]
+fn keyless_provenance_bundles_through_referrers_meet_conditions_and_identity() {
+    let env = env();
+    let now = SystemTime::now();
+    let right = Issue::now(WORKFLOW, ISSUER);
+    let statement = |digest: &str, repo: &str, builder: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": format!("{}/{repo}", env.reg.host()), "digest": {"sha256": digest.trim_start_matches("sha256:")}}],
+            "predicateType": SLSA_V1,
+            "predicate": {
+                "buildDefinition": {"buildType": "https://actions.github.io/buildtypes/workflow/v1", "externalParameters": {}},
+                "runDetails": {"builder": {"id": builder}}
+            }
+        }))
+        .expect("JSON")
+    };
+    let cases = [
+        ("acme/built", BUILDER, &right, None),
+        (
+            "acme/other-builder",
+            "https://ci.example.com/builder",
+            &right,
+            Some("condition failed: /runDetails/builder/id"),
+        ),
+        (
+            "acme/other-signer",
+            BUILDER,
+            &Issue::now(
+                "https://github.com/acme/app/.github/workflows/pr.yml@refs/heads/x",
+                ISSUER,
+            ),
+            Some("keyless verification failed: the certificate was issued to"),
+        ),
+    ];
+    for (i, (repo, builder, issue, _)) in cases.iter().enumerate() {
+        let image = content::push_image(
+            &env.reg.url(),
+            repo,
+            Some("v1"),
+            common::host_arch(),
+            50 + i as u64,
+            &[3000],
+        );
+        let bundle = env
+            .ours
+            .attest_keyless(&statement(&image.digest, repo, builder), issue, now);
+        trust::attach_bundle(
+            &env.reg.url(),
+            repo,
+            &image.digest,
+            image.manifest.len(),
+            &bundle,
+            SLSA_V1,
+        );
+    }
+    let attestations = format!(
+        "\x20   attestations:\n\
+         \x20     - predicateType: {SLSA_V1}\n\
+         \x20       conditions:\n\
+         \x20         - {{path: /runDetails/builder/id, equals: \"{BUILDER}\"}}\n"
+    );
+    let proxy = Proxy::start(&config(&env.reg, &env.root, &attestations));
+    for (repo, _, _, denied) in &cases {
+        let r = get_manifest_via(&proxy, repo, "v1");
+        match denied {
+            None => assert_eq!(r.status, 200, "{repo}: {}", r.text()),
+            Some(says) => {
+                common::fake::assert_oci_error(&r, 403, Some("DENIED"), repo);
+                assert!(
+                    r.text().contains(says),
+                    "{repo}: wanted {says:?}: {}",
+                    r.text()
+                );
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("img");
+    let out = trust::skopeo_copy(&format!("{}/acme/built:v1", proxy.host()), &dest);
+    trust::assert_succeeded(&out, "skopeo copy of an image with keyless provenance");
 }

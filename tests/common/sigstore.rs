@@ -7,7 +7,8 @@
 //! Built from the same RustCrypto pieces Portcullis reads certificates
 //! with (x509-cert structures, p256 signatures), never from Portcullis'
 //! own verification code: what is signed here is what a real Fulcio, CT
-//! log and Rekor would sign.
+//! log and Rekor would sign. No registry I/O here: `bench/keyless_sign.rs`
+//! (the benchmark's keyless signer) includes this file too.
 
 #![allow(dead_code)]
 
@@ -33,8 +34,6 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::time::{Time, Validity};
 use x509_cert::{Certificate, TbsCertificate};
-
-use super::content;
 
 const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
 const BASIC_CONSTRAINTS: &str = "2.5.29.19";
@@ -403,6 +402,98 @@ impl TestSigstore {
     }
 }
 
+impl TestSigstore {
+    /// A cosign v3 keyless attestation: `statement` (an in-toto statement)
+    /// in a DSSE envelope signed by an ephemeral key certified for
+    /// `issue`, logged as a Rekor `dsse` 0.0.1 entry integrated at
+    /// `integrated` with a signed entry timestamp and an inclusion proof
+    /// (a one-entry tree) up to a checkpoint the log signed: a v0.3 bundle,
+    /// as `cosign attest --new-bundle-format` writes it.
+    pub fn attest_keyless(
+        &self,
+        statement: &[u8],
+        issue: &Issue,
+        integrated: SystemTime,
+    ) -> Vec<u8> {
+        let ephemeral = key(&format!(
+            "ephemeral attestation {issue:?} {}",
+            b64(statement)
+        ));
+        let der = self.issue(&ephemeral, issue);
+        let certificate = pem(&der);
+        let payload_type = "application/vnd.in-toto+json";
+        let mut pae = format!(
+            "DSSEv1 {} {payload_type} {} ",
+            payload_type.len(),
+            statement.len()
+        )
+        .into_bytes();
+        pae.extend_from_slice(statement);
+        let signature: Signature = ephemeral.sign(&pae);
+        let signature = signature.to_der().as_bytes().to_vec();
+        let envelope = json!({
+            "payload": b64(statement),
+            "payloadType": payload_type,
+            "signatures": [{"sig": b64(&signature), "keyid": ""}]
+        });
+        let body = serde_json::to_vec(&json!({
+            "apiVersion": "0.0.1",
+            "kind": "dsse",
+            "spec": {
+                "envelopeHash": {"algorithm": "sha256", "value": hex::encode(Sha256::digest(envelope.to_string()))},
+                "payloadHash": {"algorithm": "sha256", "value": hex::encode(Sha256::digest(statement))},
+                "signatures": [{"signature": b64(&signature), "verifier": b64(certificate.as_bytes())}]
+            }
+        }))
+        .expect("JSON");
+        let body_b64 = b64(&body);
+        let secs = integrated
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let log_id = self.rekor_log_id();
+        let canonical = format!(
+            "{{\"body\":\"{body_b64}\",\"integratedTime\":{secs},\"logID\":\"{}\",\"logIndex\":0}}",
+            hex::encode(&log_id)
+        );
+        let set: Signature = self.rekor_key.sign(canonical.as_bytes());
+        // A tree of one entry: the root is the entry's leaf hash.
+        let mut leaf = Sha256::new();
+        leaf.update([0u8]);
+        leaf.update(&body);
+        let root = leaf.finalize();
+        let origin = format!("rekor.{}.test", self.name);
+        let note = format!("{origin} - 1193050959916656506\n1\n{}\n", b64(&root));
+        let note_signature: Signature = self.rekor_key.sign(note.as_bytes());
+        let mut signed = log_id[..4].to_vec();
+        signed.extend_from_slice(note_signature.to_der().as_bytes());
+        let checkpoint = format!("{note}\n\u{2014} {origin} {}\n", b64(&signed));
+        serde_json::to_vec(&json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {
+                "certificate": {"rawBytes": b64(&der)},
+                "tlogEntries": [{
+                    "logIndex": "0",
+                    "logId": {"keyId": b64(&log_id)},
+                    "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+                    "integratedTime": secs.to_string(),
+                    "inclusionPromise": {"signedEntryTimestamp": b64(set.to_der().as_bytes())},
+                    "inclusionProof": {
+                        "logIndex": "0",
+                        "rootHash": b64(&root),
+                        "treeSize": "1",
+                        "hashes": [],
+                        "checkpoint": {"envelope": checkpoint}
+                    },
+                    "canonicalizedBody": body_b64
+                }]
+            },
+            "dsseEnvelope": envelope
+        }))
+        .expect("JSON")
+    }
+}
+
 /// PEM of a certificate.
 pub fn pem(der: &[u8]) -> String {
     let text = b64(der);
@@ -464,30 +555,24 @@ pub fn sign_keyless(
     }
 }
 
-/// Pushes `signature` as the `.sig` of `digest` in `repo` of the registry
-/// at `registry_url`, laid out as cosign lays it out.
-pub fn push_signature(registry_url: &str, repo: &str, digest: &str, signature: &KeylessSignature) {
-    let config = content::push_blob(registry_url, repo, b"{}");
-    let layer = content::push_blob(registry_url, repo, &signature.payload);
-    let manifest = json!({
+/// The `.sig` manifest cosign writes for `signature`, given its config
+/// blob (`{}`) and payload blob descriptors.
+pub fn sig_manifest(
+    signature: &KeylessSignature,
+    config: (&str, u64),
+    layer: (&str, u64),
+) -> Value {
+    json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": config.size, "digest": config.digest},
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": config.1, "digest": config.0},
         "layers": [{
             "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
-            "size": layer.size,
-            "digest": layer.digest,
+            "size": layer.1,
+            "digest": layer.0,
             "annotations": signature.annotations
         }]
-    });
-    let tag = format!("{}.sig", digest.replace(':', "-"));
-    content::push_manifest(
-        registry_url,
-        repo,
-        &tag,
-        "application/vnd.oci.image.manifest.v1+json",
-        &serde_json::to_vec(&manifest).expect("JSON"),
-    );
+    })
 }
 
 /// `rfc3339` for trusted-root windows and messages.

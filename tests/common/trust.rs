@@ -625,3 +625,82 @@ pub fn assert_builder_condition_enforced(
         &format!("skopeo copy {evil_repo} (another builder)"),
     );
 }
+
+// ------------------------------------------------ referrers (cosign v3)
+
+/// The sigstore bundle v0.3 media type.
+pub const BUNDLE_V03: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+
+/// What cosign v3 pushes: the bundle blob, the empty config and a
+/// manifest whose `subject` is the image. Returns the referrer manifest
+/// and the descriptor a referrers index lists for it.
+pub fn referrer(
+    push_blob: &mut dyn FnMut(&[u8]) -> String,
+    image_digest: &str,
+    image_size: usize,
+    bundle: &[u8],
+    predicate_type: &str,
+) -> (Vec<u8>, Value) {
+    let bundle_digest = push_blob(bundle);
+    let empty = push_blob(b"{}");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": empty},
+        "layers": [{"mediaType": BUNDLE_V03, "size": bundle.len(), "digest": bundle_digest}],
+        "annotations": {
+            "dev.sigstore.bundle.content": "dsse-envelope",
+            "dev.sigstore.bundle.predicateType": predicate_type,
+        },
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": image_size, "digest": image_digest},
+        "artifactType": BUNDLE_V03,
+    }))
+    .expect("JSON");
+    let descriptor = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": content::sha256_digest(&manifest),
+        "size": manifest.len(),
+        "artifactType": BUNDLE_V03,
+        "annotations": {"dev.sigstore.bundle.predicateType": predicate_type},
+    });
+    (manifest, descriptor)
+}
+
+/// An OCI image index listing `descriptors` (a referrers index).
+pub fn index(descriptors: &[Value]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": descriptors,
+    }))
+    .expect("JSON")
+}
+
+/// Pushes `bundle` as a referrer of `image_digest` in `repo`, with the
+/// referrers tag that distribution 2.8 needs (it has no referrers API).
+pub fn attach_bundle(
+    url: &str,
+    repo: &str,
+    image_digest: &str,
+    image_size: usize,
+    bundle: &[u8],
+    predicate_type: &str,
+) {
+    let mut push = |bytes: &[u8]| content::push_blob(url, repo, bytes).digest;
+    let (manifest, descriptor) =
+        referrer(&mut push, image_digest, image_size, bundle, predicate_type);
+    content::push_manifest(
+        url,
+        repo,
+        &content::sha256_digest(&manifest),
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    );
+    content::push_manifest(
+        url,
+        repo,
+        &image_digest.replace(':', "-"),
+        "application/vnd.oci.image.index.v1+json",
+        &index(&[descriptor]),
+    );
+}
