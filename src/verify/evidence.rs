@@ -410,40 +410,46 @@ pub fn from_store(items: &[Arc<Item>], attestor: &Attestor, target: &Target<'_>)
     items
         .iter()
         .map(|item| {
-            let (check, predicate) = match &item.content {
+            let ((check, predicate, _), signer) = match &item.content {
                 Content::Signature(candidate) => {
-                    (signature_check(candidate, attestor, target).0, None)
+                    let (check, signer) = signature_check(candidate, attestor, target);
+                    ((check, None, None), signer)
                 }
                 Content::Occurrence(occurrence) => {
-                    if attestor.attestations.is_empty() {
+                    let check = if attestor.attestations.is_empty() {
                         let digest = target.digest_text();
                         let subject = simple_signing::Subject {
                             name: target.name,
                             digest: &digest,
                         };
-                        (occurrence.check(attestor, &subject, target.identity), None)
+                        occurrence.check(attestor, &subject, target.identity)
                     } else {
-                        (
-                            Check::OtherPredicate {
-                                signed: "none (a Binary Authorization attestation)".into(),
-                            },
-                            None,
-                        )
+                        Check::OtherPredicate {
+                            signed: "none (a Binary Authorization attestation)".into(),
+                        }
+                    };
+                    ((check, None, None), None)
+                }
+                Content::Envelope(envelope) => (envelope_check(envelope, attestor, target), None),
+                Content::Bundle(bundle, json) => match &attestor.keyless {
+                    Some(keyless) if bundle.is_keyless() => {
+                        keyless_bundle_check(json, bundle, keyless, attestor, target)
                     }
-                }
-                Content::Envelope(envelope) => {
-                    let (check, predicate, _) = envelope_check(envelope, attestor, target);
-                    (check, predicate)
-                }
-                Content::Bundle(bundle) => bundle.check(attestor, &target.artifact()),
+                    _ => {
+                        let (check, predicate) = bundle.check(attestor, &target.artifact());
+                        ((check, predicate, None), None)
+                    }
+                },
             };
-            let note = match &item.content {
-                Content::Bundle(bundle) => bundle_note(bundle, target),
-                other => other.kind().to_owned(),
+            let note = match (&item.content, &signer) {
+                (_, Some(signer)) => format!("{}; signed keyless by {signer}", item.content.kind()),
+                (Content::Bundle(bundle, _), None) => bundle_note(bundle, target),
+                (other, None) => other.kind().to_owned(),
             };
             Evidence::new(EvidenceKind::Store, item.source.clone(), check)
                 .with_predicate_type(predicate)
                 .with_note(Some(note))
+                .with_keyless(signer)
         })
         .collect()
 }
@@ -581,6 +587,57 @@ mod tests {
         let evidence = from_bundles(&found, &keyed, &target);
         assert!(
             matches!(evidence[0].check, Check::Unsupported { .. }),
+            "{evidence:?}"
+        );
+    }
+
+    #[test]
+    fn keyless_bundles_in_the_attestation_store_count_as_json_lines() {
+        // What `gh attestation download` writes: one bundle per line.
+        let one = |path: &str| {
+            let value: serde_json::Value = serde_json::from_slice(&fixture(path)).unwrap();
+            serde_json::to_string(&value).unwrap()
+        };
+        let lines = format!(
+            "{}\n{}\n",
+            one("sigstore-rs/bundle_v03/bundle_v03.json"),
+            one("cosign/oci-attestation-bundle/oci-attestation.sigstore.json")
+        );
+        let items: Vec<Arc<Item>> = crate::verify::sources::store::parse(lines.as_bytes())
+            .expect("two bundles")
+            .into_iter()
+            .map(|(_, content)| {
+                Arc::new(Item {
+                    source: "store".into(),
+                    content,
+                })
+            })
+            .collect();
+        assert_eq!(items.len(), 2);
+        let digest: Digest = KUBEWARDEN.parse().unwrap();
+        let target = target_for(&digest);
+        let attestor = keyless_attestor(
+            "ci",
+            &[(GITHUB_ACTIONS, KUBEWARDEN_WORKFLOW)],
+            TrustedRoot::public_good(),
+            &[],
+        );
+        let evidence = from_store(&items, &attestor, &target);
+        assert!(
+            matches!(evidence[0].check, Check::Valid { .. }),
+            "{evidence:?}"
+        );
+        assert!(evidence[0].keyless.is_some());
+        assert!(
+            evidence[0]
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("signed keyless by")),
+            "{evidence:?}"
+        );
+        // The other bundle is about another image.
+        assert!(
+            matches!(evidence[1].check, Check::Unverified { .. }),
             "{evidence:?}"
         );
     }

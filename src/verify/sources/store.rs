@@ -55,7 +55,9 @@ pub enum Content {
     Signature(Candidate),
     /// A DSSE envelope, as JSON.
     Envelope(Vec<u8>),
-    Bundle(Box<Bundle>),
+    /// A sigstore bundle, parsed, and its JSON (a keyless bundle is
+    /// verified from the JSON by `sigstore`).
+    Bundle(Box<Bundle>, Vec<u8>),
 }
 
 impl Content {
@@ -64,7 +66,7 @@ impl Content {
             Content::Occurrence(_) => "binauthz-occurrence",
             Content::Signature(_) => "cosign-signature",
             Content::Envelope(_) => "dsse-envelope",
-            Content::Bundle(_) => "sigstore-bundle",
+            Content::Bundle(..) => "sigstore-bundle",
         }
     }
 }
@@ -368,8 +370,12 @@ fn classify(value: serde_json::Value, out: &mut Vec<(Vec<String>, Content)>) -> 
         .and_then(Value::as_str)
         .is_some_and(|m| m.starts_with("application/vnd.dev.sigstore.bundle"))
     {
-        let bundle = bundle::parse(&bytes()?)?;
-        out.push((bundle.claimed_subjects(), Content::Bundle(Box::new(bundle))));
+        let json = bytes()?;
+        let bundle = bundle::parse(&json)?;
+        out.push((
+            bundle.claimed_subjects(),
+            Content::Bundle(Box::new(bundle), json),
+        ));
     } else if has("payloadType") && has("payload") {
         let envelope = bytes()?;
         out.push((
