@@ -479,3 +479,74 @@ fn keyless_provenance_bundles_through_referrers_meet_conditions_and_identity() {
     let out = trust::skopeo_copy(&format!("{}/acme/built:v1", proxy.host()), &dest);
     trust::assert_succeeded(&out, "skopeo copy of an image with keyless provenance");
 }
+
+/// cosign's real keyless attestation bundle (`tests/fixtures/cosign`,
+/// Fulcio certificate for cody@soyland.com, Rekor `dsse` entry with an
+/// inclusion proof and checkpoint) is about go-containerregistry's
+/// `empty.Image`, whose manifest and config are rebuilt here byte for
+/// byte: pushed to a real registry as `127.0.0.1:60943/repo` (the name
+/// the statement gives), with the bundle as its referrer, it is admitted
+/// under its identity and refused under another.
+#[test]
+fn cosigns_real_keyless_attestation_bundle_admits_its_image_through_the_proxy() {
+    const SUBJECT: &str = "sha256:732112270d7e59418a8c080b134b24cabd67d250d0d0147a97ed95ba5c280aa4";
+    const PREDICATE: &str = "https://cosign.sigstore.dev/attestation/v1";
+    let reg = Registry::start();
+    let config_json = br#"{"architecture":"","created":"0001-01-01T00:00:00Z","os":"","rootfs":{"type":"layers","diff_ids":null},"config":{}}"#;
+    let config = content::push_blob(&reg.url(), "repo", config_json);
+    let manifest = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker.distribution.manifest.v2+json\",\
+         \"config\":{{\"mediaType\":\"application/vnd.docker.container.image.v1+json\",\"size\":{},\"digest\":\"{}\"}},\
+         \"layers\":[]}}",
+        config.size, config.digest
+    );
+    let digest = content::push_manifest(
+        &reg.url(),
+        "repo",
+        "v1",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        manifest.as_bytes(),
+    );
+    assert_eq!(digest, SUBJECT, "go-containerregistry's empty.Image");
+    let dir = "cosign/oci-attestation-bundle";
+    let bundle = common::fixtures::read(&format!("{dir}/oci-attestation.sigstore.json"));
+    trust::attach_bundle(
+        &reg.url(),
+        "repo",
+        SUBJECT,
+        manifest.len(),
+        &bundle,
+        PREDICATE,
+    );
+    let root = common::fixtures::root()
+        .join(dir)
+        .join("trusted_root_pgi.json");
+    let config = |subject: &str| {
+        format!(
+            "listen: {{listen}}\n\
+             upstreams:\n  - registry: 127.0.0.1:60943\n    url: {url}\n    default: true\n\
+             policy:\n  defaultAdmissionRule:\n    evaluationMode: REQUIRE_ATTESTATION\n    \
+             enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n    requireAttestationsBy: [cosign-ci]\n\
+             attestors:\n  - name: cosign-ci\n    keyless:\n      trustedRoot: {root}\n      \
+             identities: [{{issuer: https://github.com/login/oauth, subject: {subject}}}]\n    \
+             attestations: [{{predicateType: {PREDICATE}}}]\n",
+            url = reg.url(),
+            root = root.display(),
+        )
+    };
+    let proxy = Proxy::start(&config("cody@soyland.com"));
+    let r = get_manifest_via(&proxy, "repo", "v1");
+    assert_eq!(r.status, 200, "right identity: {}", r.text());
+    assert_eq!(r.body, manifest.as_bytes());
+    drop(proxy);
+    let proxy = Proxy::start(&config("someone@soyland.com"));
+    let r = get_manifest_via(&proxy, "repo", "v1");
+    common::fake::assert_oci_error(&r, 403, Some("DENIED"), "wrong identity");
+    assert!(
+        r.text().contains(
+            "keyless verification failed: the certificate was issued to \\\"cody@soyland.com\\\""
+        ),
+        "{}",
+        r.text()
+    );
+}
