@@ -59,7 +59,8 @@ fn main() {
                     Some(SystemTime::now()),
                 );
                 let config = b"{}";
-                let manifest = sigstore::sig_manifest(
+                let manifest = sigstore::cosign_manifest(
+                    sigstore::SIMPLE_SIGNING,
                     &signature,
                     (&digest_of(config), config.len() as u64),
                     (

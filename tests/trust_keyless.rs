@@ -115,14 +115,35 @@ fn push_signature(
     digest: &str,
     signature: &sigstore::KeylessSignature,
 ) {
+    push_cosign(
+        registry_url,
+        repo,
+        digest,
+        "sig",
+        sigstore::SIMPLE_SIGNING,
+        signature,
+    );
+}
+
+/// Pushes `signature` as cosign's `sha256-<hex>.<suffix>` artifact of
+/// `digest` in `repo`, its layer of type `layer_type`.
+fn push_cosign(
+    registry_url: &str,
+    repo: &str,
+    digest: &str,
+    suffix: &str,
+    layer_type: &str,
+    signature: &sigstore::KeylessSignature,
+) {
     let config = content::push_blob(registry_url, repo, b"{}");
     let layer = content::push_blob(registry_url, repo, &signature.payload);
-    let manifest = sigstore::sig_manifest(
+    let manifest = sigstore::cosign_manifest(
+        layer_type,
         signature,
         (&config.digest, config.size),
         (&layer.digest, layer.size),
     );
-    let tag = format!("{}.sig", digest.replace(':', "-"));
+    let tag = format!("{}.{suffix}", digest.replace(':', "-"));
     content::push_manifest(
         registry_url,
         repo,
@@ -549,4 +570,66 @@ fn cosigns_real_keyless_attestation_bundle_admits_its_image_through_the_proxy() 
         "{}",
         r.text()
     );
+}
+
+/// cosign v2's keyless `.att`: a DSSE envelope whose certificate and Rekor
+/// entry (`dsse`) travel as layer annotations. SLSA provenance with the
+/// right builder, signed by the release workflow, admits; the same
+/// statement signed by another workflow, or without its log entry, does not.
+#[test]
+fn keyless_att_layers_meet_conditions_under_the_identity() {
+    let env = env();
+    let now = SystemTime::now();
+    let cases = [
+        ("acme/att-ok", Issue::now(WORKFLOW, ISSUER), Some(now), None),
+        (
+            "acme/att-pr",
+            Issue::now(
+                "https://github.com/acme/app/.github/workflows/pr.yml@refs/heads/x",
+                ISSUER,
+            ),
+            Some(now),
+            Some("which no expected identity matches"),
+        ),
+        (
+            "acme/att-unlogged",
+            Issue::now(WORKFLOW, ISSUER),
+            None,
+            Some("no transparency log entry"),
+        ),
+    ];
+    for (i, (repo, issue, integrated, _)) in cases.iter().enumerate() {
+        let digest = push(&env, repo, 70 + i as u64);
+        let statement = serde_json::to_vec(&serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": format!("{}/{repo}", env.reg.host()), "digest": {"sha256": digest.trim_start_matches("sha256:")}}],
+            "predicateType": SLSA_V1,
+            "predicate": {"runDetails": {"builder": {"id": BUILDER}}}
+        }))
+        .expect("JSON");
+        let att = env.ours.att_keyless(&statement, issue, *integrated);
+        push_cosign(
+            &env.reg.url(),
+            repo,
+            &digest,
+            "att",
+            sigstore::DSSE_ENVELOPE,
+            &att,
+        );
+    }
+    let attestations = format!(
+        "\x20   attestations:\n\
+         \x20     - predicateType: {SLSA_V1}\n\
+         \x20       conditions: [{{path: /runDetails/builder/id, equals: \"{BUILDER}\"}}]\n"
+    );
+    let proxy = Proxy::start(&config(&env.reg, &env.root, &attestations));
+    for (repo, _, _, denied) in &cases {
+        let r = get_manifest_via(&proxy, repo, "v1");
+        match denied {
+            None => assert_eq!(r.status, 200, "{repo}: {}", r.text()),
+            Some(says) => {
+                trust::assert_denied_keyless(&r, says, repo);
+            }
+        }
+    }
 }

@@ -377,44 +377,52 @@ impl TestSigstore {
                 }
             }
         });
-        let body = b64(&serde_json::to_vec(&body).expect("JSON"));
-        let log_id = hex::encode(
-            self.claimed_log_id
-                .clone()
-                .unwrap_or_else(|| self.rekor_log_id()),
-        );
-        // The SET signs the canonical JSON of these four (keys sorted, no
-        // spaces): what Rekor signs.
-        let canonical = format!(
-            "{{\"body\":\"{body}\",\"integratedTime\":{integrated},\"logID\":\"{log_id}\",\"logIndex\":{log_index}}}"
-        );
-        let set: Signature = self.rekor_key.sign(canonical.as_bytes());
+        self.rekor_bundle_of(
+            &serde_json::to_vec(&body).expect("JSON"),
+            integrated,
+            log_index,
+        )
+    }
+
+    /// cosign's `dev.sigstore.cosign/bundle` for a log entry of `body`.
+    pub fn rekor_bundle_of(&self, body: &[u8], integrated: u64, log_index: u64) -> String {
+        let body = b64(body);
         json!({
-            "SignedEntryTimestamp": b64(set.to_der().as_bytes()),
+            "SignedEntryTimestamp": b64(&self.set(&body, integrated, log_index)),
             "Payload": {
                 "body": body,
                 "integratedTime": integrated,
                 "logIndex": log_index,
-                "logID": log_id
+                "logID": self.log_id_hex()
             }
         })
         .to_string()
     }
-}
 
-impl TestSigstore {
-    /// A cosign v3 keyless attestation: `statement` (an in-toto statement)
-    /// in a DSSE envelope signed by an ephemeral key certified for
-    /// `issue`, logged as a Rekor `dsse` 0.0.1 entry integrated at
-    /// `integrated` with a signed entry timestamp and an inclusion proof
-    /// (a one-entry tree) up to a checkpoint the log signed: a v0.3 bundle,
-    /// as `cosign attest --new-bundle-format` writes it.
-    pub fn attest_keyless(
-        &self,
-        statement: &[u8],
-        issue: &Issue,
-        integrated: SystemTime,
-    ) -> Vec<u8> {
+    /// The log ID (hex) this Sigstore's entries claim.
+    fn log_id_hex(&self) -> String {
+        hex::encode(
+            self.claimed_log_id
+                .clone()
+                .unwrap_or_else(|| self.rekor_log_id()),
+        )
+    }
+
+    /// The signed entry timestamp over an entry: the canonical JSON of its
+    /// body (base64), integrated time, log ID and index (keys sorted, no
+    /// spaces), as Rekor signs it.
+    fn set(&self, body_b64: &str, integrated: u64, log_index: u64) -> Vec<u8> {
+        let canonical = format!(
+            "{{\"body\":\"{body_b64}\",\"integratedTime\":{integrated},\"logID\":\"{}\",\"logIndex\":{log_index}}}",
+            self.log_id_hex()
+        );
+        let set: Signature = self.rekor_key.sign(canonical.as_bytes());
+        set.to_der().as_bytes().to_vec()
+    }
+
+    /// `statement` in a DSSE envelope signed by an ephemeral key certified
+    /// for `issue`, and the Rekor `dsse` 0.0.1 entry body recording it.
+    fn dsse_keyless(&self, statement: &[u8], issue: &Issue) -> KeylessDsse {
         let ephemeral = key(&format!(
             "ephemeral attestation {issue:?} {}",
             b64(statement)
@@ -446,17 +454,65 @@ impl TestSigstore {
             }
         }))
         .expect("JSON");
+        KeylessDsse {
+            der,
+            certificate,
+            envelope,
+            body,
+        }
+    }
+
+    /// A cosign `.att` layer signed keyless (cosign v2 `attest`): the DSSE
+    /// envelope (the layer's bytes) and the layer's annotations (the
+    /// certificate, and the Rekor entry integrated at `integrated` when
+    /// given).
+    pub fn att_keyless(
+        &self,
+        statement: &[u8],
+        issue: &Issue,
+        integrated: Option<SystemTime>,
+    ) -> KeylessSignature {
+        let dsse = self.dsse_keyless(statement, issue);
+        let mut annotations = json!({
+            SIGNATURE_ANNOTATION: "",
+            CERTIFICATE_ANNOTATION: dsse.certificate,
+        });
+        if let Some(at) = integrated {
+            let secs = at.duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+            annotations[BUNDLE_ANNOTATION] =
+                Value::String(self.rekor_bundle_of(&dsse.body, secs, 77));
+        }
+        KeylessSignature {
+            payload: serde_json::to_vec(&dsse.envelope).expect("JSON"),
+            annotations,
+        }
+    }
+
+    /// A cosign v3 keyless attestation: `statement` (an in-toto statement)
+    /// in a DSSE envelope signed by an ephemeral key certified for
+    /// `issue`, logged as a Rekor `dsse` 0.0.1 entry integrated at
+    /// `integrated` with a signed entry timestamp and an inclusion proof
+    /// (a one-entry tree) up to a checkpoint the log signed: a v0.3 bundle,
+    /// as `cosign attest --new-bundle-format` writes it.
+    pub fn attest_keyless(
+        &self,
+        statement: &[u8],
+        issue: &Issue,
+        integrated: SystemTime,
+    ) -> Vec<u8> {
+        let KeylessDsse {
+            der,
+            envelope,
+            body,
+            ..
+        } = self.dsse_keyless(statement, issue);
         let body_b64 = b64(&body);
         let secs = integrated
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_secs();
         let log_id = self.rekor_log_id();
-        let canonical = format!(
-            "{{\"body\":\"{body_b64}\",\"integratedTime\":{secs},\"logID\":\"{}\",\"logIndex\":0}}",
-            hex::encode(&log_id)
-        );
-        let set: Signature = self.rekor_key.sign(canonical.as_bytes());
+        let set = self.set(&body_b64, secs, 0);
         // A tree of one entry: the root is the entry's leaf hash.
         let mut leaf = Sha256::new();
         leaf.update([0u8]);
@@ -477,7 +533,7 @@ impl TestSigstore {
                     "logId": {"keyId": b64(&log_id)},
                     "kindVersion": {"kind": "dsse", "version": "0.0.1"},
                     "integratedTime": secs.to_string(),
-                    "inclusionPromise": {"signedEntryTimestamp": b64(set.to_der().as_bytes())},
+                    "inclusionPromise": {"signedEntryTimestamp": b64(&set)},
                     "inclusionProof": {
                         "logIndex": "0",
                         "rootHash": b64(&root),
@@ -492,6 +548,14 @@ impl TestSigstore {
         }))
         .expect("JSON")
     }
+}
+
+/// A DSSE envelope signed keyless, and its Rekor entry body.
+struct KeylessDsse {
+    der: Vec<u8>,
+    certificate: String,
+    envelope: Value,
+    body: Vec<u8>,
 }
 
 /// PEM of a certificate.
@@ -555,9 +619,16 @@ pub fn sign_keyless(
     }
 }
 
-/// The `.sig` manifest cosign writes for `signature`, given its config
-/// blob (`{}`) and payload blob descriptors.
-pub fn sig_manifest(
+/// The simple-signing layer type of a `.sig` manifest.
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The DSSE envelope layer type of a `.att` manifest.
+pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
+
+/// The `.sig` (`layer_type` [`SIMPLE_SIGNING`]) or `.att`
+/// ([`DSSE_ENVELOPE`]) manifest cosign writes for `signature`, given its
+/// config blob (`{}`) and layer blob descriptors.
+pub fn cosign_manifest(
+    layer_type: &str,
     signature: &KeylessSignature,
     config: (&str, u64),
     layer: (&str, u64),
@@ -567,7 +638,7 @@ pub fn sig_manifest(
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": config.1, "digest": config.0},
         "layers": [{
-            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+            "mediaType": layer_type,
             "size": layer.1,
             "digest": layer.0,
             "annotations": signature.annotations
