@@ -134,12 +134,54 @@ fn signature_check(
                     (check, None, None)
                 },
             );
-            (check, signer)
+            either_way((check, signer), attestor, || {
+                simple_signing::check(candidate, attestor, &subject, target.identity)
+            })
         }
         _ => (
             simple_signing::check(candidate, attestor, &subject, target.identity),
             None,
         ),
+    }
+}
+
+/// Evidence an attestor with both keys and `keyless:` could accept either
+/// way: the keyless outcome, unless it failed and the attestor's keys
+/// verify the same evidence (a certificate annotation added to a
+/// key-signed signature does not hide it from the keys).
+fn either_way<T>(
+    keyless: (T, Option<KeylessSigner>),
+    attestor: &Attestor,
+    by_key: impl FnOnce() -> T,
+) -> (T, Option<KeylessSigner>)
+where
+    T: Verdict,
+{
+    if keyless.0.is_valid() || attestor.keys.is_empty() {
+        return keyless;
+    }
+    let keyed = by_key();
+    if keyed.is_valid() {
+        (keyed, None)
+    } else {
+        keyless
+    }
+}
+
+/// A check's outcome, with or without the signed predicate type.
+trait Verdict {
+    fn is_valid(&self) -> bool;
+}
+
+impl Verdict for Check {
+    fn is_valid(&self) -> bool {
+        matches!(self, Check::Valid { .. })
+    }
+}
+
+impl Verdict for Checked {
+    fn is_valid(&self) -> bool {
+        self.0.is_valid()
     }
 }
 
@@ -233,11 +275,15 @@ fn att_check(
         json: envelope,
         digest,
     };
-    keyless_check(
-        keyless,
-        target,
-        |signer, root, options| classic::verify(signed, annotations, signer, root, options),
-        |verified, key_id| judge_statement(verified, key_id, attestor, target),
+    either_way(
+        keyless_check(
+            keyless,
+            target,
+            |signer, root, options| classic::verify(signed, annotations, signer, root, options),
+            |verified, key_id| judge_statement(verified, key_id, attestor, target),
+        ),
+        attestor,
+        || envelope_check(envelope, attestor, target),
     )
 }
 
@@ -359,7 +405,7 @@ fn keyless_bundle_check(
     } else {
         sigstore::Artifact::Bytes(target.manifest.to_vec())
     };
-    keyless_check(
+    let keyless = keyless_check(
         keyless,
         target,
         |signer, root, options| sigstore::verify_bundle(bytes, &artifact, signer, root, options),
@@ -382,12 +428,16 @@ fn keyless_bundle_check(
             };
             (check, None, None)
         },
-    )
+    );
+    either_way(keyless, attestor, || {
+        let (check, predicate) = parsed.check(attestor, &target.artifact());
+        (check, predicate, Some(bundle_note(parsed, target)))
+    })
 }
 
-/// What a bundle carries besides its signature: transparency-log
-/// entries are recorded, not verified (keyless verification, which needs
-/// them, is not supported).
+/// What a bundle checked by key carries besides its signature: its
+/// transparency-log entries are recorded, not verified (they are, in full,
+/// when it is checked keyless).
 fn bundle_note(bundle: &bundle::Bundle, target: &Target<'_>) -> String {
     let entries = match bundle.tlog_entries() {
         0 => "no transparency-log entry".to_owned(),
@@ -638,6 +688,50 @@ mod tests {
         // The other bundle is about another image.
         assert!(
             matches!(evidence[1].check, Check::Unverified { .. }),
+            "{evidence:?}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_added_to_a_key_signed_signature_does_not_hide_it_from_the_keys() {
+        use base64::Engine as _;
+        use p256::ecdsa::signature::Signer as _;
+        let (signer, key) = crate::verify::testing::p256_pair("ci");
+        let digest: Digest = KUBEWARDEN.parse().unwrap();
+        let name = "ghcr.io/kubewarden/kubewarden-controller";
+        let payload =
+            simple_signing::cosign_payload(name, &digest.to_string(), "null").into_bytes();
+        let signature: p256::ecdsa::Signature = signer.sign(&payload);
+        let candidate = simple_signing::Candidate {
+            payload,
+            signature_b64: base64::engine::general_purpose::STANDARD
+                .encode(signature.to_der().as_bytes()),
+            annotations: [(
+                classic::CERTIFICATE.to_owned(),
+                fixture_text("containers-image/sigstore/dir-img-cosign-fulcio-rekor-valid/signature-1.cert.pem"),
+            )]
+            .into(),
+        };
+        let found = vec![("sig".to_owned(), Ok(candidate))];
+        let target = target_for(&digest);
+        let mut both = keyless_attestor(
+            "ci",
+            &[(GITHUB_ACTIONS, KUBEWARDEN_WORKFLOW)],
+            TrustedRoot::public_good(),
+            &[],
+        );
+        both.keys = vec![key];
+        let evidence = from_signatures(&found, &both, &target);
+        assert!(
+            matches!(&evidence[0].check, Check::Valid { key_id } if key_id == "ci"),
+            "{evidence:?}"
+        );
+        assert!(evidence[0].keyless.is_none());
+        // Keyless only: the certificate did not sign it.
+        both.keys.clear();
+        let evidence = from_signatures(&found, &both, &target);
+        assert!(
+            matches!(&evidence[0].check, Check::Unverified { .. }),
             "{evidence:?}"
         );
     }
