@@ -1,7 +1,10 @@
 //! Offline replay: the candidate's rule applied to the evidence recorded
 //! at pull time, no network. A signature recorded as valid with key `K`
-//! counts for any candidate attestor holding a key with id `K`; recorded
-//! failures carry over.
+//! counts for any candidate attestor holding a key with id `K`; one
+//! recorded as verified keyless counts for a candidate attestor one of
+//! whose `keyless:` identities matches the recorded subject and issuer
+//! (an identity that also requires Fulcio claims cannot be re-checked
+//! offline, and does not match); recorded failures carry over.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,8 +13,22 @@ use super::{admitted_index, through_index, Evaluated};
 use crate::audit::record::{DecisionRecord, EvidenceRecord};
 use crate::policy::{
     self, attestation::SIGNATURE_PREDICATE_TYPE, Check, EvaluationMode, Evidence, EvidenceKind,
-    Policy, Rule,
+    Keyless, KeylessSigner, Policy, Rule,
 };
+use crate::sigstore::Identity;
+
+/// Whether a recorded keyless signer is one of `keyless`'s identities.
+fn keyless_vouches(keyless: &Keyless, signer: &KeylessSigner) -> bool {
+    let identity = Identity {
+        subject: Some(signer.subject.clone()),
+        issuer: Some(signer.issuer.clone()),
+        claims: Vec::new(),
+    };
+    keyless
+        .identities
+        .iter()
+        .any(|policy| policy.mismatch(&identity).is_none())
+}
 
 /// The recorded result string as a [`Check`].
 pub(super) fn check_from_record(e: &EvidenceRecord) -> Check {
@@ -74,7 +91,13 @@ fn evidence_from_record(e: &EvidenceRecord, check: Check) -> Evidence {
             } else {
                 EvidenceKind::SigTag
             });
-    Evidence::new(kind, e.source.clone(), check).with_predicate_type(e.predicate_type.clone())
+    let signer = match &check {
+        Check::Valid { .. } => e.keyless.clone(),
+        _ => None,
+    };
+    Evidence::new(kind, e.source.clone(), check)
+        .with_predicate_type(e.predicate_type.clone())
+        .with_keyless(signer)
 }
 
 /// Rebuilds, from what `record` shows, the evidence each attestor `rule`
@@ -104,6 +127,14 @@ fn recorded_evidence(
             .get(name)
             .is_some_and(|a| !a.attestations.is_empty());
         let fits = |e: &EvidenceRecord| is_attestation(e) == wants_attestation;
+        let keyless = policy.attestors.get(name).and_then(|a| a.keyless.as_ref());
+        // Whether this attestor trusts what verified `e` then.
+        let vouches = |e: &EvidenceRecord, key_id: &str| {
+            keys.contains(key_id)
+                || e.keyless.as_ref().is_some_and(|signer| {
+                    key_id == signer.key_id && keyless.is_some_and(|k| keyless_vouches(k, signer))
+                })
+        };
         let mut found: Vec<Evidence> = Vec::new();
         // Signatures verified with a key this attestor holds, whoever
         // checked them at the time.
@@ -113,7 +144,7 @@ fn recorded_evidence(
                     f.source == e.source
                         && matches!(&f.check, Check::Valid { key_id: k } if *k == key_id)
                 });
-                if keys.contains(key_id.as_str()) && !already && fits(e) {
+                if vouches(e, &key_id) && !already && fits(e) {
                     found.push(evidence_from_record(e, Check::Valid { key_id }));
                 }
             }
@@ -122,9 +153,7 @@ fn recorded_evidence(
             Some(same) => {
                 for e in &same.evidence {
                     let check = match check_from_record(e) {
-                        Check::Valid { key_id } if keys.contains(key_id.as_str()) && fits(e) => {
-                            continue
-                        }
+                        Check::Valid { key_id } if vouches(e, &key_id) && fits(e) => continue,
                         Check::Valid { .. } if !fits(e) => Check::Malformed {
                             reason: if wants_attestation {
                                 "a signature, but this attestor requires an attestation".into()

@@ -432,3 +432,61 @@ fn the_report_groups_by_rule() {
     assert_eq!(json["errors"][0], "line 2: bad");
     assert_eq!(json["replayed"], 4);
 }
+
+/// A candidate whose one attestor is keyless: `identities` is the YAML
+/// flow list.
+fn keyless_policy(identities: &str) -> Policy {
+    let y = format!(
+        "listen: 127.0.0.1:0\n\
+         upstreams:\n  - registry: {R}\n    url: http://127.0.0.1:9\n    default: true\n\
+         policy:\n  defaultAdmissionRule:\n    evaluationMode: REQUIRE_ATTESTATION\n    \
+         requireAttestationsBy: [release]\n\
+         attestors:\n  - name: release\n    keyless:\n      identities: {identities}\n"
+    );
+    let config = Config::from_yaml(&y, Path::new(".")).unwrap_or_else(|e| panic!("{e}\n{y}"));
+    crate::app::compile_policy(&config).unwrap()
+}
+
+#[test]
+fn keyless_evidence_replays_against_the_candidates_identities() {
+    const WORKFLOW: &str = "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1";
+    const ISSUER: &str = "https://token.actions.githubusercontent.com";
+    let mut signed = evidence("sig0", "valid", Some(&format!("keyless:{WORKFLOW}")));
+    signed.keyless = Some(crate::policy::KeylessSigner {
+        key_id: format!("keyless:{WORKFLOW}"),
+        subject: WORKFLOW.into(),
+        issuer: ISSUER.into(),
+        certificate_sha256: "ab".repeat(32),
+        log_index: Some(7),
+        integrated_time: Some(1_700_000_000),
+    });
+    let r = || {
+        with_attestor(
+            record("k", "sha256:kk", RecordedVerdict::Allow, DEFAULT),
+            "release",
+            vec![signed.clone()],
+        )
+    };
+    let same = keyless_policy(&format!(
+        "[{{issuer: {ISSUER}, subjectRegExp: 'https://github.com/acme/app/.*'}}]"
+    ));
+    assert!(
+        matches!(offline(&same, r()), Diff::Unchanged),
+        "{:?}",
+        offline(&same, r())
+    );
+    for other in [
+        format!("[{{issuer: {ISSUER}, subject: https://github.com/acme/other/x.yml@main}}]"),
+        format!("[{{issuer: https://accounts.google.com, subject: {WORKFLOW}}}]"),
+        // Claims were not recorded: they cannot be re-checked offline.
+        format!("[{{issuer: {ISSUER}, subject: {WORKFLOW}, claims: {{buildTrigger: push}}}}]"),
+    ] {
+        match offline(&keyless_policy(&other), r()) {
+            Diff::NewlyDenied(_) => {}
+            d => panic!("{other}: {d:?}"),
+        }
+    }
+    // A key-based attestor does not take keyless evidence by its key id.
+    let keyed = policy("REQUIRE_ATTESTATION", &[("release", &["k1"])], "");
+    assert!(matches!(offline(&keyed, r()), Diff::NewlyDenied(_)));
+}
