@@ -735,4 +735,50 @@ mod tests {
             "{evidence:?}"
         );
     }
+
+    #[test]
+    fn fulcio_claims_are_read_from_a_real_github_actions_certificate() {
+        use crate::sigstore::{identity::claim_oid, IdentityPolicy, Matcher};
+        let digest: Digest = KUBEWARDEN.parse().unwrap();
+        let target = target_for(&digest);
+        let found = referrer("sigstore-rs/bundle_v03/bundle_v03.json");
+        let claim = |name: &str, matcher: Matcher| (claim_oid(name).expect(name), matcher);
+        let with_claims = |claims: Vec<(&'static str, Matcher)>| {
+            let mut attestor = keyless_attestor("ci", &[], TrustedRoot::public_good(), &[]);
+            if let Some(keyless) = attestor.keyless.as_mut() {
+                keyless.identities = vec![IdentityPolicy {
+                    issuer: Matcher::Exact(GITHUB_ACTIONS.into()),
+                    subject: Matcher::regex(KUBEWARDEN_WORKFLOW).unwrap(),
+                    claims,
+                }];
+            }
+            from_bundles(&found, &attestor, &target)
+        };
+        let repository = "https://github.com/kubewarden/kubewarden-controller";
+        let evidence = with_claims(vec![
+            claim("sourceRepositoryURI", Matcher::Exact(repository.into())),
+            claim(
+                "sourceRepositoryRef",
+                Matcher::regex("refs/tags/v.*").unwrap(),
+            ),
+            claim("buildTrigger", Matcher::Exact("push".into())),
+            // The deprecated GitHub extensions are raw strings, not DER.
+            claim(
+                "githubWorkflowRepository",
+                Matcher::Exact("kubewarden/kubewarden-controller".into()),
+            ),
+        ]);
+        assert!(
+            matches!(evidence[0].check, Check::Valid { .. }),
+            "{evidence:?}"
+        );
+        let evidence = with_claims(vec![claim(
+            "buildTrigger",
+            Matcher::Exact("workflow_dispatch".into()),
+        )]);
+        assert!(
+            matches!(&evidence[0].check, Check::Unverified { reason } if reason.contains("buildTrigger \"push\" is not \"workflow_dispatch\"")),
+            "{evidence:?}"
+        );
+    }
 }
