@@ -392,7 +392,30 @@ pub fn policy_summary(policy: &Policy) -> String {
             .iter()
             .map(|k| format!("{} ({})", k.id, k.key.algorithm().name()))
             .collect();
-        out.push_str(&format!("  attestor {}: keys {}", a.name, keys.join(", ")));
+        out.push_str(&format!("  attestor {}:", a.name));
+        if !keys.is_empty() {
+            out.push_str(&format!(" keys {}", keys.join(", ")));
+        }
+        if let Some(keyless) = &a.keyless {
+            let identities: Vec<String> =
+                keyless.identities.iter().map(ToString::to_string).collect();
+            out.push_str(&format!(
+                "{} keyless {} under {}{}{}",
+                if keys.is_empty() { "" } else { ";" },
+                identities.join(" or "),
+                keyless.root_source,
+                if keyless.require_tlog {
+                    ""
+                } else {
+                    ", no log entry required"
+                },
+                if keyless.require_sct {
+                    ""
+                } else {
+                    ", no SCT required"
+                },
+            ));
+        }
         if let Some(repo) = &a.signature_repository {
             out.push_str(&format!(", signatures in {repo}"));
         }

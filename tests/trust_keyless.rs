@@ -344,6 +344,29 @@ fn identities_and_trusted_roots_are_the_attestors() {
     assert_eq!(r.status, 200, "a second identity admits: {}", r.text());
     drop(proxy);
 
+    // `check` shows who the attestor trusts, and under which root.
+    let file = env.dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &file,
+        config(&env.reg, &env.root, &extra).replace("{listen}", "127.0.0.1:0"),
+    )
+    .expect("write the config");
+    let out = std::process::Command::new(trust::PORTCULLIS)
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("portcullis check");
+    let text = trust::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    for shown in [
+        "attestor acme-release: keyless subject /^(?:https://github\\.com/acme/app/",
+        &format!("or subject \"{pr}\" from issuer \"{ISSUER}\""),
+        &format!("under {}", env.root.display()),
+    ] {
+        assert!(text.contains(shown), "check shows {shown:?}: {text}");
+    }
+
     let public_good = config(&env.reg, &env.root, &extra)
         .replace(&format!("      trustedRoot: {}\n", env.root.display()), "");
     assert!(!public_good.contains("trustedRoot"));

@@ -268,6 +268,12 @@ fn describe_policy(policy: &Policy) -> serde_json::Value {
                 "algorithm": k.key.algorithm().name(),
             })).collect::<Vec<_>>(),
             "signatureRepository": a.signature_repository,
+            "keyless": a.keyless.as_ref().map(|k| serde_json::json!({
+                "identities": k.identities.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "trustedRoot": k.root_source,
+                "requireTlog": k.require_tlog,
+                "requireSct": k.require_sct,
+            })),
         })).collect::<Vec<_>>(),
         "ignored": policy.ignored,
     })
