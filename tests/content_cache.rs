@@ -901,6 +901,16 @@ fn cache_commands_warm_list_verify_and_purge_the_store() {
             .iter()
             .all(|b| stored.contains(&b.digest.trim_start_matches("sha256:").to_owned()))
     }));
+    // Each blob fetched once by warm. The registry writes its access log
+    // line after the response, so the last one may land a moment after
+    // the store holds the blob: wait for it before counting.
+    assert!(
+        eventually(Duration::from_secs(5), || upstream_blob_gets(
+            &reg, REPO, None
+        ) == blobs),
+        "warm fetched each blob once: {} upstream blob GETs for {blobs} blobs",
+        upstream_blob_gets(&reg, REPO, None)
+    );
     let fetched = upstream_blob_gets(&reg, REPO, None);
     let dest = tempfile::tempdir().expect("tempdir");
     clients::skopeo_copy_to_dir(&reference, dest.path(), false);
