@@ -101,7 +101,20 @@ pub fn compile_policy(config: &Config) -> Result<Policy, ConfigError> {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 invalid("policyFile", format!("cannot read {}: {e}", path.display()))
             })?;
-            crate::config::policy::parse_policy_file(path, &text)?
+            let (doc, mut attestors) = crate::config::policy::parse_policy_file(path, &text)?;
+            // Relative paths in a policy file are the policy file's.
+            let base = path.parent().unwrap_or(std::path::Path::new("."));
+            for attestor in &mut attestors {
+                if let Some(root) = attestor
+                    .keyless
+                    .as_mut()
+                    .and_then(|k| k.trusted_root.as_mut())
+                    .filter(|p| p.is_relative())
+                {
+                    *root = base.join(&*root);
+                }
+            }
+            (doc, attestors)
         }
     };
     attestors.extend(config.attestors.iter().cloned());

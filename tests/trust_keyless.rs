@@ -344,11 +344,13 @@ fn identities_and_trusted_roots_are_the_attestors() {
     assert_eq!(r.status, 200, "a second identity admits: {}", r.text());
     drop(proxy);
 
-    // `check` shows who the attestor trusts, and under which root.
+    // `check` shows who the attestor trusts, and under which root; a
+    // relative `trustedRoot` is the config file's, like every path in it
+    // (the test runs from the crate root, where there is no such file).
     let file = env.dir.path().join("portcullis.yaml");
     std::fs::write(
         &file,
-        config(&env.reg, &env.root, &extra).replace("{listen}", "127.0.0.1:0"),
+        config(&env.reg, Path::new("trusted_root.json"), &extra).replace("{listen}", "127.0.0.1:0"),
     )
     .expect("write the config");
     let out = std::process::Command::new(trust::PORTCULLIS)

@@ -246,6 +246,15 @@ impl Config {
         if let Some(path) = &mut self.policy_file {
             fix(path);
         }
+        for attestor in &mut self.attestors {
+            if let Some(path) = attestor
+                .keyless
+                .as_mut()
+                .and_then(|k| k.trusted_root.as_mut())
+            {
+                fix(path);
+            }
+        }
         if let Some(store) = &mut self.attestation_store {
             fix(&mut store.path);
         }
