@@ -184,7 +184,10 @@ impl Entry {
             log: log.base_url.clone(),
             log_index: self.log_index,
             body,
-            integrated_ms,
+            // An inclusion proof says the entry is in the log, not when it
+            // got there: the integrated time is the log's word only under
+            // its signed entry timestamp.
+            integrated_ms: integrated_ms.filter(|_| self.inclusion_promise.is_some()),
         })
     }
 

@@ -781,4 +781,47 @@ mod tests {
             "{evidence:?}"
         );
     }
+
+    #[test]
+    fn an_integrated_time_without_a_signed_entry_timestamp_is_no_signing_time() {
+        // cosign's keyless attestation bundle: SET and inclusion proof. The
+        // proof alone does not vouch for the (unsigned) integratedTime, and
+        // the certificate expired long ago: without the SET there is no
+        // verified signing time.
+        let dir = "cosign/oci-attestation-bundle";
+        let root =
+            TrustedRoot::parse(fixture_text(&format!("{dir}/trusted_root_pgi.json")).as_bytes())
+                .expect("root");
+        let mut bundle: serde_json::Value =
+            serde_json::from_slice(&fixture(&format!("{dir}/oci-attestation.sigstore.json")))
+                .unwrap();
+        let entry = &mut bundle["verificationMaterial"]["tlogEntries"][0];
+        assert!(entry["inclusionProof"].is_object() && entry["inclusionPromise"].is_object());
+        let identities = [crate::sigstore::IdentityPolicy::exact(
+            "cody@soyland.com",
+            GITHUB_OAUTH,
+        )];
+        let artifact = crate::sigstore::Artifact::Digest(
+            hex::decode(EMPTY_IMAGE.trim_start_matches("sha256:"))
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        let verify = |bundle: &serde_json::Value| {
+            crate::sigstore::verify_bundle(
+                &serde_json::to_vec(bundle).unwrap(),
+                &artifact,
+                &crate::sigstore::Signer::Identities(&identities),
+                &root,
+                crate::sigstore::Options::at(NOW),
+            )
+        };
+        assert!(verify(&bundle).is_ok());
+        bundle["verificationMaterial"]["tlogEntries"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("inclusionPromise");
+        let e = verify(&bundle).expect_err("no signing time");
+        assert!(e.contains("no verified signing time"), "{e}");
+    }
 }
