@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use crate::admin::AdminToken;
 use crate::audit::Observer;
 use crate::breakglass::BreakGlass;
+use crate::clientauth::ClientAuth;
 use crate::config::{Config, ConfigError};
 use crate::fleet::{Shared, Ttls};
 use crate::metrics::Metrics;
@@ -41,6 +42,7 @@ pub struct Prepared {
     pub policy: Policy,
     pub break_glass: Option<BreakGlass>,
     pub admin_token: Option<Arc<AdminToken>>,
+    pub client_auth: Option<ClientAuth>,
 }
 
 impl Prepared {
@@ -50,8 +52,8 @@ impl Prepared {
     }
 }
 
-/// Reads the break-glass token files and the admin token file and compiles
-/// the policy, in that order. Errors are [`ConfigError`]s naming the field
+/// Reads the break-glass token files, the admin token file and the
+/// client credentials, and compiles the policy, in that order. Errors are [`ConfigError`]s naming the field
 /// (and, for the token files, the line), as `config`'s own are.
 pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
     let break_glass = match &config.break_glass {
@@ -65,12 +67,20 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         )?)),
         None => None,
     };
+    let client_auth = match &config.client_auth {
+        Some(auth) => Some(
+            ClientAuth::from_config(auth)
+                .map_err(|message| config.invalid_named(message, "clientAuth", "clientAuth"))?,
+        ),
+        None => None,
+    };
     let policy = compile_policy(&config)?;
     Ok(Prepared {
         config,
         policy,
         break_glass,
         admin_token,
+        client_auth,
     })
 }
 
@@ -161,19 +171,29 @@ pub fn build_quiet(prepared: Prepared) -> Result<App, SetupError> {
     build(
         &prepared.config,
         prepared.policy,
-        prepared.break_glass,
+        Guards {
+            break_glass: prepared.break_glass,
+            client_auth: prepared.client_auth,
+        },
         observer,
         None,
         None,
     )
 }
 
-/// The proxy for `config`, with its compiled `policy` and `break_glass`,
-/// its decisions going to `observer`.
+/// Who may pull, besides the policy: the client credentials and the
+/// break-glass credentials, as read.
+struct Guards {
+    break_glass: Option<BreakGlass>,
+    client_auth: Option<ClientAuth>,
+}
+
+/// The proxy for `config`, with its compiled `policy` and `guards`, its
+/// decisions going to `observer`.
 fn build(
     config: &Config,
     policy: Policy,
-    break_glass: Option<BreakGlass>,
+    guards: Guards,
     observer: Arc<Observer>,
     fleet: Option<Arc<Shared>>,
     content: Option<Arc<ContentStore>>,
@@ -208,7 +228,8 @@ fn build(
         upstreams,
         verifier,
         observer,
-        break_glass,
+        break_glass: guards.break_glass,
+        client_auth: guards.client_auth.map(Arc::new),
         content,
     };
     Ok(App::new(parts, config))
@@ -260,7 +281,20 @@ pub async fn serve(
         policy,
         break_glass,
         admin_token,
+        client_auth,
     } = prepared;
+    if client_auth.is_none() {
+        if let Some(u) = config.upstreams.iter().find(|u| u.auth.is_some()) {
+            tracing::warn!(
+                upstream = %u.registry,
+                "no clientAuth: anyone who can reach the registry port pulls with this upstream's credentials"
+            );
+        }
+    }
+    let client_ca = config
+        .client_auth
+        .as_ref()
+        .and_then(|a| a.client_ca_file.as_deref());
     let fleet = match &config.state.redis {
         Some(redis) => {
             let ttls = Ttls {
@@ -292,14 +326,25 @@ pub async fn serve(
     let replica = replica_name(&config);
     let observer = Arc::new(observer(&config)?.with_fleet(replica, fleet.clone()));
     let app = Arc::new(
-        build(&config, policy, break_glass, observer, fleet, content).map_err(|e| e.to_string())?,
+        build(
+            &config,
+            policy,
+            Guards {
+                break_glass,
+                client_auth,
+            },
+            observer,
+            fleet,
+            content,
+        )
+        .map_err(|e| e.to_string())?,
     );
     log_policy(&config, &app);
     if let Some(path) = config_path {
         tokio::spawn(crate::reload::watch(Arc::clone(&app), path, reload_policy));
     }
     let tls = match &config.tls {
-        Some(tls) => Some(server::tls_acceptor(tls).map_err(|e| e.to_string())?),
+        Some(tls) => Some(server::tls_acceptor(tls, client_ca).map_err(|e| e.to_string())?),
         None => None,
     };
     let registry = TcpListener::bind(config.listen)

@@ -66,6 +66,9 @@
 //!   ([`upstream::client`], alert webhooks use it too).
 //! - [`breakglass`]: break-glass credentials, read once, and the proof of
 //!   their use ([`breakglass::Use`]) that only this module can make.
+//! - [`clientauth`]: who may pull through the registry port
+//!   (`clientAuth`): htpasswd, bearer tokens and client certificates, the
+//!   files re-read when they change, and the per-identity access rules.
 //! - [`verify`]: admission. Evidence [`verify::sources`] (I/O: cosign
 //!   tags, referrers, the attestation store) and [`verify::formats`]
 //!   (pure: simple-signing, DSSE, sigstore bundles, BinAuthz), matched to
@@ -96,6 +99,7 @@ pub mod app;
 pub mod audit;
 pub mod breakglass;
 pub mod cli;
+pub mod clientauth;
 pub mod config;
 pub mod crypto;
 pub mod fleet;

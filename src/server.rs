@@ -6,7 +6,7 @@
 //! hold, and for how long (connection caps, handshake and idle deadlines,
 //! the progress deadline of response streams), is in [`conn`].
 //!
-//! May use: `serve`, `admin`, `audit`, `metrics`, `config`. Must never
+//! May use: `serve`, `admin`, `audit`, `metrics`, `config`, `clientauth`. Must never
 //! use: reload, app, cli.
 
 pub mod conn;
@@ -37,6 +37,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::audit::Client;
+use crate::clientauth::PeerCertificate;
 use crate::config::{Limits, Timeouts, TlsConfig};
 use crate::metrics::Metrics;
 use crate::serve::{body_from, App, BoxError, ProxyBody, RequestLog, Routine};
@@ -65,16 +66,43 @@ pub enum ServerError {
 }
 
 /// Builds the TLS acceptor from the configured PEM files (ALPN h2 and
-/// http/1.1).
-pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, ServerError> {
+/// http/1.1). With `client_ca` (`clientAuth.clientCAFile`), a client
+/// certificate is asked for and, when one is sent, verified against those
+/// CAs during the handshake (a certificate that does not verify fails
+/// the handshake); sending none is allowed at the TLS level, and the
+/// request is then authenticated (or refused) by its credentials, so that
+/// health probes and password clients share the port.
+pub fn tls_acceptor(
+    config: &TlsConfig,
+    client_ca: Option<&Path>,
+) -> Result<TlsAcceptor, ServerError> {
     let certs = read_certs(&config.cert)?;
     let key = PrivateKeyDer::from_pem_file(&config.key)
         .map_err(|e| ServerError::Tls(format!("key {}: {e}", config.key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(path)? {
+                roots.add(cert).map_err(|e| {
+                    ServerError::Tls(format!("clientAuth.clientCAFile {}: {e}", path.display()))
+                })?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| {
+                        ServerError::Tls(format!("clientAuth.clientCAFile {}: {e}", path.display()))
+                    })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder
         .with_single_cert(certs, key)
         .map_err(|e| ServerError::Tls(e.to_string()))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -263,13 +291,18 @@ async fn serve_listener(
             let app = Arc::clone(&app);
             let connection = Arc::clone(&connection);
             let role = role.clone();
-            service_fn(move |mut request: Request<Incoming>| {
-                let app = Arc::clone(&app);
-                let role = role.clone();
-                let active = connection.request();
-                request.extensions_mut().insert(fetches.clone());
-                async move { Ok::<_, Infallible>(handle(&app, request, peer, role, active).await) }
-            })
+            move |certificate: Option<PeerCertificate>| {
+                service_fn(move |mut request: Request<Incoming>| {
+                    let app = Arc::clone(&app);
+                    let role = role.clone();
+                    let active = connection.request();
+                    request.extensions_mut().insert(fetches.clone());
+                    if let Some(certificate) = &certificate {
+                        request.extensions_mut().insert(certificate.clone());
+                    }
+                    async move { Ok::<_, Infallible>(handle(&app, request, peer, role, active).await) }
+                })
+            }
         };
         let builder = builder.clone();
         let stopping = stopping.clone();
@@ -280,7 +313,7 @@ async fn serve_listener(
             let result = match tls {
                 None => {
                     let served = builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(TokioIo::new(stream), service(None))
                         .into_owned();
                     let driven = async { drive!(served, &connection, deadlines, stopping, peer) };
                     conn::with_progress(progress, driven).await
@@ -302,8 +335,23 @@ async fn serve_listener(
                             return;
                         }
                     };
+                    // The certificate rustls verified against
+                    // clientAuth.clientCAFile, if the client sent one.
+                    let certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| {
+                            let name = crate::clientauth::certificate_name(leaf);
+                            if name.is_none() {
+                                tracing::info!(%peer, "client certificate names no one (no common name or subject alternative name); ignored");
+                            }
+                            name
+                        })
+                        .map(|name| PeerCertificate(Arc::from(name)));
                     let served = builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(TokioIo::new(stream), service(certificate))
                         .into_owned();
                     let driven = async { drive!(served, &connection, deadlines, stopping, peer) };
                     conn::with_progress(progress, driven).await

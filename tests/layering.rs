@@ -28,6 +28,7 @@ const LAYERS: &[&str] = &[
     "store",      // the on-disk content store
     "upstream",   // the registry client
     "breakglass", // break-glass credentials and their proof
+    "clientauth", // who may pull: htpasswd, tokens, certificates, access
     "verify",     // admission: evidence, verdicts, proofs
     "audit",      // the decision record, its trail and observer
     "alerts",     // webhooks (an audit sink)

@@ -189,9 +189,16 @@ fn short_reason(record: &DecisionRecord) -> &str {
     &record.reason
 }
 
-/// `identity (addr)`, `addr`, `identity` or `unknown`.
+/// `identity (addr)`, `addr`, `identity` or `unknown`; a break-glass
+/// identity other than the authenticated client's is followed by
+/// `, client <name>`.
 fn client_name(record: &DecisionRecord) -> String {
-    match (&record.identity, &record.client_addr) {
+    let identity = match (&record.identity, &record.client_identity) {
+        (Some(who), Some(client)) if who != client => Some(format!("{who}, client {client}")),
+        (Some(who), _) => Some(who.clone()),
+        (None, client) => client.clone(),
+    };
+    match (&identity, &record.client_addr) {
         (Some(id), Some(addr)) => format!("{id} ({addr})"),
         (Some(id), None) => id.clone(),
         (None, Some(addr)) => addr.clone(),

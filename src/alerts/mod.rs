@@ -410,6 +410,7 @@ pub(crate) mod tests {
             client_addr: Some("10.0.0.9:41234".into()),
             user_agent: Some("containerd/2.0".into()),
             identity: None,
+            client_identity: None,
             subject: Subject::Manifest,
             reference: "127.0.0.1:5001/demo/app".into(),
             tag: None,

@@ -105,8 +105,14 @@ pub struct DecisionRecord {
     pub client_addr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// Who is answerable for the pull: the break-glass credential's name
+    /// when glass was broken, else the authenticated client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The identity the client authenticated as (`clientAuth`), whatever
+    /// else happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<String>,
     pub subject: Subject,
     /// Canonical `<registry>/<repository>`.
     pub reference: String,
@@ -202,6 +208,7 @@ impl DecisionRecord {
                 Some(used) => Some(used.identity().to_owned()),
                 None => client.identity.clone(),
             },
+            client_identity: client.identity.clone(),
             subject: decided.subject,
             reference: decided.reference.clone(),
             tag: decided.tag.clone(),

@@ -14,7 +14,8 @@
 //! One file per section: [`listen`] (`tls`, `admin`), [`upstreams`],
 //! [`limits`] (`timeouts`, `limits`), [`cache`], [`policy`] (the policy
 //! and attestors as written, and a `policyFile`'s document), [`audit`],
-//! [`alerts`], [`breakglass`], [`state`] (the fleet's Redis); [`duration`]
+//! [`alerts`], [`breakglass`], [`clientauth`] (`clientAuth`), [`state`]
+//! (the fleet's Redis); [`duration`]
 //! is the one parser of `10s`, [`size`] of `50GiB`.
 //!
 //! May use: std, serde, http, `crate::oci` (name syntax, Docker Hub's
@@ -25,6 +26,7 @@ pub mod alerts;
 pub mod audit;
 pub mod breakglass;
 pub mod cache;
+pub mod clientauth;
 pub mod duration;
 pub mod limits;
 pub mod listen;
@@ -43,6 +45,7 @@ pub use alerts::AlertsConfig;
 pub use audit::{AuditConfig, FsyncMode, OnFull};
 pub use breakglass::BreakGlassConfig;
 pub use cache::CacheConfig;
+pub use clientauth::ClientAuthConfig;
 pub use limits::{Limits, Timeouts, MAX_LIMIT};
 pub use listen::{AdminConfig, TlsConfig};
 pub use policy::{AttestorDoc, PolicyDoc};
@@ -120,6 +123,11 @@ pub struct Config {
     /// justification, audited and alerted. Off by default.
     #[serde(default)]
     pub break_glass: Option<BreakGlassConfig>,
+    /// Who may pull through the registry port: htpasswd (Basic), bearer
+    /// tokens, client certificates, and per-identity access rules. Absent:
+    /// every client is anonymous.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
     /// Evidence kept outside the registry: a directory of BinAuthz
     /// occurrences, cosign signatures, DSSE envelopes and sigstore bundles,
     /// indexed by the digest their signed content names.
@@ -269,6 +277,9 @@ impl Config {
         if let Some(path) = self.admin.as_mut().and_then(|a| a.token_file.as_mut()) {
             fix(path);
         }
+        if let Some(auth) = &mut self.client_auth {
+            auth.resolve_paths(fix);
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
@@ -325,6 +336,9 @@ impl Config {
         if let Some(admin) = &self.admin {
             listen::validate_admin(admin, self.listen, at)?;
         }
+        if let Some(auth) = &self.client_auth {
+            clientauth::validate(auth, self.tls.is_some(), at)?;
+        }
         state::validate(&self.state, at)?;
         cache::validate(&self.cache, at)?;
         limits::validate_timeouts(&self.timeouts, at)?;
@@ -363,6 +377,29 @@ impl Config {
                     None => ", anonymous".to_owned(),
                 },
             ));
+        }
+        match &self.client_auth {
+            Some(auth) => {
+                let mut methods = Vec::new();
+                if auth.htpasswd.is_some() {
+                    methods.push("htpasswd".to_owned());
+                }
+                if !auth.tokens.is_empty() {
+                    methods.push(format!("{} token(s)", auth.tokens.len()));
+                }
+                if auth.client_ca_file.is_some() {
+                    methods.push("client certificates".to_owned());
+                }
+                out.push_str(&format!(
+                    "clients: authenticated ({}){}\n",
+                    methods.join(", "),
+                    match &auth.access {
+                        Some(rules) => format!(", {} access rule(s)", rules.len()),
+                        None => ", every identity may pull everything".to_owned(),
+                    }
+                ));
+            }
+            None => out.push_str("clients: anonymous (no clientAuth)\n"),
         }
         if let Some(admin) = &self.admin {
             out.push_str(&format!(

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::{body_from, ProxyBody, RequestLog, ServeError};
+use crate::clientauth::AuthError;
 use crate::oci::error::{ApiError, ErrorCode};
 use crate::policy::Decision;
 use crate::routing::RouteError;
@@ -138,6 +139,22 @@ pub fn api_error(e: ServeError) -> ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, message)
                     .with_detail(decision_detail(&decision))
                     .with_reason(format!("Forbidden: {}", decision.short_reason()))
+            }
+            ServeError::Unauthenticated { reason, challenge } => {
+                if reason == AuthError::Busy {
+                    let mut error =
+                        ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests, message);
+                    error
+                        .headers
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return error;
+                }
+                let mut error = ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message);
+                error.headers.insert(header::WWW_AUTHENTICATE, challenge);
+                error
+            }
+            ServeError::AccessDenied { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, message)
             }
             ServeError::Busy { per_connection, .. } => {
                 let (status, code) = if per_connection {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{header, Response, StatusCode};
 
+use crate::clientauth::AuthError;
 use crate::oci::error::ErrorCode;
 use crate::oci::Digest;
 use crate::policy::Decision;
@@ -73,6 +74,20 @@ pub enum ServeError {
     },
     #[error("cannot verify {image}: {source}")]
     CannotVerify { image: String, source: VerifyError },
+    /// `clientAuth` is on and the request did not authenticate.
+    #[error("{}", unauthenticated_message(reason))]
+    Unauthenticated {
+        reason: AuthError,
+        /// The `WWW-Authenticate` challenge.
+        challenge: http::HeaderValue,
+    },
+    /// The authenticated identity may not pull this repository
+    /// (`clientAuth.access`).
+    #[error("{identity} may not pull {repository} (clientAuth.access)")]
+    AccessDenied {
+        identity: String,
+        repository: String,
+    },
     /// No upstream fetch slot came free within `timeouts.read`.
     #[error("{}", busy_message(*per_connection, *limit))]
     Busy {
@@ -81,6 +96,16 @@ pub enum ServeError {
         per_connection: bool,
         limit: usize,
     },
+}
+
+/// What a client that did not authenticate is told: never which part of
+/// its credentials was wrong (the log has that).
+fn unauthenticated_message(reason: &AuthError) -> String {
+    match reason {
+        AuthError::Missing => "authentication required".to_owned(),
+        AuthError::Rejected(_) => "authentication failed: credentials refused".to_owned(),
+        AuthError::Busy => AuthError::Busy.to_string(),
+    }
 }
 
 fn busy_message(per_connection: bool, limit: usize) -> String {
@@ -101,7 +126,10 @@ impl ServeError {
     /// Where the error came from.
     pub fn source_kind(&self) -> Source {
         match self {
-            ServeError::Route(_) | ServeError::BadRange(_) => Source::Client,
+            ServeError::Route(_)
+            | ServeError::BadRange(_)
+            | ServeError::Unauthenticated { .. }
+            | ServeError::AccessDenied { .. } => Source::Client,
             ServeError::Upstream(_)
             | ServeError::ManifestTooLarge { .. }
             | ServeError::DigestMismatch { .. }

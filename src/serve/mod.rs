@@ -1,9 +1,11 @@
 //! The request pipeline. [`App::handle`] takes one `/v2/` request through
 //! named phases, in this order, each in its own place:
 //!
-//! 1. **route** ([`App::route`]): the request becomes a [`Ctx`]: which
-//!    endpoint, upstream and repository ([`crate::routing`]), the client,
-//!    and the break-glass attempt, checked once;
+//! 1. **route** ([`App::route`]): the client authenticated (when
+//!    `clientAuth` is on, [`crate::clientauth`]: a `401` with a challenge
+//!    otherwise), then the request becomes a [`Ctx`]: which endpoint,
+//!    upstream and repository ([`crate::routing`]) — one the identity may
+//!    pull —, the client, and the break-glass attempt, checked once;
 //! 2. **resolve**: the manifest's bytes, from memory or the upstream,
 //!    bounded and hashed ([`manifest::fetch`]);
 //! 3. **verify**: [`crate::verify::Verifier::admit`] (manifests) or
@@ -19,6 +21,7 @@
 //! one place they become an HTTP status, OCI code and message.
 //!
 //! May use: `oci`, `config`, `policy`, `routing`, `upstream`, `breakglass`,
+//! `clientauth`,
 //! `verify`, `audit`, `metrics`. Must never use: `server`, `admin`, `app`,
 //! `cli` (they are built on top of it).
 
@@ -43,6 +46,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{Client, Observer};
 use crate::breakglass::{Attempt, BreakGlass};
+use crate::clientauth::{AuthError, ClientAuth, Identity};
 use crate::config::Config;
 use crate::metrics::{ContentSnapshot, Snapshot};
 use crate::oci::Digest;
@@ -127,6 +131,8 @@ pub struct Parts {
     pub verifier: Verifier,
     pub observer: Arc<Observer>,
     pub break_glass: Option<BreakGlass>,
+    /// Who may pull (`clientAuth`), if configured.
+    pub client_auth: Option<Arc<ClientAuth>>,
     /// The content store (`cache.content`), if configured.
     pub content: Option<Arc<ContentStore>>,
 }
@@ -141,6 +147,7 @@ pub struct App {
     manifests: manifest::ManifestCache,
     pub observer: Arc<Observer>,
     break_glass: Option<BreakGlass>,
+    client_auth: Option<Arc<ClientAuth>>,
     /// Upstream blob fetches running, proxy-wide (`limits.upstreamFetches`).
     fetches: Arc<Semaphore>,
     fetches_limit: usize,
@@ -164,6 +171,7 @@ impl App {
             manifests: manifest::ManifestCache::new(&config.cache),
             observer: parts.observer,
             break_glass: parts.break_glass,
+            client_auth: parts.client_auth,
             fetches: Arc::new(Semaphore::new(config.limits.upstream_fetches)),
             fetches_limit: config.limits.upstream_fetches,
             fetches_per_connection: config.limits.upstream_fetches_per_connection,
@@ -228,7 +236,33 @@ impl App {
         log: &RequestLog,
     ) -> Response<ProxyBody> {
         let head = request.method() == Method::HEAD;
-        let ctx = match self.route(request, client, log) {
+        let authenticated;
+        let (client, identity) = match &self.client_auth {
+            None => (client, None),
+            Some(auth) => match auth
+                .authenticate(request.headers(), request.extensions().get())
+                .await
+            {
+                Ok(identity) => {
+                    authenticated = Client {
+                        identity: Some(identity.name.clone()),
+                        ..client.clone()
+                    };
+                    (&authenticated, Some(identity))
+                }
+                Err(reason) => {
+                    if let AuthError::Rejected(why) = &reason {
+                        log.in_scope(|| tracing::info!(reason = %why, "client credentials refused"));
+                    }
+                    let e = ServeError::Unauthenticated {
+                        reason,
+                        challenge: auth.challenge(),
+                    };
+                    return edge::failed(e, head, log);
+                }
+            },
+        };
+        let ctx = match self.route(request, client, identity.as_ref(), log) {
             Ok(Some(ctx)) => ctx,
             Ok(None) => return base_response(head),
             Err(e) => return edge::failed(e, head, log),
@@ -251,11 +285,13 @@ impl App {
         result.unwrap_or_else(|e| edge::failed(e, head, log))
     }
 
-    /// The route phase: `None` for the API base (`/v2/`).
+    /// The route phase: `None` for the API base (`/v2/`). An authenticated
+    /// `identity` must be allowed the repository (`clientAuth.access`).
     fn route<'r, B>(
         &self,
         request: &'r Request<B>,
         client: &'r Client,
+        identity: Option<&Identity>,
         log: &'r RequestLog,
     ) -> Result<Option<Ctx<'r>>, ServeError> {
         let started = Instant::now();
@@ -269,6 +305,14 @@ impl App {
         };
         let canonical = route.canonical();
         log.set_reference(canonical.clone());
+        if let (Some(auth), Some(identity)) = (&self.client_auth, identity) {
+            if !auth.may_pull(identity, &canonical) {
+                return Err(ServeError::AccessDenied {
+                    identity: identity.name.clone(),
+                    repository: canonical,
+                });
+            }
+        }
         let glass = match &self.break_glass {
             Some(glass) => glass.check(request.headers()),
             None => Attempt::None,

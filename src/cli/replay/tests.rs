@@ -75,6 +75,7 @@ fn record(repo: &str, digest: &str, verdict: RecordedVerdict, rule: &str) -> Dec
         client_addr: None,
         user_agent: None,
         identity: None,
+        client_identity: None,
         subject: Subject::Manifest,
         reference: format!("{R}/{repo}"),
         tag: Some("v1".into()),
