@@ -71,6 +71,8 @@ as_root() {
 #   nginx, wrk       the benchmark's peers and load generator (stage 5);
 #                    nginx is also the round-robin balancer in front of two
 #                    replicas in tests/fleet.rs
+#   apache2-utils    `htpasswd -B`: Apache's own tool writes the bcrypt
+#                    entries tests/client_auth.rs logs in with
 #   redis-server     the fleet's shared state (tests/fleet.rs, the bench's
 #                    fleet rows): Debian's Redis 7
 #   nodejs, npm      only when no `node` is on PATH (a NodeSource nodejs
@@ -84,6 +86,7 @@ APT_PACKAGES=(
     chromium
     nginx wrk
     redis-server
+    apache2-utils
 )
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     APT_PACKAGES+=(nodejs npm)

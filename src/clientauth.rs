@@ -181,7 +181,8 @@ impl Files {
 
 fn read_small(path: &Path) -> Result<String, String> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut text = String::new();
     file.take(MAX_FILE_SIZE + 1)
         .read_to_string(&mut text)
@@ -216,7 +217,9 @@ pub fn parse_htpasswd(text: &str) -> Result<HashMap<String, String>, String> {
             Some("MD5 ($apr1$)")
         } else if hash.starts_with("{SHA}") {
             Some("SHA-1 ({SHA})")
-        } else if !(hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$"))
+        } else if !(hash.starts_with("$2a$")
+            || hash.starts_with("$2b$")
+            || hash.starts_with("$2y$"))
         {
             Some("crypt or plain text")
         } else {
@@ -314,9 +317,7 @@ impl ClientAuth {
                     for text in &rule.repositories {
                         let pattern = canonical_pattern(text)
                             .and_then(|canonical| Pattern::new(&canonical))
-                            .map_err(|e| {
-                                format!("clientAuth.access[{i}].repositories: {e}")
-                            })?;
+                            .map_err(|e| format!("clientAuth.access[{i}].repositories: {e}"))?;
                         patterns.push(pattern);
                     }
                     compiled.push((rule.identities.clone(), patterns));
@@ -379,14 +380,15 @@ impl ClientAuth {
         headers: &HeaderMap,
         certificate: Option<&PeerCertificate>,
     ) -> Result<Identity, AuthError> {
+        let by_certificate = || match certificate {
+            Some(PeerCertificate(name)) if self.certificates => Ok(Identity {
+                name: name.to_string(),
+                method: Method::Certificate,
+            }),
+            _ => Err(AuthError::Missing),
+        };
         let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return match certificate {
-                Some(PeerCertificate(name)) if self.certificates => Ok(Identity {
-                    name: name.to_string(),
-                    method: Method::Certificate,
-                }),
-                _ => Err(AuthError::Missing),
-            };
+            return by_certificate();
         };
         let bytes = value.as_bytes();
         let scheme_is = |scheme: &[u8]| {
@@ -413,6 +415,11 @@ impl ClientAuth {
         let Some((user, password)) = text.split_once(':') else {
             return Err(AuthError::Rejected("Basic credentials without ':'".into()));
         };
+        if user.is_empty() && password.is_empty() {
+            // containers/image answers a Basic challenge it has no
+            // credentials for with an empty pair: nothing presented.
+            return by_certificate();
+        }
         let secrets = self.secrets();
         if let Some(hash) = secrets.users.get(user) {
             return self.check_password(user, password, hash).await;
@@ -465,7 +472,10 @@ impl ClientAuth {
         };
         {
             let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if verified.get(&key).is_some_and(|at| at.elapsed() < VERIFIED_TTL) {
+            if verified
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < VERIFIED_TTL)
+            {
                 return Ok(identity);
             }
         }
@@ -524,16 +534,18 @@ pub fn certificate_name(der: &[u8]) -> Option<String> {
             }
             let value = &atv.value;
             let text = match value.tag() {
-                x509_cert::der::Tag::Utf8String => {
-                    value.decode_as::<Utf8StringRef<'_>>().ok().map(|s| s.to_string())
-                }
+                x509_cert::der::Tag::Utf8String => value
+                    .decode_as::<Utf8StringRef<'_>>()
+                    .ok()
+                    .map(|s| s.to_string()),
                 x509_cert::der::Tag::PrintableString => value
                     .decode_as::<PrintableStringRef<'_>>()
                     .ok()
                     .map(|s| s.to_string()),
-                x509_cert::der::Tag::Ia5String => {
-                    value.decode_as::<Ia5StringRef<'_>>().ok().map(|s| s.to_string())
-                }
+                x509_cert::der::Tag::Ia5String => value
+                    .decode_as::<Ia5StringRef<'_>>()
+                    .ok()
+                    .map(|s| s.to_string()),
                 _ => None,
             };
             if let Some(text) = text.filter(|t| !t.is_empty()) {
@@ -613,12 +625,19 @@ mod tests {
     async fn basic_bearer_and_pull_secret_forms_authenticate_and_wrong_ones_do_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = "ci-token-0123456789abcdef";
-        let auth = ClientAuth::from_config(&config(dir.path(), &entry("alice", "s3cret"), Some(token)))
-            .expect("compile");
+        let auth =
+            ClientAuth::from_config(&config(dir.path(), &entry("alice", "s3cret"), Some(token)))
+                .expect("compile");
         let alice = auth.authenticate(&basic("alice", "s3cret"), None).await;
-        assert_eq!(alice.map(|i| (i.name, i.method)), Ok(("alice".into(), Method::Htpasswd)));
+        assert_eq!(
+            alice.map(|i| (i.name, i.method)),
+            Ok(("alice".into(), Method::Htpasswd))
+        );
         // Remembered: the second time needs no bcrypt (and still answers).
-        assert!(auth.authenticate(&basic("alice", "s3cret"), None).await.is_ok());
+        assert!(auth
+            .authenticate(&basic("alice", "s3cret"), None)
+            .await
+            .is_ok());
         assert!(matches!(
             auth.authenticate(&basic("alice", "S3cret"), None).await,
             Err(AuthError::Rejected(_))
@@ -628,15 +647,29 @@ mod tests {
             Err(AuthError::Rejected(_))
         ));
         let ci = auth.authenticate(&bearer(token), None).await;
-        assert_eq!(ci.map(|i| (i.name, i.method)), Ok(("ci".into(), Method::Token)));
+        assert_eq!(
+            ci.map(|i| (i.name, i.method)),
+            Ok(("ci".into(), Method::Token))
+        );
         let secret = auth.authenticate(&basic("ci", token), None).await;
         assert_eq!(secret.map(|i| i.name), Ok("ci".into()));
         // A token under another name is not that identity.
-        assert!(auth.authenticate(&basic("alice", token), None).await.is_err());
-        assert!(auth.authenticate(&bearer("ci-token-0123456789abcdeX"), None).await.is_err());
+        assert!(auth
+            .authenticate(&basic("alice", token), None)
+            .await
+            .is_err());
+        assert!(auth
+            .authenticate(&bearer("ci-token-0123456789abcdeX"), None)
+            .await
+            .is_err());
         assert_eq!(
             auth.authenticate(&HeaderMap::new(), None).await,
             Err(AuthError::Missing)
+        );
+        assert_eq!(
+            auth.authenticate(&basic("", ""), None).await,
+            Err(AuthError::Missing),
+            "an empty pair (what skopeo sends without credentials) is nothing presented"
         );
     }
 
@@ -654,10 +687,14 @@ mod tests {
         cfg.client_ca_file = Some(dir.path().join("ca.pem"));
         let auth = ClientAuth::from_config(&cfg).expect("compile");
         let who = auth.authenticate(&HeaderMap::new(), Some(&cert)).await;
-        assert_eq!(who.map(|i| (i.name, i.method)), Ok(("build-bot".into(), Method::Certificate)));
+        assert_eq!(
+            who.map(|i| (i.name, i.method)),
+            Ok(("build-bot".into(), Method::Certificate))
+        );
         assert!(
             matches!(
-                auth.authenticate(&basic("alice", "wrong"), Some(&cert)).await,
+                auth.authenticate(&basic("alice", "wrong"), Some(&cert))
+                    .await,
                 Err(AuthError::Rejected(_))
             ),
             "wrong credentials are refused even with a good certificate"
@@ -669,13 +706,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = config(dir.path(), &entry("alice", "one"), None);
         let auth = ClientAuth::from_config(&cfg).expect("compile");
-        assert!(auth.authenticate(&basic("alice", "one"), None).await.is_ok());
+        assert!(auth
+            .authenticate(&basic("alice", "one"), None)
+            .await
+            .is_ok());
         let path = cfg.htpasswd.clone().expect("path");
         std::fs::write(&path, entry("bob", "two")).expect("rewrite");
         auth.current.lock().expect("lock").checked -= RECHECK;
         assert!(auth.authenticate(&basic("bob", "two"), None).await.is_ok());
         assert!(
-            auth.authenticate(&basic("alice", "one"), None).await.is_err(),
+            auth.authenticate(&basic("alice", "one"), None)
+                .await
+                .is_err(),
             "a removed user is refused, even one verified a moment ago"
         );
         std::fs::write(&path, "bob:{SHA}abc\n").expect("break");
@@ -686,14 +728,26 @@ mod tests {
     #[test]
     fn htpasswd_entries_other_than_bcrypt_or_too_costly_are_refused_by_line() {
         let md5 = parse_htpasswd("# users\n\nalice:$apr1$abc$def\n").unwrap_err();
-        assert!(md5.contains("line 3") && md5.contains("htpasswd -B"), "{md5}");
-        assert!(parse_htpasswd("bob:{SHA}xyz").unwrap_err().contains("SHA-1"));
-        assert!(parse_htpasswd("bob:plain").unwrap_err().contains("crypt or plain"));
+        assert!(
+            md5.contains("line 3") && md5.contains("htpasswd -B"),
+            "{md5}"
+        );
+        assert!(parse_htpasswd("bob:{SHA}xyz")
+            .unwrap_err()
+            .contains("SHA-1"));
+        assert!(parse_htpasswd("bob:plain")
+            .unwrap_err()
+            .contains("crypt or plain"));
         let costly = ALICE_HASH.replacen("$05$", "$15$", 1);
-        assert!(parse_htpasswd(&format!("alice:{costly}")).unwrap_err().contains("cost 15"));
+        assert!(parse_htpasswd(&format!("alice:{costly}"))
+            .unwrap_err()
+            .contains("cost 15"));
         let twice = format!("alice:{ALICE_HASH}\nalice:{ALICE_HASH}\n");
         assert!(parse_htpasswd(&twice).unwrap_err().contains("line 2"));
-        assert_eq!(parse_htpasswd(&format!("alice:{ALICE_HASH}")).map(|u| u.len()), Ok(1));
+        assert_eq!(
+            parse_htpasswd(&format!("alice:{ALICE_HASH}")).map(|u| u.len()),
+            Ok(1)
+        );
     }
 
     #[test]
@@ -724,6 +778,9 @@ mod tests {
             repositories: vec!["ghcr.io/acme/app:latest".into()],
         }]);
         let e = ClientAuth::from_config(&cfg).unwrap_err();
-        assert!(e.starts_with("clientAuth.access[0].repositories") && e.contains("tag"), "{e}");
+        assert!(
+            e.starts_with("clientAuth.access[0].repositories") && e.contains("tag"),
+            "{e}"
+        );
     }
 }

@@ -92,13 +92,15 @@ pub fn tls_acceptor(
                     ServerError::Tls(format!("clientAuth.clientCAFile {}: {e}", path.display()))
                 })?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| {
-                        ServerError::Tls(format!("clientAuth.clientCAFile {}: {e}", path.display()))
-                    })?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| {
+                ServerError::Tls(format!("clientAuth.clientCAFile {}: {e}", path.display()))
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -199,6 +199,7 @@ fn record(verdict: RecordedVerdict, request_id: u64) -> DecisionRecord {
         client_addr: Some("127.0.0.1:50000".into()),
         user_agent: Some("containerd/2.0".into()),
         identity: None,
+        client_identity: None,
         subject: Subject::Manifest,
         reference: "127.0.0.1:5001/demo/app".into(),
         tag: Some("latest".into()),

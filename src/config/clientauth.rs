@@ -26,7 +26,7 @@ pub struct ClientAuthConfig {
     pub tokens: Vec<TokenConfig>,
     /// A PEM file of CA certificates: a client certificate issued by one
     /// of them authenticates its holder (needs `tls:`).
-    #[serde(default)]
+    #[serde(default, rename = "clientCAFile")]
     pub client_ca_file: Option<PathBuf>,
     /// The realm of the `WWW-Authenticate: Basic` challenge.
     #[serde(default = "default_realm")]
@@ -87,11 +87,7 @@ impl ClientAuthConfig {
 /// What can be checked without reading the files: at least one method,
 /// the files exist, a client CA only with `tls:`, token names unique,
 /// access rules that name someone and something.
-pub(super) fn validate(
-    auth: &ClientAuthConfig,
-    tls: bool,
-    at: &Source,
-) -> Result<(), ConfigError> {
+pub(super) fn validate(auth: &ClientAuthConfig, tls: bool, at: &Source) -> Result<(), ConfigError> {
     if !auth.any_method() {
         return Err(at.invalid(
             "clientAuth",

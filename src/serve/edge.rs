@@ -142,14 +142,18 @@ pub fn api_error(e: ServeError) -> ApiError {
             }
             ServeError::Unauthenticated { reason, challenge } => {
                 if reason == AuthError::Busy {
-                    let mut error =
-                        ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::Toomanyrequests, message);
+                    let mut error = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        ErrorCode::Toomanyrequests,
+                        message,
+                    );
                     error
                         .headers
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                     return error;
                 }
-                let mut error = ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message);
+                let mut error =
+                    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message);
                 error.headers.insert(header::WWW_AUTHENTICATE, challenge);
                 error
             }

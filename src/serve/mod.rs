@@ -252,7 +252,9 @@ impl App {
                 }
                 Err(reason) => {
                     if let AuthError::Rejected(why) = &reason {
-                        log.in_scope(|| tracing::info!(reason = %why, "client credentials refused"));
+                        log.in_scope(
+                            || tracing::info!(reason = %why, "client credentials refused"),
+                        );
                     }
                     let e = ServeError::Unauthenticated {
                         reason,
