@@ -123,6 +123,16 @@ pub fn compile_policy(config: &Config) -> Result<Policy, ConfigError> {
                 {
                     *root = base.join(&*root);
                 }
+                for (_, key) in attestor.all_public_keys_mut() {
+                    if let Some(file) = key
+                        .pkix_public_key
+                        .as_mut()
+                        .and_then(|k| k.public_key_file.as_mut())
+                        .filter(|p| p.is_relative())
+                    {
+                        *file = base.join(&*file);
+                    }
+                }
             }
             (doc, attestors)
         }
@@ -140,12 +150,49 @@ pub fn compile_policy(config: &Config) -> Result<Policy, ConfigError> {
                 keyless.trusted_root_content = Some(text);
             }
         }
+        for (field, key) in attestor.all_public_keys_mut() {
+            let Some(pkix) = key.pkix_public_key.as_mut() else {
+                continue;
+            };
+            if let Some(path) = &pkix.public_key_file {
+                let text = read_key_file(path).map_err(|e| {
+                    invalid(
+                        &format!("attestors[{i}].{field}.pkixPublicKey.publicKeyFile"),
+                        e,
+                    )
+                })?;
+                pkix.public_key_file_content = Some(text);
+            }
+        }
     }
-    Policy::compile(&doc, &attestors).map_err(|e| ConfigError::Invalid {
-        field: e.field,
-        line: None,
-        message: e.message,
+    Policy::compile_for(&doc, &attestors, config.cluster.as_deref()).map_err(|e| {
+        ConfigError::Invalid {
+            field: e.field,
+            line: None,
+            message: e.message,
+        }
     })
+}
+
+/// Largest public key file read (`publicKeyFile`): a PEM key is a few
+/// kilobytes at most.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+fn read_key_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(format!(
+            "{} is larger than {MAX_KEY_FILE} bytes: not a public key",
+            path.display()
+        ));
+    }
+    Ok(text)
 }
 
 /// What is worth a warning in a policy that loads: name patterns that

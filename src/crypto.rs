@@ -7,6 +7,7 @@
 //! | `ECDSA_P384_SHA384`                          | ring           |
 //! | `RSA_SIGN_PKCS1_{2048,3072,4096}_SHA256/512` | ring           |
 //! | `RSA_PSS_{2048,3072,4096}_SHA256/512`        | ring           |
+//! | `RSA_SIGN_PSS_…` (the same, BinAuthz's other spelling) | ring |
 //!
 //! `ECDSA_P521_SHA512` and PGP keys are rejected when the policy loads:
 //! a key that cannot be used is never accepted.
@@ -57,7 +58,12 @@ impl Algorithm {
                         return Ok(Algorithm::RsaPkcs1Sha512 { bits: rsa(bits, true)? });
                     }
                 }
-                if let Some(rest) = name.strip_prefix("RSA_PSS_") {
+                // BinAuthz spells the same PSS algorithms both ways
+                // (`RSA_PSS_…` and `RSA_SIGN_PSS_…`, like KMS).
+                if let Some(rest) = name
+                    .strip_prefix("RSA_PSS_")
+                    .or_else(|| name.strip_prefix("RSA_SIGN_PSS_"))
+                {
                     if let Some(bits) = rest.strip_suffix("_SHA256") {
                         return Ok(Algorithm::RsaPssSha256 { bits: rsa(bits, false)? });
                     }
@@ -96,7 +102,8 @@ impl Algorithm {
 fn unknown(name: &str) -> String {
     format!(
         "unknown signatureAlgorithm {name:?} (supported: ECDSA_P256_SHA256, ECDSA_P384_SHA384, \
-         RSA_SIGN_PKCS1_<2048|3072|4096>_SHA256|SHA512, RSA_PSS_<2048|3072|4096>_SHA256|SHA512)"
+         RSA_SIGN_PKCS1_<2048|3072|4096>_SHA256|SHA512, RSA_PSS_<2048|3072|4096>_SHA256|SHA512, \
+         RSA_SIGN_PSS_<2048|3072|4096>_SHA256|SHA512)"
     )
 }
 

@@ -44,9 +44,29 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
 
 fn watched_paths(config_path: &Path) -> Vec<PathBuf> {
     let mut paths = vec![config_path.to_owned()];
-    if let Ok(config) = Config::load(config_path) {
-        if let Some(policy_file) = config.policy_file {
+    if let Ok(mut config) = Config::load(config_path) {
+        if let Some(policy_file) = config.policy_file.take() {
             paths.push(policy_file);
+        }
+        // Key files and trusted roots of the configuration's attestors
+        // (a mounted secret rotated in place reloads the policy).
+        for attestor in &mut config.attestors {
+            if let Some(root) = attestor
+                .keyless
+                .as_ref()
+                .and_then(|k| k.trusted_root.clone())
+            {
+                paths.push(root);
+            }
+            for (_, key) in attestor.all_public_keys_mut() {
+                if let Some(file) = key
+                    .pkix_public_key
+                    .as_ref()
+                    .and_then(|k| k.public_key_file.clone())
+                {
+                    paths.push(file);
+                }
+            }
         }
     }
     paths

@@ -35,6 +35,11 @@ pub enum Command {
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Fail (exit 1) when anything is ignored or unreachable: policy
+        /// fields with no meaning here, other clusters' rules, patterns
+        /// no upstream can serve.
+        #[arg(long)]
+        strict: bool,
     },
     /// Generate a P-256 key pair for signing (private key mode 0600).
     Keygen {

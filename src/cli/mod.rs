@@ -136,7 +136,7 @@ pub fn run(cli: Cli) -> ExitCode {
 fn dispatch(command: Command) -> Outcome {
     match command {
         Command::Serve { config, log_format } => serve::run(config, log_format),
-        Command::Check { config } => check::run(config.as_deref()),
+        Command::Check { config, strict } => check::run(config.as_deref(), strict),
         Command::Keygen { key, public } => keygen::run(&key, &public),
         Command::Sign {
             reference,
@@ -269,11 +269,11 @@ mod tests {
     fn check_answers_1_for_an_invalid_configuration_and_2_for_an_unreadable_one() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.yaml");
-        let e = check::run(Some(&missing)).unwrap_err();
+        let e = check::run(Some(&missing), false).unwrap_err();
         assert_eq!(e.exit(), Exit::Error, "{e}");
         let invalid = dir.path().join("invalid.yaml");
         std::fs::write(&invalid, "listen: nowhere\n").unwrap();
-        let e = check::run(Some(&invalid)).unwrap_err();
+        let e = check::run(Some(&invalid), false).unwrap_err();
         assert_eq!(e.exit(), Exit::Denied, "{e}");
         // Any other command cannot use it: an error, not an answer.
         let e = configuration(Some(&invalid)).unwrap_err();

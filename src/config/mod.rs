@@ -105,6 +105,12 @@ pub struct Config {
     /// Attestors: named holders of public keys.
     #[serde(default)]
     pub attestors: Vec<AttestorDoc>,
+    /// This instance's cluster name (`<location>.<cluster>`, as Binary
+    /// Authorization keys `clusterAdmissionRules`): the policy's entry
+    /// for it replaces the default rule, so one exported policy serves
+    /// several clusters.
+    #[serde(default)]
+    pub cluster: Option<String>,
     /// Verdict cache.
     #[serde(default)]
     pub cache: CacheConfig,
@@ -262,6 +268,15 @@ impl Config {
             {
                 fix(path);
             }
+            for (_, key) in attestor.all_public_keys_mut() {
+                if let Some(path) = key
+                    .pkix_public_key
+                    .as_mut()
+                    .and_then(|k| k.public_key_file.as_mut())
+                {
+                    fix(path);
+                }
+            }
         }
         if let Some(store) = &mut self.attestation_store {
             fix(&mut store.path);
@@ -339,6 +354,17 @@ impl Config {
         if let Some(auth) = &self.client_auth {
             clientauth::validate(auth, self.tls.is_some(), at)?;
         }
+        if let Some(cluster) = &self.cluster {
+            if cluster.trim().is_empty() || cluster.contains('/') {
+                return Err(at.invalid(
+                    "cluster",
+                    "cluster",
+                    "",
+                    "the cluster's name as Binary Authorization keys it: <location>.<cluster>, \
+                     e.g. us-central1-a.prod",
+                ));
+            }
+        }
         state::validate(&self.state, at)?;
         cache::validate(&self.cache, at)?;
         limits::validate_timeouts(&self.timeouts, at)?;
@@ -376,6 +402,11 @@ impl Config {
                     Some(a) => format!(", auth as {}", a.username),
                     None => ", anonymous".to_owned(),
                 },
+            ));
+        }
+        if let Some(cluster) = &self.cluster {
+            out.push_str(&format!(
+                "cluster: {cluster} (its clusterAdmissionRules entry replaces the default rule)\n"
             ));
         }
         match &self.client_auth {

@@ -38,10 +38,13 @@ pub struct PolicyDoc {
     /// Portcullis' scope map: namePattern → rule.
     #[serde(default)]
     pub repository_admission_rules: BTreeMap<String, RuleDoc>,
+    /// Rules by cluster (`<location>.<cluster>` in BinAuthz): the one named
+    /// by the top-level `cluster:` replaces the default rule; the others
+    /// are checked and reported as not applying here.
+    #[serde(default)]
+    pub cluster_admission_rules: BTreeMap<String, RuleDoc>,
     /// BinAuthz scopes that have no meaning at pull time: accepted and
     /// reported as ignored.
-    #[serde(default)]
-    pub cluster_admission_rules: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     pub kubernetes_namespace_admission_rules: Option<serde_yaml_ng::Value>,
     #[serde(default)]
@@ -185,13 +188,23 @@ impl<'de> Deserialize<'de> for SignedIdentity {
     }
 }
 
-/// An attestor as written under `attestors:`.
+/// An attestor as written under `attestors:`: Portcullis' shape, or
+/// `gcloud container binauthz attestors describe`'s (keys under
+/// `userOwnedGrafeasNote`, a full `projects/<p>/attestors/<name>` name).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AttestorDoc {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// BinAuthz metadata, accepted so `describe` output loads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// BinAuthz's home of an attestor's keys: its Grafeas note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_owned_grafeas_note: Option<GrafeasNoteDoc>,
     /// Keys whose signatures count (`pkixPublicKey`); may be empty when
     /// `keyless` is set.
     #[serde(default)]
@@ -207,6 +220,21 @@ pub struct AttestorDoc {
     /// without any, a plain signature satisfies the attestor.
     #[serde(default)]
     pub attestations: Vec<RequirementDoc>,
+}
+
+/// `userOwnedGrafeasNote` as `describe` prints it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrafeasNoteDoc {
+    /// `projects/<p>/notes/<note>`: where BinAuthz keeps attestations
+    /// (Portcullis reads them from the registry and the attestation store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note_reference: Option<String>,
+    #[serde(default)]
+    pub public_keys: Vec<PublicKeyDoc>,
+    /// The service account BinAuthz reads the note with: no meaning here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation_service_account_email: Option<String>,
 }
 
 /// `keyless:` on an attestor, in sigstore policy-controller's vocabulary.
@@ -270,11 +298,55 @@ pub struct PublicKeyDoc {
     pub ascii_armored_pgp_public_key: Option<String>,
 }
 
+/// `pkixPublicKey`: the key inline (`publicKeyPem`) or in a file
+/// (`publicKeyFile`, e.g. a mounted secret), exactly one of them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PkixKeyDoc {
-    pub public_key_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<std::path::PathBuf>,
+    /// The file's contents, read by `app::compile_policy` (never from
+    /// YAML); serialized so the policy revision changes with them.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub public_key_file_content: Option<String>,
     pub signature_algorithm: String,
+    /// BinAuthz's optional key ID (an RFC 3986 URI): the key's `id` when
+    /// the public key entry has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+impl AttestorDoc {
+    /// Every key entry: `publicKeys` and the Grafeas note's.
+    pub fn all_public_keys(&self) -> impl Iterator<Item = &PublicKeyDoc> {
+        self.public_keys.iter().chain(
+            self.user_owned_grafeas_note
+                .iter()
+                .flat_map(|n| n.public_keys.iter()),
+        )
+    }
+
+    /// [`AttestorDoc::all_public_keys`], mutable, with the field each is
+    /// written under.
+    pub fn all_public_keys_mut(&mut self) -> Vec<(String, &mut PublicKeyDoc)> {
+        let mut keys: Vec<(String, &mut PublicKeyDoc)> = self
+            .public_keys
+            .iter_mut()
+            .enumerate()
+            .map(|(k, key)| (format!("publicKeys[{k}]"), key))
+            .collect();
+        if let Some(note) = &mut self.user_owned_grafeas_note {
+            keys.extend(
+                note.public_keys
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(k, key)| (format!("userOwnedGrafeasNote.publicKeys[{k}]"), key)),
+            );
+        }
+        keys
+    }
 }
 
 /// One required attestation, as written: a predicate type and conditions

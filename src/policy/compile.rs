@@ -27,15 +27,74 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
 }
 
 impl Policy {
-    /// Compiles a policy and its attestors; every problem names its field.
+    /// Compiles a policy and its attestors for an instance that names no
+    /// cluster; every problem names its field.
     pub fn compile(doc: &PolicyDoc, attestor_docs: &[AttestorDoc]) -> Result<Policy, PolicyError> {
+        Policy::compile_for(doc, attestor_docs, None)
+    }
+
+    /// Compiles a policy and its attestors for the instance named
+    /// `cluster` (the top-level `cluster:`): its `clusterAdmissionRules`
+    /// entry, if there is one, replaces the default rule, as it does for
+    /// that cluster in Binary Authorization. Every cluster rule is checked
+    /// (a mistake in another cluster's rule is still a mistake); those of
+    /// other clusters are reported as not applying.
+    pub fn compile_for(
+        doc: &PolicyDoc,
+        attestor_docs: &[AttestorDoc],
+        cluster: Option<&str>,
+    ) -> Result<Policy, PolicyError> {
         let attestors = compile_attestors(attestor_docs)?;
-        let default_rule = compile_rule(
+        let mut default_rule = compile_rule(
             &attestors,
             "policy.defaultAdmissionRule",
             RuleSource::Default,
             &doc.default_admission_rule,
         )?;
+        let mut ignored = Vec::new();
+        for (key, rule) in &doc.cluster_admission_rules {
+            let field = format!("policy.clusterAdmissionRules[{key:?}]");
+            if key.is_empty() || key.contains('/') {
+                return Err(err(
+                    field,
+                    "a cluster rule's key is `<location>.<cluster>`, e.g. us-central1-a.prod",
+                ));
+            }
+            let compiled =
+                compile_rule(&attestors, &field, RuleSource::Cluster(key.clone()), rule)?;
+            if cluster == Some(key.as_str()) {
+                default_rule = compiled;
+            } else {
+                ignored.push(format!(
+                    "{field} applies to cluster {key:?}, not to this instance ({}): ignored",
+                    match cluster {
+                        Some(c) => format!("cluster: {c}"),
+                        None => "no cluster: configured".to_owned(),
+                    }
+                ));
+            }
+        }
+        for (i, a) in attestor_docs.iter().enumerate() {
+            if let Some(note) = &a.user_owned_grafeas_note {
+                if let Some(reference) = &note.note_reference {
+                    ignored.push(format!(
+                        "attestors[{i}].userOwnedGrafeasNote.noteReference ({reference}):                          attestations are read from the registry and the attestation store,                          not from Container Analysis"
+                    ));
+                }
+                if note.delegation_service_account_email.is_some() {
+                    ignored.push(format!(
+                        "attestors[{i}].userOwnedGrafeasNote.delegationServiceAccountEmail:                          a Google Cloud service account, with no meaning here"
+                    ));
+                }
+            }
+        }
+        if let Some(c) = cluster {
+            if !doc.cluster_admission_rules.contains_key(c) {
+                ignored.push(format!(
+                    "cluster: {c} has no policy.clusterAdmissionRules entry: the default rule applies"
+                ));
+            }
+        }
         let mut names = Names::default();
         let repository_rules = compile_repository_rules(doc, &attestors, &mut names)?;
         let allowlist = doc
@@ -52,14 +111,17 @@ impl Policy {
         let allowlist_index = PatternIndex::new(&allowlist);
         let repository_index = PatternIndex::new(repository_rules.iter().map(|(p, _)| p));
         Ok(Policy {
-            revision: revision_of(doc, attestor_docs),
+            revision: revision_of(doc, attestor_docs, cluster),
             allowlist,
             allowlist_index,
             default_rule,
             repository_rules,
             repository_index,
             attestors,
-            ignored: ignored_fields(doc),
+            ignored: {
+                ignored.extend(ignored_fields(doc));
+                ignored
+            },
             rewritten: names.rewritten,
             patterns: names.patterns,
             configured: true,
@@ -191,7 +253,6 @@ fn ignored_fields(doc: &PolicyDoc) -> Vec<String> {
         );
     }
     for (field, value) in [
-        ("clusterAdmissionRules", &doc.cluster_admission_rules),
         (
             "kubernetesNamespaceAdmissionRules",
             &doc.kubernetes_namespace_admission_rules,
@@ -221,15 +282,21 @@ fn compile_attestor(doc: &AttestorDoc, index: usize) -> Result<Attestor, PolicyE
     if name.is_empty() {
         return Err(err(format!("{field}.name"), "must not be empty"));
     }
-    if doc.public_keys.is_empty() && doc.keyless.is_none() {
+    let note_keys = doc
+        .user_owned_grafeas_note
+        .as_ref()
+        .map_or(0, |n| n.public_keys.len());
+    if doc.public_keys.is_empty() && note_keys == 0 && doc.keyless.is_none() {
         return Err(err(
             format!("{field}.publicKeys"),
             format!("attestor {name:?} has no public keys and no keyless identities"),
         ));
     }
     let mut keys = Vec::new();
-    for (k, key) in doc.public_keys.iter().enumerate() {
-        let kfield = format!("{field}.publicKeys[{k}]");
+    let key_fields = (0..doc.public_keys.len())
+        .map(|k| format!("{field}.publicKeys[{k}]"))
+        .chain((0..note_keys).map(|k| format!("{field}.userOwnedGrafeasNote.publicKeys[{k}]")));
+    for (kfield, key) in key_fields.zip(doc.all_public_keys()) {
         if key.ascii_armored_pgp_public_key.is_some() {
             return Err(err(
                 format!("{kfield}.asciiArmoredPgpPublicKey"),
@@ -242,14 +309,44 @@ fn compile_attestor(doc: &AttestorDoc, index: usize) -> Result<Attestor, PolicyE
             .ok_or_else(|| err(format!("{kfield}.pkixPublicKey"), "missing"))?;
         let algorithm = crypto::Algorithm::parse(&pkix.signature_algorithm)
             .map_err(|m| err(format!("{kfield}.pkixPublicKey.signatureAlgorithm"), m))?;
-        let public = PublicKey::from_pem(&pkix.public_key_pem, algorithm)
-            .map_err(|m| err(format!("{kfield}.pkixPublicKey.publicKeyPem"), m))?;
-        let id = match &key.id {
-            Some(id) if !id.is_empty() => id.clone(),
+        let (pem, pem_field) = match (
+            &pkix.public_key_pem,
+            &pkix.public_key_file,
+            &pkix.public_key_file_content,
+        ) {
+            (Some(pem), None, _) => (pem, "publicKeyPem"),
+            (None, Some(_), Some(content)) => (content, "publicKeyFile"),
+            (None, Some(path), None) => {
+                return Err(err(
+                    format!("{kfield}.pkixPublicKey.publicKeyFile"),
+                    format!("{} was not read", path.display()),
+                ))
+            }
+            (Some(_), Some(_), _) => {
+                return Err(err(
+                    format!("{kfield}.pkixPublicKey"),
+                    "set publicKeyPem or publicKeyFile, not both",
+                ))
+            }
+            (None, None, _) => {
+                return Err(err(
+                    format!("{kfield}.pkixPublicKey.publicKeyPem"),
+                    "missing (or give publicKeyFile)",
+                ))
+            }
+        };
+        let public = PublicKey::from_pem(pem, algorithm).map_err(|m| {
+            let m = match &pkix.public_key_file {
+                Some(path) if pem_field == "publicKeyFile" => format!("{}: {m}", path.display()),
+                _ => m,
+            };
+            err(format!("{kfield}.pkixPublicKey.{pem_field}"), m)
+        })?;
+        let id = match (&key.id, &pkix.key_id) {
+            (Some(id), _) if !id.is_empty() => id.clone(),
+            (_, Some(id)) if !id.is_empty() => id.clone(),
             _ => {
-                let der = crypto::pem_decode(&pkix.public_key_pem)
-                    .map(|(_, d)| d)
-                    .unwrap_or_default();
+                let der = crypto::pem_decode(pem).map(|(_, d)| d).unwrap_or_default();
                 format!("sha256:{}", hex::encode(Sha256::digest(der)))
             }
         };
@@ -370,7 +467,7 @@ fn compile_identity(doc: &KeylessIdentityDoc, field: &str) -> Result<IdentityPol
     })
 }
 
-fn revision_of(doc: &PolicyDoc, attestors: &[AttestorDoc]) -> String {
-    let text = serde_json::to_vec(&(doc, attestors)).unwrap_or_default();
+fn revision_of(doc: &PolicyDoc, attestors: &[AttestorDoc], cluster: Option<&str>) -> String {
+    let text = serde_json::to_vec(&(doc, attestors, cluster)).unwrap_or_default();
     hex::encode(&Sha256::digest(text)[..6])
 }

@@ -39,6 +39,8 @@ pub enum RuleSource {
     Allowlist(String),
     Default,
     Repository(String),
+    /// The `clusterAdmissionRules` entry of this instance's `cluster:`.
+    Cluster(String),
     /// No `policy:` configured: everything is served.
     NoPolicy,
     /// A signature or attestation artifact (never runnable).
@@ -51,6 +53,7 @@ impl fmt::Display for RuleSource {
             RuleSource::Allowlist(p) => write!(f, "admission allowlist pattern {p}"),
             RuleSource::Default => f.write_str("default admission rule"),
             RuleSource::Repository(p) => write!(f, "repository admission rule {p}"),
+            RuleSource::Cluster(c) => write!(f, "cluster admission rule {c}"),
             RuleSource::NoPolicy => f.write_str("no policy configured (ALWAYS_ALLOW)"),
             RuleSource::Artifact => f.write_str("signature artifact exemption"),
         }

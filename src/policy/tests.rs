@@ -13,12 +13,18 @@ fn attestor(name: &str) -> AttestorDoc {
     AttestorDoc {
         name: name.into(),
         description: None,
+        update_time: None,
+        etag: None,
+        user_owned_grafeas_note: None,
         public_keys: vec![PublicKeyDoc {
             id: Some(format!("{name}-key")),
             comment: None,
             pkix_public_key: Some(PkixKeyDoc {
-                public_key_pem: key_pem(),
+                public_key_pem: Some(key_pem()),
+                public_key_file: None,
+                public_key_file_content: None,
                 signature_algorithm: "ECDSA_P256_SHA256".into(),
+                key_id: None,
             }),
             ascii_armored_pgp_public_key: None,
         }],
@@ -67,6 +73,12 @@ fn binauthz_export_loads_and_reports_ignored_fields() {
     );
     assert_eq!(p.ignored.len(), 2, "{:?}", p.ignored);
     assert!(crate::app::policy_summary(&p).contains("clusterAdmissionRules"));
+    assert!(
+        p.ignored[0].contains("applies to cluster \"us-central1-a.prod-cluster\"")
+            && p.ignored[0].contains("no cluster: configured"),
+        "{:?}",
+        p.ignored
+    );
     assert!(crate::app::policy_summary(&p).contains("globalPolicyEvaluationMode"));
 }
 
@@ -414,7 +426,7 @@ fn key_rotation_any_key_of_an_attestor_counts() {
     let mut a = attestor("ci");
     let mut second = a.public_keys[0].clone();
     second.id = Some("ci-2027".into());
-    second.pkix_public_key.as_mut().unwrap().public_key_pem = key_pem();
+    second.pkix_public_key.as_mut().unwrap().public_key_pem = Some(key_pem());
     a.public_keys.push(second);
     let p = policy(
         "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n",
@@ -583,4 +595,165 @@ fn a_trusted_root_file_changes_the_revision_and_must_parse() {
         e.field.ends_with("keyless.trustedRoot") && e.message.contains("root.json"),
         "{e}"
     );
+}
+
+#[test]
+fn the_cluster_of_this_instance_has_its_rule_and_others_are_reported() {
+    let doc: PolicyDoc = serde_yaml_ng::from_str(
+        r#"
+clusterAdmissionRules:
+  us-east1-b.prod:
+    evaluationMode: ALWAYS_DENY
+    enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG
+  us-central1-a.staging:
+    evaluationMode: REQUIRE_ATTESTATION
+    enforcementMode: DRYRUN_AUDIT_LOG_ONLY
+    requireAttestationsBy: [projects/acme/attestors/ci]
+defaultAdmissionRule:
+  evaluationMode: REQUIRE_ATTESTATION
+  requireAttestationsBy: [projects/acme/attestors/ci]
+"#,
+    )
+    .unwrap();
+    let attestors = [attestor("projects/acme/attestors/ci")];
+    let prod = Policy::compile_for(&doc, &attestors, Some("us-east1-b.prod")).unwrap();
+    let rule = prod.rule_for("gcr.io/acme/app");
+    assert_eq!(rule.source, RuleSource::Cluster("us-east1-b.prod".into()));
+    assert_eq!(rule.evaluation, EvaluationMode::AlwaysDeny);
+    assert_eq!(prod.ignored.len(), 1, "{:?}", prod.ignored);
+    assert!(prod.ignored[0].contains("us-central1-a.staging"));
+    let staging = Policy::compile_for(&doc, &attestors, Some("us-central1-a.staging")).unwrap();
+    assert_eq!(
+        staging.rule_for("gcr.io/acme/app").enforcement,
+        EnforcementMode::DryrunAuditLogOnly
+    );
+    assert_ne!(
+        prod.revision, staging.revision,
+        "the cluster is part of the revision"
+    );
+    let elsewhere = Policy::compile_for(&doc, &attestors, Some("eu.dev")).unwrap();
+    assert_eq!(
+        elsewhere.rule_for("gcr.io/acme/app").source,
+        RuleSource::Default
+    );
+    assert!(
+        elsewhere
+            .ignored
+            .iter()
+            .any(|n| n.contains("cluster: eu.dev has no")),
+        "{:?}",
+        elsewhere.ignored
+    );
+    // Every cluster's rule is checked, whichever applies.
+    let bad: PolicyDoc = serde_yaml_ng::from_str(
+        "clusterAdmissionRules:\n  other.c:\n    evaluationMode: REQUIRE_ATTESTATION\n    requireAttestationsBy: [nobody]\ndefaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n",
+    )
+    .unwrap();
+    let e = Policy::compile_for(&bad, &attestors, Some("us-east1-b.prod")).unwrap_err();
+    assert!(e.field.contains("clusterAdmissionRules"), "{e:?}");
+}
+
+#[test]
+fn attestors_in_gcloud_describe_shape_load_with_their_keys_and_key_ids() {
+    let pem = key_pem();
+    let describe = format!(
+        r#"
+name: projects/acme/attestors/built-by-ci
+description: Built by our CI
+updateTime: '2026-11-30T09:00:00.654321Z'
+etag: '"Xq1w2e3r4t5y"'
+userOwnedGrafeasNote:
+  noteReference: projects/acme/notes/built-by-ci
+  delegationServiceAccountEmail: service-123@gcp-sa-binaryauthorization.iam.gserviceaccount.com
+  publicKeys:
+  - comment: ci signing key
+    pkixPublicKey:
+      publicKeyPem: |
+{}
+      signatureAlgorithm: RSA_SIGN_PSS_2048_SHA256
+      keyId: //cloudkms.googleapis.com/v1/projects/acme/locations/global/keyRings/ci/cryptoKeys/signer/cryptoKeyVersions/1
+"#,
+        pem.lines()
+            .map(|l| format!("        {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let doc: AttestorDoc = serde_yaml_ng::from_str(&describe).unwrap();
+    // RSA_SIGN_PSS_* is BinAuthz's other spelling of RSA_PSS_*: a P-256
+    // key under it is refused for what it is, not for the name.
+    let e = policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n",
+        &[doc.clone()],
+    )
+    .unwrap_err();
+    assert!(
+        e.field
+            .ends_with("userOwnedGrafeasNote.publicKeys[0].pkixPublicKey.publicKeyPem"),
+        "{e:?}"
+    );
+    let mut doc = doc;
+    doc.user_owned_grafeas_note.as_mut().unwrap().public_keys[0]
+        .pkix_public_key
+        .as_mut()
+        .unwrap()
+        .signature_algorithm = "ECDSA_P256_SHA256".into();
+    let p = policy(
+        "defaultAdmissionRule:\n  evaluationMode: REQUIRE_ATTESTATION\n  requireAttestationsBy: [projects/acme/attestors/built-by-ci]\n",
+        &[doc],
+    )
+    .unwrap();
+    let a = p.attestors_by_name()[0];
+    assert_eq!(a.name, "built-by-ci");
+    assert!(
+        a.keys[0].id.starts_with("//cloudkms.googleapis.com/"),
+        "{}",
+        a.keys[0].id
+    );
+    assert!(
+        p.ignored.iter().any(|n| n.contains("noteReference")),
+        "{:?}",
+        p.ignored
+    );
+    assert!(p
+        .ignored
+        .iter()
+        .any(|n| n.contains("delegationServiceAccountEmail")));
+    assert_eq!(
+        crate::crypto::Algorithm::parse("RSA_SIGN_PSS_4096_SHA512"),
+        crate::crypto::Algorithm::parse("RSA_PSS_4096_SHA512")
+    );
+}
+
+#[test]
+fn a_key_is_inline_or_in_a_file_never_both_or_neither() {
+    let mut a = attestor("ci");
+    let pkix = a.public_keys[0].pkix_public_key.as_mut().unwrap();
+    pkix.public_key_file = Some("/run/secrets/ci.pub".into());
+    let both = policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n",
+        &[a.clone()],
+    );
+    assert!(both.unwrap_err().message.contains("not both"));
+    let pkix = a.public_keys[0].pkix_public_key.as_mut().unwrap();
+    let pem = pkix.public_key_pem.take();
+    let unread = policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n",
+        &[a.clone()],
+    );
+    assert!(unread.unwrap_err().message.contains("was not read"));
+    let pkix = a.public_keys[0].pkix_public_key.as_mut().unwrap();
+    pkix.public_key_file_content = pem;
+    assert!(policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n",
+        &[a.clone()]
+    )
+    .is_ok());
+    let pkix = a.public_keys[0].pkix_public_key.as_mut().unwrap();
+    pkix.public_key_file = None;
+    pkix.public_key_file_content = None;
+    let neither = policy(
+        "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n",
+        &[a],
+    );
+    assert!(neither.unwrap_err().message.contains("missing"));
 }
