@@ -683,7 +683,7 @@ userOwnedGrafeasNote:
     // key under it is refused for what it is, not for the name.
     let e = policy(
         "defaultAdmissionRule: {evaluationMode: ALWAYS_ALLOW}\n",
-        &[doc.clone()],
+        std::slice::from_ref(&doc),
     )
     .unwrap_err();
     assert!(
