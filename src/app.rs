@@ -477,6 +477,9 @@ pub fn policy_summary(policy: &Policy) -> String {
     for p in policy.allowlist() {
         out.push_str(&format!("  allowlist: {}\n", p.as_str()));
     }
+    for pinned in policy.pinned_allowlist() {
+        out.push_str(&format!("  allowlist (this digest only): {pinned}\n"));
+    }
     let describe = |r: &Rule| {
         let mut s = format!("{} / {}", r.evaluation, r.enforcement);
         if !r.attestors.is_empty() {

@@ -274,3 +274,95 @@ fn a_mounted_key_file_with_a_key_id_verifies_and_a_bad_one_is_named() {
         "a key file that holds no key",
     );
 }
+
+#[test]
+fn an_allowlist_entry_pinned_to_a_digest_exempts_exactly_that_image() {
+    let env = env();
+    let host = env.reg.host();
+    let pinned = content::push_image(
+        &env.reg.url(),
+        "vendor/agent",
+        Some("v1"),
+        common::host_arch(),
+        41,
+        &[12_000],
+    );
+    let moved = content::push_image(
+        &env.reg.url(),
+        "vendor/agent",
+        Some("v2"),
+        common::host_arch(),
+        42,
+        &[12_000],
+    );
+    let policy = env.dir.path().join("pinned.yaml");
+    std::fs::write(
+        &policy,
+        POLICY_EXPORT.replace(
+            "- namePattern: gcr.io/google_containers/*\n",
+            &format!(
+                "- namePattern: gcr.io/google_containers/*\n- namePattern: {host}/vendor/*@{}\n",
+                pinned.digest
+            ),
+        ),
+    )
+    .expect("write policy");
+    let config = env.config(None, "").replace(
+        &env.policy.display().to_string(),
+        &policy.display().to_string(),
+    );
+    let proxy = Proxy::start(&config);
+
+    // The pinned digest pulls whole with a real client, unsigned as it is.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = trust::skopeo_copy(
+        &format!("{}/vendor/agent:v1", proxy.host()),
+        &dir.path().join("v1"),
+    );
+    trust::assert_succeeded(&out, "skopeo pull of the pinned image");
+    assert_eq!(
+        trust::dir_manifest_digest(&dir.path().join("v1")),
+        pinned.digest
+    );
+    // Any other content of the same repository is judged by the rules.
+    trust::assert_denied(
+        &get_manifest_via(&proxy, "vendor/agent", "v2"),
+        "no signatures",
+        "another digest in the pinned repository",
+    );
+    assert_ne!(moved.digest, pinned.digest);
+    // The tag moved onto other content: the exemption does not follow it.
+    content::push_image(
+        &env.reg.url(),
+        "vendor/agent",
+        Some("v1"),
+        common::host_arch(),
+        43,
+        &[12_000],
+    );
+    trust::assert_denied(
+        &get_manifest_via(&proxy, "vendor/agent", "v1"),
+        "no signatures",
+        "the pinned tag after it moved",
+    );
+
+    // A tag in an allowlist entry is refused, saying what to write.
+    std::fs::write(
+        &policy,
+        POLICY_EXPORT.replace(
+            "- namePattern: gcr.io/google_containers/*\n",
+            &format!("- namePattern: {host}/vendor/agent:v1\n"),
+        ),
+    )
+    .expect("write policy");
+    let out = env.check(&config, false);
+    trust::assert_failed_saying(
+        &out,
+        &[
+            "admissionWhitelistPatterns[0]",
+            "names a tag",
+            "@sha256:<digest>",
+        ],
+        "an allowlist entry with a tag",
+    );
+}

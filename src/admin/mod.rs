@@ -258,7 +258,12 @@ fn describe_policy(policy: &Policy) -> serde_json::Value {
     serde_json::json!({
         "configured": policy.configured,
         "revision": policy.revision,
-        "allowlist": policy.allowlist().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "allowlist": policy
+            .allowlist()
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .chain(policy.pinned_allowlist())
+            .collect::<Vec<_>>(),
         "repositoryRules": policy.repository_rules().map(|(_, r)| rule(r)).collect::<Vec<_>>(),
         "defaultRule": rule(policy.default_rule()),
         "attestors": policy.attestors_by_name().iter().map(|a| serde_json::json!({

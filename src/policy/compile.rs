@@ -97,23 +97,22 @@ impl Policy {
         }
         let mut names = Names::default();
         let repository_rules = compile_repository_rules(doc, &attestors, &mut names)?;
-        let allowlist = doc
-            .admission_whitelist_patterns
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                names.read(
-                    &format!("policy.admissionWhitelistPatterns[{i}]"),
-                    &p.name_pattern,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut allowlist = Vec::new();
+        let mut pinned = Vec::new();
+        for (i, p) in doc.admission_whitelist_patterns.iter().enumerate() {
+            let field = format!("policy.admissionWhitelistPatterns[{i}]");
+            match allowlist_entry(&field, &p.name_pattern)? {
+                (name, None) => allowlist.push(names.read(&field, name)?),
+                (name, Some(digest)) => pinned.push((names.read(&field, name)?, digest)),
+            }
+        }
         let allowlist_index = PatternIndex::new(&allowlist);
         let repository_index = PatternIndex::new(repository_rules.iter().map(|(p, _)| p));
         Ok(Policy {
             revision: revision_of(doc, attestor_docs, cluster),
             allowlist,
             allowlist_index,
+            pinned,
             default_rule,
             repository_rules,
             repository_index,
@@ -127,6 +126,55 @@ impl Policy {
             configured: true,
         })
     }
+}
+
+/// An allowlist `namePattern` as Binary Authorization reads it, at pull
+/// time: a name pattern (its trailing `*` matches any tag or digest of the
+/// names it matches, as BinAuthz's `gcr.io/nginx*` matches
+/// `gcr.io/nginx@latest`), optionally pinned to one manifest digest
+/// (`…@sha256:<hex>`), which then exempts exactly that content.
+///
+/// A pattern with a tag is refused: a tag names whatever was last pushed
+/// under it, and a pull-through proxy decides once per digest (verdicts
+/// are cached and shared by digest), so exempting a tag would exempt
+/// whatever anyone with push access puts there, under any tag that
+/// resolves to it. The error says to pin the digest instead.
+fn allowlist_entry<'a>(
+    field: &str,
+    text: &'a str,
+) -> Result<(&'a str, Option<crate::oci::Digest>), PolicyError> {
+    if let Some((name, digest)) = text.split_once('@') {
+        let hex_digest = digest.strip_prefix("sha256:").is_some_and(|hex| {
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+        let tagged = name.contains('/') && name.rsplit('/').next().is_some_and(|l| l.contains(':'));
+        if !hex_digest || tagged {
+            return Err(err(
+                field,
+                format!(
+                    "{text:?}: a pinned entry is <name pattern>@sha256:<64 lowercase hex digits>, without a tag"
+                ),
+            ));
+        }
+        let digest = digest
+            .parse()
+            .map_err(|e| err(field, format!("{text:?}: {e}")))?;
+        return Ok((name, Some(digest)));
+    }
+    let last = text.rsplit('/').next().unwrap_or(text);
+    if text.contains('/') && last.contains(':') {
+        let (repo, tag) = text.rsplit_once(':').unwrap_or((text, ""));
+        return Err(err(
+            field,
+            format!(
+                "{text:?} names a tag ({tag:?}): at pull time a tag is whatever was last pushed \
+                 under it, so Portcullis exempts names or digests, not tags; write {repo:?} to \
+                 exempt the repository, or \"{repo}@sha256:<digest>\" to exempt exactly the \
+                 image the tag names today"
+            ),
+        ));
+    }
+    Ok((text, None))
 }
 
 /// The name patterns read so far. Requests are matched on canonical

@@ -115,6 +115,10 @@ pub struct Policy {
     /// In the order written: the first match exempts.
     allowlist: Vec<Pattern>,
     allowlist_index: PatternIndex,
+    /// Allowlist entries pinned to a digest (`<name pattern>@sha256:…`):
+    /// they exempt exactly that content, in the repositories the name
+    /// pattern matches. As written, then the digest.
+    pinned: Vec<(Pattern, crate::oci::Digest)>,
     default_rule: Rule,
     /// Most specific first.
     repository_rules: Vec<(Pattern, Rule)>,
@@ -155,6 +159,7 @@ impl Policy {
             revision: "none".into(),
             allowlist: Vec::new(),
             allowlist_index: PatternIndex::default(),
+            pinned: Vec::new(),
             default_rule: Rule {
                 source: RuleSource::NoPolicy,
                 evaluation: EvaluationMode::AlwaysAllow,
@@ -212,6 +217,35 @@ impl Policy {
             .first_match(name, |i| self.repository_rules[i].0.matches(name))
             .map(|i| self.repository_rules[i].1.clone())
             .unwrap_or_else(|| self.default_rule.clone())
+    }
+
+    /// The rule for the image whose manifest digest is `digest` in `name`:
+    /// an allowlist entry pinned to that digest exempts it; otherwise
+    /// [`Policy::rule_for`]. The verdict stays a function of the name and
+    /// the digest, as every cache and shared verdict assumes.
+    pub fn rule_for_image(&self, name: &str, digest: &crate::oci::Digest) -> Rule {
+        let pinned = self
+            .pinned
+            .iter()
+            .find(|(pattern, pin)| pin == digest && pattern.matches(name));
+        if let Some((pattern, pin)) = pinned {
+            return Rule {
+                source: RuleSource::Allowlist(format!("{}@{pin}", pattern.as_str())),
+                evaluation: EvaluationMode::AlwaysAllow,
+                enforcement: EnforcementMode::EnforcedBlockAndAuditLog,
+                attestors: Vec::new(),
+                signed_identity: SignedIdentity::Ignore,
+                require_named_identity: false,
+            };
+        }
+        self.rule_for(name)
+    }
+
+    /// The allowlist entries pinned to a digest, as `<pattern>@<digest>`.
+    pub fn pinned_allowlist(&self) -> impl Iterator<Item = String> + '_ {
+        self.pinned
+            .iter()
+            .map(|(p, d)| format!("{}@{d}", p.as_str()))
     }
 
     /// The allowlist, in the order written (the first match exempts).

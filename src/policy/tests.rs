@@ -252,7 +252,8 @@ fn patterns_with_tags_or_digests_or_two_spellings_are_refused() {
     .unwrap_err();
     assert_eq!(e.field, "policy.admissionWhitelistPatterns[0]");
     assert!(
-        e.message.contains("\"ghcr.io/org/app:latest\" holds a tag"),
+        e.message.contains("\"ghcr.io/org/app:latest\" names a tag")
+            && e.message.contains("@sha256:<digest>"),
         "{e}"
     );
     // Two spellings of one name are two rules for one image: ambiguous.
@@ -756,4 +757,74 @@ fn a_key_is_inline_or_in_a_file_never_both_or_neither() {
         &[a],
     );
     assert!(neither.unwrap_err().message.contains("missing"));
+}
+
+#[test]
+fn allowlist_entries_match_names_or_one_digest_never_a_tag() {
+    let pinned = format!("sha256:{}", "ab".repeat(32));
+    let other: crate::oci::Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
+    let p = policy(
+        &format!(
+            "admissionWhitelistPatterns:\n- namePattern: gcr.io/nginx*\n- namePattern: gcr.io/acme/*@{pinned}\ndefaultAdmissionRule: {{evaluationMode: ALWAYS_DENY}}\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    let pinned_digest: crate::oci::Digest = pinned.parse().unwrap();
+    // BinAuthz's trailing `*` covers the name (and so every tag of it).
+    assert!(matches!(
+        p.rule_for("gcr.io/nginx").source,
+        RuleSource::Allowlist(_)
+    ));
+    assert!(matches!(
+        p.rule_for("gcr.io/nginx-unprivileged").source,
+        RuleSource::Allowlist(_)
+    ));
+    assert_eq!(p.rule_for("gcr.io/nginx/image").source, RuleSource::Default);
+    // A pinned entry exempts exactly its digest, in the names it matches.
+    assert_eq!(
+        p.rule_for_image("gcr.io/acme/app", &pinned_digest).source,
+        RuleSource::Allowlist(format!("gcr.io/acme/*@{pinned}"))
+    );
+    assert_eq!(
+        p.rule_for_image("gcr.io/acme/app", &other).source,
+        RuleSource::Default
+    );
+    assert_eq!(
+        p.rule_for_image("gcr.io/other/app", &pinned_digest).source,
+        RuleSource::Default
+    );
+    assert_eq!(
+        p.rule_for("gcr.io/acme/app").source,
+        RuleSource::Default,
+        "the name alone is not exempt"
+    );
+    let tag = policy(
+        "admissionWhitelistPatterns:\n- namePattern: gcr.io/acme/app:latest\ndefaultAdmissionRule: {evaluationMode: ALWAYS_DENY}\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(tag.field, "policy.admissionWhitelistPatterns[0]");
+    assert!(
+        tag.message.contains("names a tag") && tag.message.contains("gcr.io/acme/app@sha256:"),
+        "{}",
+        tag.message
+    );
+    for bad in [
+        "gcr.io/acme/app@sha256:abc",
+        "gcr.io/acme/app:v1@sha256:".to_owned().as_str(),
+    ] {
+        let e = policy(
+            &format!("admissionWhitelistPatterns:\n- namePattern: {bad}{}\ndefaultAdmissionRule: {{evaluationMode: ALWAYS_DENY}}\n", if bad.ends_with(':') { "ab".repeat(32) } else { String::new() }),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.message.contains("pinned entry"), "{bad}: {}", e.message);
+    }
+    // A port in the registry is not a tag.
+    assert!(policy(
+        "admissionWhitelistPatterns:\n- namePattern: 127.0.0.1:5001/base/*\ndefaultAdmissionRule: {evaluationMode: ALWAYS_DENY}\n",
+        &[],
+    )
+    .is_ok());
 }

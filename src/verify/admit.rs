@@ -225,7 +225,7 @@ impl Verifier {
             return Ok((fetch.await?, Some(Early::hit(key, hit))));
         }
         let name = route.canonical();
-        let rule = state.policy.rule_for(&name);
+        let rule = state.policy.rule_for_image(&name, digest);
         if rule.evaluation != EvaluationMode::RequireAttestation
             || self.content.child(&key).is_some()
         {

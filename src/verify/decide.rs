@@ -45,7 +45,7 @@ impl Verifier {
     ) -> Result<Arc<Decision>, VerifyError> {
         let policy = &*state.policy;
         let name = route.canonical();
-        let rule = policy.rule_for(&name);
+        let rule = policy.rule_for_image(&name, manifest.digest());
         if rule.evaluation != EvaluationMode::RequireAttestation {
             // No evidence is read: the decision is the rule's alone.
             return Ok(state.shared(&rule, || {

@@ -178,7 +178,10 @@ fn recorded_evidence(
 
 /// The candidate's decision from the record alone.
 pub(super) fn offline_decision(policy: &Policy, record: &DecisionRecord) -> Evaluated {
-    let rule = policy.rule_for(&record.reference);
+    let rule = match record.digest.parse() {
+        Ok(digest) => policy.rule_for_image(&record.reference, &digest),
+        Err(_) => policy.rule_for(&record.reference),
+    };
     let (evidence, unrecorded) = recorded_evidence(policy, &rule, record);
     let decision = policy::evaluate_in(policy, &rule, &evidence);
     let mut notes = Vec::new();
