@@ -191,7 +191,7 @@ fn build(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    observer.metrics.policy_loaded(&policy.revision);
+    observer.metrics.policy_loaded(&policy);
     let mut verifier = Verifier::new(policy, config.cache.clone(), upstreams.clone())
         .with_timeouts(config.timeouts)
         .with_limits(&config.limits);

@@ -38,7 +38,7 @@ use tracing::Instrument;
 
 use crate::audit::Client;
 use crate::config::{Limits, Timeouts, TlsConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Endpoint, Metrics};
 use crate::serve::{body_from, App, BoxError, ProxyBody, RequestLog, Routine};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -460,6 +460,11 @@ async fn handle(
     let start = Instant::now();
     let metrics = Arc::clone(&app.observer.metrics);
     metrics.request_started();
+    let endpoint = match (&role, request.uri().path()) {
+        (Role::Admin { .. }, "/healthz" | "/readyz") => Endpoint::Health,
+        (Role::Admin { .. }, _) => Endpoint::Admin,
+        (Role::Registry { .. }, path) => Endpoint::of_registry_path(path),
+    };
     let response = async {
         let path = request.uri().path();
         match role {
@@ -503,6 +508,7 @@ async fn handle(
     }
     let logged = LoggedBody {
         metrics,
+        endpoint,
         inner: body,
         log,
         status: parts.status,
@@ -543,8 +549,9 @@ enum Outcome {
     Failed,
 }
 
-/// Counts the bytes sent and logs the request when the body is finished
-/// or dropped (a client that hangs up is logged as incomplete). Reports
+/// Counts the request (`portcullis_requests_total`) and the bytes sent,
+/// and logs the request, when the body is finished or dropped (a client
+/// that hangs up is logged as incomplete). Reports
 /// the stream's [`conn::Progress`], and keeps the connection busy
 /// ([`conn::ActiveRequest`]) until it is dropped.
 ///
@@ -556,6 +563,7 @@ enum Outcome {
 /// info or above.
 struct LoggedBody {
     metrics: Arc<Metrics>,
+    endpoint: Endpoint,
     inner: ProxyBody,
     log: RequestLog,
     status: StatusCode,
@@ -631,6 +639,7 @@ impl Drop for LoggedBody {
         }
         self.metrics.request_finished();
         self.metrics.served_bytes(self.bytes);
+        self.metrics.request(self.endpoint, self.status.as_u16());
         let routine = self.routine && self.outcome == Outcome::Complete && self.status.is_success();
         let enabled = if routine {
             tracing::enabled!(tracing::Level::DEBUG)
