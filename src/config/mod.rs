@@ -269,6 +269,13 @@ impl Config {
         if let Some(path) = self.admin.as_mut().and_then(|a| a.token_file.as_mut()) {
             fix(path);
         }
+        if let Some(alerts) = &mut self.alerts {
+            for w in &mut alerts.webhooks {
+                if let Some(path) = &mut w.signing_secret_file {
+                    fix(path);
+                }
+            }
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
