@@ -442,6 +442,13 @@ impl PolicyFamilies {
             ),
         };
         families.last_reload_success.set(1);
+        // Both results exist from the start at 0, so that the first
+        // failure is an increase a rule can see.
+        for result in ["success", "failure"] {
+            families.reloads.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
         families
     }
 }
@@ -969,6 +976,7 @@ mod tests {
                 policy.revision
             ),
             r#"portcullis_policy_reloads_total{result="failure"} 1"#,
+            r#"portcullis_policy_reloads_total{result="success"} 0"#,
             "portcullis_policy_last_reload_success 0",
             "portcullis_verdict_cache_hits_total 3",
             "portcullis_verdict_cache_entries 2",
