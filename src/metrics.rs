@@ -445,7 +445,7 @@ impl PolicyFamilies {
         // Both results exist from the start at 0, so that the first
         // failure is an increase a rule can see.
         for result in ["success", "failure"] {
-            families.reloads.get_or_create(&ResultLabels {
+            let _series = families.reloads.get_or_create(&ResultLabels {
                 result: result.to_owned(),
             });
         }
