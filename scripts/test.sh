@@ -3,8 +3,8 @@
 #
 # On a fresh Debian 12 / Ubuntu machine, as root (or with sudo), this:
 #   1. installs the system packages the integration tests drive for real:
-#      a CNCF distribution registry (docker-registry), skopeo, podman and
-#      containerd (ctr);
+#      a CNCF distribution registry (docker-registry), skopeo, podman,
+#      containerd (ctr) and Prometheus (promtool);
 #   2. finds the Rust toolchain (it never downloads one);
 #   3. checks that nothing refers to a path outside the repository
 #      (scripts/check-self-contained.sh: fixtures live in tests/fixtures);
@@ -75,6 +75,9 @@ as_root() {
 #                    entries tests/client_auth.rs logs in with
 #   redis-server     the fleet's shared state (tests/fleet.rs, the bench's
 #                    fleet rows): Debian's Redis 7
+#   prometheus       promtool (checks and unit-tests docker/monitoring's
+#                    alerting rules) and a real Prometheus that scrapes a
+#                    running proxy and fires an alert (tests/monitoring.rs)
 #   nodejs, npm      only when no `node` is on PATH (a NodeSource nodejs
 #                    bundles npm and conflicts with Debian's npm package);
 #                    tests/ui/ pins a playwright-core that runs on Node >= 18
@@ -87,6 +90,7 @@ APT_PACKAGES=(
     nginx wrk
     redis-server
     apache2-utils
+    prometheus
 )
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     APT_PACKAGES+=(nodejs npm)
@@ -118,7 +122,7 @@ install_packages() {
     # Always run the install so a fresh machine and this one take the same path.
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
-    for p in docker-registry skopeo podman ctr containerd curl chromium node npm nginx wrk redis-server; do
+    for p in docker-registry skopeo podman ctr containerd curl chromium node npm nginx wrk redis-server promtool prometheus; do
         command -v "$p" >/dev/null 2>&1 || die "$p not on PATH after apt-get install"
     done
 }

@@ -52,8 +52,9 @@ impl Prepared {
     }
 }
 
-/// Reads the break-glass token files, the admin token file and the
-/// client credentials, and compiles the policy, in that order. Errors are [`ConfigError`]s naming the field
+/// Reads the break-glass token files, the admin token file, the client
+/// credentials and the alert webhooks' signing secrets, and compiles the
+/// policy, in that order. Errors are [`ConfigError`]s naming the field
 /// (and, for the token files, the line), as `config`'s own are.
 pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
     let break_glass = match &config.break_glass {
@@ -74,6 +75,22 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         ),
         None => None,
     };
+    // The alerter reads them again when it starts; reading them here
+    // makes `portcullis check` name an unreadable or short secret.
+    if let Some(alerts) = &config.alerts {
+        for (i, w) in alerts.webhooks.iter().enumerate() {
+            if let Some(path) = &w.signing_secret_file {
+                crate::alerts::signing::SigningKey::from_file(path).map_err(|message| {
+                    config.invalid(
+                        format!("alerts.webhooks[{i}].signingSecretFile"),
+                        "signingSecretFile",
+                        "",
+                        message,
+                    )
+                })?;
+            }
+        }
+    }
     let policy = compile_policy(&config)?;
     Ok(Prepared {
         config,
@@ -258,7 +275,7 @@ fn build(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    observer.metrics.policy_loaded(&policy.revision);
+    observer.metrics.policy_loaded(&policy);
     let mut verifier = Verifier::new(policy, config.cache.clone(), upstreams.clone())
         .with_timeouts(config.timeouts)
         .with_limits(&config.limits);
@@ -599,6 +616,25 @@ mod tests {
         let e = prepared(&admin(&short)).unwrap_err();
         assert!(
             e.starts_with("line 6: admin.tokenFile: the token in") && e.contains("at least 16"),
+            "{e}"
+        );
+
+        let hook = |file: &Path| {
+            format!(
+                "{BASE}alerts:\n  webhooks:\n    - url: http://127.0.0.1:9/h\n      \
+                 signingSecretFile: {}\n",
+                file.display()
+            )
+        };
+        assert!(prepared(&hook(&good)).is_ok());
+        let e = prepared(&hook(&short)).unwrap_err();
+        assert!(
+            e.contains("alerts.webhooks[0].signingSecretFile: ") && e.contains("at least 16 bytes"),
+            "{e}"
+        );
+        let e = prepared(&hook(&missing)).unwrap_err();
+        assert!(
+            e.contains("alerts.webhooks[0].signingSecretFile: cannot read"),
             "{e}"
         );
 

@@ -76,7 +76,7 @@
 //!   verdict cache, admitted children and blobs; the proof types.
 //! - [`audit`]: the decision record, the audit trail writer, recent
 //!   decisions, and the sink it reports decisions to.
-//! - [`alerts`]: webhooks (bodies, coalescing, lanes, delivery); an audit
+//! - [`alerts`]: webhooks (bodies, coalescing, lanes, delivery, signatures); an audit
 //!   sink.
 //! - [`serve`]: the pull pipeline above: manifests, blobs (streamed,
 //!   hashed while streaming), tag lists, referrers; the edge and finish.

@@ -1,10 +1,12 @@
 //! Prometheus metrics, exposed at `GET /metrics` (admin listener) in the
 //! OpenMetrics text format.
 //!
-//! Label cardinality is bounded by construction: verdicts and reason
-//! categories are fixed vocabularies, rules come from the configuration,
-//! upstreams from the configuration; no digest, tag or repository is ever a
-//! label.
+//! Label cardinality is bounded by construction: verdicts, reason
+//! categories, endpoints and build facts are fixed vocabularies; a rule is
+//! a short identifier ([`RuleSource::id`], never its pattern: that is in
+//! `portcullis_rule_info`, one series per rule of the policy in force);
+//! upstreams come from the configuration; statuses are HTTP status codes
+//! (three digits). No digest, tag, repository or path is ever a label.
 //!
 //! May use: `crate::policy` (rule names), `crate::config`, `crate::oci`.
 //! Must never use: routing, upstream, verify, audit, alerts and the layers
@@ -23,7 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::policy::RuleSource;
+use crate::policy::{Policy, RuleSource};
 
 /// One upstream's round-trip metrics. Each labelled series is looked up
 /// once, on first use, so reporting a response is an atomic add: no label
@@ -110,6 +112,93 @@ struct RuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleInfoLabels {
+    rule: String,
+    kind: &'static str,
+    /// The name pattern; empty for the default rule and the exemptions.
+    pattern: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    os: &'static str,
+    arch: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    status: u16,
+}
+
+/// What a request was for, as `portcullis_requests_total` counts it: a
+/// fixed vocabulary, never the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest,
+    /// `/v2/<name>/blobs/<digest>`
+    Blob,
+    /// `/v2/<name>/tags/list`
+    Tags,
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers,
+    /// `/v2/`
+    Base,
+    /// `/healthz`, `/readyz`
+    Health,
+    /// The admin listener's `/metrics`, `/-/ui`, `/-/api/…`
+    Admin,
+    /// Anything else (answered 404 or 405).
+    Other,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Manifest => "manifest",
+            Endpoint::Blob => "blob",
+            Endpoint::Tags => "tags",
+            Endpoint::Referrers => "referrers",
+            Endpoint::Base => "base",
+            Endpoint::Health => "health",
+            Endpoint::Admin => "admin",
+            Endpoint::Other => "other",
+        }
+    }
+
+    /// The endpoint of a registry-API path, by its shape alone (routing
+    /// proper, with validation, happens later): `/v2/…/manifests/x` is a
+    /// manifest request whether or not the name is valid.
+    pub fn of_registry_path(path: &str) -> Endpoint {
+        if path == "/v2" || path == "/v2/" {
+            return Endpoint::Base;
+        }
+        if path == "/healthz" || path == "/readyz" {
+            return Endpoint::Health;
+        }
+        let Some(rest) = path.strip_prefix("/v2/") else {
+            return Endpoint::Other;
+        };
+        let mut segments = rest.rsplitn(3, '/');
+        let last = segments.next();
+        let kind = segments.next();
+        // A name before the kind is required.
+        if segments.next().is_none_or(str::is_empty) {
+            return Endpoint::Other;
+        }
+        match (kind, last) {
+            (Some("manifests"), Some(_)) => Endpoint::Manifest,
+            (Some("blobs"), Some(_)) => Endpoint::Blob,
+            (Some("tags"), Some("list")) => Endpoint::Tags,
+            (Some("referrers"), Some(_)) => Endpoint::Referrers,
+            _ => Endpoint::Other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
 }
@@ -154,12 +243,14 @@ pub struct Metrics {
     decision_counters: RwLock<HashMap<RuleSource, Vec<DecisionCounters>>>,
     dryrun_would_deny: Family<RuleLabels, Counter>,
     verification_seconds: Histogram,
+    requests: Family<RequestLabels, Counter>,
     upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     upstream_responses: Family<UpstreamStatusLabels, Counter>,
     upstream_up: Family<UpstreamLabels, Gauge>,
     bytes_served: Counter,
     in_flight: Gauge,
     policy_revision: Family<RevisionLabels, Gauge>,
+    rule_info: Family<RuleInfoLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     last_reload_success: Gauge,
     /// Read from other components at scrape time.
@@ -263,6 +354,7 @@ impl DecisionFamilies {
 
 /// Upstream round trips and what is served to clients.
 struct TrafficFamilies {
+    requests: Family<RequestLabels, Counter>,
     upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     upstream_responses: Family<UpstreamStatusLabels, Counter>,
     upstream_up: Family<UpstreamLabels, Gauge>,
@@ -273,6 +365,12 @@ struct TrafficFamilies {
 impl TrafficFamilies {
     fn register(r: &mut Registry) -> TrafficFamilies {
         TrafficFamilies {
+            requests: register(
+                r,
+                "requests",
+                "Requests answered, by endpoint (manifest, blob, tags, referrers, base, health, admin, other) and HTTP status code",
+                Family::default(),
+            ),
             upstream_seconds: register(
                 r,
                 "upstream_request_duration_seconds",
@@ -310,6 +408,7 @@ impl TrafficFamilies {
 /// The policy in force and its reloads.
 struct PolicyFamilies {
     policy_revision: Family<RevisionLabels, Gauge>,
+    rule_info: Family<RuleInfoLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     last_reload_success: Gauge,
 }
@@ -321,6 +420,12 @@ impl PolicyFamilies {
                 r,
                 "policy_revision_info",
                 "The policy revision in force (value 1)",
+                Family::default(),
+            ),
+            rule_info: register(
+                r,
+                "rule_info",
+                "The rules of the policy in force (value 1): the rule id other metrics' rule label holds, the kind of rule and its name pattern",
                 Family::default(),
             ),
             reloads: register(
@@ -337,6 +442,13 @@ impl PolicyFamilies {
             ),
         };
         families.last_reload_success.set(1);
+        // Both results exist from the start at 0, so that the first
+        // failure is an increase a rule can see.
+        for result in ["success", "failure"] {
+            let _series = families.reloads.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
         families
     }
 }
@@ -518,12 +630,26 @@ impl Metrics {
     /// Every family, registered in the order the exposition lists them.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("portcullis");
+        let build: Family<BuildLabels, Gauge> = register(
+            &mut registry,
+            "build_info",
+            "The running build (value 1): its version, operating system and architecture",
+            Family::default(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                os: std::env::consts::OS,
+                arch: std::env::consts::ARCH,
+            })
+            .set(1);
         let DecisionFamilies {
             decisions,
             dryrun_would_deny,
             verification_seconds,
         } = DecisionFamilies::register(&mut registry);
         let TrafficFamilies {
+            requests,
             upstream_seconds,
             upstream_responses,
             upstream_up,
@@ -532,6 +658,7 @@ impl Metrics {
         } = TrafficFamilies::register(&mut registry);
         let PolicyFamilies {
             policy_revision,
+            rule_info,
             reloads,
             last_reload_success,
         } = PolicyFamilies::register(&mut registry);
@@ -542,38 +669,24 @@ impl Metrics {
             decision_counters: RwLock::new(HashMap::new()),
             dryrun_would_deny,
             verification_seconds,
+            requests,
             upstream_seconds,
             upstream_responses,
             upstream_up,
             bytes_served,
             in_flight,
             policy_revision,
+            rule_info,
             reloads,
             last_reload_success,
             scraped,
         }
     }
 
-    pub fn decision(&self, verdict: &str, rule: &str, reason: &str) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                verdict: verdict.to_owned(),
-                rule: rule.to_owned(),
-                reason: reason.to_owned(),
-            })
-            .inc();
-        if verdict == "dryrun-deny" {
-            self.dryrun_would_deny
-                .get_or_create(&RuleLabels {
-                    rule: rule.to_owned(),
-                })
-                .inc();
-        }
-    }
-
-    /// [`Metrics::decision`] for a decision under `rule`, with the label
-    /// strings made only the first time this (verdict, rule, reason) is
-    /// seen.
+    /// Counts a decision under `rule` (labelled with [`RuleSource::id`]),
+    /// and a dry-run would-deny in `portcullis_dryrun_would_deny_total`,
+    /// with the label strings made only the first time this (verdict,
+    /// rule, reason) is seen.
     pub fn decision_of(&self, verdict: &'static str, rule: &RuleSource, reason: &'static str) {
         let counted = |counters: &[DecisionCounters]| {
             let c = counters
@@ -594,7 +707,7 @@ impl Metrics {
                 return;
             }
         }
-        let rule_text = rule.to_string();
+        let rule_text = rule.id();
         let decisions = self
             .decisions
             .get_or_create(&DecisionLabels {
@@ -662,14 +775,36 @@ impl Metrics {
         self.in_flight.dec();
     }
 
-    /// Records the policy in force after a (re)load.
-    pub fn policy_loaded(&self, revision: &str) {
+    /// Records the policy in force after a (re)load: its revision, and its
+    /// rules in `portcullis_rule_info` (one series per rule, replacing the
+    /// previous policy's).
+    pub fn policy_loaded(&self, policy: &Policy) {
         self.policy_revision.clear();
         self.policy_revision
             .get_or_create(&RevisionLabels {
-                revision: revision.to_owned(),
+                revision: policy.revision.clone(),
             })
             .set(1);
+        self.rule_info.clear();
+        for source in policy.rule_sources() {
+            self.rule_info
+                .get_or_create(&RuleInfoLabels {
+                    rule: source.id(),
+                    kind: source.kind(),
+                    pattern: source.pattern().unwrap_or_default().to_owned(),
+                })
+                .set(1);
+        }
+    }
+
+    /// One request answered: its endpoint and status code.
+    pub fn request(&self, endpoint: Endpoint, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.as_str(),
+                status,
+            })
+            .inc();
     }
 
     pub fn reload(&self, ok: bool) {
@@ -750,14 +885,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn endpoints_are_classified_by_path_shape() {
+        let e = Endpoint::of_registry_path;
+        assert_eq!(e("/v2/"), Endpoint::Base);
+        assert_eq!(e("/v2"), Endpoint::Base);
+        assert_eq!(e("/v2/library/nginx/manifests/latest"), Endpoint::Manifest);
+        assert_eq!(e("/v2/a/b/c/manifests/sha256:ab"), Endpoint::Manifest);
+        assert_eq!(e("/v2/a/blobs/sha256:ab"), Endpoint::Blob);
+        assert_eq!(e("/v2/a/tags/list"), Endpoint::Tags);
+        assert_eq!(e("/v2/a/referrers/sha256:ab"), Endpoint::Referrers);
+        assert_eq!(e("/healthz"), Endpoint::Health);
+        assert_eq!(e("/readyz"), Endpoint::Health);
+        for other in [
+            "/v2/manifests/x",
+            "/v2//manifests/x",
+            "/v2/a/tags/x",
+            "/v2/a/blobs/uploads/",
+            "/v2/_catalog",
+            "/metrics",
+            "/",
+        ] {
+            assert_eq!(e(other), Endpoint::Other, "{other}");
+        }
+    }
+
+    #[test]
     fn exposition_names_follow_conventions() {
         let m = Arc::new(Metrics::new());
-        m.decision("deny", "default admission rule", "no-signatures");
-        m.decision(
-            "dryrun-deny",
-            "repository admission rule r/**",
-            "unknown-key",
-        );
+        let dry = RuleSource::Repository("r/**".into());
+        m.decision_of("deny", &RuleSource::Default, "no-signatures");
+        m.decision_of("dryrun-deny", &dry, "unknown-key");
+        m.decision_of("dryrun-deny", &dry, "unknown-key");
+        m.request(Endpoint::Manifest, 403);
+        m.request(Endpoint::Manifest, 403);
+        m.request(Endpoint::of_registry_path("/v2/a/b/blobs/sha256:x"), 200);
         let upstream = UpstreamMetrics::new(Arc::clone(&m), "r.io");
         upstream.response(Ok(404), Duration::from_millis(3));
         upstream.response(Ok(410), Duration::from_millis(3));
@@ -767,7 +928,13 @@ mod tests {
         let other = UpstreamMetrics::new(Arc::clone(&m), "s.io");
         other.up(false);
         other.up(true);
-        m.policy_loaded("abc");
+        let doc: crate::config::policy::PolicyDoc = serde_yaml_ng::from_str(
+            "defaultAdmissionRule: {evaluationMode: ALWAYS_DENY}\n\
+             repositoryAdmissionRules:\n  \"r/**\": {evaluationMode: ALWAYS_ALLOW}\n",
+        )
+        .unwrap();
+        let policy = Policy::compile(&doc, &[]).unwrap();
+        m.policy_loaded(&policy);
         m.reload(false);
         let text = m.encode(Snapshot {
             cache_hits: 3,
@@ -775,8 +942,28 @@ mod tests {
             ..Snapshot::default()
         });
         for want in [
-            r#"portcullis_decisions_total{verdict="deny",rule="default admission rule",reason="no-signatures"} 1"#,
-            r#"portcullis_dryrun_would_deny_total{rule="repository admission rule r/**"} 1"#,
+            r#"portcullis_decisions_total{verdict="deny",rule="default",reason="no-signatures"} 1"#,
+            &format!(
+                r#"portcullis_decisions_total{{verdict="dryrun-deny",rule="{}",reason="unknown-key"}} 2"#,
+                dry.id()
+            ),
+            &format!(
+                r#"portcullis_dryrun_would_deny_total{{rule="{}"}} 2"#,
+                dry.id()
+            ),
+            &format!(
+                r#"portcullis_rule_info{{rule="{}",kind="repository",pattern="r/**"}} 1"#,
+                dry.id()
+            ),
+            r#"portcullis_rule_info{rule="default",kind="default",pattern=""} 1"#,
+            r#"portcullis_requests_total{endpoint="manifest",status="403"} 2"#,
+            r#"portcullis_requests_total{endpoint="blob",status="200"} 1"#,
+            &format!(
+                r#"portcullis_build_info{{version="{}",os="{}",arch="{}"}} 1"#,
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::env::consts::ARCH
+            ),
             r#"portcullis_upstream_responses_total{upstream="r.io",status="4xx"} 2"#,
             r#"portcullis_upstream_responses_total{upstream="r.io",status="2xx"} 1"#,
             r#"portcullis_upstream_request_duration_seconds_count{upstream="r.io"} 4"#,
@@ -784,8 +971,12 @@ mod tests {
             r#"portcullis_upstream_up{upstream="r.io"} 0"#,
             r#"portcullis_upstream_up{upstream="s.io"} 1"#,
             "# TYPE portcullis_upstream_up gauge",
-            r#"portcullis_policy_revision_info{revision="abc"} 1"#,
+            &format!(
+                r#"portcullis_policy_revision_info{{revision="{}"}} 1"#,
+                policy.revision
+            ),
             r#"portcullis_policy_reloads_total{result="failure"} 1"#,
+            r#"portcullis_policy_reloads_total{result="success"} 0"#,
             "portcullis_policy_last_reload_success 0",
             "portcullis_verdict_cache_hits_total 3",
             "portcullis_verdict_cache_entries 2",
@@ -793,6 +984,19 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+        // No label holds a pattern or other free text but rule_info's.
+        for line in text.lines().filter(|l| l.contains("rule=\"")) {
+            assert!(
+                line.starts_with("portcullis_rule_info") || !line.contains("r/**"),
+                "{line}"
+            );
+        }
+        // A reload replaces the rules listed.
+        m.policy_loaded(&Policy::allow_all());
+        let text = m.encode(Snapshot::default());
+        assert!(!text.contains("r/**"), "{text}");
+        assert!(text
+            .contains(r#"portcullis_rule_info{rule="no-policy",kind="no-policy",pattern=""} 1"#));
         // Snapshots are cumulative, never double counted.
         let text = m.encode(Snapshot {
             cache_hits: 3,

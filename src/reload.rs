@@ -78,9 +78,9 @@ pub fn reload(app: &App, config_path: &Path, why: &str, load: Load) -> Result<St
     match load(config_path) {
         Ok((policy, warnings)) => {
             let revision = policy.revision.clone();
+            app.observer.metrics.policy_loaded(&policy);
             app.verifier.set_policy(policy);
             app.observer.metrics.reload(true);
-            app.observer.metrics.policy_loaded(&revision);
             tracing::info!(%why, %previous, %revision, "policy reloaded");
             for warning in warnings {
                 tracing::warn!(%revision, "{warning}");

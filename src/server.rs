@@ -39,7 +39,7 @@ use tracing::Instrument;
 use crate::audit::Client;
 use crate::clientauth::PeerCertificate;
 use crate::config::{Limits, Timeouts, TlsConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Endpoint, Metrics};
 use crate::serve::{body_from, App, BoxError, ProxyBody, RequestLog, Routine};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -510,6 +510,11 @@ async fn handle(
     let start = Instant::now();
     let metrics = Arc::clone(&app.observer.metrics);
     metrics.request_started();
+    let endpoint = match (&role, request.uri().path()) {
+        (Role::Admin { .. }, "/healthz" | "/readyz") => Endpoint::Health,
+        (Role::Admin { .. }, _) => Endpoint::Admin,
+        (Role::Registry { .. }, path) => Endpoint::of_registry_path(path),
+    };
     let response = async {
         let path = request.uri().path();
         match role {
@@ -553,6 +558,7 @@ async fn handle(
     }
     let logged = LoggedBody {
         metrics,
+        endpoint,
         inner: body,
         log,
         status: parts.status,
@@ -593,8 +599,9 @@ enum Outcome {
     Failed,
 }
 
-/// Counts the bytes sent and logs the request when the body is finished
-/// or dropped (a client that hangs up is logged as incomplete). Reports
+/// Counts the request (`portcullis_requests_total`) and the bytes sent,
+/// and logs the request, when the body is finished or dropped (a client
+/// that hangs up is logged as incomplete). Reports
 /// the stream's [`conn::Progress`], and keeps the connection busy
 /// ([`conn::ActiveRequest`]) until it is dropped.
 ///
@@ -606,6 +613,7 @@ enum Outcome {
 /// info or above.
 struct LoggedBody {
     metrics: Arc<Metrics>,
+    endpoint: Endpoint,
     inner: ProxyBody,
     log: RequestLog,
     status: StatusCode,
@@ -681,6 +689,7 @@ impl Drop for LoggedBody {
         }
         self.metrics.request_finished();
         self.metrics.served_bytes(self.bytes);
+        self.metrics.request(self.endpoint, self.status.as_u16());
         let routine = self.routine && self.outcome == Outcome::Complete && self.status.is_success();
         let enabled = if routine {
             tracing::enabled!(tracing::Level::DEBUG)

@@ -97,7 +97,8 @@ fn metric(admin: &str, series: &str) -> f64 {
 #[test]
 fn a_denied_pull_is_audited_counted_and_explained() {
     let s = setup("audit: {path: {path}, fsync: always}\n");
-    let deny_series = r#"portcullis_decisions_total{verdict="deny",rule="default admission rule",reason="no-signatures"}"#;
+    let deny_series =
+        r#"portcullis_decisions_total{verdict="deny",rule="default",reason="no-signatures"}"#;
     assert_eq!(metric(&s.admin, deny_series), 0.0);
     assert_eq!(get_manifest(&s.proxy, "elsewhere/app"), 403);
     assert_eq!(get_manifest(&s.proxy, "demo/app"), 200);

@@ -1,5 +1,5 @@
-//! Delivering one lane of one webhook: POSTing each alert's body, in
-//! order, retrying transient failures (connection errors, timeouts, 5xx,
+//! Delivering one lane of one webhook: POSTing each alert's body (signed
+//! when the webhook has a secret, [`super::signing`]), in order, retrying transient failures (connection errors, timeouts, 5xx,
 //! 429 with its `Retry-After`) with exponential backoff, giving up on the
 //! others, and counting and logging (rate-limited) what failed.
 //!
@@ -17,6 +17,7 @@ use http_body_util::Full;
 use tokio::sync::mpsc;
 
 use super::format::{dropped_body, json_body_coalesced, reload_body, slack_body_coalesced};
+use super::signing::{SigningKey, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use super::webhook::{Alert, DropNotices, Lane};
 use super::{RateLimit, Shared};
 use crate::audit::record::rfc3339;
@@ -62,6 +63,8 @@ pub(super) struct Delivery {
     pub(super) lane: Lane,
     pub(super) format: AlertFormat,
     pub(super) timeout: Duration,
+    /// Signs each attempt's body, when the webhook has a secret.
+    pub(super) signing: Option<Arc<SigningKey>>,
     pub(super) max_retries: u32,
     pub(super) client: HttpClient,
     pub(super) shared: Arc<Shared>,
@@ -167,15 +170,23 @@ impl Delivery {
     }
 
     async fn attempt(&self, body: Bytes) -> Attempt {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
             .header(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )
-            .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
-            .body(Full::new(body));
+            .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if let Some(key) = &self.signing {
+            let timestamp = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            request = request
+                .header(TIMESTAMP_HEADER, timestamp)
+                .header(SIGNATURE_HEADER, key.sign(timestamp, &body));
+        }
+        let request = request.body(Full::new(body));
         let request = match request {
             Ok(r) => r,
             Err(e) => return Attempt::Permanent(format!("building request: {e}")),

@@ -26,12 +26,16 @@
 //! never delays another one or the request path.
 //!
 //! Webhook URLs often carry a token (Slack's do, in the path), so they are
-//! never logged or printed in full: only `scheme://host[:port]`.
+//! never logged or printed in full: only `scheme://host[:port]`. A webhook
+//! with `signingSecretFile` gets every body signed ([`signing`]:
+//! HMAC-SHA256 over a timestamp and the body); the secret is never logged
+//! or printed.
 //!
 //! Layout: this file holds the [`Alerter`] (configuration to running
 //! lanes, [`Alerter::notify`], flushing) and its counters; [`format`](mod@format) the
 //! bodies, [`coalesce`] the coalescing windows, [`webhook`] a webhook's
-//! two lanes and drop notices, [`delivery`] a lane's delivery and retries.
+//! two lanes and drop notices, [`delivery`] a lane's delivery and retries,
+//! [`signing`] the bodies' signatures.
 //!
 //! May use: `crate::upstream` (the HTTP client), `crate::audit` (the
 //! record an alert carries; the alerter is audit's [`AlertSink`]),
@@ -42,6 +46,7 @@
 pub mod coalesce;
 pub mod delivery;
 pub mod format;
+pub mod signing;
 pub mod webhook;
 
 use std::fmt;
@@ -58,6 +63,7 @@ use crate::config::alerts::{parse_webhook_url, redact_url, AlertEvent, AlertsCon
 use coalesce::Coalescer;
 use delivery::{build_client, Delivery};
 use format::{truncate, ReloadFailure};
+use signing::SigningKey;
 use webhook::{Alert, DropNotices, Lane, Webhook};
 
 /// Capacity of each webhook's urgent lane (break-glass uses, failed
@@ -183,6 +189,14 @@ impl Alerter {
             let uri =
                 parse_webhook_url(&w.url).map_err(|e| format!("alerts.webhooks[{i}].url: {e}"))?;
             let target = redact_url(&w.url);
+            let signing = match &w.signing_secret_file {
+                Some(path) => {
+                    Some(Arc::new(SigningKey::from_file(path).map_err(|e| {
+                        format!("alerts.webhooks[{i}].signingSecretFile: {e}")
+                    })?))
+                }
+                None => None,
+            };
             let window = w.coalesce.unwrap_or(config.coalesce);
             let coalescer = (!window.is_zero()).then(|| {
                 shortest_window = Some(shortest_window.map_or(window, |s| s.min(window)));
@@ -199,6 +213,7 @@ impl Alerter {
                     lane,
                     format: w.format,
                     timeout: w.timeout,
+                    signing: signing.clone(),
                     max_retries: config.max_retries,
                     client: client.clone(),
                     shared: Arc::clone(&shared),

@@ -254,13 +254,10 @@ impl Observer {
             && !(cache_hit && matches!(verdict, RecordedVerdict::Allow | RecordedVerdict::Exempt))
     }
 
-    /// Records one decision everywhere it needs to go.
-    pub async fn record(&self, record: DecisionRecord) {
-        self.metrics.decision(
-            record.verdict.as_str(),
-            &record.rule,
-            &record.reason_category,
-        );
+    /// Sends a built record everywhere but metrics (which
+    /// [`Observer::decided`] counts, by rule id): the alerter, the fleet's
+    /// stream, the recent list and the audit trail.
+    async fn deliver(&self, record: DecisionRecord) {
         if let Some(alerter) = &self.alerter {
             if alerter.wants(record.verdict) {
                 alerter.notify(&record);
@@ -285,17 +282,17 @@ impl Observer {
     /// (else when the recent list is first read).
     pub async fn decided(&self, decided: Decided) {
         let verdict = decided.verdict();
-        let eager = self.audit.is_some()
-            || self.alerter.as_ref().is_some_and(|a| a.wants(verdict))
-            || self.streams(verdict, decided.cache_hit);
-        if eager {
-            return self.record(decided.to_record()).await;
-        }
         self.metrics.decision_of(
             verdict.as_str(),
             &decided.decision.rule,
             record::reason_category(&decided.decision),
         );
+        let eager = self.audit.is_some()
+            || self.alerter.as_ref().is_some_and(|a| a.wants(verdict))
+            || self.streams(verdict, decided.cache_hit);
+        if eager {
+            return self.deliver(decided.to_record()).await;
+        }
         self.remember(decided.at, Recent::Decided(decided, OnceLock::new()));
     }
 
@@ -541,9 +538,11 @@ mod tests {
         for d in &all {
             observer.decided(d.clone()).await;
         }
-        // A record built at once sits among them as before.
+        // A record built at once sits among them as before (delivered
+        // as an eager observer does, after counting it).
         let built = decided(5, Verdict::Deny, RuleSource::Default, "r.io/other/x");
-        observer.record(built.to_record()).await;
+        metrics.decision_of("deny", &RuleSource::Default, "no-signatures");
+        observer.deliver(built.to_record()).await;
 
         let want = |ns: &[u64]| -> Vec<DecisionRecord> {
             ns.iter()
@@ -619,11 +618,14 @@ mod tests {
         );
 
         let text = metrics.encode(crate::metrics::Snapshot::default());
+        let dry = RuleSource::Repository("r.io/dry/**".into()).id();
         for line in [
-            r#"portcullis_decisions_total{verdict="allow",rule="default admission rule",reason="ok"} 2"#,
-            r#"portcullis_decisions_total{verdict="deny",rule="default admission rule",reason="no-signatures"} 2"#,
-            r#"portcullis_decisions_total{verdict="dryrun-deny",rule="repository admission rule r.io/dry/**",reason="no-signatures"} 1"#,
-            r#"portcullis_dryrun_would_deny_total{rule="repository admission rule r.io/dry/**"} 1"#,
+            r#"portcullis_decisions_total{verdict="allow",rule="default",reason="ok"} 2"#,
+            r#"portcullis_decisions_total{verdict="deny",rule="default",reason="no-signatures"} 2"#,
+            &format!(
+                r#"portcullis_decisions_total{{verdict="dryrun-deny",rule="{dry}",reason="no-signatures"}} 1"#
+            ),
+            &format!(r#"portcullis_dryrun_would_deny_total{{rule="{dry}"}} 1"#),
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -13,6 +13,7 @@
 //!       on: [deny, breakglass, reload]   # default [deny]
 //!       timeout: 5s        # per attempt (connect + response)
 //!       coalesce: 5m       # optional, overrides alerts.coalesce for this webhook
+//!       signingSecretFile: /run/secrets/webhook-hmac   # optional: sign each body (HMAC-SHA256)
 //! ```
 //!
 //! Webhook URLs often carry a token (Slack's do, in the path), so they are
@@ -24,6 +25,7 @@
 //! `audit` modules, which build on these shapes).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
@@ -98,6 +100,12 @@ pub struct WebhookConfig {
     /// This webhook's coalescing window, instead of `alerts.coalesce`.
     #[serde(default, deserialize_with = "duration::deserialize_optional")]
     pub coalesce: Option<Duration>,
+    /// A file holding the shared secret every body is signed with
+    /// (HMAC-SHA256, `X-Portcullis-Signature`); relative to the
+    /// configuration file. Only the path is kept here: the secret is read
+    /// by the `alerts` module and never shown.
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -108,6 +116,7 @@ impl fmt::Debug for WebhookConfig {
             .field("on", &self.on)
             .field("timeout", &self.timeout)
             .field("coalesce", &self.coalesce)
+            .field("signing_secret_file", &self.signing_secret_file)
             .finish()
     }
 }
@@ -286,6 +295,13 @@ mod tests {
         assert_eq!(c.webhooks[0].coalesce, Some(Duration::from_secs(300)));
         assert_eq!(c.webhooks[0].on, vec![AlertEvent::Reload, AlertEvent::Deny]);
         assert_eq!(c.webhooks[1].coalesce, None);
+        assert_eq!(c.webhooks[1].signing_secret_file, None);
+        let c =
+            parse("webhooks:\n  - url: https://h/x\n    signingSecretFile: /run/s/hmac\n").unwrap();
+        assert_eq!(
+            c.webhooks[0].signing_secret_file.as_deref(),
+            Some(std::path::Path::new("/run/s/hmac"))
+        );
         assert!(parse("coalesce: 60\n")
             .unwrap_err()
             .contains("invalid duration"));

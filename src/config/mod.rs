@@ -295,6 +295,13 @@ impl Config {
         if let Some(auth) = &mut self.client_auth {
             auth.resolve_paths(fix);
         }
+        if let Some(alerts) = &mut self.alerts {
+            for w in &mut alerts.webhooks {
+                if let Some(path) = &mut w.signing_secret_file {
+                    fix(path);
+                }
+            }
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);

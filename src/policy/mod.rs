@@ -60,6 +60,54 @@ impl fmt::Display for RuleSource {
     }
 }
 
+impl RuleSource {
+    /// A short identifier of the rule, stable across reloads and replicas,
+    /// for metric labels: `default`, `no-policy`, `artifact`, or
+    /// `allowlist-<hex>` / `repository-<hex>` / `cluster-<hex>`, the hex
+    /// being the first 6 bytes of the SHA-256 of the (canonical) pattern
+    /// or the cluster's name. Never free text:
+    /// `portcullis_rule_info` maps an id back to its pattern.
+    pub fn id(&self) -> String {
+        let short = |pattern: &str| {
+            use sha2::{Digest as _, Sha256};
+            hex::encode(&Sha256::digest(pattern.as_bytes())[..6])
+        };
+        match self {
+            RuleSource::Allowlist(p) => format!("allowlist-{}", short(p)),
+            RuleSource::Default => "default".into(),
+            RuleSource::Repository(p) => format!("repository-{}", short(p)),
+            RuleSource::Cluster(c) => format!("cluster-{}", short(c)),
+            RuleSource::NoPolicy => "no-policy".into(),
+            RuleSource::Artifact => "artifact".into(),
+        }
+    }
+
+    /// What kind of rule: `allowlist`, `default`, `repository`,
+    /// `cluster`, `no-policy` or `artifact`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuleSource::Allowlist(_) => "allowlist",
+            RuleSource::Default => "default",
+            RuleSource::Repository(_) => "repository",
+            RuleSource::Cluster(_) => "cluster",
+            RuleSource::NoPolicy => "no-policy",
+            RuleSource::Artifact => "artifact",
+        }
+    }
+
+    /// The name pattern of an allowlist entry or a repository rule (a
+    /// pinned allowlist entry's with its digest), or a cluster rule's
+    /// cluster name.
+    pub fn pattern(&self) -> Option<&str> {
+        match self {
+            RuleSource::Allowlist(p) | RuleSource::Repository(p) | RuleSource::Cluster(p) => {
+                Some(p)
+            }
+            RuleSource::Default | RuleSource::NoPolicy | RuleSource::Artifact => None,
+        }
+    }
+}
+
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -261,6 +309,23 @@ impl Policy {
     /// The rule for names no other rule matches.
     pub fn default_rule(&self) -> &Rule {
         &self.default_rule
+    }
+
+    /// Every rule a decision can name, once each: the allowlist entries,
+    /// the repository rules, the default rule and the signature-artifact
+    /// exemption.
+    pub fn rule_sources(&self) -> Vec<RuleSource> {
+        let mut sources: Vec<RuleSource> = self
+            .allowlist
+            .iter()
+            .map(|p| RuleSource::Allowlist(p.as_str().to_owned()))
+            .chain(self.pinned_allowlist().map(RuleSource::Allowlist))
+            .collect();
+        sources.extend(self.repository_rules.iter().map(|(_, r)| r.source.clone()));
+        sources.push(self.default_rule.source.clone());
+        sources.push(RuleSource::Artifact);
+        sources.dedup();
+        sources
     }
 
     /// The attestors, by name.

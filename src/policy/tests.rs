@@ -828,3 +828,45 @@ fn allowlist_entries_match_names_or_one_digest_never_a_tag() {
     )
     .is_ok());
 }
+
+#[test]
+fn rule_ids_are_short_stable_and_distinct() {
+    let p = policy(
+        r#"
+defaultAdmissionRule: {evaluationMode: ALWAYS_DENY, enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG}
+repositoryAdmissionRules:
+  "r/**": {evaluationMode: ALWAYS_ALLOW}
+  "r/team/app": {evaluationMode: ALWAYS_DENY}
+admissionWhitelistPatterns:
+  - namePattern: r/**
+"#,
+        &[],
+    )
+    .unwrap();
+    let sources = p.rule_sources();
+    let ids: Vec<String> = sources.iter().map(RuleSource::id).collect();
+    // Allowlist, repository rules (most specific first), default, artifact.
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(&ids[3..], ["default", "artifact"]);
+    assert!(ids[0].starts_with("allowlist-") && ids[0].len() == "allowlist-".len() + 12);
+    assert!(ids[1].starts_with("repository-") && ids[1].len() == "repository-".len() + 12);
+    // One pattern as an allowlist entry and as a rule: two ids.
+    let rule = RuleSource::Repository("r/**".into());
+    assert!(ids.contains(&rule.id()) && rule.id() != ids[0]);
+    // Stable: the same pattern, the same id, in any policy.
+    assert_eq!(rule.id(), RuleSource::Repository("r/**".into()).id());
+    assert_eq!(rule.pattern(), Some("r/**"));
+    assert_eq!(rule.kind(), "repository");
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    // Ids are label-safe: no spaces, no pattern text.
+    for id in &ids {
+        assert!(
+            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "{id}"
+        );
+    }
+    assert_eq!(Policy::allow_all().rule_sources()[0].id(), "no-policy");
+}

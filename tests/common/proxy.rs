@@ -46,7 +46,21 @@ impl Proxy {
         Self::start_checking(config_yaml, Some(health_url))
     }
 
+    /// Like [`Proxy::start_with_health`], with `env` added to the
+    /// process's environment (e.g. `RUST_LOG=debug`).
+    pub fn start_with_env(config_yaml: &str, health_url: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::start_checking_env(config_yaml, Some(health_url), env)
+    }
+
     fn start_checking(config_yaml: &str, health_url: Option<&str>) -> Proxy {
+        Self::start_checking_env(config_yaml, health_url, &[])
+    }
+
+    fn start_checking_env(
+        config_yaml: &str,
+        health_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         // The port can be taken by someone else between free_port() and the
         // proxy's bind; if the process exits complaining about the address,
         // retry with a fresh port.
@@ -69,6 +83,7 @@ impl Proxy {
                 .arg(&cfg)
                 .arg("--log-format")
                 .arg("json")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err))

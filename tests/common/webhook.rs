@@ -1,5 +1,6 @@
 //! A webhook receiver in the test process, for alerts sent by a real
-//! `portcullis serve`: records every JSON body it is POSTed, answers 200,
+//! `portcullis serve`: records every JSON body it is POSTed (and the
+//! request as it arrived: headers and exact bytes), answers 200,
 //! and can hold the answers to some alerts (a webhook stalled on them)
 //! until released. One thread per connection, so a held answer never
 //! keeps another request waiting.
@@ -15,8 +16,27 @@ use serde_json::Value;
 /// Which alerts' answers are held until [`Webhook::release`].
 pub type Hold = fn(&Value) -> bool;
 
+/// One request as it arrived: its headers (names lowercased) and the exact
+/// body bytes.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 struct State {
     seen: Mutex<Vec<Value>>,
+    raw: Mutex<Vec<Raw>>,
     arrived: Condvar,
     open: Mutex<bool>,
     opened: Condvar,
@@ -42,6 +62,7 @@ impl Webhook {
         let addr = listener.local_addr().expect("webhook receiver address");
         let state = Arc::new(State {
             seen: Mutex::new(Vec::new()),
+            raw: Mutex::new(Vec::new()),
             arrived: Condvar::new(),
             open: Mutex::new(false),
             opened: Condvar::new(),
@@ -69,6 +90,12 @@ impl Webhook {
     /// Every body received so far, in order of arrival.
     pub fn seen(&self) -> Vec<Value> {
         lock(&self.state.seen).clone()
+    }
+
+    /// Every request received so far, as it arrived, in the order of
+    /// [`Webhook::seen`].
+    pub fn raw(&self) -> Vec<Raw> {
+        lock(&self.state.raw).clone()
     }
 
     /// Waits until the bodies received satisfy `ready`; returns them, or
@@ -129,10 +156,14 @@ fn serve(state: &State, stream: TcpStream) {
         return;
     }
     let mut len = 0;
+    let mut headers = Vec::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
             break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
         if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
             len = v.trim().parse().unwrap_or(0);
@@ -145,7 +176,12 @@ fn serve(state: &State, stream: TcpStream) {
     let value: Value = serde_json::from_slice(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     let hold = (state.hold)(&value);
-    lock(&state.seen).push(value);
+    {
+        // Both under the `seen` lock, so `raw` is never behind `seen`.
+        let mut seen = lock(&state.seen);
+        lock(&state.raw).push(Raw { headers, body });
+        seen.push(value);
+    }
     state.arrived.notify_all();
     if hold {
         let mut open = lock(&state.open);
