@@ -198,3 +198,53 @@ fn chart_refuses_a_missing_headline_bar() {
     );
     assert!(!svg.exists());
 }
+
+/// Every `](#anchor)` link in the README names a heading of it, and every
+/// relative link names a file of the repository: a section renamed or
+/// moved cannot leave a dead link behind.
+#[test]
+fn readme_links_resolve() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let slug = |heading: &str| -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    };
+    let mut headings = std::collections::HashSet::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        if !fenced && line.starts_with('#') {
+            if let Some((_, heading)) = line.split_once(' ') {
+                headings.insert(slug(heading));
+            }
+        }
+    }
+    let mut broken = Vec::new();
+    for (at, _) in text.match_indices("](") {
+        let rest = &text[at + 2..];
+        let Some(end) = rest.find(')') else { continue };
+        let target = &rest[..end];
+        if let Some(anchor) = target.strip_prefix('#') {
+            if !headings.contains(anchor) {
+                broken.push(target.to_owned());
+            }
+        } else if !target.contains("://") && !target.starts_with("mailto:") {
+            let file = target.split('#').next().unwrap_or(target);
+            if !root.join(file).exists() {
+                broken.push(target.to_owned());
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "README links that lead nowhere: {broken:?}"
+    );
+}
