@@ -23,7 +23,7 @@ use crate::admin::AdminToken;
 use crate::audit::Observer;
 use crate::breakglass::BreakGlass;
 use crate::clientauth::ClientAuth;
-use crate::config::{Config, ConfigError};
+use crate::config::{line_of_field, Config, ConfigError};
 use crate::fleet::{Shared, Ttls};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Rule};
@@ -107,9 +107,10 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
 pub fn compile_policy(config: &Config) -> Result<Policy, ConfigError> {
     let invalid = |field: &str, message: String| ConfigError::Invalid {
         field: field.to_owned(),
-        line: None,
+        line: config.line_of(field),
         message,
     };
+    let mut file = None;
     let (doc, mut attestors) = match (&config.policy, &config.policy_file) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -151,16 +152,23 @@ pub fn compile_policy(config: &Config) -> Result<Policy, ConfigError> {
                     }
                 }
             }
+            file = Some(PolicyFileText {
+                path,
+                bare: !text.lines().any(|l| l.starts_with("policy:")),
+                text,
+                attestors: attestors.len(),
+            });
             (doc, attestors)
         }
     };
+    let locate = |field: String, message: String| locate(config, file.as_ref(), field, message);
     attestors.extend(config.attestors.iter().cloned());
     for (i, attestor) in attestors.iter_mut().enumerate() {
         if let Some(keyless) = &mut attestor.keyless {
             if let Some(path) = &keyless.trusted_root {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(
-                        &format!("attestors[{i}].keyless.trustedRoot"),
+                    locate(
+                        format!("attestors[{i}].keyless.trustedRoot"),
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
@@ -173,8 +181,8 @@ pub fn compile_policy(config: &Config) -> Result<Policy, ConfigError> {
             };
             if let Some(path) = &pkix.public_key_file {
                 let text = read_key_file(path).map_err(|e| {
-                    invalid(
-                        &format!("attestors[{i}].{field}.pkixPublicKey.publicKeyFile"),
+                    locate(
+                        format!("attestors[{i}].{field}.pkixPublicKey.publicKeyFile"),
                         e,
                     )
                 })?;
@@ -182,13 +190,63 @@ pub fn compile_policy(config: &Config) -> Result<Policy, ConfigError> {
             }
         }
     }
-    Policy::compile_for(&doc, &attestors, config.cluster.as_deref()).map_err(|e| {
-        ConfigError::Invalid {
-            field: e.field,
-            line: None,
-            message: e.message,
+    Policy::compile_for(&doc, &attestors, config.cluster.as_deref())
+        .map_err(|e| locate(e.field, e.message))
+}
+
+/// A `policyFile`'s text, for errors that point into it.
+struct PolicyFileText<'a> {
+    path: &'a Path,
+    text: String,
+    /// A bare policy (the export's top level is the policy itself, without
+    /// `policy:` and `attestors:`).
+    bare: bool,
+    /// How many attestors it holds: they come before the config's.
+    attestors: usize,
+}
+
+/// The error for `field` of the combined policy (policy file first, then
+/// the config's attestors), naming the file and line it comes from.
+fn locate(
+    config: &Config,
+    file: Option<&PolicyFileText<'_>>,
+    field: String,
+    message: String,
+) -> ConfigError {
+    let attestor = field
+        .strip_prefix("attestors[")
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)));
+    let in_file = |file: &PolicyFileText<'_>, field: &str| {
+        let path = if file.bare {
+            field.strip_prefix("policy.").unwrap_or(field)
+        } else {
+            field
+        };
+        ConfigError::InPolicyFile {
+            path: file.path.to_owned(),
+            field: path.to_owned(),
+            line: line_of_field(&file.text, path),
+            message: message.clone(),
         }
-    })
+    };
+    match (file, attestor) {
+        (Some(file), Some((i, _))) if i < file.attestors => in_file(file, &field),
+        (Some(file), Some((i, rest))) => {
+            let field = format!("attestors[{}]{rest}", i - file.attestors);
+            ConfigError::Invalid {
+                line: config.line_of(&field),
+                field,
+                message,
+            }
+        }
+        (Some(file), None) if field.starts_with("policy.") => in_file(file, &field),
+        _ => ConfigError::Invalid {
+            line: config.line_of(&field),
+            field,
+            message,
+        },
+    }
 }
 
 /// Largest public key file read (`publicKeyFile`): a PEM key is a few
@@ -648,9 +706,12 @@ mod tests {
             "{BASE}policy:\n  defaultAdmissionRule: {{evaluationMode: ALWAYS_ALLOW}}\npolicyFile: p.yaml\n"
         ))
         .unwrap_err();
-        assert_eq!(e, "policyFile: set either policy or policyFile, not both");
+        assert_eq!(
+            e,
+            "line 6: policyFile: set either policy or policyFile, not both"
+        );
         let e = prepared(&format!("{BASE}policyFile: {}\n", missing.display())).unwrap_err();
-        assert!(e.starts_with("policyFile: cannot read"), "{e}");
+        assert!(e.starts_with("line 4: policyFile: cannot read"), "{e}");
     }
 
     #[test]

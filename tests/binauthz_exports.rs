@@ -366,3 +366,56 @@ fn an_allowlist_entry_pinned_to_a_digest_exempts_exactly_that_image() {
         "an allowlist entry with a tag",
     );
 }
+
+/// The 1-based number of the first line of `text` containing `needle`.
+fn line_with(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in the text"))
+        + 1
+}
+
+#[test]
+fn check_names_the_file_field_and_line_of_a_policy_error() {
+    let env = env();
+    // In the exported policy file: an allowlist entry with a tag, in a
+    // list written at its key's indentation as gcloud writes it.
+    let export = POLICY_EXPORT.replace(
+        "gcr.io/google_containers/*",
+        "gcr.io/google_containers/pause:3.9",
+    );
+    std::fs::write(&env.policy, &export).expect("write policy");
+    let out = env.check(&env.config(None, ""), false);
+    let at = format!(
+        "{} line {}: admissionWhitelistPatterns[0]",
+        env.policy.display(),
+        line_with(&export, "pause:3.9")
+    );
+    trust::assert_failed_saying(&out, &[&at, "names a tag"], "a tag in the allowlist");
+
+    // In the config, after the policy file's attestors: the attestor as
+    // `describe` printed it, with an algorithm Binary Authorization lacks.
+    std::fs::write(&env.policy, POLICY_EXPORT).expect("write policy");
+    let config = env
+        .config(None, "")
+        .replace("ECDSA_P256_SHA256", "ECDSA_P521_SHA512");
+    let out = env.check(&config, false);
+    let at = format!(
+        "line {}: attestors[0].userOwnedGrafeasNote.publicKeys[0].pkixPublicKey.signatureAlgorithm",
+        line_with(&config, "ECDSA_P521_SHA512")
+    );
+    trust::assert_failed_saying(&out, &[&at, "ECDSA_P521_SHA512"], "an unknown algorithm");
+
+    // An inline policy naming an attestor nobody defined.
+    let config = format!(
+        "listen: {{listen}}\nupstreams:\n  - registry: {r}\n    url: {u}\n    default: true\npolicy:\n  defaultAdmissionRule:\n    evaluationMode: REQUIRE_ATTESTATION\n    enforcementMode: ENFORCED_BLOCK_AND_AUDIT_LOG\n    requireAttestationsBy:\n    - projects/acme/attestors/nobody\n",
+        r = env.reg.host(),
+        u = env.reg.url(),
+    );
+    let out = env.check(&config, false);
+    let at = format!(
+        "line {}: policy.defaultAdmissionRule.requireAttestationsBy",
+        line_with(&config, "requireAttestationsBy")
+    );
+    trust::assert_failed_saying(&out, &[&at, "nobody"], "an undefined attestor");
+}

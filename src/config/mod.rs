@@ -73,6 +73,14 @@ pub enum ConfigError {
         line: Option<usize>,
         message: String,
     },
+    /// An error in the file `policyFile` names, at its own line.
+    #[error("{}{}: {field}: {message}", path.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    InPolicyFile {
+        path: PathBuf,
+        field: String,
+        line: Option<usize>,
+        message: String,
+    },
 }
 
 /// The whole configuration file.
@@ -244,6 +252,12 @@ impl Config {
         message: impl Into<String>,
     ) -> ConfigError {
         self.source.invalid(field, key, value, message)
+    }
+
+    /// The line of this configuration's text holding `field` (a path as
+    /// [`line_of_field`] reads it).
+    pub fn line_of(&self, field: &str) -> Option<usize> {
+        line_of_field(&self.source.text, field)
     }
 
     /// [`Source::invalid_named`], for this configuration's text.
@@ -515,6 +529,98 @@ impl Config {
     }
 }
 
+/// The line (1-based) of the YAML node a field path names, e.g.
+/// `attestors[1].publicKeys[0].pkixPublicKey.signatureAlgorithm` or
+/// `policy.repositoryAdmissionRules["docker.io/**"].evaluationMode`:
+/// block-style YAML walked by indentation, mapping keys (plain or quoted)
+/// and list items by position. Where the path leaves block style (a flow
+/// mapping `{…}`), the deepest line found; `None` when not even the first
+/// step is found.
+pub fn line_of_field(text: &str, field: &str) -> Option<usize> {
+    enum Step {
+        Key(String),
+        Index(usize),
+    }
+    let mut steps = Vec::new();
+    let mut rest = field;
+    while !rest.is_empty() {
+        if let Some(inner) = rest.strip_prefix("[\"") {
+            let end = inner.find("\"]")?;
+            steps.push(Step::Key(inner[..end].to_owned()));
+            rest = &inner[end + 2..];
+        } else if let Some(inner) = rest.strip_prefix('[') {
+            let end = inner.find(']')?;
+            steps.push(Step::Index(inner[..end].parse().ok()?));
+            rest = &inner[end + 1..];
+        } else {
+            rest = rest.strip_prefix('.').unwrap_or(rest);
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            steps.push(Step::Key(rest[..end].to_owned()));
+            rest = &rest[end..];
+        }
+    }
+    // (line number, indentation, content) of every meaningful line.
+    let mut block: Vec<(usize, usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let content = line.trim_start();
+            (!content.is_empty() && !content.starts_with('#'))
+                .then(|| (i + 1, line.len() - content.len(), content))
+        })
+        .collect();
+    let mut found = None;
+    for step in steps {
+        let Some(indent) = block.iter().map(|&(_, i, _)| i).min() else {
+            break;
+        };
+        let at = match &step {
+            Step::Key(key) => block.iter().position(|&(_, i, c)| {
+                i == indent
+                    && [key.clone(), format!("\"{key}\""), format!("'{key}'")]
+                        .iter()
+                        .any(|k| {
+                            c.strip_prefix(k.as_str())
+                                .is_some_and(|r| r.starts_with(':'))
+                        })
+            }),
+            Step::Index(n) => block
+                .iter()
+                .enumerate()
+                .filter(|(_, &(_, i, c))| i == indent && (c == "-" || c.starts_with("- ")))
+                .nth(*n)
+                .map(|(at, _)| at),
+        };
+        let Some(at) = at else { break };
+        let (line, own, content) = block[at];
+        found = Some(line);
+        let mut child = Vec::new();
+        if let Step::Index(_) = step {
+            // The item's first line holds its first key, after the dash.
+            let first = content.trim_start_matches('-').trim_start();
+            if !first.is_empty() {
+                child.push((line, own + (content.len() - first.len()), first));
+            }
+        }
+        // A key's value is what is indented deeper, or a list written at
+        // the key's own indentation (`key:` then `- item` lines).
+        let indentless = matches!(step, Step::Key(_))
+            && block
+                .get(at + 1)
+                .is_some_and(|&(_, i, c)| i == own && (c == "-" || c.starts_with("- ")));
+        child.extend(
+            block[at + 1..]
+                .iter()
+                .take_while(|&&(_, i, c)| {
+                    i > own || (indentless && i == own && (c == "-" || c.starts_with("- ")))
+                })
+                .copied(),
+        );
+        block = child;
+    }
+    found
+}
+
 /// Best-effort line number of `key: value` in the config text, so semantic
 /// errors point where the user should look.
 fn line_of(text: &str, key: &str, value: &str) -> Option<usize> {
@@ -533,6 +639,66 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(text, Path::new("/"))
+    }
+
+    #[test]
+    fn a_field_path_finds_its_line() {
+        let text = "\
+policy:
+  defaultAdmissionRule:
+    evaluationMode: REQUIRE_ATTESTATION
+  repositoryAdmissionRules:
+    # a comment
+    \"docker.io/**\":
+      evaluationMode: ALWAYS_DENY
+attestors:
+  - name: first
+    publicKeys:
+      - id: a
+        pkixPublicKey: {publicKeyPem: x, signatureAlgorithm: BAD}
+  - name: second
+    publicKeys:
+      - id: b
+      - id: c
+        pkixPublicKey:
+          signatureAlgorithm: BAD
+";
+        let line = |f: &str| line_of_field(text, f);
+        assert_eq!(line("policy.defaultAdmissionRule.evaluationMode"), Some(3));
+        assert_eq!(
+            line("policy.repositoryAdmissionRules[\"docker.io/**\"].evaluationMode"),
+            Some(7)
+        );
+        assert_eq!(line("attestors[1].name"), Some(13));
+        assert_eq!(
+            line("attestors[1].publicKeys[1].pkixPublicKey.signatureAlgorithm"),
+            Some(18)
+        );
+        // Into a flow mapping: the deepest line found.
+        assert_eq!(
+            line("attestors[0].publicKeys[0].pkixPublicKey.signatureAlgorithm"),
+            Some(12)
+        );
+        assert_eq!(line("attestors[2]"), Some(8));
+        // A list at its key's own indentation, as gcloud writes them.
+        let export = "\
+admissionWhitelistPatterns:
+- namePattern: a/*
+- namePattern: b/*
+defaultAdmissionRule:
+  requireAttestationsBy:
+  - one
+";
+        assert_eq!(
+            line_of_field(export, "admissionWhitelistPatterns[1].namePattern"),
+            Some(3)
+        );
+        assert_eq!(line_of_field(export, "defaultAdmissionRule"), Some(4));
+        assert_eq!(
+            line_of_field(export, "defaultAdmissionRule.requireAttestationsBy[0]"),
+            Some(6)
+        );
+        assert_eq!(line("nowhere.at.all"), None);
     }
 
     #[test]
