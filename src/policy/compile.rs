@@ -78,12 +78,15 @@ impl Policy {
             if let Some(note) = &a.user_owned_grafeas_note {
                 if let Some(reference) = &note.note_reference {
                     ignored.push(format!(
-                        "attestors[{i}].userOwnedGrafeasNote.noteReference ({reference}):                          attestations are read from the registry and the attestation store,                          not from Container Analysis"
+                        "attestors[{i}].userOwnedGrafeasNote.noteReference ({reference}): \
+                         attestations are read from the registry and the attestation store, \
+                         not from Container Analysis"
                     ));
                 }
                 if note.delegation_service_account_email.is_some() {
                     ignored.push(format!(
-                        "attestors[{i}].userOwnedGrafeasNote.delegationServiceAccountEmail:                          a Google Cloud service account, with no meaning here"
+                        "attestors[{i}].userOwnedGrafeasNote.delegationServiceAccountEmail: \
+                         a Google Cloud service account, with no meaning here"
                     ));
                 }
             }
