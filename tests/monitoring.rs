@@ -377,32 +377,6 @@ fn prometheus_scrapes_portcullis_and_fires_on_a_denied_pull() {
     assert!(others.is_empty(), "{others:?}");
 }
 
-/// Checks `raw`'s signature with Python's `hmac` module: exit 0 when it
-/// matches the secret in `secret_file`.
-fn python_verifies(secret_file: &Path, raw: &common::webhook::Raw) -> bool {
-    let body = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(body.path(), &raw.body).unwrap();
-    let script = r#"
-import hashlib, hmac, sys, time
-secret = open(sys.argv[1], "rb").read().rstrip(b"\n")
-body = open(sys.argv[2], "rb").read()
-ts, got = sys.argv[3], sys.argv[4]
-want = "sha256=" + hmac.new(secret, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-fresh = abs(time.time() - int(ts)) <= 300
-sys.exit(0 if hmac.compare_digest(want, got) and fresh else 1)
-"#;
-    Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(secret_file)
-        .arg(body.path())
-        .arg(raw.header("x-portcullis-timestamp").unwrap_or("0"))
-        .arg(raw.header("x-portcullis-signature").unwrap_or(""))
-        .status()
-        .expect("run python3")
-        .success()
-}
-
 #[test]
 fn webhook_alerts_are_signed_deduplicated_and_the_secret_never_logged() {
     let dir = tempfile::tempdir().unwrap();
@@ -456,22 +430,22 @@ fn webhook_alerts_are_signed_deduplicated_and_the_secret_never_logged() {
     for r in &raw {
         let signature = r.header("x-portcullis-signature").unwrap();
         assert!(signature.starts_with("sha256=") && signature.len() == 7 + 64);
-        assert!(python_verifies(&secret_file, r), "{r:?}");
+        assert!(common::webhook::python_verifies(&secret_file, r), "{r:?}");
     }
     // ...and that check fails for a changed body, timestamp or secret.
     let mut tampered = raw[0].clone();
     tampered.body[10] ^= 1;
-    assert!(!python_verifies(&secret_file, &tampered));
+    assert!(!common::webhook::python_verifies(&secret_file, &tampered));
     let mut retimed = raw[0].clone();
     for (name, value) in &mut retimed.headers {
         if name == "x-portcullis-timestamp" {
             *value = (value.parse::<u64>().unwrap() - 1).to_string();
         }
     }
-    assert!(!python_verifies(&secret_file, &retimed));
+    assert!(!common::webhook::python_verifies(&secret_file, &retimed));
     let other_secret = dir.path().join("other.secret");
     std::fs::write(&other_secret, "another-secret-of-enough-length\n").unwrap();
-    assert!(!python_verifies(&other_secret, &raw[0]));
+    assert!(!common::webhook::python_verifies(&other_secret, &raw[0]));
 
     // The secret is nowhere in the logs (which did log at debug level).
     let logs = proxy.logs();

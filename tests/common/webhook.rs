@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -191,4 +192,30 @@ fn serve(state: &State, stream: TcpStream) {
     }
     let mut stream = stream;
     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+/// Checks `raw`'s signature with Python's `hmac` module: exit 0 when it
+/// matches the secret in `secret_file`.
+pub fn python_verifies(secret_file: &Path, raw: &Raw) -> bool {
+    let body = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body.path(), &raw.body).unwrap();
+    let script = r#"
+import hashlib, hmac, sys, time
+secret = open(sys.argv[1], "rb").read().rstrip(b"\n")
+body = open(sys.argv[2], "rb").read()
+ts, got = sys.argv[3], sys.argv[4]
+want = "sha256=" + hmac.new(secret, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+fresh = abs(time.time() - int(ts)) <= 300
+sys.exit(0 if hmac.compare_digest(want, got) and fresh else 1)
+"#;
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(secret_file)
+        .arg(body.path())
+        .arg(raw.header("x-portcullis-timestamp").unwrap_or("0"))
+        .arg(raw.header("x-portcullis-signature").unwrap_or(""))
+        .status()
+        .expect("run python3")
+        .success()
 }
