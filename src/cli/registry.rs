@@ -3,7 +3,7 @@
 //! command-line options describe, resolving the image, where its
 //! artifacts live (next to it, or in `COSIGN_REPOSITORY`), and appending
 //! a layer to its `sha256-<hex>.sig` / `.att` manifest (blob uploads and
-//! the manifest push). The signing key is [`super::signing_key`]'s.
+//! the manifest push). The signing key is the `signing_key` module's.
 
 use std::collections::BTreeMap;
 
