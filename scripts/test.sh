@@ -85,6 +85,9 @@ APT_PACKAGES=(
     ca-certificates curl jq openssl
     docker-registry skopeo podman containerd
     python3-securesystemslib python3-cryptography python3-h2
+    # tests/cosign_compat.rs writes cosign-format encrypted keys with an
+    # independent implementation: PyNaCl's scrypt and secretbox (libsodium).
+    python3-nacl
     uidmap iptables slirp4netns
     chromium
     nginx wrk

@@ -12,10 +12,15 @@
 //! `ECDSA_P521_SHA512` and PGP keys are rejected when the policy loads:
 //! a key that cannot be used is never accepted.
 //!
+//! [`private_key`] reads the private keys `sign` and `attest` sign with:
+//! PKCS#8 PEM, and cosign's encrypted keys (scrypt + NaCl secretbox).
+//!
 //! May use: nothing of the crate but `oci`. Must never use: config, policy
 //! or anything that does I/O.
 
 use std::fmt;
+
+pub mod private_key;
 
 use base64::Engine as _;
 use p256::pkcs8::DecodePublicKey as _;
@@ -193,6 +198,44 @@ impl PublicKey {
         self.algorithm
     }
 
+    /// Parses a PEM `PUBLIC KEY` the way `cosign verify --key` uses it:
+    /// the algorithm follows from the key (ECDSA P-256 with SHA-256, P-384
+    /// with SHA-384, RSA PKCS#1 v1.5 with SHA-256), since a cosign key
+    /// file names none.
+    pub fn from_cosign_pem(pem: &str) -> Result<PublicKey, String> {
+        let (label, der) = pem_decode(pem)?;
+        if label != "PUBLIC KEY" {
+            return Err(format!(
+                "expected a PEM \"PUBLIC KEY\" (as cosign.pub holds), found {label:?}"
+            ));
+        }
+        let info = spki::SubjectPublicKeyInfoRef::from_der(&der)
+            .map_err(|e| format!("not a SubjectPublicKeyInfo: {e}"))?;
+        let oid = info.algorithm.oid.to_string();
+        let curve = info.algorithm.parameters_oid().ok().map(|o| o.to_string());
+        let algorithm = match (oid.as_str(), curve.as_deref()) {
+            (OID_EC_PUBLIC_KEY, Some(OID_P256)) => Algorithm::EcdsaP256Sha256,
+            (OID_EC_PUBLIC_KEY, Some(OID_P384)) => Algorithm::EcdsaP384Sha384,
+            (OID_RSA, _) => {
+                let bits = rsa_modulus_bits(info.subject_public_key.raw_bytes())
+                    .ok_or_else(|| "invalid RSA public key".to_string())?;
+                if ![2048, 3072, 4096].contains(&bits) {
+                    return Err(format!(
+                        "RSA key of {bits} bits; supported: 2048, 3072, 4096"
+                    ));
+                }
+                Algorithm::RsaPkcs1Sha256 { bits }
+            }
+            (oid, curve) => {
+                return Err(format!(
+                    "{} is not supported (ECDSA P-256 or P-384, or RSA)",
+                    describe(oid, curve)
+                ))
+            }
+        };
+        PublicKey::from_spki_der(&der, algorithm)
+    }
+
     /// Verifies `signature` over exactly `message`. ECDSA signatures are
     /// ASN.1 DER (what cosign, KMS and openssl produce); fixed-width r||s
     /// is accepted too.
@@ -348,6 +391,36 @@ mod tests {
         let e = PublicKey::from_pem(&pem, Algorithm::RsaPkcs1Sha256 { bits: 2048 }).unwrap_err();
         assert!(e.contains("P-256"), "{e}");
         assert!(PublicKey::from_pem("nonsense", Algorithm::EcdsaP256Sha256).is_err());
+    }
+
+    #[test]
+    fn cosign_public_keys_name_their_algorithm() {
+        let (sk, pem) = p256_pair();
+        let key = PublicKey::from_cosign_pem(&pem).unwrap();
+        assert_eq!(key.algorithm(), Algorithm::EcdsaP256Sha256);
+        let sig: p256::ecdsa::Signature = sk.sign(b"payload");
+        assert!(key.verify(b"payload", sig.to_der().as_bytes()));
+        let e = PublicKey::from_cosign_pem(&pem.replace("PUBLIC KEY", "PRIVATE KEY")).unwrap_err();
+        assert!(e.contains("cosign.pub"), "{e}");
+        assert!(PublicKey::from_cosign_pem("nonsense").is_err());
+        // An Ed25519 key (SPKI from ring's PKCS#8 public half).
+        let rng = ring::rand::SystemRandom::new();
+        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        use ring::signature::KeyPair as _;
+        let mut spki = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&spki)
+        );
+        let e = PublicKey::from_cosign_pem(&pem).unwrap_err();
+        assert!(
+            e.contains("1.3.101.112") && e.contains("not supported"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -36,7 +36,8 @@
 //!   [`oci::json`] (JSON read the one way Portcullis and Go runtimes agree
 //!   on), [`oci::manifest`] (what a manifest is, decided once; the manifest
 //!   size limit) and [`oci::error`] (OCI error codes and the envelope).
-//! - [`crypto`]: keys and signature verification (pure).
+//! - [`crypto`]: keys and signature verification, and the private keys
+//!   the CLI signs with (PKCS#8, cosign's encrypted keys) (pure).
 //! - [`sigstore`]: Sigstore verification proper (pure): trusted roots,
 //!   Fulcio certificates and their identities, SCTs, Rekor entries,
 //!   inclusion proofs and checkpoints, RFC 3161 timestamps; one bundle

@@ -55,10 +55,13 @@ pub enum Command {
     Sign {
         /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
         reference: String,
+        /// The private key: PKCS#8 PEM (as `portcullis keygen` writes it)
+        /// or cosign's encrypted cosign.key, opened with COSIGN_PASSWORD.
+        /// The signature goes to COSIGN_REPOSITORY when that is set.
         #[arg(long)]
         key: PathBuf,
         /// Talk plain HTTP to the registry.
-        #[arg(long)]
+        #[arg(long, visible_alias = "allow-insecure-registry")]
         insecure: bool,
         /// Extra signed annotation k=v (repeatable); goes into `optional`.
         #[arg(long = "annotation", short = 'a', value_parser = parse_annotation)]
@@ -80,7 +83,9 @@ pub enum Command {
     Attest {
         /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
         reference: String,
-        /// The private key (PKCS#8 PEM, as `portcullis keygen` writes it).
+        /// The private key: PKCS#8 PEM (as `portcullis keygen` writes it)
+        /// or cosign's encrypted cosign.key, opened with COSIGN_PASSWORD.
+        /// The attestation goes to COSIGN_REPOSITORY when that is set.
         #[arg(long)]
         key: PathBuf,
         /// The predicate: a file holding one JSON object, e.g. SLSA provenance.
@@ -110,12 +115,22 @@ pub enum Command {
         command: CacheCommand,
     },
     /// Evaluate the policy for an image against the live upstream and
-    /// explain the decision. Exit 0 allow, 1 deny, 2 error.
+    /// explain the decision; or, with --key, check its cosign signatures
+    /// with one public key, no configuration needed (as `cosign verify
+    /// --key --insecure-ignore-tlog`; COSIGN_REPOSITORY is honoured).
+    /// Exit 0 allow/verified, 1 deny/not verified, 2 error.
     Verify {
         /// Fully qualified image, e.g. 127.0.0.1:5001/demo/app:v1.
         reference: String,
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "key")]
         config: Option<PathBuf>,
+        /// A public key (PEM, e.g. cosign.pub): verify the image's
+        /// signatures with it instead of evaluating a policy.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// How to reach the registry (with --key only).
+        #[command(flatten)]
+        registry: RegistryOptions,
     },
     /// Verify a Sigstore bundle offline, as the Sigstore conformance
     /// suite's client protocol runs it: keyless (an identity and its OIDC

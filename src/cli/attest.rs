@@ -1,6 +1,7 @@
 //! `portcullis attest`: a signed in-toto statement (a DSSE envelope)
-//! appended to an image's `sha256-<hex>.att` manifest at its registry, and
-//! the predicate types `--type` accepts.
+//! appended to an image's `sha256-<hex>.att` manifest at its registry (or
+//! in `COSIGN_REPOSITORY` when that is set), and the predicate types
+//! `--type` accepts.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,9 +10,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::registry::{
-    append_layer, read_signing_key, resolve, sign_base64, ArtifactLayer, RegistryOptions,
-};
+use super::image::RepositoryRef;
+use super::registry::{append_layer, resolve, sign_base64, ArtifactLayer, RegistryOptions};
+use super::signing_key::read_signing_key;
 use super::{Exit, Outcome};
 use crate::oci::{Algorithm, Digest};
 use crate::verify::formats::dsse::{pae, IN_TOTO_PAYLOAD_TYPE};
@@ -25,8 +26,17 @@ pub fn run(
     predicate_type: &str,
     registry: &RegistryOptions,
 ) -> Outcome {
-    let digest = super::block_on(attest(reference, key, predicate, predicate_type, registry))?;
+    let cosign_repository = RepositoryRef::from_env().map_err(super::CliError::error)?;
+    let (digest, location) = super::block_on(attest(
+        reference,
+        key,
+        predicate,
+        predicate_type,
+        registry,
+        cosign_repository.as_ref(),
+    ))?;
     println!("attested {reference} ({digest})");
+    println!("attestation: {location}");
     Ok(Exit::Ok)
 }
 
@@ -131,18 +141,20 @@ struct EnvelopeSignature {
 /// `predicate_path` (a DSSE envelope over PAE), and appends it to the
 /// image's `sha256-<hex>.att` manifest, as `cosign attest --key` does.
 /// `predicate_type` is a URI or a cosign shorthand
-/// ([`predicate_type_uri`]). Returns the attested digest.
+/// ([`predicate_type_uri`]). The envelope goes to `cosign_repository`
+/// when given. Returns the attested digest and where the attestation is.
 pub async fn attest(
     reference: &str,
     key_path: &Path,
     predicate_path: &Path,
     predicate_type: &str,
     options: &RegistryOptions,
-) -> Result<Digest, String> {
+    cosign_repository: Option<&RepositoryRef>,
+) -> Result<(Digest, String), String> {
     let predicate_type = predicate_type_uri(predicate_type)?;
     let key = read_signing_key(key_path)?;
     let predicate = read_predicate(predicate_path)?;
-    let target = resolve(reference, options).await?;
+    let target = resolve(reference, options, cosign_repository).await?;
     if target.digest.algorithm() != Algorithm::Sha256 {
         return Err(format!(
             "{reference}: an attestation names its image by sha256 digest; \
@@ -185,8 +197,8 @@ pub async fn attest(
             ("predicateType".to_owned(), predicate_type),
         ]),
     };
-    append_layer(&target, "att", layer).await?;
-    Ok(target.digest)
+    let location = append_layer(&target, "att", layer).await?;
+    Ok((target.digest, location))
 }
 
 #[cfg(test)]

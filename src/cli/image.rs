@@ -67,6 +67,75 @@ impl ImageRef {
     }
 }
 
+/// Where cosign artifacts live when they do not live next to the image:
+/// `COSIGN_REPOSITORY`, read as cosign reads it (go-containerregistry's
+/// `name.NewRepository`): `registry/path`, or a path alone on Docker Hub
+/// (`library/` added to a single component). No tag, no digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryRef {
+    pub registry: String,
+    pub repository: String,
+}
+
+/// The variable cosign reads the signature repository from.
+pub const COSIGN_REPOSITORY_ENV: &str = "COSIGN_REPOSITORY";
+
+impl RepositoryRef {
+    /// Parses a `COSIGN_REPOSITORY` value.
+    pub fn parse(text: &str) -> Result<RepositoryRef, String> {
+        let bad = |why: &str| format!("{COSIGN_REPOSITORY_ENV}={text:?}: {why}");
+        if text.contains('@') {
+            return Err(bad("a repository, not a digest reference"));
+        }
+        let (registry, path) = match text.split_once('/') {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first, rest)
+            }
+            _ => ("docker.io", text),
+        };
+        if path.contains(':') {
+            return Err(bad("a repository, not a tagged reference"));
+        }
+        validate_name(path).map_err(|e| bad(&e.to_string()))?;
+        let docker_hub =
+            registry == "docker.io" || crate::oci::DOCKER_HUB_ALIASES.contains(&registry);
+        let (registry, repository) = if docker_hub {
+            let path = if path.contains('/') {
+                path.to_owned()
+            } else {
+                format!("library/{path}")
+            };
+            ("docker.io".to_owned(), path)
+        } else {
+            (registry.to_owned(), path.to_owned())
+        };
+        Ok(RepositoryRef {
+            registry,
+            repository,
+        })
+    }
+
+    /// `COSIGN_REPOSITORY` from the environment: `None` when unset or
+    /// empty (as cosign treats it).
+    pub fn from_env() -> Result<Option<RepositoryRef>, String> {
+        match std::env::var(COSIGN_REPOSITORY_ENV) {
+            Ok(value) if value.is_empty() => Ok(None),
+            Ok(value) => RepositoryRef::parse(&value).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(format!("{COSIGN_REPOSITORY_ENV} is not valid UTF-8"))
+            }
+        }
+    }
+
+    /// `<registry>/<repository>`.
+    pub fn canonical(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+}
+
 /// An image resolved at its upstream, for the one-shot commands that
 /// evaluate evidence (`verify`, `attestations list`).
 pub struct Resolved {
@@ -135,5 +204,32 @@ mod tests {
         );
         assert!(ImageRef::parse("nginx:latest").is_err());
         assert!(ImageRef::parse("r.io/UP/x").is_err());
+    }
+
+    #[test]
+    fn cosign_repositories() {
+        let r = |t: &str| RepositoryRef::parse(t).map(|r| r.canonical());
+        assert_eq!(
+            r("127.0.0.1:5001/sigs/app").unwrap(),
+            "127.0.0.1:5001/sigs/app"
+        );
+        assert_eq!(r("localhost/sigs").unwrap(), "localhost/sigs");
+        assert_eq!(r("ghcr.io/o/sigs").unwrap(), "ghcr.io/o/sigs");
+        // A path alone is on Docker Hub, as go-containerregistry reads it.
+        assert_eq!(r("myorg/sigs").unwrap(), "docker.io/myorg/sigs");
+        assert_eq!(r("sigs").unwrap(), "docker.io/library/sigs");
+        assert_eq!(r("index.docker.io/o/s").unwrap(), "docker.io/o/s");
+        for bad in [
+            "",
+            "r.io/sigs:v1",
+            "r.io/sigs@sha256:00",
+            "r.io/UPPER",
+            "r.io/",
+            "r.io//x",
+            "r.io/a b",
+        ] {
+            let e = r(bad).unwrap_err();
+            assert!(e.starts_with("COSIGN_REPOSITORY="), "{bad:?}: {e}");
+        }
     }
 }

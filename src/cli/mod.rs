@@ -9,8 +9,8 @@
 //!
 //! | code | meaning |
 //! |------|---------|
-//! | 0 | done: `verify` would serve the image, `check` found the configuration valid, `policy replay` printed its report (changes or not) |
-//! | 1 | the answer is no: `verify`'s policy denies the image, `check` finds the configuration or policy invalid, `attestations import` finds an invalid occurrence (nothing is imported) |
+//! | 0 | done: `verify` would serve the image (with `--key`: a signature verifies), `check` found the configuration valid, `policy replay` printed its report (changes or not) |
+//! | 1 | the answer is no: `verify`'s policy denies the image (with `--key`: no signature verifies), `check` finds the configuration or policy invalid, `attestations import` finds an invalid occurrence (nothing is imported) |
 //! | 2 | the command could not do its job: a usage error (clap's too), an unreadable file, a configuration another command cannot use, a registry or network failure, `serve` failing to start or stopping on an error |
 
 use std::fmt;
@@ -33,6 +33,7 @@ pub mod registry;
 pub mod replay;
 pub mod serve;
 pub mod sign;
+mod signing_key;
 pub mod verify;
 pub mod verify_bundle;
 
@@ -189,7 +190,20 @@ fn dispatch(command: Command) -> Outcome {
                     json,
                 },
         } => attestations::run_list(&reference, config.as_deref(), json),
-        Command::Verify { reference, config } => verify::run(&reference, config.as_deref()),
+        Command::Verify {
+            reference,
+            config,
+            key,
+            registry,
+        } => match key {
+            Some(key) => verify::run_key(&reference, &key, &registry),
+            None if registry_options_given(&registry) => Err(CliError::error(
+                "--insecure, --username, --password-file, --ca-file and --token-realm \
+                 go with --key; with a configuration, its upstreams say how to reach \
+                 the registry",
+            )),
+            None => verify::run(&reference, config.as_deref()),
+        },
         Command::VerifyBundle {
             bundle,
             certificate_identity,
@@ -218,6 +232,15 @@ fn dispatch(command: Command) -> Outcome {
             } => cache::run_warm(&references, &platforms, &registry),
         },
     }
+}
+
+/// Whether any registry option was given on the command line.
+fn registry_options_given(options: &registry::RegistryOptions) -> bool {
+    options.insecure
+        || options.username.is_some()
+        || options.password_file.is_some()
+        || options.ca_file.is_some()
+        || !options.token_realms.is_empty()
 }
 
 /// A multi-threaded runtime for the commands that talk to registries.

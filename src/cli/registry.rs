@@ -1,20 +1,19 @@
-//! Writing cosign artifacts next to an image at its registry, shared by
-//! `sign` and `attest`: the registry client the command-line options
-//! describe, resolving the image, the signing key, and appending a layer
-//! to the image's `sha256-<hex>.sig` / `.att` manifest (blob uploads and
-//! the manifest push).
+//! Writing cosign artifacts for an image, shared by `sign` and `attest`
+//! (and `verify --key` resolves with it): the registry client the
+//! command-line options describe, resolving the image, where its
+//! artifacts live (next to it, or in `COSIGN_REPOSITORY`), and appending
+//! a layer to its `sha256-<hex>.sig` / `.att` manifest (blob uploads and
+//! the manifest push). The signing key is the `signing_key` module's.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use p256::ecdsa::signature::Signer as _;
-use p256::pkcs8::DecodePrivateKey as _;
 use serde::{Deserialize, Serialize};
 
-use super::image::{ImageRef, ACCEPT_ALL};
+use super::image::{ImageRef, RepositoryRef, ACCEPT_ALL};
 use crate::config::{AuthConfig, Timeouts, UpstreamConfig};
 use crate::oci::manifest::MAX_MANIFEST_BYTES;
 use crate::oci::{Digest, Reference};
@@ -25,7 +24,7 @@ use crate::upstream::{Access, Upstream};
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RegistryOptions {
     /// Talk plain HTTP to the registry.
-    #[arg(long)]
+    #[arg(long, visible_alias = "allow-insecure-registry")]
     pub insecure: bool,
     /// User name for the registry (with --password-file).
     #[arg(long)]
@@ -93,18 +92,45 @@ struct SigManifest {
     layers: Vec<Descriptor>,
 }
 
-/// An image resolved at its registry: what `sign` and `attest` write next
-/// to.
+/// An image resolved at its registry: what `sign` and `attest` write
+/// artifacts for, and where they go.
 pub(super) struct Target {
     pub(super) image: ImageRef,
-    registry: Upstream,
     /// The digest of the manifest the registry returned for the reference.
     pub(super) digest: Digest,
+    /// Where its `.sig` / `.att` artifacts live.
+    pub(super) artifacts: ArtifactRepository,
+}
+
+/// A repository holding cosign artifacts, and the client that reaches it.
+pub(super) struct ArtifactRepository {
+    pub(super) registry: Upstream,
+    pub(super) name: RepositoryRef,
+}
+
+impl ArtifactRepository {
+    /// Where the `sha256-<hex>.<suffix>` artifact of `digest` is:
+    /// `<registry>/<repository>:<tag>`.
+    pub(super) fn location(&self, digest: &Digest, suffix: &str) -> String {
+        format!("{}:{}", self.name.canonical(), artifact_tag(digest, suffix))
+    }
+}
+
+/// cosign's tag for an artifact of `digest`: `sha256-<hex>.<suffix>`.
+fn artifact_tag(digest: &Digest, suffix: &str) -> String {
+    format!("{}.{suffix}", digest.tag_form())
 }
 
 /// Resolves `reference` at its registry (a tag to the digest of the
 /// manifest it points at; a digest is checked against the bytes returned).
-pub(super) async fn resolve(reference: &str, options: &RegistryOptions) -> Result<Target, String> {
+/// Its artifacts live in `cosign_repository` when given (another
+/// repository, maybe on another registry: its own client), else next to
+/// it. Credentials (`--username`) go to the image's registry only.
+pub(super) async fn resolve(
+    reference: &str,
+    options: &RegistryOptions,
+    cosign_repository: Option<&RepositoryRef>,
+) -> Result<Target, String> {
     let image = ImageRef::parse(reference)?;
     let registry = registry_client(&image.registry, options)?;
     let (bytes, _) = get_manifest(
@@ -124,19 +150,35 @@ pub(super) async fn resolve(reference: &str, options: &RegistryOptions) -> Resul
         Reference::Digest(d) => d.clone(),
         Reference::Tag(_) => Digest::sha256_of(&bytes),
     };
+    let artifacts = match cosign_repository {
+        None => ArtifactRepository {
+            registry,
+            name: RepositoryRef {
+                registry: image.registry.clone(),
+                repository: image.repository.clone(),
+            },
+        },
+        Some(other) if other.registry == image.registry => ArtifactRepository {
+            registry,
+            name: other.clone(),
+        },
+        Some(other) => {
+            let elsewhere = RegistryOptions {
+                username: None,
+                password_file: None,
+                ..options.clone()
+            };
+            ArtifactRepository {
+                registry: registry_client(&other.registry, &elsewhere)?,
+                name: other.clone(),
+            }
+        }
+    };
     Ok(Target {
         image,
-        registry,
         digest,
+        artifacts,
     })
-}
-
-/// Reads a P-256 private key (PKCS#8 PEM, as `keygen` writes it).
-pub(super) fn read_signing_key(path: &Path) -> Result<p256::ecdsa::SigningKey, String> {
-    let pem = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
-        .map_err(|e| format!("{} is not a P-256 PKCS#8 private key: {e}", path.display()))
 }
 
 /// A P-256 signature over `message` (SHA-256, RFC 6979, so signing the same
@@ -159,17 +201,19 @@ const ARTIFACT_ACCEPT: &str =
     "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Appends `layer` to the `sha256-<hex>.<suffix>` manifest of `target`
-/// (`sig` for signatures, `att` for attestations), as cosign does: existing
-/// layers are kept, a layer already there (same content and annotations) is
-/// not added twice, and the config lists one `diff_id` per layer.
+/// (`sig` for signatures, `att` for attestations) in its artifact
+/// repository, as cosign does: existing layers are kept, a layer already
+/// there (same content and annotations) is not added twice, and the config
+/// lists one `diff_id` per layer. Returns where the artifact is.
 pub(super) async fn append_layer(
     target: &Target,
     suffix: &str,
     layer: ArtifactLayer,
-) -> Result<(), String> {
-    let registry = &target.registry;
-    let repo = target.image.repository.as_str();
-    let tag = format!("{}.{suffix}", target.digest.tag_form());
+) -> Result<String, String> {
+    let registry = &target.artifacts.registry;
+    let repo = target.artifacts.name.repository.as_str();
+    let tag = artifact_tag(&target.digest, suffix);
+    let location = target.artifacts.location(&target.digest, suffix);
     let existing = get_manifest(registry, repo, &tag, ARTIFACT_ACCEPT).await?;
     let mut layers = match existing {
         Some((bytes, _)) => {
@@ -191,7 +235,7 @@ pub(super) async fn append_layer(
             && l.digest == descriptor.digest
             && l.annotations == descriptor.annotations
     }) {
-        return Ok(());
+        return Ok(location);
     }
     layers.push(descriptor);
     let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
@@ -233,11 +277,11 @@ pub(super) async fn append_layer(
         .map_err(|e| e.to_string())?;
     if response.status() != StatusCode::CREATED {
         return Err(format!(
-            "pushing {repo}:{tag}: registry answered {}",
+            "pushing {location}: registry answered {}",
             response.status()
         ));
     }
-    Ok(())
+    Ok(location)
 }
 
 async fn get_manifest(
