@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod clients;
 pub mod content;
+pub mod cosign;
 pub mod fake;
 pub mod fixture_dir;
 pub mod fixtures;
