@@ -21,6 +21,8 @@
 //! Every test also checks that no secret (passwords, identity tokens,
 //! issued tokens) appears in the proxy's log, written at debug level.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::collections::{HashMap, HashSet};
