@@ -62,7 +62,10 @@
 //!   size with least-recently-used eviction. What may be stored and served
 //!   is decided above it.
 //! - [`upstream`]: the registry client: pooled connections, timeouts,
-//!   redirects, Basic and bearer-token auth, the one bounded read, the one
+//!   redirects, Basic and bearer-token auth, the credentials they use
+//!   ([`upstream::credentials`]: `passwordFile` re-read when it changes, a
+//!   docker `config.json` and its `docker-credential-*` helpers resolved
+//!   when a token is fetched, afresh after a 401), the one bounded read, the one
 //!   referrers lookup (API or tag schema) and the one HTTPS client builder
 //!   ([`upstream::client`], alert webhooks use it too).
 //! - [`breakglass`]: break-glass credentials, read once, and the proof of

@@ -17,6 +17,7 @@ use super::image::{ImageRef, RepositoryRef, ACCEPT_ALL};
 use crate::config::{AuthConfig, Timeouts, UpstreamConfig};
 use crate::oci::manifest::MAX_MANIFEST_BYTES;
 use crate::oci::{Digest, Reference};
+use crate::upstream::credentials::docker_config;
 use crate::upstream::{Access, Upstream};
 
 /// Options for reaching a registry from the command line (`--insecure`,
@@ -42,6 +43,13 @@ pub struct RegistryOptions {
     pub token_realms: Vec<String>,
 }
 
+/// A client for `registry`. Credentials: `--username` with
+/// `--password-file`; without them, the first docker config that has an
+/// entry for the registry, looked up as podman and docker do
+/// ([`docker_config::cli_search_paths`]: `$REGISTRY_AUTH_FILE`,
+/// `$XDG_RUNTIME_DIR/containers/auth.json`, `$DOCKER_CONFIG/config.json`,
+/// `~/.docker/config.json`), resolved as the proxy resolves
+/// `auth.dockerConfig`; with none, anonymous.
 pub(super) fn registry_client(
     registry: &str,
     options: &RegistryOptions,
@@ -49,11 +57,20 @@ pub(super) fn registry_client(
     let scheme = if options.insecure { "http" } else { "https" };
     let auth = match (&options.username, &options.password_file) {
         (Some(username), Some(password_file)) => Some(AuthConfig {
-            username: username.clone(),
-            password_file: password_file.clone(),
+            username: Some(username.clone()),
+            password_file: Some(password_file.clone()),
+            docker_config: None,
             token_realms: options.token_realms.clone(),
         }),
-        (None, None) => None,
+        (None, None) => {
+            let paths = docker_config::cli_search_paths(&|name| std::env::var(name).ok());
+            docker_config::first_with_entry(&paths, registry)?.map(|path| AuthConfig {
+                username: None,
+                password_file: None,
+                docker_config: Some(path),
+                token_realms: options.token_realms.clone(),
+            })
+        }
         _ => return Err("--username and --password-file go together".into()),
     };
     let config = UpstreamConfig {

@@ -333,7 +333,12 @@ impl Config {
         }
         for upstream in &mut self.upstreams {
             if let Some(auth) = &mut upstream.auth {
-                fix(&mut auth.password_file);
+                if let Some(path) = &mut auth.password_file {
+                    fix(path);
+                }
+                if let Some(path) = &mut auth.docker_config {
+                    fix(path);
+                }
             }
             if let Some(ca) = &mut upstream.ca_file {
                 fix(ca);
@@ -420,7 +425,7 @@ impl Config {
                     .unwrap_or_default(),
                 if default == Some(i) { ", default" } else { "" },
                 match &u.auth {
-                    Some(a) => format!(", auth as {}", a.username),
+                    Some(a) => format!(", {}", a.describe()),
                     None => ", anonymous".to_owned(),
                 },
             ));

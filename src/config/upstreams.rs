@@ -44,13 +44,25 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Upstream credentials. The password lives in a file so it never sits in
-/// the config itself.
+/// Upstream credentials: `username` with `passwordFile`, or
+/// `dockerConfig`, exactly one of the two. Secrets live in files so they
+/// never sit in the config itself; both files are read again while the
+/// proxy runs (see `upstream::credentials`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthConfig {
-    pub username: String,
-    pub password_file: PathBuf,
+    /// User name for Basic auth and token endpoints (with `passwordFile`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password or registry token (with `username`);
+    /// re-read when it changes.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A docker `config.json`: its `auths` entry, `credHelpers` entry or
+    /// `credsStore` for this registry, resolved whenever a token is
+    /// fetched.
+    #[serde(default)]
+    pub docker_config: Option<PathBuf>,
     /// Token endpoints on other hosts that may receive these credentials
     /// (e.g. `https://auth.docker.io/token` for Docker Hub). Credentials
     /// go to a bearer realm only on the upstream's own origin (scheme,
@@ -58,6 +70,17 @@ pub struct AuthConfig {
     /// an anonymous token. An `https` upstream cannot list `http` realms.
     #[serde(default)]
     pub token_realms: Vec<String>,
+}
+
+impl AuthConfig {
+    /// Where the credentials come from, for `check`'s summary.
+    pub fn describe(&self) -> String {
+        match (&self.username, &self.docker_config) {
+            (_, Some(path)) => format!("credentials from docker config {}", path.display()),
+            (Some(username), None) => format!("auth as {username}"),
+            (None, None) => "no credentials".to_owned(),
+        }
+    }
 }
 
 impl UpstreamConfig {
@@ -176,14 +199,7 @@ fn check_files(
                 ));
             }
         }
-        if let Err(e) = std::fs::metadata(&auth.password_file) {
-            return Err(at.invalid(
-                field("auth.passwordFile"),
-                "passwordFile",
-                "",
-                format!("cannot read {}: {e}", auth.password_file.display()),
-            ));
-        }
+        check_auth_source(auth, field, at)?;
     }
     if let Some(ca) = &u.ca_file {
         if let Err(e) = std::fs::metadata(ca) {
@@ -194,6 +210,56 @@ fn check_files(
                 format!("cannot read {}: {e}", ca.display()),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Exactly one of `username` + `passwordFile` or `dockerConfig`, and the
+/// file it names exists.
+fn check_auth_source(
+    auth: &AuthConfig,
+    field: &dyn Fn(&str) -> String,
+    at: &Source,
+) -> Result<(), ConfigError> {
+    let missing = |name: &str, key: &str, message: &str| {
+        Err(at.invalid(field(&format!("auth.{name}")), key, "", message))
+    };
+    let file = match (&auth.username, &auth.password_file, &auth.docker_config) {
+        (Some(_), Some(path), None) => ("passwordFile", path),
+        (None, None, Some(path)) => ("dockerConfig", path),
+        (Some(_) | None, Some(_) | None, Some(_)) => {
+            return missing(
+                "dockerConfig",
+                "dockerConfig",
+                "give either username and passwordFile, or dockerConfig, not both",
+            )
+        }
+        (Some(_), None, None) => {
+            return missing(
+                "passwordFile",
+                "username",
+                "username needs passwordFile (the file holding the password)",
+            )
+        }
+        (None, Some(_), None) => {
+            return missing("username", "passwordFile", "passwordFile needs username")
+        }
+        (None, None, None) => {
+            return missing(
+                "dockerConfig",
+                "auth",
+                "give username and passwordFile, or dockerConfig (a docker config.json)",
+            )
+        }
+    };
+    let (name, path) = file;
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(at.invalid(
+            field(&format!("auth.{name}")),
+            name,
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        ));
     }
     Ok(())
 }
@@ -347,6 +413,87 @@ mod tests {
                 "{realms}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn auth_is_a_password_file_or_a_docker_config_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        let docker = dir.path().join("config.json");
+        std::fs::write(&pw, "secret\n").unwrap();
+        std::fs::write(&docker, "{}").unwrap();
+        let config = |auth: &str| {
+            format!("listen: 127.0.0.1:1\nupstreams:\n  - registry: a.io\n    auth:\n{auth}")
+        };
+        let c = load(&config(&format!(
+            "      dockerConfig: {}\n",
+            docker.display()
+        )))
+        .unwrap();
+        let auth = c.upstreams[0].auth.as_ref().unwrap();
+        assert_eq!(auth.docker_config.as_deref(), Some(docker.as_path()));
+        assert!(auth.username.is_none() && auth.password_file.is_none());
+        assert!(auth.describe().contains("docker config"));
+        let c = load(&config(&format!(
+            "      username: u\n      passwordFile: {}\n      tokenRealms: [https://auth.a.io/token]\n",
+            pw.display()
+        )))
+        .unwrap();
+        assert_eq!(
+            c.upstreams[0].auth.as_ref().unwrap().describe(),
+            "auth as u"
+        );
+        // Relative paths are relative to the config file.
+        let c =
+            Config::from_yaml(&config("      dockerConfig: config.json\n"), dir.path()).unwrap();
+        assert_eq!(
+            c.upstreams[0]
+                .auth
+                .as_ref()
+                .unwrap()
+                .docker_config
+                .as_deref(),
+            Some(docker.as_path())
+        );
+
+        for (auth, field, line) in [
+            (
+                format!(
+                    "      username: u\n      passwordFile: {}\n      dockerConfig: {}\n",
+                    pw.display(),
+                    docker.display()
+                ),
+                "upstreams[0].auth.dockerConfig",
+                "line 7",
+            ),
+            (
+                "      dockerConfig: /nonexistent/config.json\n".to_owned(),
+                "upstreams[0].auth.dockerConfig",
+                "line 5",
+            ),
+            (
+                "      username: u\n".to_owned(),
+                "upstreams[0].auth.passwordFile",
+                "line 5",
+            ),
+            (
+                format!("      passwordFile: {}\n", pw.display()),
+                "upstreams[0].auth.username",
+                "line 5",
+            ),
+            (
+                "      tokenRealms: []\n".to_owned(),
+                "upstreams[0].auth.dockerConfig",
+                "line 4",
+            ),
+        ] {
+            let e = load(&config(&auth)).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(line), "{auth}: {e}");
+        }
+        let e = load(&config("      dockerconfig: x\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dockerconfig"), "{e}");
     }
 
     #[test]

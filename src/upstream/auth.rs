@@ -1,6 +1,10 @@
 //! Upstream authentication: HTTP Basic and the bearer-token challenge flow
 //! (`WWW-Authenticate: Bearer realm=…,service=…,scope=…` → token endpoint →
-//! `Authorization: Bearer`), with tokens cached per scope until they expire.
+//! `Authorization: Bearer`), with tokens cached per scope until they expire
+//! or the upstream refuses them. Credentials come from
+//! [`super::credentials`], resolved afresh for every token fetched and
+//! after every refusal; an identity token goes to the token endpoint as an
+//! OAuth2 refresh token (`POST`, `grant_type=refresh_token`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use tokio::sync::Mutex;
 
 use super::body::{read_bounded, UpstreamBody};
+pub use super::credentials::Credentials;
+use super::credentials::{CredentialError, CredentialSource};
 use super::{UpstreamError, MAX_TOKEN_RESPONSE};
 
 /// At most this many scopes keep a cached token; past it, expired tokens are
@@ -32,7 +37,7 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 pub struct Secret(HeaderValue);
 
 impl Secret {
-    fn new(mut value: HeaderValue) -> Secret {
+    pub(super) fn new(mut value: HeaderValue) -> Secret {
         value.set_sensitive(true);
         Secret(value)
     }
@@ -45,37 +50,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// Username and password for Basic auth and token endpoints.
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    password: String,
-}
-
-impl Credentials {
-    pub fn new(username: String, password: String) -> Credentials {
-        Credentials { username, password }
-    }
-
-    pub fn basic_header(&self) -> Secret {
-        let raw = format!("{}:{}", self.username, self.password);
-        let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
-        // Base64 output is always a valid header value.
-        let value = HeaderValue::from_str(&format!("Basic {encoded}"))
-            .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
-        Secret::new(value)
-    }
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
     }
 }
 
@@ -171,10 +145,10 @@ struct CachedToken {
     refresh_at: Instant,
 }
 
-/// Per-upstream authentication state: the scheme learned from the first
-/// challenge, and the token cache.
+/// Per-upstream authentication state: where the credentials come from,
+/// the scheme learned from the first challenge, and the token cache.
 pub struct AuthState {
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<CredentialSource>,
     scheme: std::sync::Mutex<Option<Scheme>>,
     tokens: Mutex<HashMap<String, CachedToken>>,
 }
@@ -188,7 +162,7 @@ impl fmt::Debug for AuthState {
 }
 
 impl AuthState {
-    pub fn new(credentials: Option<Credentials>) -> AuthState {
+    pub fn new(credentials: Option<CredentialSource>) -> AuthState {
         AuthState {
             credentials,
             scheme: std::sync::Mutex::new(None),
@@ -213,6 +187,11 @@ impl AuthState {
             .get(scope)
             .filter(|t| t.refresh_at > Instant::now())
             .map(|t| t.token.clone())
+    }
+
+    /// Drops the token cached for `scope` (the upstream refused it).
+    pub async fn forget_token(&self, scope: &str) {
+        self.tokens.lock().await.remove(scope);
     }
 
     /// Remembers a token for `scope` for `lifetime` (less a margin).
@@ -264,7 +243,16 @@ impl super::Upstream {
     ) -> Result<Option<Secret>, UpstreamError> {
         match self.auth.scheme() {
             None => Ok(None),
-            Some(Scheme::Basic) => Ok(self.auth.credentials.as_ref().map(|c| c.basic_header())),
+            Some(Scheme::Basic) => match &self.auth.credentials {
+                None => Ok(None),
+                Some(source) => {
+                    let credentials = source
+                        .current()
+                        .await
+                        .map_err(|e| self.credential_error(e))?;
+                    self.basic(&credentials).map(Some)
+                }
+            },
             Some(Scheme::Bearer { realm, service }) => {
                 if let Some(token) = self.auth.cached_token(scope).await {
                     return Ok(Some(token));
@@ -277,6 +265,8 @@ impl super::Upstream {
     }
 
     /// Answers a 401 challenge; `None` when we have nothing to answer with.
+    /// The credentials are resolved afresh (a 401 may mean they changed),
+    /// and a bearer token is fetched anew.
     pub(super) async fn answer_challenge(
         &self,
         challenge: Challenge,
@@ -284,11 +274,12 @@ impl super::Upstream {
     ) -> Result<Option<Secret>, UpstreamError> {
         match challenge {
             Challenge::Basic => {
-                let Some(credentials) = &self.auth.credentials else {
+                let Some(source) = &self.auth.credentials else {
                     return Ok(None);
                 };
                 self.auth.learn(Scheme::Basic);
-                Ok(Some(credentials.basic_header()))
+                let credentials = source.fresh().await.map_err(|e| self.credential_error(e))?;
+                self.basic(&credentials).map(Some)
             }
             Challenge::Bearer {
                 realm,
@@ -307,10 +298,29 @@ impl super::Upstream {
         }
     }
 
+    fn basic(&self, credentials: &Credentials) -> Result<Secret, UpstreamError> {
+        credentials
+            .basic_header()
+            .ok_or_else(|| UpstreamError::Auth {
+                upstream: self.registry.clone(),
+                reason: "the upstream asks for Basic auth, and the configured credential is an \
+                     identity token, which only a bearer token endpoint takes"
+                    .into(),
+            })
+    }
+
+    fn credential_error(&self, e: CredentialError) -> UpstreamError {
+        UpstreamError::Auth {
+            upstream: self.registry.clone(),
+            reason: e.to_string(),
+        }
+    }
+
     /// Gets a token for `scope` from the token endpoint and caches it under
     /// `cache_key`; within `timeouts.read` in all (a token response is a
     /// few hundred bytes: a token endpoint trickling it must not hold a
-    /// blob request, which has no total deadline of its own).
+    /// blob request, which has no total deadline of its own). A credential
+    /// helper runs before that clock starts, under its own bound.
     async fn fetch_token(
         &self,
         realm: &str,
@@ -318,13 +328,43 @@ impl super::Upstream {
         scope: &str,
         cache_key: &str,
     ) -> Result<Secret, UpstreamError> {
+        let credentials = self.credentials_for_realm(realm).await?;
         self.within(
             self.timeouts.read,
             "read",
             || "a token".to_owned(),
-            self.fetch_token_now(realm, service, scope, cache_key),
+            self.fetch_token_now(realm, service, scope, cache_key, credentials.as_ref()),
         )
         .await
+    }
+
+    /// The credentials resolved now, if `realm` may receive them; `None`
+    /// for a realm that gets an anonymous request (warned about once).
+    async fn credentials_for_realm(
+        &self,
+        realm: &str,
+    ) -> Result<Option<Credentials>, UpstreamError> {
+        let Some(source) = &self.auth.credentials else {
+            return Ok(None);
+        };
+        if !self.realm_gets_credentials(realm) {
+            if !self.warned_foreign_realm.swap(true, Ordering::Relaxed) {
+                let shown: String = realm.chars().take(200).collect();
+                tracing::warn!(
+                    upstream = %self.registry,
+                    realm = %shown,
+                    "token realm is not on the upstream's own origin and not in \
+                     upstreams[].auth.tokenRealms: asking it for an anonymous token, \
+                     without the configured credentials (logged once)"
+                );
+            }
+            return Ok(None);
+        }
+        source
+            .fresh()
+            .await
+            .map(Some)
+            .map_err(|e| self.credential_error(e))
     }
 
     async fn fetch_token_now(
@@ -333,51 +373,64 @@ impl super::Upstream {
         service: Option<&str>,
         scope: &str,
         cache_key: &str,
+        credentials: Option<&Credentials>,
     ) -> Result<Secret, UpstreamError> {
         let auth_error = |reason: String| UpstreamError::Auth {
             upstream: self.registry.clone(),
             reason,
         };
-        let query = {
-            let mut query = form_urlencoded::Serializer::new(String::new());
-            if let Some(service) = service {
-                query.append_pair("service", service);
-            }
-            query.append_pair("scope", scope);
-            query.finish()
-        };
-        let separator = if realm.contains('?') { '&' } else { '?' };
-        let uri: Uri = format!("{realm}{separator}{query}")
-            .parse()
-            .map_err(|_| auth_error(format!("token realm {realm:?} is not a URL")))?;
-        let basic = match &self.auth.credentials {
-            Some(credentials) if self.realm_gets_credentials(realm) => {
-                Some(credentials.basic_header())
-            }
-            Some(_) => {
-                if !self.warned_foreign_realm.swap(true, Ordering::Relaxed) {
-                    let shown: String = realm.chars().take(200).collect();
-                    tracing::warn!(
-                        upstream = %self.registry,
-                        realm = %shown,
-                        "token realm is not on the upstream's own origin and not in \
-                         upstreams[].auth.tokenRealms: asking it for an anonymous token, \
-                         without the configured credentials (logged once)"
+        let not_a_url = || auth_error(format!("token realm {realm:?} is not a URL"));
+        let response = match credentials {
+            // An identity token is an OAuth2 refresh token: POSTed as a
+            // form, as docker and containers/image do.
+            Some(credentials) if credentials.refresh_token().is_some() => {
+                let form = {
+                    let mut form = form_urlencoded::Serializer::new(String::new());
+                    form.append_pair("grant_type", "refresh_token");
+                    form.append_pair(
+                        "refresh_token",
+                        credentials.refresh_token().unwrap_or_default(),
                     );
-                }
-                None
+                    form.append_pair("client_id", OAUTH_CLIENT_ID);
+                    if let Some(service) = service {
+                        form.append_pair("service", service);
+                    }
+                    form.append_pair("scope", scope);
+                    form.finish()
+                };
+                let uri: Uri = realm.parse().map_err(|_| not_a_url())?;
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                );
+                self.send(Method::POST, uri, &headers, None, Bytes::from(form))
+                    .await?
             }
-            None => None,
+            _ => {
+                let query = {
+                    let mut query = form_urlencoded::Serializer::new(String::new());
+                    if let Some(service) = service {
+                        query.append_pair("service", service);
+                    }
+                    query.append_pair("scope", scope);
+                    query.finish()
+                };
+                let separator = if realm.contains('?') { '&' } else { '?' };
+                let uri: Uri = format!("{realm}{separator}{query}")
+                    .parse()
+                    .map_err(|_| not_a_url())?;
+                let basic = credentials.and_then(Credentials::basic_header);
+                self.send(
+                    Method::GET,
+                    uri,
+                    &HeaderMap::new(),
+                    basic.as_ref(),
+                    Bytes::new(),
+                )
+                .await?
+            }
         };
-        let response = self
-            .send(
-                Method::GET,
-                uri,
-                &HeaderMap::new(),
-                basic.as_ref(),
-                Bytes::new(),
-            )
-            .await?;
         let status = response.status();
         if !status.is_success() {
             return Err(auth_error(format!("token endpoint answered {status}")));
@@ -407,6 +460,10 @@ impl super::Upstream {
             .ok_or_else(|| auth_error("token is not a valid header value".into()))
     }
 }
+
+/// The OAuth2 `client_id` sent with an identity token (docker sends
+/// `docker`, containers/image `containers/image`).
+const OAUTH_CLIENT_ID: &str = "portcullis";
 
 #[cfg(test)]
 mod tests {
@@ -441,16 +498,6 @@ mod tests {
         );
         assert_eq!(Challenge::parse("Bearer service=x"), None);
         assert_eq!(Challenge::parse("Negotiate"), None);
-    }
-
-    #[test]
-    fn secrets_are_redacted() {
-        let c = Credentials::new("user".into(), "hunter2".into());
-        assert!(!format!("{c:?}").contains("hunter2"));
-        let header = c.basic_header();
-        assert!(!format!("{header:?}").contains("aHVudGVy"));
-        assert!(header.header().is_sensitive());
-        assert_eq!(header.header().to_str().unwrap(), "Basic dXNlcjpodW50ZXIy");
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod credentials;
 pub mod offline;
 mod referrers;
 
@@ -24,11 +25,12 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
-use crate::config::{Timeouts, UpstreamConfig};
+use crate::config::{AuthConfig, Timeouts, UpstreamConfig};
 use crate::store::ContentStore;
-use auth::{AuthState, Challenge, Credentials, Secret};
+use auth::{AuthState, Challenge, Secret};
 pub use body::{read_bounded, BodyError, ReadError, UpstreamBody};
 use client::{ClientError, HttpClient};
+use credentials::CredentialSource;
 pub use referrers::Referrers;
 
 /// Redirects followed per request (registries redirect blobs to storage
@@ -84,10 +86,11 @@ pub enum SetupError {
         path: String,
         reason: String,
     },
-    #[error("upstream {registry}: cannot read password file {path}: {reason}")]
-    PasswordFile {
+    /// `auth.passwordFile` or `auth.dockerConfig` gave no credentials.
+    #[error("upstream {registry}: auth.{field}: {reason}")]
+    Credentials {
         registry: String,
-        path: String,
+        field: &'static str,
         reason: String,
     },
     #[error("upstream {registry}: TLS setup failed: {reason}")]
@@ -152,17 +155,7 @@ impl Upstream {
         })?;
         let credentials = match &config.auth {
             None => None,
-            Some(auth) => {
-                let password = std::fs::read_to_string(&auth.password_file).map_err(|e| {
-                    SetupError::PasswordFile {
-                        registry: registry.clone(),
-                        path: auth.password_file.display().to_string(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                let password = password.trim_end_matches(['\n', '\r']).to_owned();
-                Some(Credentials::new(auth.username.clone(), password))
-            }
+            Some(auth) => Some(credential_source(&registry, auth)?),
         };
         let token_realms = config
             .auth
@@ -314,6 +307,13 @@ impl Upstream {
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !challenged && self.is_own_host(&uri) {
                 challenged = true;
+                if authorization.is_some() {
+                    // What was sent was refused: a token revoked or expired
+                    // early, or credentials rotated. Drop the token; the
+                    // challenge is answered with credentials resolved
+                    // afresh, once. A second 401 is the upstream's answer.
+                    self.auth.forget_token(&scope).await;
+                }
                 let challenge = response
                     .headers()
                     .get(header::WWW_AUTHENTICATE)
@@ -623,6 +623,31 @@ impl Access {
 
 const USER_AGENT: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
 
+/// The credential source `auth` configures: `username` with
+/// `passwordFile`, or `dockerConfig` (config validation makes it exactly
+/// one; anything else is refused here too).
+fn credential_source(registry: &str, auth: &AuthConfig) -> Result<CredentialSource, SetupError> {
+    let error = |field: &'static str, reason: String| SetupError::Credentials {
+        registry: registry.to_owned(),
+        field,
+        reason,
+    };
+    match (&auth.username, &auth.password_file, &auth.docker_config) {
+        (Some(username), Some(password_file), None) => {
+            CredentialSource::password_file(registry, username, password_file)
+                .map_err(|e| error("passwordFile", e.to_string()))
+        }
+        (None, None, Some(docker_config)) => {
+            CredentialSource::docker_config(registry, docker_config)
+                .map_err(|e| error("dockerConfig", e.to_string()))
+        }
+        _ => Err(error(
+            "dockerConfig",
+            "give username and passwordFile, or dockerConfig".into(),
+        )),
+    }
+}
+
 fn build_client(config: &UpstreamConfig, timeouts: &Timeouts) -> Result<HttpClient, SetupError> {
     let options = client::Options {
         ca_file: config.ca_file.as_deref(),
@@ -732,8 +757,9 @@ mod tests {
             default: true,
             required: false,
             auth: Some(crate::config::AuthConfig {
-                username: "u".into(),
-                password_file: pw,
+                username: Some("u".into()),
+                password_file: Some(pw),
+                docker_config: None,
                 token_realms: realms.iter().map(|r| r.to_string()).collect(),
             }),
             ca_file: None,

@@ -52,6 +52,12 @@ impl Proxy {
         Self::start_checking_env(config_yaml, Some(health_url), env)
     }
 
+    /// Like [`Proxy::start`], with `env` added to the process's
+    /// environment (e.g. a `PATH` holding a credential helper).
+    pub fn start_with_env_vars(config_yaml: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::start_checking_env(config_yaml, None, env)
+    }
+
     fn start_checking(config_yaml: &str, health_url: Option<&str>) -> Proxy {
         Self::start_checking_env(config_yaml, health_url, &[])
     }
