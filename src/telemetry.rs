@@ -14,7 +14,23 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Call once, first thing.
+/// Logging for the one-shot commands (`sign`, `verify`, …): warnings and
+/// errors only (unless `RUST_LOG` says otherwise), as plain lines on
+/// stderr, so what the libraries below a command warn about (credentials
+/// that could not be had, a token realm refused) reaches its user.
+pub fn init_cli() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Another subscriber already set (tests in one process) is fine.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// Installs the global subscriber for `serve`. Call once, first thing.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

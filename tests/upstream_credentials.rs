@@ -770,6 +770,11 @@ fn a_failing_or_missing_helper_is_a_clear_error_and_nothing_is_served() {
     .expect("GET through the proxy");
     assert_eq!(r.status, 502, "served without credentials? {}", r.text());
     assert!(r.body != upstream.image.manifest);
+    assert!(
+        r.text().contains("credentials") && !r.text().contains("native keychain"),
+        "the client learns the credentials are unavailable, not the helper's output: {}",
+        r.text()
+    );
     assert_eq!(
         upstream.tokens.requests().len(),
         requests_before,

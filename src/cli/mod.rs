@@ -119,6 +119,9 @@ pub type Outcome = Result<Exit, CliError>;
 /// format), then the exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let logs = matches!(cli.command, Command::Serve { .. });
+    if !logs {
+        crate::telemetry::init_cli();
+    }
     let exit = match dispatch(cli.command) {
         Ok(exit) => exit,
         Err(e) => {

@@ -309,10 +309,15 @@ impl super::Upstream {
             })
     }
 
+    /// The operator's log gets the whole story (which file, which helper,
+    /// its first line of output); the client only learns that the proxy's
+    /// own credentials are unavailable: paths and helper output describe
+    /// the proxy's host, not the pull.
     fn credential_error(&self, e: CredentialError) -> UpstreamError {
+        tracing::warn!(upstream = %self.registry, error = %e, "upstream credentials unavailable");
         UpstreamError::Auth {
             upstream: self.registry.clone(),
-            reason: e.to_string(),
+            reason: "the proxy's credentials for it are unavailable (its log says why)".into(),
         }
     }
 
