@@ -197,8 +197,8 @@ fn serve(state: &State, stream: TcpStream) {
 /// Checks `raw`'s signature with Python's `hmac` module: exit 0 when it
 /// matches the secret in `secret_file`.
 pub fn python_verifies(secret_file: &Path, raw: &Raw) -> bool {
-    let body = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(body.path(), &raw.body).unwrap();
+    let body = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(body.path(), &raw.body).expect("write the body");
     let script = r#"
 import hashlib, hmac, sys, time
 secret = open(sys.argv[1], "rb").read().rstrip(b"\n")
