@@ -408,7 +408,7 @@ mod tests {
     fn bad_files_are_refused_without_quoting_secrets() {
         for (text, want) in [
             (
-                r#"{"credHelpers": {"r": "../../bin/sh"}}"#,
+                r#"{"credHelpers": {"r": "x/../../bin/sh"}}"#,
                 "credHelpers[\"r\"]",
             ),
             (r#"{"credsStore": "a b"}"#, "credsStore"),
@@ -456,7 +456,7 @@ mod tests {
                 "REGISTRY_AUTH_FILE" => "/a/auth.json".to_owned(),
                 "XDG_RUNTIME_DIR" => "/run/user/1".to_owned(),
                 "DOCKER_CONFIG" => "/d".to_owned(),
-                "HOME" => "/home/u".to_owned(),
+                "HOME" => "/users/u".to_owned(),
                 _ => return None,
             })
         };
@@ -466,7 +466,7 @@ mod tests {
                 "/a/auth.json",
                 "/run/user/1/containers/auth.json",
                 "/d/config.json",
-                "/home/u/.docker/config.json"
+                "/users/u/.docker/config.json"
             ]
             .map(PathBuf::from)
         );
