@@ -53,12 +53,31 @@ fn start_with_admin(config: &str) -> (Proxy, String) {
 }
 
 /// Upstream GETs of blobs of `name` in the registry's access log.
+///
+/// Read once the log has settled (no new line for 300 ms, 5 s at most):
+/// the registry writes a request's line after its response is complete,
+/// which can be after the proxy, and its client, had every byte.
 fn upstream_blob_gets(reg: &Registry, name: &str, digest: Option<&str>) -> usize {
     let needle = match digest {
         Some(d) => format!("\"GET /v2/{name}/blobs/{d} "),
         None => format!("\"GET /v2/{name}/blobs/"),
     };
-    reg.logs().matches(&needle).count()
+    let count = || reg.logs().matches(&needle).count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = count();
+    let mut unchanged_since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = count();
+        if now != last {
+            last = now;
+            unchanged_since = Instant::now();
+        } else if unchanged_since.elapsed() >= Duration::from_millis(300)
+            || Instant::now() >= deadline
+        {
+            return now;
+        }
+    }
 }
 
 /// The files in the store's `blobs/sha256` and `tmp` directories.

@@ -82,12 +82,20 @@ async function main() {
   page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
   page.on('pageerror', (e) => problems.push(`uncaught exception: ${e.message}`));
   const apiRequests = [];
+  // API requests not yet answered (or failed), to know when the wrong
+  // token's requests are all over.
+  const inFlight = new Set();
   page.on('request', (r) => {
     const path = new URL(r.url()).pathname;
     if (path.startsWith('/-/api/') || path === '/metrics') {
       apiRequests.push({ path, authorization: r.headers()['authorization'] || null });
+      inFlight.add(r);
     }
   });
+  // Answered is enough: the page need not read a 401's body, and the
+  // browser logs the 401 when the response arrives.
+  page.on('response', (r) => inFlight.delete(r.request()));
+  page.on('requestfailed', (r) => inFlight.delete(r));
 
   // 1. The form, and no API request without a token.
   const response = await page.goto(args.url, { waitUntil: 'load', timeout: 10000 });
@@ -120,7 +128,13 @@ async function main() {
   // The browser logs the 401s as console errors: expected up to here,
   // including those of the wrong token's requests still in flight when the
   // form came back (the page asks several endpoints at once).
+  // Wait until every one of them was answered, then a moment for the
+  // browser's console message about the last 401: on a loaded machine it
+  // comes after the response, and must not be counted against step 5.
   await page.waitForLoadState('networkidle', { timeout: 5000 }).catch(() => {});
+  for (let waited = 0; inFlight.size && waited < 10000; waited += 50) await page.waitForTimeout(50);
+  if (inFlight.size) fail(`${inFlight.size} API requests with the wrong token were never answered`);
+  await page.waitForTimeout(500);
   problems = [];
   apiRequests.length = 0;
 
