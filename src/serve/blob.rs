@@ -207,6 +207,17 @@ fn check_partial(requested: &ByteRange, headers: &HeaderMap) -> Result<Part, Str
     Ok(part)
 }
 
+/// Fuzzing entry point (`fuzz/fuzz_targets/range.rs`), not part of the
+/// API: a client's `Range` through [`check_range`] and, when accepted, an
+/// upstream `206`'s headers through `check_partial`; the accepted range as
+/// text, or why not.
+#[doc(hidden)]
+pub fn fuzz_range(range: &HeaderValue, upstream: &HeaderMap) -> Result<String, String> {
+    let requested = check_range(range).map_err(|e| e.to_string())?;
+    let part = check_partial(&requested, upstream)?;
+    Ok(format!("{} {part:?}", describe(&requested)))
+}
+
 pub(super) fn describe(range: &ByteRange) -> String {
     match range {
         ByteRange::From(first, Some(last)) => format!("bytes={first}-{last}"),

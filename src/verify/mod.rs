@@ -61,6 +61,10 @@ use crate::routing::Route;
 use crate::upstream::{Upstream, UpstreamError};
 
 pub use admission::{Admission, BlobPermit, Denial, Failed, Outcome};
+/// For `fuzz/fuzz_targets/manifest.rs` only: how an artifact manifest's
+/// evidence layers and config are judged. Not part of the API.
+#[doc(hidden)]
+pub use artifact::{config_is_inert, content_is, relation};
 pub use sources::{Collected, Wants};
 
 /// Admitted child manifests and blobs remembered, at most (32 bytes

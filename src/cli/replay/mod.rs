@@ -118,6 +118,24 @@ pub async fn replay(
     Ok(report)
 }
 
+/// Fuzzing entry point (`fuzz/fuzz_targets/audit_replay.rs`), not part of
+/// the API: what `policy replay --offline` does with the audit file's
+/// bytes once read, against a compiled `policy`. Returns (replayed,
+/// skipped, bad lines).
+#[doc(hidden)]
+pub fn fuzz_offline(bytes: &[u8], policy: &crate::policy::Policy) -> (usize, usize, usize) {
+    let parsed = parse_audit(bytes);
+    let evaluated = offline::offline_decisions(policy, &parsed.images);
+    let mut replayed = 0;
+    for (image, decision) in parsed.images.iter().zip(evaluated) {
+        if let Some(decision) = decision {
+            replayed += 1;
+            let _ = classify(image, decision);
+        }
+    }
+    (replayed, parsed.skipped, parsed.errors.len())
+}
+
 // --------------------------------------------------------------- deciding
 
 /// The candidate's decision for one image, with what the explanation
