@@ -555,9 +555,14 @@ fn zero_window_attack(tls: bool) {
     // A ceiling, not the measure of the fix (the upstream connections
     // above are): measured 19-25 MiB over the idle proxy with the caps,
     // 34 MiB without them, much of an upstream connection's cost being
-    // kernel socket buffers that RSS does not show.
+    // kernel socket buffers that RSS does not show. On the 2-core Debian
+    // builders of 2026-12-06 the same attack measured 38-41 MiB over idle
+    // over TLS, for the commit that set 40 MiB as well as later ones (the
+    // allocator's arenas differ from machine to machine), so the ceiling
+    // leaves room for that; a proxy that buffered a window per stream
+    // (400 streams) would still exceed it by far.
     assert!(
-        rss_peak < rss_before + 40 * 1024,
+        rss_peak < rss_before + 48 * 1024,
         "proxy peak RSS {rss_peak} KiB, {rss_before} KiB before the attack"
     );
 }
