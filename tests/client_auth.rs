@@ -84,20 +84,6 @@ impl Env {
     }
 }
 
-/// `htpasswd -Bbn user password`: Apache's own tool writes the entry.
-fn htpasswd_entry(user: &str, password: &str) -> String {
-    clients::require_tool("/usr/bin/htpasswd", "apache2-utils");
-    let out = clients::run(
-        Command::new("/usr/bin/htpasswd").args(["-Bbn", user, password]),
-        "htpasswd -B",
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-        + "\n"
-}
-
 /// A secret no other test uses, so finding it in a log means this one
 /// leaked it.
 fn secret(label: &str) -> String {
@@ -154,7 +140,7 @@ fn assert_no_secret_in_logs(proxy: &Proxy, secrets: &[&str]) {
 fn htpasswd_logins_pull_with_podman_and_skopeo_and_anyone_else_gets_a_challenge() {
     let env = env();
     let password = secret("alice-pw");
-    let htpasswd = env.file("htpasswd", &htpasswd_entry("alice", &password));
+    let htpasswd = env.file("htpasswd", &clients::htpasswd_entry("alice", &password));
     let (yaml, admin) = env.config(&format!(
         "clientAuth:\n  htpasswd: {}\n  realm: acme registry\n",
         htpasswd.display()
@@ -483,7 +469,7 @@ fn access_rules_keep_each_identity_to_its_repositories() {
     let bob_pw = secret("bob");
     let htpasswd = env.file(
         "htpasswd",
-        &(htpasswd_entry("alice", &alice_pw) + &htpasswd_entry("bob", &bob_pw)),
+        &(clients::htpasswd_entry("alice", &alice_pw) + &clients::htpasswd_entry("bob", &bob_pw)),
     );
     let r = env.reg.host();
     let (yaml, admin) = env.config(&format!(

@@ -100,19 +100,11 @@ fn the_readme_walkthrough_ends_enforcing_authenticated_and_monitored() {
 
     // A private registry: pulls and pushes need a login.
     let (user, password) = ("ci", secret("registry-password"));
-    let htpasswd_of = |user: &str, password: &str| {
-        clients::require_tool("/usr/bin/htpasswd", "apache2-utils");
-        let out = clients::run(
-            Command::new("/usr/bin/htpasswd").args(["-Bbn", user, password]),
-            "htpasswd -B",
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_owned()
-            + "\n"
-    };
-    let upstream_htpasswd = write(d, "upstream.htpasswd", &htpasswd_of(user, &password));
+    let upstream_htpasswd = write(
+        d,
+        "upstream.htpasswd",
+        &clients::htpasswd_entry(user, &password),
+    );
     let reg = Registry::start_with_extra(&format!(
         "auth:\n  htpasswd:\n    realm: upstream\n    path: {}\n",
         upstream_htpasswd.display()
@@ -201,7 +193,11 @@ fn the_readme_walkthrough_ends_enforcing_authenticated_and_monitored() {
     let hook = Webhook::start();
     let webhook_secret = write(d, "webhook-secret", &secret("webhook-secret"));
     let pull_password = secret("kubelet-password");
-    let clients_htpasswd = write(d, "htpasswd", &htpasswd_of("kubelet", &pull_password));
+    let clients_htpasswd = write(
+        d,
+        "htpasswd",
+        &clients::htpasswd_entry("kubelet", &pull_password),
+    );
     let audit = d.join("audit.jsonl");
     let pem_block = cosign_pub
         .lines()

@@ -499,3 +499,18 @@ pub fn write_mirror_hosts_toml(
     )
     .expect("write hosts.toml");
 }
+
+/// `htpasswd -Bbn user password`: an htpasswd line (bcrypt) written by
+/// Apache's own tool, with its newline.
+pub fn htpasswd_entry(user: &str, password: &str) -> String {
+    require_tool("/usr/bin/htpasswd", "apache2-utils");
+    let out = run(
+        Command::new("/usr/bin/htpasswd").args(["-Bbn", user, password]),
+        "htpasswd -B",
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+        + "\n"
+}
