@@ -1,12 +1,14 @@
 //! One download into the store: the leader's upstream body, written to a
-//! file in `tmp/`, hashed as it is written, renamed into `blobs/` once its
+//! file in `tmp/`, hashed as it arrives, renamed into `blobs/` once its
 //! digest matched and it was flushed. The request that leads the download
 //! gets the upstream's frames as they arrive (a [`Tee`]), as it would
 //! without a store; the others follow the file as it grows
 //! ([`super::read`]). The task belongs to none of them: a leader that goes
 //! away or falls behind is let go, and follows the file from where it was.
-//! Writing runs one chunk behind reading, on a blocking thread, so the
-//! disk never holds up the upstream connection.
+//! Each frame is hashed on arrival, while it is still in the CPU's cache
+//! (as the pass-through path hashes it); writing runs one chunk behind
+//! reading, on a blocking thread, so the disk never holds up the upstream
+//! connection.
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -24,11 +26,13 @@ use super::{ContentStore, Phase};
 use crate::oci::{Digest, Hasher};
 
 /// Bytes gathered from the upstream (as the frames it sent, not copied)
-/// before each write (and hash) on a blocking thread: one thread hop per
-/// MiB. At most two such chunks per download are held (one written while
-/// the next is read), and downloads are bounded by
-/// `limits.upstreamFetches`.
-const WRITE_CHUNK: usize = 1024 * 1024;
+/// before each write on a blocking thread: one thread hop per 256 KiB. At
+/// most two such chunks per download are held (one written while the next
+/// is read), and downloads are bounded by `limits.upstreamFetches`. Small
+/// enough that the allocator reuses the frames' memory: with 1 MiB chunks
+/// a cold 256 MiB pull took two to three times the page faults of a
+/// pass-through one and about 0.05 CPU-s more (measured with perf).
+const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Upstream frames queued for the leading request.
 const TEE_FRAMES: usize = 16;
@@ -270,9 +274,8 @@ impl Chunk {
     }
 }
 
-/// A chunk written: the hasher it went through, where the file now ends.
+/// A chunk written: where the file now ends.
 struct Written {
-    hasher: Option<Hasher>,
     end: u64,
     len: u64,
     result: std::io::Result<()>,
@@ -348,7 +351,7 @@ impl Writer {
         let download = &self.download;
         let limit = download.length.unwrap_or(self.store.max_size);
         let mut tee = Some(tee);
-        let mut hasher = Some(Hasher::new(download.digest.algorithm()));
+        let mut hasher = Hasher::new(download.digest.algorithm());
         // The chunk being written while the next one is read.
         let mut writing: Option<JoinHandle<Written>> = None;
         let mut chunk = Chunk::default();
@@ -383,24 +386,25 @@ impl Writer {
                     }
                 )));
             }
+            hasher.update(&data);
             if let Some(sender) = tee.take() {
                 tee = pass_on(sender, data.clone()).await;
             }
             chunk.push(data);
             if chunk.len >= WRITE_CHUNK as u64 {
-                hasher = self.written(writing.take(), hasher).await?;
+                self.written(writing.take()).await?;
                 let full = std::mem::take(&mut chunk);
                 let len = full.len;
-                writing = Some(self.write(full, offset, hasher.take()));
+                writing = Some(self.write(full, offset));
                 offset += len;
             }
         }
         drop(tee);
-        hasher = self.written(writing.take(), hasher).await?;
+        self.written(writing.take()).await?;
         if chunk.len > 0 {
             let len = chunk.len;
-            let handle = self.write(chunk, offset, hasher.take());
-            hasher = self.written(Some(handle), None).await?;
+            let handle = self.write(chunk, offset);
+            self.written(Some(handle)).await?;
             offset += len;
         }
         if let Some(length) = download.length {
@@ -410,9 +414,7 @@ impl Writer {
                 )));
             }
         }
-        let actual = hasher
-            .ok_or_else(|| Failure::Disk(std::io::Error::other("the hasher was lost")))?
-            .finish();
+        let actual = hasher.finish();
         if actual != download.digest {
             self.store.stats.mismatches.fetch_add(1, Ordering::Relaxed);
             return Err(Failure::Upstream(format!(
@@ -423,18 +425,13 @@ impl Writer {
         Ok(offset)
     }
 
-    /// Starts writing (and hashing) `chunk` at `offset` on a blocking
-    /// thread.
-    fn write(&self, chunk: Chunk, offset: u64, hasher: Option<Hasher>) -> JoinHandle<Written> {
+    /// Starts writing `chunk` at `offset` on a blocking thread.
+    fn write(&self, chunk: Chunk, offset: u64) -> JoinHandle<Written> {
         let file = self.download.file();
         tokio::task::spawn_blocking(move || {
-            let mut hasher = hasher;
             let mut at = offset;
             let mut result = Ok(());
             for frame in &chunk.frames {
-                if let Some(h) = hasher.as_mut() {
-                    h.update(frame);
-                }
                 result = file.write_all_at(frame, at);
                 if result.is_err() {
                     break;
@@ -442,7 +439,6 @@ impl Writer {
                 at += frame.len() as u64;
             }
             Written {
-                hasher,
                 end: offset + chunk.len,
                 len: chunk.len,
                 result,
@@ -451,15 +447,10 @@ impl Writer {
     }
 
     /// Waits for the chunk being written, if there is one, then tells
-    /// readers how far the file goes; the hasher, back from the write (or
-    /// `hasher` when nothing was being written).
-    async fn written(
-        &self,
-        writing: Option<JoinHandle<Written>>,
-        hasher: Option<Hasher>,
-    ) -> Result<Option<Hasher>, Failure> {
+    /// readers how far the file goes.
+    async fn written(&self, writing: Option<JoinHandle<Written>>) -> Result<(), Failure> {
         let Some(handle) = writing else {
-            return Ok(hasher);
+            return Ok(());
         };
         let done = handle
             .await
@@ -470,7 +461,7 @@ impl Writer {
             .bytes_downloaded
             .fetch_add(done.len, Ordering::Relaxed);
         self.progress.send_modify(|p| p.written = done.end);
-        Ok(done.hasher)
+        Ok(())
     }
 
     /// Flushes the file, renames it into `blobs/` and records it.
