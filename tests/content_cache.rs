@@ -1009,3 +1009,85 @@ fn cache_commands_warm_list_verify_and_purge_the_store() {
         assert_ne!(r.status, 200, "{} served after purge", blob.digest);
     }
 }
+
+/// `cache purge` while Portcullis serves from the store, then a pull: the
+/// image is stored again, whole. (The store's index once still listed the
+/// purged manifest, so the next pull skipped writing it and kept answers
+/// naming a document the store no longer had: the image was then neither
+/// served during an outage nor found by the next purge.)
+#[test]
+fn an_image_purged_while_serving_is_stored_whole_by_the_next_pull() {
+    let reg = Registry::start();
+    let image = content::push_image(
+        &reg.url(),
+        REPO,
+        Some("v1"),
+        common::host_arch(),
+        341,
+        &[40_000, 7_000],
+    );
+    let store = tempfile::tempdir().expect("tempdir");
+    let config = with_store(&single_upstream_config(&reg.host()), store.path(), "");
+    let (proxy, _admin) = start_with_admin(&config);
+    let config_path = proxy.config_path();
+    let config_arg = config_path.to_str().expect("utf-8 path");
+    let upstream_ref = format!("{}/{REPO}:v1", reg.host());
+    let reference = format!("{}/{REPO}:v1", proxy.host());
+    let direct = tempfile::tempdir().expect("tempdir");
+    clients::skopeo_copy_to_dir(&upstream_ref, direct.path(), false);
+    let manifest_hex = image.digest.trim_start_matches("sha256:").to_owned();
+    let stored_whole = || {
+        let (stored, _) = store_files(store.path());
+        stored.contains(&manifest_hex)
+            && image
+                .blobs()
+                .iter()
+                .all(|b| stored.contains(&b.digest.trim_start_matches("sha256:").to_owned()))
+    };
+
+    let mut removed = Vec::new();
+    for round in 1..=2 {
+        let dest = tempfile::tempdir().expect("tempdir");
+        clients::skopeo_copy_to_dir(&reference, dest.path(), false);
+        clients::assert_dirs_identical(direct.path(), dest.path());
+        assert!(
+            eventually(Duration::from_secs(5), stored_whole),
+            "round {round}: the store does not hold the manifest and every blob: {:?}",
+            store_files(store.path()).0
+        );
+        if round == 2 {
+            break;
+        }
+        let (code, out, err) = portcullis(&["cache", "purge", "-c", config_arg, &upstream_ref]);
+        assert_eq!(code, 0, "purge: {out}{err}");
+        removed.push(out);
+    }
+
+    // The upstream goes away: the image pulled after the purge is served
+    // from the store, manifest included.
+    let killed = Command::new("kill")
+        .args(["-9", &reg.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let dest = tempfile::tempdir().expect("tempdir");
+    clients::skopeo_copy_to_dir(&reference, dest.path(), false);
+    clients::assert_dirs_identical(direct.path(), dest.path());
+
+    // And a second purge removes as much as the first.
+    let (code, out, err) = portcullis(&["cache", "purge", "-c", config_arg, &upstream_ref]);
+    assert_eq!(code, 0, "purge: {out}{err}");
+    let blobs = |out: &str| {
+        out.split("removed ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+    };
+    let first = blobs(&removed[0]);
+    assert!(
+        first.is_some_and(|n| n > image.blobs().len()),
+        "the first purge removed the manifest and every blob: {}",
+        removed[0]
+    );
+    assert_eq!(blobs(&out), first, "second purge: {out}; first: {}", removed[0]);
+}

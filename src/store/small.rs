@@ -38,8 +38,15 @@ impl ContentStore {
         if bytes.len() as u64 > MAX_SMALL || digest.same_algorithm_of(bytes) != *digest {
             return Ok(());
         }
-        if super::lock(&self.index).touch(digest).is_some() {
-            return Ok(());
+        let known = super::lock(&self.index).touch(digest);
+        if let Some(size) = known {
+            if std::fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.len() == size) {
+                return Ok(());
+            }
+            // Removed behind the index (`cache purge` while serving):
+            // written again below, else the answers kept with it would
+            // name a document the store no longer has.
+            super::lock(&self.index).remove(digest);
         }
         let size = bytes.len() as u64;
         if !self.reserve(size) {
@@ -64,7 +71,11 @@ impl ContentStore {
         if size > MAX_SMALL {
             return None;
         }
-        let bytes = std::fs::read(self.blob_path(digest)).ok()?;
+        let Ok(bytes) = std::fs::read(self.blob_path(digest)) else {
+            // Gone behind the index (`cache purge`): forget it.
+            super::lock(&self.index).remove(digest);
+            return None;
+        };
         let mut hasher = Hasher::new(digest.algorithm());
         hasher.update(&bytes);
         let actual = hasher.finish();
