@@ -224,9 +224,11 @@ for case in cases("pull"):
 p("")
 if any(t in ("pc-cache", "pc-cache-cold") for c in cases("pull") for t in targets("pull", c)):
     p("`pc-cache` pulls an image it has stored (a second pull; checked: no miss, the layer from the store). "
-      "The first pulls (`pc-cache-cold`, `distproxy-cold`) each start a new instance on empty storage, "
-      "fetch the image's manifests once (as every target's were in the warm-up, so the verdict is cached "
-      "as it is for `pc-require`), then pull: every blob is a first fetch, through the store.")
+      "The first pulls: `pc-cache-cold` is a running instance (warmed like the others) whose store is "
+      "emptied of the image with `portcullis cache purge` before each pull; `distproxy-cold`, which has no "
+      "purge, a new instance on new storage. Both fetch the image's manifests once (as every target's were "
+      "in the warm-up, so the verdict is cached as it is for `pc-require`), then pull: every blob is a "
+      "first fetch, through the store (checked: a miss, and the layer's bytes downloaded into the store).")
     p("")
 mem = cases("memory")
 if mem:
@@ -281,7 +283,7 @@ if CACHE_ROWS:
     p("## 4b. Content cache (`cache.content`, issue 14), next to distribution's proxy mode")
     p("")
     p("`pc-cache` is `pc-require` (REQUIRE_ATTESTATION, signed images) with `cache.content` (a new directory, "
-      "`maxSize: 8GiB`); `pc-cache-cold` the same on an empty store, restarted before each of its pulls. Figures "
+      "`maxSize: 8GiB`); `pc-cache-cold` the same, its store emptied of the image before each of its pulls. Figures "
       "from sections 3 and 4 of this run (same repetitions, interleaved with the peers).")
     try:
         tick = 1 / float(META["clk_tck"]) / (float(big) / 1024)

@@ -14,10 +14,12 @@
 # run) at 1 and 4 streams next to the registry and distribution's warm
 # proxy (MB/s, CPU-s/GiB, peak RSS with 4 streams), whole-image skopeo and
 # ctr pulls of the stored image (second pull) next to the registry, and
-# cold pulls through an empty store (pc-cache-cold, restarted on a new
-# empty directory before every pull) next to pass-through pc-require and
-# distribution's proxy on empty storage (distproxy-cold). A pull through
-# the store that fails, or a blob not served from it, fails the run.
+# cold pulls through an empty store (pc-cache-cold, a running instance
+# whose store is emptied with `portcullis cache purge` before every pull)
+# next to pass-through pc-require and distribution's proxy on empty
+# storage (distproxy-cold, restarted on a new directory: it has no purge).
+# A pull through the store that fails, or a blob not served from it,
+# fails the run.
 #
 #   bench/run.sh            full run (3 repetitions, 256 MiB blob, 1 and 4
 #                           streams, criterion; ~14 minutes from a fresh
@@ -262,7 +264,7 @@ PID_RD=$LAST_PID
 # request, the default); REQUIRE_ATTESTATION with a 5 s tag TTL; two
 # replicas of a fleet (REQUIRE_ATTESTATION sharing state through Redis);
 # and REQUIRE_ATTESTATION with the content store (pc-cache; pc-cache-cold,
-# started on an empty store before each cold pull, section 4).
+# whose store is emptied before each cold pull, section 4).
 PEM=$(sed 's/^/            /' "$WORK/cosign.pub")
 pc_config() { # pc_config FILE PORT ADMIN MODE TAG_TTL [REPLICA (with state.redis)] [STORE_DIR (cache.content)]
     local content=""
@@ -699,12 +701,16 @@ pull() { # pull skopeo|ctr TARGET: one timed pull of demo/big:v1 (skopeo copy to
 }
 declare -A PULL_CASE=([skopeo]="skopeo copy" [ctr]="ctr pull")
 
-# Cold pulls through a content store (issue 14): before each one, a new
-# pc-cache-cold on a new empty store directory, and for scale distribution's
-# proxy on empty storage (distproxy-cold). Their manifests are fetched
-# first, as every other target's were in the warm-up (so the verdict is
-# cached, as in pass-through pc-require's pulls): the pull's blobs are all
-# first fetches.
+# Cold pulls through a content store (issue 14). pc-cache-cold runs for
+# the whole section, like pass-through pc-require, and before each of its
+# pulls `portcullis cache purge` empties its store of the image (a running
+# Portcullis notices a purged file and fetches it again): the pull's
+# manifests and blobs are all first fetches through the store, with a
+# warm process and the verdict cached, as in pc-require's pulls. For
+# scale, distribution's proxy on empty storage (distproxy-cold), which
+# has no purge: a new instance on a new directory before each pull. Both
+# fetch the image's manifests first, as every other target's were in the
+# warm-up.
 cat >"$WORK/distproxy-cold.yml.in" <<YAML
 version: 0.1
 log: {level: warn, accesslog: {disabled: true}}
@@ -714,21 +720,34 @@ http: {addr: 127.0.0.1:$P_DK}
 proxy: {remoteurl: http://$UP}
 YAML
 COLD_N=0
-restart_cold() { # restart_cold pc-cache-cold|distproxy-cold: a fresh instance on empty storage
+restart_cold() { # restart_cold pc-cache-cold|distproxy-cold: nothing of the image stored
     local t=$1 dir
-    if [ -n "${PIDOF[$t]:-}" ]; then stop_bg "${PIDOF[$t]}"; fi
-    rm -rf "$WORK/$t"-*/
-    COLD_N=$((COLD_N + 1))
-    dir=$WORK/$t-$COLD_N
     if [ "$t" = pc-cache-cold ]; then
-        pc_config "$WORK/$t.yaml" "$P_PK" "$A_PK" REQUIRE_ATTESTATION 0s "" "$dir"
-        start_bg "$WORK/$t.log" "$BIN" serve --config "$WORK/$t.yaml"
+        if [ -z "${PIDOF[$t]:-}" ]; then
+            pc_config "$WORK/$t.yaml" "$P_PK" "$A_PK" REQUIRE_ATTESTATION 0s "" "$WORK/$t-store"
+            start_bg "$WORK/$t.log" "$BIN" serve --config "$WORK/$t.yaml"
+            PIDOF[$t]=$LAST_PID
+            wait_http "${URL[$t]}/v2/" "$LAST_PID" "$t"
+            # Warmed like the others (the big blob once), then emptied.
+            expect_200 "${URL[$t]}/v2/demo/big/manifests/v1"
+            expect_200 "${URL[$t]}/v2/demo/big/manifests/$BIG_DIGEST"
+            expect_200 "${URL[$t]}/v2/demo/big/blobs/$BIG_LAYER"
+            wait_stored "$A_PK" "$t"
+        fi
+        "$BIN" cache purge --config "$WORK/$t.yaml" "$UP/demo/big:v1" >>"$WORK/$t-purge.log" 2>&1 ||
+            die "portcullis cache purge (pc-cache-cold): see $WORK/$t-purge.log"
+        tail -1 "$WORK/$t-purge.log" | grep -Eq ": removed [1-9][0-9]* blobs" ||
+            die "pc-cache-cold: cache purge removed nothing: $(tail -1 "$WORK/$t-purge.log")"
     else
+        if [ -n "${PIDOF[$t]:-}" ]; then stop_bg "${PIDOF[$t]}"; fi
+        rm -rf "$WORK/$t"-*/
+        COLD_N=$((COLD_N + 1))
+        dir=$WORK/$t-$COLD_N
         sed "s|@DIR@|$dir|" "$WORK/distproxy-cold.yml.in" >"$WORK/$t.yml"
         start_bg "$WORK/$t.log" docker-registry serve "$WORK/$t.yml"
+        PIDOF[$t]=$LAST_PID
+        wait_http "${URL[$t]}/v2/" "$LAST_PID" "$t"
     fi
-    PIDOF[$t]=$LAST_PID
-    wait_http "${URL[$t]}/v2/" "$LAST_PID" "$t"
     expect_200 "${URL[$t]}/v2/demo/big/manifests/v1"
     expect_200 "${URL[$t]}/v2/demo/big/manifests/$BIG_DIGEST"
 }
