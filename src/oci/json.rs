@@ -18,6 +18,7 @@
 
 use std::fmt;
 
+use regex_syntax::hir::{ClassUnicode, ClassUnicodeRange};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// A JSON value whose objects have no case-folding key collisions.
@@ -41,13 +42,33 @@ pub enum Ambiguous {
     Collision { first: String, second: String },
 }
 
-/// A key as Go's decoder compares it: Unicode simple case folding, which
-/// also maps the Kelvin sign to `k` and the long s to `s`.
+/// A key as Go's decoder compares it with a struct field's name
+/// (`encoding/json`'s `foldName`): ASCII letters upper-cased, and every
+/// other character replaced by the smallest character of its Unicode
+/// simple case folding orbit, the one `unicode.SimpleFold` cycles through.
+/// So `"\u{212A}ind"` (Kelvin sign) folds like `"kind"` and `"\u{17F}ize"`
+/// (long s) like `"size"`, while the dotless `ı`, the ligatures `ﬁ`/`ﬆ` and
+/// `ß` (whose foldings to `I`, `FI`, `ST`, `SS` are full or Turkic
+/// mappings, not simple ones) fold to themselves, as in Go: `"conﬁg"` is
+/// not `config` to a runtime, so it is not to Portcullis either. The
+/// tables are regex-syntax's (a newer Unicode than some Go releases'):
+/// where versions differ Portcullis sees more collisions, never more
+/// fields, since every orbit that holds an ASCII letter is as old as Go.
 pub fn fold(key: &str) -> String {
-    key.chars()
-        .flat_map(char::to_uppercase)
-        .flat_map(char::to_lowercase)
-        .collect()
+    key.chars().map(fold_char).collect()
+}
+
+/// One character of [`fold`].
+fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_uppercase();
+    }
+    let mut orbit = ClassUnicode::new([ClassUnicodeRange::new(c, c)]);
+    // Cannot fail: the unicode-case tables are compiled in (Cargo.toml).
+    if orbit.try_case_fold_simple().is_err() {
+        return c;
+    }
+    orbit.ranges().first().map_or(c, ClassUnicodeRange::start)
 }
 
 impl Strict {
@@ -237,6 +258,60 @@ mod tests {
                 other => panic!("{}: {other:?}", String::from_utf8_lossy(doc)),
             }
         }
+    }
+
+    #[test]
+    fn keys_fold_exactly_as_go_folds_them() {
+        // Go's foldName: ASCII upper-cased; beyond ASCII, the smallest
+        // character of the simple folding orbit.
+        for (key, folded) in [
+            ("mediaType", "MEDIATYPE"),
+            ("\u{212A}ind", "KIND"),
+            ("\u{17F}ize", "SIZE"),
+            ("\u{1E9E}", "\u{DF}"),
+            ("\u{DF}", "\u{DF}"),
+            ("\u{3C2}\u{3A3}\u{3C3}", "\u{3A3}\u{3A3}\u{3A3}"),
+            ("\u{B5}", "\u{B5}"),
+            ("\u{3BC}", "\u{B5}"),
+            ("\u{131}", "\u{131}"),
+            ("\u{130}", "\u{130}"),
+            ("con\u{FB01}g", "CON\u{FB01}G"),
+            // One orbit since Unicode 15.1 (Go's tables may be older: then
+            // Portcullis folds more, which can only refuse more).
+            ("manife\u{FB06}s", "MANIFE\u{FB05}S"),
+            ("\u{10428}", "\u{10400}"),
+        ] {
+            assert_eq!(fold(key), folded, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn keys_go_does_not_fold_together_are_neither_collisions_nor_fields() {
+        // Full-mapping and Turkic look-alikes are other keys to Go: no
+        // collision, and never read as the field they resemble.
+        for (doc, field) in [
+            ("{\"config\":1,\"con\u{FB01}g\":2}", "config"),
+            ("{\"manifests\":1,\"manife\u{FB05}s\":2}", "manifests"),
+            ("{\"digest\":1,\"dige\u{FB06}\":2}", "digest"),
+            ("{\"config\":1,\"conf\u{131}g\":2}", "config"),
+            ("{\"class\":1,\"cla\u{DF}\":2}", "class"),
+        ] {
+            let v = Strict::parse(doc.as_bytes()).expect(doc);
+            assert_eq!(v.get(field).and_then(Strict::as_u64), Some(1), "{doc}");
+        }
+        for (doc, field) in [
+            ("{\"con\u{FB01}g\":2}", "config"),
+            ("{\"manife\u{FB06}s\":2}", "manifests"),
+            ("{\"conf\u{131}g\":2}", "config"),
+        ] {
+            let v = Strict::parse(doc.as_bytes()).expect(doc);
+            assert!(v.get(field).is_none(), "{doc}: read as {field}");
+        }
+        // ẞ and ß are one orbit, as for Go.
+        assert!(matches!(
+            Strict::parse("{\"\u{DF}\":1,\"\u{1E9E}\":2}".as_bytes()),
+            Err(Ambiguous::Collision { .. })
+        ));
     }
 
     #[test]
