@@ -1089,5 +1089,10 @@ fn an_image_purged_while_serving_is_stored_whole_by_the_next_pull() {
         "the first purge removed the manifest and every blob: {}",
         removed[0]
     );
-    assert_eq!(blobs(&out), first, "second purge: {out}; first: {}", removed[0]);
+    assert_eq!(
+        blobs(&out),
+        first,
+        "second purge: {out}; first: {}",
+        removed[0]
+    );
 }
