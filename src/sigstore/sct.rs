@@ -160,6 +160,12 @@ pub fn verify_embedded(
     ))
 }
 
+/// For `fuzz/` only: the SCT list parser on arbitrary bytes.
+#[doc(hidden)]
+pub fn fuzz_parse_list(tls: &[u8]) -> usize {
+    parse_list(tls).map_or(0, |list| list.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
