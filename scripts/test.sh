@@ -13,7 +13,11 @@
 #   5. runs the benchmark's quick mode (bench/run.sh --quick, ~3 minutes)
 #      as a smoke test: it fails on a broken benchmark (a peer that does not
 #      start, a pull that fails, an unsigned image that is served), never on
-#      a timing target. Its report goes to a temporary directory.
+#      a timing target. Its report goes to a temporary directory;
+#   6. runs every fuzz target (fuzz/, scripts/fuzz.sh) for a few seconds
+#      each: a crash, hang or failed assertion fails the run;
+#   7. checks the supply chain (scripts/supply-chain.sh: cargo deny with
+#      deny.toml: RustSec advisories, licences, duplicate crates, sources).
 # It exits non-zero on the first failing stage.
 #
 # The tests start every service they need themselves (registries, containerd,
@@ -26,6 +30,9 @@
 #   PORTCULLIS_TEST_FILTER=...   extra arguments passed to the test runner,
 #                                e.g. PORTCULLIS_TEST_FILTER='skopeo'
 #   PORTCULLIS_SKIP_BENCH=1      skip stage 5 (also skipped with a filter)
+#   PORTCULLIS_FUZZ_SECONDS=N    seconds per fuzz target in stage 6 (default 10)
+#   PORTCULLIS_SKIP_FUZZ=1       skip stage 6 (also skipped with a filter)
+#   PORTCULLIS_SKIP_SUPPLY_CHAIN=1  skip stage 7 (also skipped with a filter)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -211,6 +218,24 @@ else
     grep -q 'unsigned image via pc-require → HTTP 403' "$BENCH_OUT/stdout.md" ||
         die "the benchmark's REQUIRE_ATTESTATION proxy did not refuse the unsigned image"
     grep '^| .* | \*\*\(met\|MISSED\)\*\* |$' "$BENCH_OUT/stdout.md" | sed 's/^/    /' || true
+fi
+
+if [ "${PORTCULLIS_SKIP_FUZZ:-0}" = 1 ] || [ "${#EXTRA[@]}" -gt 0 ]; then
+    stage "Skipping the fuzz smoke run"
+else
+    FUZZ_SECONDS=${PORTCULLIS_FUZZ_SECONDS:-10}
+    stage "scripts/fuzz.sh $FUZZ_SECONDS (every fuzz target, $FUZZ_SECONDS s each, dev build)"
+    # A dev build: the whole stage stays within a few minutes from a
+    # clean machine (an optimised ASan build of every dependency alone
+    # takes longer than the run). Real fuzzing: scripts/fuzz.sh 300.
+    FUZZ_PROFILE=dev scripts/fuzz.sh "$FUZZ_SECONDS"
+fi
+
+if [ "${PORTCULLIS_SKIP_SUPPLY_CHAIN:-0}" = 1 ] || [ "${#EXTRA[@]}" -gt 0 ]; then
+    stage "Skipping the supply-chain check"
+else
+    stage "scripts/supply-chain.sh (cargo deny check: advisories, licences, bans, sources)"
+    scripts/supply-chain.sh
 fi
 
 stage "All checks passed (${REPO_ROOT})"
