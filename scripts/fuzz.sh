@@ -34,6 +34,9 @@ if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]
 fi
 
 cd "$fuzz"
+# Fuzz the dependency versions that ship: the main crate's lock file, to
+# which cargo adds the fuzz-only crates (libfuzzer-sys and its own).
+cp "$root/Cargo.lock" "$fuzz/Cargo.lock"
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
