@@ -90,8 +90,9 @@ pub fn start(config: &AuditConfig) -> std::io::Result<AuditSink> {
         None => Output::Stdout,
         Some(path) => {
             let mode = file_mode(config);
-            let file = open_append(path, mode)?;
+            let mut file = open_append(path, mode)?;
             let size = file.metadata()?.len();
+            let size = size + end_partial_line(path, &mut file, size)?;
             // Rotated files from before (possibly written by a version that
             // created them world-readable) get the same narrowing.
             for n in 1..=config.max_files.max(1) {
@@ -147,6 +148,31 @@ fn open_append(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
     Ok(file)
+}
+
+/// A process killed while writing a line (a SIGKILL between two pages of
+/// one `write(2)`) leaves the file ending in part of a line. Appended to
+/// as it is, the next record would be glued to that fragment, and neither
+/// would parse: end it with a newline first, so the fragment stays a line
+/// of its own and every record written from now on is a whole line. The
+/// bytes added (0 or 1).
+fn end_partial_line(path: &Path, file: &mut std::fs::File, size: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    if size == 0 {
+        return Ok(0);
+    }
+    let mut last = [0u8; 1];
+    std::fs::File::open(path)?.read_exact_at(&mut last, size - 1)?;
+    if last[0] == b'\n' {
+        return Ok(0);
+    }
+    tracing::warn!(
+        path = %path.display(),
+        "the audit trail ends in part of a line (a crash while it was written); \
+         it is kept, on a line of its own"
+    );
+    file.write_all(b"\n")?;
+    Ok(1)
 }
 
 /// Sets an existing file's permissions to `mode` unless they already are.
@@ -348,6 +374,51 @@ mod tests {
         for name in ["a.jsonl", "a.jsonl.1", "a.jsonl.2"] {
             assert_eq!(mode_of(&dir.path().join(name)), 0o600, "{name}");
         }
+    }
+
+    /// A file left ending in part of a line (its writer killed mid-write)
+    /// gets a newline before the first new record: the fragment stays on a
+    /// line of its own and the new record parses.
+    #[tokio::test]
+    async fn a_partial_last_line_is_ended_before_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let whole = serde_json::to_string(&record()).unwrap();
+        let torn = &whole[..whole.len() / 2];
+        std::fs::write(&path, format!("{whole}\n{torn}")).unwrap();
+        let config = AuditConfig {
+            path: Some(path.clone()),
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_secs(1),
+            max_size_bytes: 0,
+            max_files: 2,
+            queue_size: 10,
+            on_full: OnFull::Block,
+            group_readable: false,
+        };
+        let sink = start(&config).unwrap();
+        sink.send(record()).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.stats.written.load(Ordering::Relaxed) < 1 {
+            assert!(Instant::now() < deadline, "record not written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines, [whole.as_str(), torn, whole.as_str()], "{text:?}");
+        assert!(text.ends_with('\n'));
+        // A file that ends with a whole line is appended to as it is.
+        drop(sink);
+        let sink = start(&config).unwrap();
+        sink.send(record()).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.stats.written.load(Ordering::Relaxed) < 1 {
+            assert!(Instant::now() < deadline, "record not written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text:?}");
+        assert!(!text.contains("\n\n"), "an empty line was added: {text:?}");
     }
 
     fn mode_of(path: &Path) -> u32 {

@@ -105,6 +105,23 @@ pub fn request_streaming(
     exchange(stream, method, url, headers, body)
 }
 
+/// A request without a body whose connection, reads and writes each time
+/// out after `timeout` (instead of 120 s), with the response body unread:
+/// for load tests, where every wait must be short and bounded.
+pub fn request_streaming_timeout(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<StreamingResponse> {
+    let (host, _) = split_url(url)?;
+    let addr: std::net::SocketAddr = host
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    exchange_with(stream, method, url, headers, None, timeout)
+}
+
 /// [`request`] from the local address `local` (e.g. `127.0.0.2`: another
 /// loopback client as far as the server can tell).
 pub fn request_from(
@@ -158,9 +175,21 @@ fn exchange(
     headers: &[(&str, &str)],
     body: Option<(&mut dyn Read, u64)>,
 ) -> io::Result<StreamingResponse> {
+    exchange_with(stream, method, url, headers, body, Duration::from_secs(120))
+}
+
+/// [`exchange`] with `timeout` on each read and write.
+fn exchange_with(
+    stream: TcpStream,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&mut dyn Read, u64)>,
+    timeout: Duration,
+) -> io::Result<StreamingResponse> {
     let (host, path) = split_url(url)?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(120)))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let mut w = io::BufWriter::with_capacity(1 << 16, stream.try_clone()?);
     write!(
         w,

@@ -13,6 +13,9 @@ pub struct Proxy {
     child: Child,
     _dir: tempfile::TempDir,
     log: PathBuf,
+    /// What [`Proxy::restart`] starts again with.
+    health_url: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 /// Picks a free loopback TCP port (bind to port 0, read it, release it).
@@ -82,24 +85,18 @@ impl Proxy {
             let text = config_yaml.replace("{listen}", &addr.to_string());
             std::fs::write(&cfg, &text).expect("write proxy config");
             let out = File::create(&log).expect("create proxy log");
-            let err = out.try_clone().expect("clone log fd");
-            let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-                .arg("serve")
-                .arg("--config")
-                .arg(&cfg)
-                .arg("--log-format")
-                .arg("json")
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err))
-                .spawn()
-                .expect("spawn portcullis");
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let child = spawn_serve(&cfg, out, &env);
             let mut proxy = Proxy {
                 addr,
                 child,
                 _dir: dir,
                 log,
+                health_url: health_url.map(str::to_owned),
+                env,
             };
             let outcome = proxy.wait_healthy(Duration::from_secs(20), health_url);
             match outcome {
@@ -122,6 +119,40 @@ impl Proxy {
                     proxy.logs()
                 ),
             }
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would (no graceful
+    /// shutdown, nothing flushed), and reaps it: its ports are free again.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+
+    /// Starts `portcullis serve` again with the same config file (same
+    /// ports, audit file, content store), its output appended to the same
+    /// log, and waits until it is healthy (20 s; panics with the log).
+    /// The previous process must be gone ([`Proxy::kill_9`]).
+    pub fn restart(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open proxy log");
+        self.child = spawn_serve(&self.config_path(), out, &self.env);
+        let health_url = self.health_url.clone();
+        match self.wait_healthy(Duration::from_secs(20), health_url.as_deref()) {
+            Health::Up => {}
+            Health::Exited(status) => panic!(
+                "restarted portcullis exited ({status}) before becoming healthy on {}\n--- log ---\n{}",
+                self.addr,
+                self.logs()
+            ),
+            Health::TimedOut(last) => panic!(
+                "restarted portcullis did not answer GET /healthz with 200 on {} within 20 s \
+                 (last attempt: {last})\n--- log ---\n{}",
+                self.addr,
+                self.logs()
+            ),
         }
     }
 
@@ -173,6 +204,24 @@ impl Proxy {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
+}
+
+/// `portcullis serve --config CFG --log-format json`, stdout and stderr to
+/// `log`.
+fn spawn_serve(cfg: &std::path::Path, log: File, env: &[(String, String)]) -> Child {
+    let err = log.try_clone().expect("clone log fd");
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("serve")
+        .arg("--config")
+        .arg(cfg)
+        .arg("--log-format")
+        .arg("json")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawn portcullis")
 }
 
 enum Health {

@@ -62,49 +62,80 @@ impl Registry {
             std::fs::write(&cfg, &config).expect("write registry config");
             let log = dir.path().join("registry.log");
             let out = File::create(&log).expect("create registry log");
-            let err = out.try_clone().expect("clone fd");
-            let child = Command::new(REGISTRY_BIN)
-                .arg("serve")
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err))
-                // Debian's package reads this when no config argument is
-                // given; unset so the argument is the only source.
-                .env_remove("REGISTRY_CONFIGURATION_PATH")
-                .spawn()
-                .expect("spawn docker-registry");
+            let child = spawn_serve(&cfg, out);
             let mut reg = Registry {
                 port,
                 child,
                 dir,
                 log,
             };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut last: String;
-            loop {
-                if let Ok(Some(status)) = reg.child.try_wait() {
+            match reg.wait_up() {
+                Up::Yes => return reg,
+                Up::Exited(status) => {
                     let logs = reg.logs();
                     if logs.contains("address already in use") && attempt < 4 {
-                        break; // retry with another port
+                        continue; // retry with another port
                     }
                     panic!("docker-registry exited ({status}) during startup\n--- config ---\n{config}\n--- log ---\n{logs}");
                 }
-                match super::http::get(&format!("{}/v2/", reg.url())) {
-                    // 401 is a valid "up" answer for a token-protected registry.
-                    Ok(r) if r.status == 200 || r.status == 401 => return reg,
-                    Ok(r) => last = format!("HTTP {}", r.status),
-                    Err(e) => last = e.to_string(),
-                }
-                if Instant::now() >= deadline {
-                    panic!(
-                        "docker-registry did not answer GET /v2/ within 20 s (last: {last})\n\
-                         --- log ---\n{}",
-                        reg.logs()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
+                Up::TimedOut(last) => panic!(
+                    "docker-registry did not answer GET /v2/ within 20 s (last: {last})\n\
+                     --- log ---\n{}",
+                    reg.logs()
+                ),
             }
+        }
+    }
+
+    /// Waits (20 s at most) until `GET /v2/` answers.
+    fn wait_up(&mut self) -> Up {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last: String;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Up::Exited(status.to_string());
+            }
+            match super::http::get(&format!("{}/v2/", self.url())) {
+                // 401 is a valid "up" answer for a token-protected registry.
+                Ok(r) if r.status == 200 || r.status == 401 => return Up::Yes,
+                Ok(r) => last = format!("HTTP {}", r.status),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Up::TimedOut(last);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the registry with SIGKILL: connections drop mid-transfer; its
+    /// storage and port are kept for [`Registry::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same port, configuration and
+    /// storage (after [`Registry::stop`]), its output appended to the same
+    /// log; panics unless it answers `GET /v2/` within 20 s.
+    pub fn restart(&mut self) {
+        self.stop();
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open registry log");
+        self.child = spawn_serve(&self.dir.path().join("config.yml"), out);
+        match self.wait_up() {
+            Up::Yes => {}
+            Up::Exited(status) => panic!(
+                "docker-registry exited ({status}) on restart\n--- log ---\n{}",
+                self.logs()
+            ),
+            Up::TimedOut(last) => panic!(
+                "restarted docker-registry did not answer GET /v2/ within 20 s (last: {last})\n\
+                 --- log ---\n{}",
+                self.logs()
+            ),
         }
     }
 
@@ -136,6 +167,28 @@ impl Registry {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
+}
+
+enum Up {
+    Yes,
+    Exited(String),
+    TimedOut(String),
+}
+
+/// `docker-registry serve CFG`, stdout and stderr to `log`.
+fn spawn_serve(cfg: &Path, log: File) -> Child {
+    let err = log.try_clone().expect("clone fd");
+    Command::new(REGISTRY_BIN)
+        .arg("serve")
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        // Debian's package reads this when no config argument is given;
+        // unset so the argument is the only source.
+        .env_remove("REGISTRY_CONFIGURATION_PATH")
+        .spawn()
+        .expect("spawn docker-registry")
 }
 
 impl Drop for Registry {
