@@ -261,11 +261,14 @@ impl Target {
     }
 }
 
+/// One legitimate pull: when it started and ended, and how it went.
+type Pull = (Instant, Instant, Result<(), String>);
+
 /// Legitimate pulls, one after another on a thread, while an attack runs.
 struct Puller {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
-    handle: std::thread::JoinHandle<Vec<(Instant, Instant, Result<(), String>)>>,
+    handle: std::thread::JoinHandle<Vec<Pull>>,
 }
 
 fn start_pulling(legit: &Legit) -> Puller {
@@ -1176,7 +1179,7 @@ fn http1_pipelined_requests_are_answered_in_order_each_on_its_own_merits() {
             "GET",
             "/v2/allowed/pipelined-noauth/manifests/v1",
             &host,
-            &[accept.clone()],
+            std::slice::from_ref(&accept),
         ),
         head(
             "GET",
@@ -1184,9 +1187,24 @@ fn http1_pipelined_requests_are_answered_in_order_each_on_its_own_merits() {
             &host,
             &[auth.clone(), accept.clone()],
         ),
-        head("GET", &blob(&t.image.config_digest), &host, &[auth.clone()]),
-        head("HEAD", &blob(&layer.digest), &host, &[auth.clone()]),
-        head("GET", &blob(&layer.digest), &host, &[auth.clone()]),
+        head(
+            "GET",
+            &blob(&t.image.config_digest),
+            &host,
+            std::slice::from_ref(&auth),
+        ),
+        head(
+            "HEAD",
+            &blob(&layer.digest),
+            &host,
+            std::slice::from_ref(&auth),
+        ),
+        head(
+            "GET",
+            &blob(&layer.digest),
+            &host,
+            std::slice::from_ref(&auth),
+        ),
         head(
             "GET",
             "/v2/",
