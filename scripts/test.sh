@@ -72,7 +72,10 @@ as_root() {
 #                    and recommends are not installed)
 #   python3-h2       the HTTP/2 client tests/connections.rs drives a raw
 #                    socket with (tests/h2/client.py): zero-window streams,
-#                    half a preface
+#                    half a preface; its hpack is what tests/h2/abuse.py
+#                    (tests/protocol_abuse.rs) decodes responses with while
+#                    it writes hostile frames by hand (rapid reset,
+#                    CONTINUATION flood, HPACK bomb)
 #   chromium         the headless browser tests/dashboard.rs drives the
 #                    dashboard (/-/ui) in, through playwright-core
 #   nginx, wrk       the benchmark's peers and load generator (stage 5);

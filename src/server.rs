@@ -48,6 +48,20 @@ const DOCKER_DISTRIBUTION_API_VERSION: HeaderName =
 
 /// HTTP/2 streams per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// The most an HTTP/1.1 request head (request line and headers) may take,
+/// in bytes; a longer one is answered `431` and its connection closed.
+/// hyper keeps a request head whole in the connection's read buffer until
+/// it ends, and this is that buffer's limit (`max_buf_size`). hyper's
+/// default, about 408 KiB, let a head that never ends pin that much (and
+/// the allocator up to twice that) per connection until
+/// `timeouts.handshake`: 200 such connections from one address held about
+/// 100 MiB (`protocol_abuse::http1_unfinished_request_heads_hold_bounded_memory`).
+/// Registry clients send heads of a few KiB, a bearer token being the
+/// largest part; 64 KiB is many times that, and four times what an HTTP/2
+/// request may carry (hyper's 16 KiB `SETTINGS_MAX_HEADER_LIST_SIZE`).
+/// hyper also queues at most this much of a response before writing it
+/// out, so a response body goes out in writes of one or a few chunks.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// An HTTP/2 connection pings its client after this long without hearing
 /// from it...
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -395,7 +409,8 @@ fn http_builder(
         .timer(TokioTimer::new())
         // Reading a request's headers (and, in hyper, waiting for the next
         // request on a keep-alive connection) is bounded like idleness.
-        .header_read_timeout(timeouts.idle);
+        .header_read_timeout(timeouts.idle)
+        .max_buf_size(MAX_REQUEST_HEAD);
     builder
         .http2()
         .timer(TokioTimer::new())
