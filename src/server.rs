@@ -62,6 +62,13 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// hyper also queues at most this much of a response before writing it
 /// out, so a response body goes out in writes of one or a few chunks.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
+/// HTTP/2 streams a connection may make the proxy reset (protocol errors
+/// on the client's streams) before it is closed with `ENHANCE_YOUR_CALM`.
+/// h2's default, 1,024, let a "MadeYouReset" client (CVE-2025-8671: a
+/// frame that makes the server reset each stream it opens) turn 1,024
+/// streams per connection into tasks before the cut: 20-65 MiB over idle
+/// in `protocol_abuse`. A registry client resets none.
+const H2_MAX_LOCAL_RESETS: usize = 64;
 /// An HTTP/2 connection pings its client after this long without hearing
 /// from it...
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -415,6 +422,7 @@ fn http_builder(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS))
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     builder
