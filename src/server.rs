@@ -67,7 +67,9 @@ const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// h2's default, 1,024, let a "MadeYouReset" client (CVE-2025-8671: a
 /// frame that makes the server reset each stream it opens) turn 1,024
 /// streams per connection into tasks before the cut: 20-65 MiB over idle
-/// in `protocol_abuse`. A registry client resets none.
+/// in `protocol_abuse`. A stream refused past `MAX_CONCURRENT_STREAMS`
+/// counts too: a client that respects the advertised limit, as registry
+/// clients do, is never refused, nor reset.
 const H2_MAX_LOCAL_RESETS: usize = 64;
 /// An HTTP/2 connection pings its client after this long without hearing
 /// from it...
