@@ -764,9 +764,11 @@ fn kill_9_mid_load_then_restart_clients_retry_and_verdicts_are_recomputed() {
     // for its blobs, which it has not admitted yet: refused ("blob is not
     // part of an admitted image", fail closed) until the signed image's
     // manifest is admitted again. Only such refusals, and only before that
-    // admission, are not wrong verdicts; the client retries the pull. (The
-    // same as a reload between a pull's manifest and its blobs: see
-    // docs/reliability.md, Soak.)
+    // admission, are not wrong verdicts; the client retries the pull.
+    // Unlike a reload (where the process remembers which manifest admitted
+    // the blob and verifies it again: trust_rotation, soak), a process
+    // started after kill -9 remembers nothing of its predecessor's pulls
+    // (a fleet's replicas find them in Redis).
     let signed_ref = images
         .iter()
         .find(|i| i.signed)

@@ -11,6 +11,10 @@
 //! - a reload on one replica reaches the others within a second (the
 //!   policy file is rewritten so that no file watcher can notice: only
 //!   the fleet's announcement can);
+//! - a split pull across a reload: manifests through A before it, blobs
+//!   through B after it, served when the new policy still admits the
+//!   image (B verifies the manifest the fleet names again), refused when
+//!   it does not;
 //! - Redis stopped: nothing unverified is served, what a replica admitted
 //!   itself still works, other blobs fail closed naming Redis, manifests
 //!   are verified locally, `/readyz` says why; Redis back (empty): normal
@@ -393,6 +397,110 @@ fn a_reload_on_one_replica_changes_the_verdict_on_the_other_within_a_second() {
         "B's reload was not the fleet's announcement:\n{}",
         b.logs()
     );
+}
+
+/// A split pull that spans a reload: A admitted the manifests under the
+/// old policy, B is asked for their blobs under the new one. B never saw
+/// the manifests; the fleet names them (the blob's manifest, and the
+/// index listing a child), B verifies them again under the new policy,
+/// and serves the blobs only while it still admits them.
+#[test]
+fn a_split_pull_across_a_reload_gets_its_blobs_while_the_new_policy_admits_the_image() {
+    let up = Upstream::start();
+    let redis = Redis::start();
+    let fleet = replicas(&up, &redis, &["a", "b"]);
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let key = KeyPair {
+        key: up.dir.path().join("ci.key"),
+        public: up.dir.path().join("ci.pub"),
+        pem: std::fs::read_to_string(up.dir.path().join("ci.pub")).expect("ci.pub"),
+    };
+    let child = &up.multi.images[0];
+    let pull_manifests = || {
+        for (repo, reference) in [
+            (SIGNED, "v1"),
+            (MULTI, "v1"),
+            (MULTI, child.digest.as_str()),
+        ] {
+            let r = manifest(a, repo, reference);
+            assert_eq!(r.status, 200, "{repo}:{reference} through A: {}", r.text());
+        }
+    };
+    // Waits until both replicas run a policy revision other than `before`.
+    let reloaded = |before: &[String; 2]| {
+        let ok = trust::wait_until(Duration::from_secs(10), || {
+            [a, b]
+                .iter()
+                .zip(before)
+                .all(|(p, old)| revision(p).as_ref() != Some(old))
+        });
+        assert!(
+            ok,
+            "the replicas did not reload\nA:\n{}\nB:\n{}",
+            a.logs(),
+            b.logs()
+        );
+    };
+
+    // The same rule under another revision: the image is still admitted.
+    pull_manifests();
+    let before = [a, b].map(|p| revision(p).expect("revision"));
+    let path = up.policy_path();
+    let text = std::fs::read_to_string(&path).expect("read policy");
+    let other = text.replacen(
+        "policy:\n",
+        "policy:\n  admissionWhitelistPatterns:\n    - namePattern: elsewhere.example/*\n",
+        1,
+    );
+    assert_ne!(other, text);
+    std::fs::write(&path, other).expect("rewrite policy");
+    reloaded(&before);
+    for d in blobs_of(&up.signed) {
+        assert_blob_served(
+            b,
+            SIGNED,
+            &d,
+            "blob of the signed image through B after the reload",
+        );
+    }
+    for d in blobs_of(child) {
+        assert_blob_served(
+            b,
+            MULTI,
+            &d,
+            "blob of the index's child through B after the reload",
+        );
+    }
+
+    // Now a policy that denies everything: the same split pull is refused.
+    pull_manifests();
+    let before = [a, b].map(|p| revision(p).expect("revision"));
+    write_policy(&path, &key, "ALWAYS_DENY");
+    reloaded(&before);
+    for d in blobs_of(&up.signed) {
+        let text = assert_blob_refused(b, SIGNED, &d, "blob of the signed image under ALWAYS_DENY");
+        assert!(
+            text.contains("which the current policy denies"),
+            "the refusal does not say the image is denied now: {text}"
+        );
+    }
+    assert_blob_refused(
+        b,
+        MULTI,
+        &blobs_of(child)[0],
+        "blob of the child under ALWAYS_DENY",
+    );
+}
+
+/// The policy revision a replica enforces (`portcullis_policy_revision_info`).
+fn revision(p: &Replica) -> Option<String> {
+    let metrics = p.admin_get("/metrics").text();
+    metrics
+        .lines()
+        .find(|l| l.starts_with("portcullis_policy_revision_info{"))
+        .and_then(|l| l.split("revision=\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .map(str::to_owned)
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Key rotation: an attestor with two keys admits images signed by either;
 //! removing a key from the running proxy's config (picked up by the file
 //! watcher, or by SIGHUP) denies images signed only by it, even though
-//! their allow verdicts were cached.
+//! their allow verdicts were cached. A pull under way across the change
+//! gets the blobs of an image the new policy still admits, and only those.
 
 mod common;
 
@@ -19,8 +20,10 @@ use common::Proxy;
 const RELOAD_WAIT: Duration = Duration::from_secs(15);
 
 struct Env {
-    _reg: Registry,
+    reg: Registry,
     _keys: tempfile::TempDir,
+    /// The key `demo/old` is signed with.
+    k_old: KeyPair,
     /// Config with both keys, and with `ci-2025` only.
     both: TrustConfig,
     old_only: TrustConfig,
@@ -70,8 +73,9 @@ fn env() -> Env {
         );
     }
     Env {
-        _reg: reg,
+        reg,
         _keys: keys,
+        k_old,
         both,
         old_only,
         proxy,
@@ -177,5 +181,113 @@ fn sighup_reloads_a_removed_key_and_denies_images_signed_only_by_it() {
     assert!(
         !logs.contains("file change"),
         "the file watcher reloaded too, so this test did not isolate SIGHUP:\n{logs}"
+    );
+}
+
+/// The blob `digest` of `repo` through the proxy, whatever the status.
+fn blob_via(proxy: &Proxy, repo: &str, digest: &str) -> common::http::Response {
+    let url = format!("{}/v2/{repo}/blobs/{digest}", proxy.url());
+    common::http::get(&url).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// A pull under way when the policy changes: its manifests were admitted
+/// before the reload, its blobs are asked for after it (as a runtime does,
+/// seconds apart). Each blob's image is verified again under the new
+/// policy: the blobs of an image it still admits are served (a single
+/// image, and a platform image of a signed index: index → child → blob),
+/// those of an image it denies are refused saying so, and a blob no
+/// admitted image lists stays refused.
+#[test]
+fn a_pull_spanning_a_key_rotation_gets_the_blobs_of_images_still_admitted_and_only_those() {
+    let env = env();
+    let proxy = &env.proxy;
+    let host = env.reg.host();
+    let multi = content::push_multiarch(&env.reg.url(), "demo/multi", "v1", 83, 3000);
+    trust::sign(
+        &env.reg.url(),
+        &format!("{host}/demo/multi:v1"),
+        "demo/multi",
+        &multi.digest,
+        &env.k_old,
+        &[],
+    );
+    let stray = content::push_blob(&env.reg.url(), "demo/old", b"listed by no manifest");
+
+    // The manifest phase of three pulls, before the reload.
+    let old = pull_v1(proxy, "demo/old");
+    assert_eq!(
+        old.status,
+        200,
+        "demo/old before the reload: {}",
+        old.text()
+    );
+    let new = pull_v1(proxy, "demo/new");
+    assert_eq!(
+        new.status,
+        200,
+        "demo/new before the reload: {}",
+        new.text()
+    );
+    assert_eq!(pull_v1(proxy, "demo/multi").status, 200, "the signed index");
+    let child = &multi.images[0];
+    let r = trust::get_manifest_via(proxy, "demo/multi", &child.digest);
+    assert_eq!(r.status, 200, "child of the signed index: {}", r.text());
+
+    // The reload: `ci-2026` removed (waited for through demo/new's
+    // manifest only, so nothing re-admits the other two images).
+    let path = proxy.config_path();
+    std::fs::write(&path, rewritten(&path, &env.old_only)).expect("rewrite proxy config");
+    let reloaded = trust::wait_until(RELOAD_WAIT, || status(proxy, "demo/new") == 403);
+    assert!(reloaded, "the reload did not happen\n{}", proxy.logs());
+
+    // The blob phase, after it.
+    for digest in trust::manifest_blobs(&old.body) {
+        let r = blob_via(proxy, "demo/old", &digest);
+        assert_eq!(
+            r.status,
+            200,
+            "blob {digest} of demo/old (still admitted) after the reload: {}\n{}",
+            r.text(),
+            proxy.logs()
+        );
+        assert_eq!(content::sha256_digest(&r.body), digest, "served bytes");
+    }
+    let layer = &child.layers[0].1.digest;
+    let r = blob_via(proxy, "demo/multi", layer);
+    assert_eq!(
+        r.status,
+        200,
+        "layer of the signed index's platform image after the reload: {}",
+        r.text()
+    );
+    assert_eq!(&content::sha256_digest(&r.body), layer);
+    for digest in trust::manifest_blobs(&new.body) {
+        let r = blob_via(proxy, "demo/new", &digest);
+        assert_eq!(
+            r.status, 403,
+            "blob {digest} of demo/new (signed only by the removed key)"
+        );
+        let text = r.text();
+        assert!(
+            text.contains("which the current policy denies"),
+            "the refusal does not say the image is denied now: {text}"
+        );
+    }
+    let r = blob_via(proxy, "demo/old", &stray.digest);
+    assert_eq!(
+        r.status,
+        403,
+        "a blob no admitted image lists: {}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("not part of an admitted image"),
+        "{}",
+        r.text()
+    );
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("admitted again under the current policy"),
+        "no re-admission logged:\n{logs}"
     );
 }

@@ -11,8 +11,7 @@ use crate::oci::{validate_name, Digest, Reference};
 use crate::routing::{Endpoint, Route};
 use crate::serve::{manifest, App};
 
-/// The Accept header a runtime sends: every manifest type.
-pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+pub use crate::oci::media::ACCEPT_ALL;
 
 /// An image reference `registry/repository[:tag|@digest]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -65,7 +65,8 @@ pub enum FleetError {
 /// What a key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
-    /// A blob an admitted manifest references (value `1`).
+    /// A blob an admitted manifest references (value: that manifest's
+    /// digest; `1` from versions before it was recorded).
     Blob,
     /// A child manifest an admitted index lists (value: the index digest).
     Child,

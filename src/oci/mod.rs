@@ -33,6 +33,8 @@ pub mod media {
     pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
     pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// The Accept header a runtime sends: every manifest type.
+    pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 }
 
 /// Why a name, tag or digest was rejected.
@@ -94,6 +96,25 @@ impl Digest {
 
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
+    }
+
+    /// The 32 bytes of a SHA-256 digest (`None` for other algorithms).
+    pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
+        let mut bytes = [0u8; 32];
+        match self.algorithm {
+            Algorithm::Sha256 => hex::decode_to_slice(&self.hex, &mut bytes)
+                .ok()
+                .map(|()| bytes),
+            Algorithm::Sha512 => None,
+        }
+    }
+
+    /// The SHA-256 digest whose bytes are `bytes`.
+    pub fn from_sha256_bytes(bytes: &[u8; 32]) -> Digest {
+        Digest {
+            algorithm: Algorithm::Sha256,
+            hex: hex::encode(bytes),
+        }
     }
 
     pub fn hex(&self) -> &str {

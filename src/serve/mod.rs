@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -49,11 +49,12 @@ use crate::breakglass::{Attempt, BreakGlass};
 use crate::clientauth::{AuthError, ClientAuth, Identity};
 use crate::config::Config;
 use crate::metrics::{ContentSnapshot, Snapshot};
-use crate::oci::Digest;
+use crate::oci::{media, Digest, Reference};
+use crate::policy::Decision;
 use crate::routing::{Endpoint, Routed, Router};
 use crate::store::ContentStore;
 use crate::upstream::Upstream;
-use crate::verify::Verifier;
+use crate::verify::{Failed, Outcome, Verifier};
 
 pub use context::{Ctx, RequestLog};
 pub use error::{ServeError, Source};
@@ -348,7 +349,10 @@ impl App {
             .await
         {
             Ok(permit) => permit,
-            Err(decision) => return Err(finish::blob_denied(self, ctx, digest, decision).await),
+            Err(refusal) => match self.readmit(ctx, digest, refusal).await {
+                Ok(permit) => permit,
+                Err(decision) => return Err(finish::blob_denied(self, ctx, digest, decision).await),
+            },
         };
         finish::blob_permitted(self, ctx, &permit).await;
         if let Some(store) = &self.content {
@@ -366,6 +370,87 @@ impl App {
             slots,
         )
         .await
+    }
+
+    /// A blob refused because the policy (or the evidence) changed after
+    /// its image's manifest was admitted, in the middle of a pull: the
+    /// manifests that admitted it ([`Verifier::readmissions`]) are fetched
+    /// and verified again under the current policy, as if the client had
+    /// asked for them, and the blob is served only if they admit it.
+    /// Otherwise the refusal stands, saying why: the image's denial under
+    /// the current policy, or that it could not be checked again.
+    ///
+    /// Not audited apart: no manifest is served, and the blob's own
+    /// refusal is audited when it stands.
+    async fn readmit(
+        &self,
+        ctx: &Ctx<'_>,
+        digest: &Digest,
+        refusal: Arc<Decision>,
+    ) -> Result<crate::verify::BlobPermit, Arc<Decision>> {
+        let chain = self.verifier.readmissions(&ctx.route, digest).await;
+        if chain.is_empty() {
+            return Err(refusal);
+        }
+        let mut accept = HeaderMap::new();
+        accept.insert(header::ACCEPT, HeaderValue::from_static(media::ACCEPT_ALL));
+        let because = |manifest: &Digest, why: String| {
+            Arc::new(Decision {
+                reason: format!(
+                    "{} (its image {}@{manifest} was admitted before the policy or the evidence changed, {why})",
+                    refusal.reason, ctx.canonical
+                ),
+                ..(*refusal).clone()
+            })
+        };
+        for manifest in &chain {
+            let reference = Reference::Digest(manifest.clone());
+            let resolve =
+                self.manifests
+                    .get_or_fetch(self.upstream(ctx), &ctx.route, &reference, &accept);
+            // Without the request's break-glass credential: a denied image
+            // is admitted by break-glass only where that is audited, at its
+            // manifest.
+            let admitted = self
+                .verifier
+                .admit(&ctx.route, &reference, resolve, &Attempt::None)
+                .await;
+            match admitted {
+                Ok(Outcome::Admitted(_)) => {}
+                Ok(Outcome::Denied(denial)) => {
+                    let denied = denial.decision();
+                    return Err(Arc::new(Decision {
+                        reason: format!(
+                            "blob of image {}@{manifest}, which the current policy denies: {}",
+                            ctx.canonical, denied.reason
+                        ),
+                        ..(**denied).clone()
+                    }));
+                }
+                Err(Failed::Fetch(e)) => {
+                    return Err(because(
+                        manifest,
+                        format!("and it could not be fetched to check it again: {e}"),
+                    ))
+                }
+                Err(Failed::Verify { error, .. }) => {
+                    return Err(because(
+                        manifest,
+                        format!("and it could not be checked again: {error}"),
+                    ))
+                }
+            }
+        }
+        ctx.log.in_scope(|| {
+            tracing::info!(
+                blob = %digest,
+                manifest = %chain.last().map(ToString::to_string).unwrap_or_default(),
+                "image admitted again under the current policy for a pull begun before it changed"
+            )
+        });
+        self.verifier
+            .permit_blob(&ctx.route, digest, &ctx.glass)
+            .await
     }
 
     /// The `/metrics` exposition.

@@ -21,6 +21,11 @@ use crate::oci::{Digest, Reference};
 use crate::policy::{self, Decision, EnforcementMode, EvaluationMode, Verdict};
 use crate::routing::Route;
 
+/// Manifests verified again for one refused blob, at most: the manifest
+/// that listed it and the indexes above it (an index of indexes is legal,
+/// deeper nesting is not what runtimes pull).
+const MAX_READMISSIONS: usize = 4;
+
 /// A verdict reached (or found cached) while the manifest was fetched.
 #[derive(Debug)]
 pub(super) struct Early {
@@ -396,7 +401,13 @@ impl Verifier {
                 .chain(reading.layers.iter())
                 .map(|b| scope.key_of(&b.digest).id)
                 .collect();
-            self.break_glass.admit(state.generation, &blobs, &[], None);
+            self.break_glass.admit(
+                state.generation,
+                Some(denial.manifest.digest()),
+                &blobs,
+                &[],
+                None,
+            );
             self.share_break_glass(&state, &blobs).await;
         }
         Admission {
@@ -431,15 +442,19 @@ impl Verifier {
         let key = state.scope(route).key_of(digest);
         let shared = match self.shares(&state, route) {
             true => self.in_fleet(&state, Table::Blob, &key).await,
-            false => Ok(false),
+            false => Ok(None),
         };
         let unproven = match shared {
-            Ok(true) => {
+            Ok(Some(manifest)) => {
                 // Admitted by another replica: this one remembers it too.
-                self.content.admit(state.generation, &[key.id], &[], None);
+                let manifest = std::str::from_utf8(&manifest)
+                    .ok()
+                    .and_then(|m| m.parse::<Digest>().ok());
+                self.content
+                    .admit(state.generation, manifest.as_ref(), &[key.id], &[], None);
                 return Ok(permit(None));
             }
-            Ok(false) => denial,
+            Ok(None) => denial,
             Err(e) => {
                 if let Some(fleet) = &self.fleet {
                     fleet.fell_back();
@@ -467,7 +482,71 @@ impl Verifier {
         if self.break_glass.has_blob(key) {
             return true;
         }
-        matches!(self.in_fleet(state, Table::BreakGlass, key).await, Ok(true))
+        matches!(
+            self.in_fleet(state, Table::BreakGlass, key).await,
+            Ok(Some(_))
+        )
+    }
+
+    /// For a blob [`Verifier::permit_blob`] refused: the manifests to
+    /// admit again, outermost first, before asking once more. A pull whose
+    /// manifest was admitted before the last generation change (a policy
+    /// reload, new evidence) asks for its blobs after it, when they are no
+    /// longer admitted; the retired generation's content names the
+    /// manifest that listed the blob (here, or in the fleet under the
+    /// previous revision) and the indexes that listed that manifest.
+    /// Empty when nothing did: the refusal stands.
+    ///
+    /// Nothing here serves anything: each manifest named is verified under
+    /// the current policy by [`Verifier::admit`], and the blob is served
+    /// only if that registers it again.
+    pub async fn readmissions(&self, route: &Route, digest: &Digest) -> Vec<Digest> {
+        let state = self.state();
+        let mut chain = Vec::new();
+        if !state.policy.configured {
+            return chain;
+        }
+        let scope = state.scope(route);
+        let mut next = self
+            .retired_origin(&state, route, Table::Blob, &scope.key_of(digest))
+            .await;
+        while let Some(manifest) = next.take() {
+            if chain.contains(&manifest) {
+                break;
+            }
+            if chain.len() < MAX_READMISSIONS {
+                next = self
+                    .retired_origin(&state, route, Table::Child, &scope.key_of(&manifest))
+                    .await;
+            }
+            chain.push(manifest);
+        }
+        chain.reverse();
+        chain
+    }
+
+    /// The manifest that admitted `key` (a blob, or a child manifest for
+    /// [`Table::Child`]) under the retired generation: here, or on another
+    /// replica under the previous revision.
+    async fn retired_origin(
+        &self,
+        state: &State,
+        route: &Route,
+        table: Table,
+        key: &Key,
+    ) -> Option<Digest> {
+        let here = match table {
+            Table::Child => self.content.retired_child(&key.id),
+            _ => self.content.retired_blob(&key.id),
+        };
+        if here.is_some() {
+            return here;
+        }
+        let fleet = self.fleet.as_ref().filter(|_| self.shares(state, route))?;
+        let revision = state.retired_revision.as_deref()?;
+        let values = fleet.get(vec![fleet.key(revision, table, &key.id)]).await;
+        let value = values.ok()?.into_iter().next().flatten()?;
+        std::str::from_utf8(&value).ok()?.parse().ok()
     }
 
     /// Whether a blob may be served: always without a policy, under an
@@ -515,8 +594,11 @@ impl Verifier {
             .chain(reading.layers.iter())
             .map(|b| scope.key_of(&b.digest).id)
             .collect();
+        let digest = Some(manifest.digest());
         if reading.kind != Kind::Index {
-            return self.content.admit(state.generation, &blobs, &[], None);
+            return self
+                .content
+                .admit(state.generation, digest, &blobs, &[], None);
         }
         let children: Vec<Key> = reading
             .children
@@ -535,7 +617,7 @@ impl Verifier {
         });
         let epoch = self
             .content
-            .admit(state.generation, &blobs, &ids, Some(&listed));
+            .admit(state.generation, digest, &blobs, &ids, Some(&listed));
         // A child denied before its index was admitted is admitted now.
         for child in &children {
             self.verdicts.remove_denied(child);

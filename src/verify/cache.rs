@@ -13,7 +13,7 @@
 //! bench --bench core`): over the budget before any of Portcullis' data.
 //! Its `try_get_with` coalescing is replaced by [`Flights`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -402,7 +402,8 @@ impl Shard {
     }
 }
 
-/// Blobs and child manifests that admitted images make servable.
+/// Blobs and child manifests that admitted images make servable, and which
+/// manifest admitted each.
 ///
 /// Two segments, `current` and `previous`: registrations go to `current`,
 /// lookups check both. The segments rotate (`previous` is dropped,
@@ -417,6 +418,14 @@ impl Shard {
 /// registers the content again. The period is the allow TTL: content is
 /// servable for at least that long after the last manifest request that
 /// found it current.
+///
+/// A generation change ([`Content::retire`]) serves nothing of the old
+/// generation, but keeps its segments, *retired*, for one more period (or
+/// until the next change): a pull whose manifest was admitted before the
+/// change asks for its blobs after it, and the retired segments name the
+/// manifest (and the index listing it) to verify again under the new
+/// generation ([`Content::retired_blob`], [`Content::retired_child`]).
+/// Retired content is never served by itself.
 pub(crate) struct Content {
     inner: Mutex<ContentInner>,
     /// `inner.epoch` and when its next time rotation is due, readable
@@ -435,15 +444,74 @@ struct ContentInner {
     rotated: u64,
     current: Segment,
     previous: Segment,
+    retired: Option<Retired>,
+}
+
+/// The segments of the generation before the current one.
+struct Retired {
+    generation: u32,
+    /// [`Clock`] milliseconds; dropped one period later.
+    since: u64,
+    /// Late registrations (verifications that began before the change)
+    /// go to the first.
+    segments: [Segment; 2],
+}
+
+impl Retired {
+    fn find<T>(&self, get: impl Fn(&Segment) -> Option<T>) -> Option<T> {
+        self.segments.iter().find_map(get)
+    }
+
+    fn len(&self) -> usize {
+        self.segments.iter().map(Segment::len).sum()
+    }
 }
 
 #[derive(Default)]
 struct Segment {
-    blobs: HashSet<Id>,
-    /// Child manifest → the decision admitting it ("listed by admitted
-    /// index …"), one `Arc` per admitted index.
-    children: HashMap<Id, Arc<Decision>>,
+    /// Blob → the manifest that admitted it (in `admitted`).
+    blobs: HashMap<Id, u32>,
+    /// Child manifest → the index listing it (in `admitted`).
+    children: HashMap<Id, u32>,
+    /// The manifests whose content was registered in this segment.
+    admitted: Vec<Admitted>,
 }
+
+/// A registered manifest: 48 bytes, one per admitted image in a segment
+/// (blobs and children cost 36 bytes each).
+struct Admitted {
+    /// `None` when its replica did not say (content adopted from the
+    /// fleet without its manifest).
+    digest: Option<Origin>,
+    /// For an index, the decision admitting its children ("listed by
+    /// admitted index …"), one `Arc` shared by them all.
+    listed: Option<Arc<Decision>>,
+}
+
+/// A manifest's digest, in 32 bytes when it is SHA-256.
+enum Origin {
+    Sha256([u8; 32]),
+    Other(Box<Digest>),
+}
+
+impl Origin {
+    fn of(digest: &Digest) -> Origin {
+        match digest.sha256_bytes() {
+            Some(bytes) => Origin::Sha256(bytes),
+            None => Origin::Other(Box::new(digest.clone())),
+        }
+    }
+
+    fn digest(&self) -> Digest {
+        match self {
+            Origin::Sha256(bytes) => Digest::from_sha256_bytes(bytes),
+            Origin::Other(digest) => (**digest).clone(),
+        }
+    }
+}
+
+/// No manifest recorded for a blob or child (index into `admitted`).
+const UNKNOWN: u32 = u32::MAX;
 
 impl Segment {
     fn len(&self) -> usize {
@@ -453,12 +521,61 @@ impl Segment {
     fn clear(&mut self) {
         self.blobs.clear();
         self.children.clear();
+        self.admitted.clear();
+    }
+
+    fn add(
+        &mut self,
+        manifest: Option<&Digest>,
+        blobs: &[Id],
+        children: &[Id],
+        listed: Option<&Arc<Decision>>,
+    ) {
+        let children = if listed.is_some() { children } else { &[] };
+        let index = match manifest {
+            None if listed.is_none() => UNKNOWN,
+            _ if blobs.is_empty() && children.is_empty() => return,
+            _ => {
+                let index = u32::try_from(self.admitted.len()).unwrap_or(UNKNOWN);
+                if index != UNKNOWN {
+                    self.admitted.push(Admitted {
+                        digest: manifest.map(Origin::of),
+                        listed: listed.cloned(),
+                    });
+                }
+                index
+            }
+        };
+        self.blobs.extend(blobs.iter().map(|b| (*b, index)));
+        self.children.extend(children.iter().map(|c| (*c, index)));
+    }
+
+    fn admitted(&self, index: u32) -> Option<&Admitted> {
+        self.admitted.get(usize::try_from(index).ok()?)
+    }
+
+    /// The manifest that admitted blob `id`, if it is here and recorded.
+    fn blob_origin(&self, id: &Id) -> Option<Digest> {
+        let index = *self.blobs.get(id)?;
+        self.admitted(index)?.digest.as_ref().map(Origin::digest)
+    }
+
+    /// The index listing child `id`, if it is here and recorded.
+    fn child_origin(&self, id: &Id) -> Option<Digest> {
+        let index = *self.children.get(id)?;
+        self.admitted(index)?.digest.as_ref().map(Origin::digest)
+    }
+
+    fn child_decision(&self, id: &Id) -> Option<Arc<Decision>> {
+        let index = *self.children.get(id)?;
+        self.admitted(index)?.listed.clone()
     }
 }
 
 impl Content {
     /// At most `capacity` blobs and children (each segment half of it),
-    /// rotated at least every `period`.
+    /// rotated at least every `period`; a retired generation holds at most
+    /// as much again, for at most one period.
     pub fn new(capacity: usize, period: Duration, clock: Arc<Clock>) -> Content {
         let now = clock.now();
         let period = millis(period);
@@ -469,6 +586,7 @@ impl Content {
                 rotated: now,
                 current: Segment::default(),
                 previous: Segment::default(),
+                retired: None,
             }),
             epoch: AtomicU32::new(0),
             due: AtomicU64::new(now.saturating_add(period)),
@@ -491,33 +609,39 @@ impl Content {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Registers blobs and children (admitted by `child_decision`) of an
-    /// admitted manifest, all in one segment; returns its epoch. Ignored
-    /// (and the current epoch returned) when `generation` is not the
-    /// table's.
+    /// Registers blobs and children (admitted by `child_decision`) of the
+    /// admitted `manifest` (`None` when not known), all in one segment;
+    /// returns its epoch. When `generation` is the retired one (a
+    /// verification that began before the change), only recorded as
+    /// retired, within the retired segments' size; ignored when it is
+    /// neither.
     pub fn admit(
         &self,
         generation: u32,
+        manifest: Option<&Digest>,
         blobs: &[Id],
         children: &[Id],
         child_decision: Option<&Arc<Decision>>,
     ) -> u32 {
         let now = self.clock.now();
         let mut inner = lock(&self.inner);
-        if inner.generation != generation {
-            return inner.epoch;
-        }
         self.expire(&mut inner, now);
         let adding = blobs.len() + children.len();
+        if inner.generation != generation {
+            let room = self.segment_capacity.saturating_mul(2);
+            if let Some(retired) = inner
+                .retired
+                .as_mut()
+                .filter(|r| r.generation == generation && r.len() + adding <= room)
+            {
+                retired.segments[0].add(manifest, blobs, children, child_decision);
+            }
+            return inner.epoch;
+        }
         if inner.current.len() > 0 && inner.current.len() + adding > self.segment_capacity {
             self.rotate(&mut inner, now);
         }
-        inner.current.blobs.extend(blobs.iter().copied());
-        if let Some(decision) = child_decision {
-            for child in children {
-                inner.current.children.insert(*child, Arc::clone(decision));
-            }
-        }
+        inner.current.add(manifest, blobs, children, child_decision);
         inner.epoch
     }
 
@@ -529,7 +653,7 @@ impl Content {
             return false;
         }
         self.expire(&mut inner, now);
-        inner.current.blobs.contains(&key.id) || inner.previous.blobs.contains(&key.id)
+        inner.current.blobs.contains_key(&key.id) || inner.previous.blobs.contains_key(&key.id)
     }
 
     /// The decision admitting `key`'s manifest as the child of an admitted
@@ -543,33 +667,79 @@ impl Content {
         self.expire(&mut inner, now);
         inner
             .current
-            .children
-            .get(&key.id)
-            .or_else(|| inner.previous.children.get(&key.id))
-            .cloned()
+            .child_decision(&key.id)
+            .or_else(|| inner.previous.child_decision(&key.id))
+    }
+
+    /// The manifest whose admission under the retired generation made blob
+    /// `id` servable (not served by itself: see [`Content`]).
+    pub fn retired_blob(&self, id: &Id) -> Option<Digest> {
+        let now = self.clock.now();
+        let mut inner = lock(&self.inner);
+        self.expire(&mut inner, now);
+        inner.retired.as_ref()?.find(|s| s.blob_origin(id))
+    }
+
+    /// The index whose admission under the retired generation admitted
+    /// child manifest `id`.
+    pub fn retired_child(&self, id: &Id) -> Option<Digest> {
+        let now = self.clock.now();
+        let mut inner = lock(&self.inner);
+        self.expire(&mut inner, now);
+        inner.retired.as_ref()?.find(|s| s.child_origin(id))
     }
 
     /// Drops everything; from now on only keys of `generation` count.
     pub fn clear(&self, generation: u32) {
-        let now = self.clock.now();
-        let old = {
-            let mut inner = lock(&self.inner);
-            inner.generation = generation;
-            let old = (
-                std::mem::take(&mut inner.current),
-                std::mem::take(&mut inner.previous),
-            );
-            self.set_epoch(&mut inner, now);
-            old
-        };
+        let old = self.change(generation, false);
         drop(old);
+    }
+
+    /// From now on only keys of `generation` count; what was registered
+    /// is kept as retired for one period, to name the manifests to verify
+    /// again (the previously retired generation is dropped).
+    pub fn retire(&self, generation: u32) {
+        let old = self.change(generation, true);
+        drop(old);
+    }
+
+    /// A new generation; returns what it drops, to be freed outside the
+    /// lock.
+    fn change(&self, generation: u32, retire: bool) -> (Segment, Segment, Option<Retired>) {
+        let now = self.clock.now();
+        let mut inner = lock(&self.inner);
+        let current = std::mem::take(&mut inner.current);
+        let previous = std::mem::take(&mut inner.previous);
+        let dropped = match retire {
+            true => {
+                let retired = Retired {
+                    generation: inner.generation,
+                    since: now,
+                    segments: [current, previous],
+                };
+                let old = inner.retired.replace(retired);
+                (Segment::default(), Segment::default(), old)
+            }
+            false => (current, previous, inner.retired.take()),
+        };
+        inner.generation = generation;
+        self.set_epoch(&mut inner, now);
+        dropped
     }
 
     /// Applies the time rotations due by `now`. They are scheduled every
     /// period from the last rotation (applied late if nothing asked in
     /// between), so content registered in an epoch is gone two periods
-    /// after that epoch began, at the latest.
+    /// after that epoch began, at the latest; retired content is gone one
+    /// period after its generation ended.
     fn expire(&self, inner: &mut ContentInner, now: u64) {
+        if inner
+            .retired
+            .as_ref()
+            .is_some_and(|r| now.saturating_sub(r.since) >= self.period)
+        {
+            inner.retired = None;
+        }
         let elapsed = now.saturating_sub(inner.rotated);
         if elapsed >= self.period.saturating_mul(2) {
             self.rotate(inner, now);
@@ -874,31 +1044,34 @@ mod tests {
     #[test]
     fn content_rotates_at_half_capacity_and_stays_bounded() {
         let c = Content::new(100, Duration::from_secs(600), Arc::new(Clock::new()));
-        let first = c.admit(0, &ids(0..10), &[], None);
+        let first = c.admit(0, None, &ids(0..10), &[], None);
         assert!(c.is_current(first));
         for n in 1..5 {
-            assert_eq!(c.admit(0, &ids(n * 10..n * 10 + 10), &[], None), first);
+            assert_eq!(
+                c.admit(0, None, &ids(n * 10..n * 10 + 10), &[], None),
+                first
+            );
         }
         // 50 in the current segment: the next image starts a new one.
-        let second = c.admit(0, &ids(50..60), &[], None);
+        let second = c.admit(0, None, &ids(50..60), &[], None);
         assert_ne!(second, first);
         assert!(!c.is_current(first));
         assert!(c.has_blob(&key(0, 0)), "the previous segment is still read");
         for n in 6..10 {
-            c.admit(0, &ids(n * 10..n * 10 + 10), &[], None);
+            c.admit(0, None, &ids(n * 10..n * 10 + 10), &[], None);
         }
         assert_eq!(c.len(), 100);
-        let third = c.admit(0, &ids(100..110), &[], None);
+        let third = c.admit(0, None, &ids(100..110), &[], None);
         assert_ne!(third, second);
         assert!(!c.has_blob(&key(0, 0)), "two rotations ago");
         assert!(c.has_blob(&key(0, 50)));
         assert!(c.has_blob(&key(0, 105)));
         for n in 0..1000 {
-            c.admit(0, &ids(n * 3..n * 3 + 3), &[], None);
+            c.admit(0, None, &ids(n * 3..n * 3 + 3), &[], None);
             assert!(c.len() <= 100);
         }
         // An image larger than a segment is still registered whole.
-        let e = c.admit(0, &ids(5000..5070), &[], None);
+        let e = c.admit(0, None, &ids(5000..5070), &[], None);
         assert!(c.is_current(e));
         assert!(c.has_blob(&key(0, 5000)) && c.has_blob(&key(0, 5069)));
     }
@@ -907,7 +1080,7 @@ mod tests {
     fn content_rotates_every_period_and_lives_one_to_two_periods() {
         let clock = Arc::new(Clock::new());
         let c = Content::new(1000, Duration::from_secs(600), Arc::clone(&clock));
-        let e = c.admit(0, &ids(0..2), &[], None);
+        let e = c.admit(0, None, &ids(0..2), &[], None);
         clock.advance(Duration::from_secs(599));
         assert!(c.is_current(e));
         assert!(c.has_blob(&key(0, 1)));
@@ -916,14 +1089,14 @@ mod tests {
         assert!(c.has_blob(&key(0, 1)), "one period: still servable");
         assert!(!c.is_current(e));
         // Registered again (a verdict-cache hit does this): current again.
-        let again = c.admit(0, &ids(0..2), &[], None);
+        let again = c.admit(0, None, &ids(0..2), &[], None);
         assert!(c.is_current(again));
         clock.advance(Duration::from_secs(1199));
         assert!(c.has_blob(&key(0, 1)), "less than two periods");
         clock.advance(Duration::from_secs(1));
         assert!(!c.has_blob(&key(0, 1)), "two periods after registration");
         // Idle for long: everything is gone at once.
-        c.admit(0, &ids(10..12), &[], None);
+        c.admit(0, None, &ids(10..12), &[], None);
         clock.advance(Duration::from_secs(3600));
         assert!(!c.has_blob(&key(0, 10)));
         assert_eq!(c.len(), 0);
@@ -933,7 +1106,7 @@ mod tests {
     fn content_children_carry_their_decision_and_generations_are_kept_apart() {
         let c = Content::new(1000, Duration::from_secs(600), Arc::new(Clock::new()));
         let listed = decision(Verdict::Allow);
-        c.admit(0, &ids(0..1), &ids(10..13), Some(&listed));
+        c.admit(0, None, &ids(0..1), &ids(10..13), Some(&listed));
         assert!(c
             .child(&key(0, 11))
             .is_some_and(|d| Arc::ptr_eq(&d, &listed)));
@@ -946,9 +1119,92 @@ mod tests {
         assert_ne!(c.epoch(), before);
         assert!(c.child(&key(1, 11)).is_none() && !c.has_blob(&key(1, 0)));
         // Registered by a verification that started before the change.
-        c.admit(0, &ids(0..1), &ids(10..13), Some(&listed));
+        c.admit(0, None, &ids(0..1), &ids(10..13), Some(&listed));
         assert_eq!(c.len(), 0, "content of an old generation was stored");
         assert_eq!(Arc::strong_count(&listed), 1);
+    }
+
+    fn manifest(n: u8) -> Digest {
+        Digest::from_sha256_bytes(&[n; 32])
+    }
+
+    #[test]
+    fn a_change_retires_content_that_names_its_manifests_and_serves_none_of_it() {
+        let clock = Arc::new(Clock::new());
+        let c = Content::new(1000, Duration::from_secs(600), Arc::clone(&clock));
+        let listed = decision(Verdict::Allow);
+        let index = manifest(1);
+        let image = manifest(2);
+        // An index listing child 10, and the child's blobs 0 and 1.
+        c.admit(0, Some(&index), &[], &ids(10..11), Some(&listed));
+        c.admit(0, Some(&image), &ids(0..2), &[], None);
+        assert_eq!(c.retired_blob(&key(0, 0).id), None, "not retired yet");
+        c.retire(1);
+        assert!(!c.has_blob(&key(1, 0)) && !c.has_blob(&key(0, 0)));
+        assert!(
+            c.child(&key(1, 10)).is_none(),
+            "retired children are not admitted"
+        );
+        assert_eq!(c.retired_blob(&key(1, 1).id), Some(image.clone()));
+        assert_eq!(c.retired_child(&key(1, 10).id), Some(index.clone()));
+        assert_eq!(
+            c.retired_blob(&key(1, 10).id),
+            None,
+            "a child is not a blob"
+        );
+        assert_eq!(c.retired_blob(&key(1, 5).id), None);
+        // A verification that began before the change registers late: as
+        // retired only.
+        c.admit(0, Some(&manifest(3)), &ids(20..21), &[], None);
+        assert!(!c.has_blob(&key(1, 20)));
+        assert_eq!(c.retired_blob(&key(1, 20).id), Some(manifest(3)));
+        // Registrations of unknown generations are ignored.
+        c.admit(7, Some(&manifest(4)), &ids(30..31), &[], None);
+        assert_eq!(c.retired_blob(&key(1, 30).id), None);
+        // One period later the retired content is gone.
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(c.retired_blob(&key(1, 1).id), None);
+        assert_eq!(c.retired_child(&key(1, 10).id), None);
+    }
+
+    #[test]
+    fn only_the_last_generation_is_retired_and_clear_keeps_none() {
+        let c = Content::new(1000, Duration::from_secs(600), Arc::new(Clock::new()));
+        c.admit(0, Some(&manifest(1)), &ids(0..1), &[], None);
+        c.retire(1);
+        c.admit(1, Some(&manifest(2)), &ids(1..2), &[], None);
+        c.retire(2);
+        assert_eq!(c.retired_blob(&key(2, 0).id), None, "two changes ago");
+        assert_eq!(c.retired_blob(&key(2, 1).id), Some(manifest(2)));
+        c.clear(3);
+        assert_eq!(c.retired_blob(&key(3, 1).id), None);
+        // Content adopted without its manifest names none; SHA-512
+        // manifests are named too.
+        let sha512: Digest = format!("sha512:{}", "ab".repeat(64)).parse().unwrap();
+        c.admit(3, None, &ids(5..6), &[], None);
+        c.admit(3, Some(&sha512), &ids(6..7), &[], None);
+        c.retire(4);
+        assert_eq!(c.retired_blob(&key(4, 5).id), None);
+        assert_eq!(c.retired_blob(&key(4, 6).id), Some(sha512));
+    }
+
+    #[test]
+    fn retired_content_stays_within_the_capacity() {
+        let c = Content::new(100, Duration::from_secs(600), Arc::new(Clock::new()));
+        for n in 0..10 {
+            c.admit(
+                0,
+                Some(&manifest(n as u8)),
+                &ids(n * 10..n * 10 + 10),
+                &[],
+                None,
+            );
+        }
+        c.retire(1);
+        // Full: late registrations of the old generation are dropped.
+        c.admit(0, Some(&manifest(99)), &ids(500..510), &[], None);
+        assert_eq!(c.retired_blob(&key(1, 505).id), None);
+        assert_eq!(c.retired_blob(&key(1, 95).id), Some(manifest(9)));
     }
 
     #[tokio::test]

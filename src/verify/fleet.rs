@@ -196,20 +196,29 @@ impl Verifier {
         let Ok(reading) = manifest.read() else {
             return true;
         };
+        // Each blob and child names the manifest that admitted it: a
+        // replica refusing the blob after a policy change verifies that
+        // manifest again (`Verifier::readmissions`).
+        let admitting = manifest.digest().to_string().into_bytes();
         let mut content: Vec<(String, Vec<u8>)> = reading
             .config
             .iter()
             .chain(reading.layers.iter())
             .map(|b| {
                 let id = scope.key_of(&b.digest).id;
-                (fleet.key(&state.revision, Table::Blob, &id), b"1".to_vec())
+                (
+                    fleet.key(&state.revision, Table::Blob, &id),
+                    admitting.clone(),
+                )
             })
             .collect();
         if reading.kind == Kind::Index {
-            let index = manifest.digest().to_string().into_bytes();
             content.extend(reading.children.iter().map(|c| {
                 let id = scope.key_of(&c.digest).id;
-                (fleet.key(&state.revision, Table::Child, &id), index.clone())
+                (
+                    fleet.key(&state.revision, Table::Child, &id),
+                    admitting.clone(),
+                )
             }));
         }
         fleet.put(content, fleet.ttl(true) * 2).await.is_ok()
@@ -233,20 +242,21 @@ impl Verifier {
         let _ = fleet.put(entries, fleet.ttl(true) * 2).await;
     }
 
-    /// Whether the fleet holds `key` in `table` (a blob another replica
-    /// admitted). Errors are the caller's to fail closed on.
+    /// What the fleet holds for `key` in `table` (for a blob another
+    /// replica admitted: the manifest that admitted it), `None` when
+    /// nothing. Errors are the caller's to fail closed on.
     pub(super) async fn in_fleet(
         &self,
         state: &State,
         table: Table,
         key: &Key,
-    ) -> Result<bool, FleetError> {
+    ) -> Result<Option<Vec<u8>>, FleetError> {
         let Some(fleet) = self.fleet.as_ref() else {
-            return Ok(false);
+            return Ok(None);
         };
         let values = fleet
             .get(vec![fleet.key(&state.revision, table, &key.id)])
             .await?;
-        Ok(values.into_iter().next().flatten().is_some())
+        Ok(values.into_iter().next().flatten())
     }
 }

@@ -21,6 +21,11 @@
 //!   manifests admit their config and layer blobs ([`Verifier::permit_blob`]),
 //!   for as long as their verdict is served (a verdict-cache hit registers
 //!   them again when they may have aged out).
+//! - A generation change serves nothing admitted before it, but a pull
+//!   under way still asks for the blobs its manifest admitted: for a blob
+//!   refused that way, [`Verifier::readmissions`] names the manifest (and
+//!   the indexes listing it) to verify again under the current policy;
+//!   the blob is served only if that admits it.
 //!
 //! - In a fleet (`state.redis`), verdicts and admitted content are also
 //!   written to and read from the replicas' shared state ([`crate::fleet`]),
@@ -149,6 +154,10 @@ struct State {
     /// The fleet's name for this policy, these upstreams and the store's
     /// evidence: shared keys live under it (see the private `fleet`).
     revision: String,
+    /// The revision before the last generation change: what the fleet
+    /// admitted under it names the manifests to verify again for a pull
+    /// that spans the change ([`Verifier::readmissions`]).
+    retired_revision: Option<String>,
     /// Decisions that depend on the rule alone (ALWAYS_ALLOW, ALWAYS_DENY,
     /// allowlist, the artifact exemption), one `Arc` per rule and
     /// enforcement shared by every image they decide; at most twice the
@@ -164,6 +173,7 @@ impl State {
             policy,
             generation,
             revision,
+            retired_revision: None,
             shared: Mutex::new(HashMap::new()),
             unconfigured: OnceLock::new(),
         }
@@ -336,7 +346,10 @@ impl Verifier {
     /// Replaces the policy. A changed revision starts a new generation:
     /// cached verdicts and admitted content are dropped, and verdicts of
     /// verifications still running under the old policy are never stored
-    /// where the new generation looks.
+    /// where the new generation looks. A pull under way asks for blobs its
+    /// manifest admitted under the old generation: the caller verifies
+    /// that manifest again ([`Verifier::readmissions`]) rather than
+    /// refusing them.
     pub fn set_policy(&self, policy: Policy) {
         self.change(Some(policy));
     }
@@ -361,11 +374,18 @@ impl Verifier {
             // the new generation before the tables hold it, so nothing
             // registered under it is dropped.
             self.verdicts.clear(generation);
-            self.content.clear(generation);
+            // Kept (retired) to finish the pulls under way: see
+            // `Verifier::readmissions`.
+            self.content.retire(generation);
             self.break_glass.clear(generation);
         }
         let revision = self.revision_of(&policy);
-        let new = Arc::new(State::new(policy, generation, revision));
+        let mut new = State::new(policy, generation, revision);
+        new.retired_revision = match generation != old.generation {
+            true => Some(old.revision.clone()),
+            false => old.retired_revision.clone(),
+        };
+        let new = Arc::new(new);
         match self.state.write() {
             Ok(mut s) => *s = new,
             Err(poisoned) => *poisoned.into_inner() = new,
