@@ -16,6 +16,11 @@
 //!   under concurrent pulls of 96 MiB of layers: every pull still gets the
 //!   right bytes, nothing partial or corrupt is stored, and the disk error
 //!   is logged and counted;
+//! - the disk failing in the middle of a download (a 16 MiB tmpfs, a
+//!   32 MiB layer from an upstream that sends no `Content-Length` — nginx
+//!   in front of the registry with a body filter —, so no space is
+//!   allocated ahead): the pull leading the download still gets every
+//!   byte, checked, and nothing is stored;
 //! - Redis killed and restarted under a fleet of two replicas: while it is
 //!   down a blob only the other replica admitted is refused (fail closed)
 //!   and nothing else changes; after it is back the replicas share again
@@ -1106,6 +1111,86 @@ fn the_content_stores_disk_filling_up_under_load_degrades_to_proxying_and_stores
         records.len(),
         used_bytes(&mount)
     );
+}
+
+/// The disk fails while a download is written: an upstream that sends no
+/// `Content-Length` (nginx in front of the registry, with a body filter),
+/// so the store cannot allocate the blob's space ahead, and a tmpfs
+/// smaller than the layer. The write fails with ENOSPC halfway; the
+/// download goes on for the pull leading it, which gets every byte, and
+/// only once they matched the digest; nothing is stored, and the next pull
+/// works too.
+#[test]
+fn a_disk_failing_mid_download_still_gives_the_leading_pull_every_byte_and_stores_nothing() {
+    const TEST: &str = "disk failing mid-download";
+    const LAYER: u64 = 32 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = dir.path().join("disk");
+    std::fs::create_dir(&mount).expect("mkdir");
+    let _disk = Tmpfs::mount(&mount, "16m");
+    let store = mount.join("content");
+    let reg = Registry::start();
+    let key = trust::keygen(dir.path(), "ci");
+    let image = push(&reg, &key, "team/big", 470, &[LAYER], true);
+    // A body filter drops the length (nginx then sends the body chunked);
+    // this one replaces a string no blob here contains, so the bytes pass
+    // unchanged (the pulls check their digests).
+    let chunked = common::nginx::Nginx::proxy(
+        &[reg.host()],
+        "      sub_filter_types *;\n      sub_filter_once on;\n      \
+         sub_filter portcullis-test-string-in-no-blob x;\n",
+    );
+    let layer = &image.blobs[1];
+    let r = http::get(&format!("{}/v2/team/big/blobs/{layer}", chunked.url())).expect("GET");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-length").is_none(),
+        "nginx still sends Content-Length: the store would allocate ahead and fail before the download"
+    );
+    let mut config = TrustConfig::new(&reg.host(), &chunked.url(), &[("ci", &key)]);
+    config.cache = format!(
+        "{{allowTtl: 10m, denyTtl: 30s, content: {{path: {}, maxSize: 1GiB}}}}",
+        store.display()
+    );
+    let (proxy, admin) = start_with_admin(&config.yaml());
+    for round in ["first", "second"] {
+        let dest = dir.path().join(format!("pull-{round}"));
+        let out = trust::skopeo_copy(&format!("{}/team/big:v1", proxy.host()), &dest);
+        trust::assert_succeeded(&out, &format!("{round} skopeo pull with the disk failing"));
+        let file = std::fs::File::open(dest.join(layer.trim_start_matches("sha256:")))
+            .expect("the pulled layer");
+        let (digest, len) = sha256_reader(file).expect("read the pulled layer");
+        assert_eq!(
+            (digest.as_str(), len),
+            (layer.as_str(), LAYER + 1536),
+            "{round} pull's layer"
+        );
+    }
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("goes on for the request leading it") && logs.contains("os error 28"),
+        "the disk did not fail during the download (no ENOSPC while writing):\n{logs}"
+    );
+    assert!(
+        !store
+            .join("blobs")
+            .join("sha256")
+            .join(layer.trim_start_matches("sha256:"))
+            .exists(),
+        "the layer was stored although the disk failed while writing it"
+    );
+    assert!(
+        trust::wait_until(Duration::from_secs(10), || std::fs::read_dir(
+            store.join("tmp")
+        )
+        .map(|d| d.count() == 0)
+        .unwrap_or(false)),
+        "files left in tmp/"
+    );
+    let metrics = get_text(&format!("{admin}/metrics"));
+    let errors = metric(&metrics, "portcullis_content_cache_errors_total");
+    assert!(errors >= 1.0, "no content store error counted:\n{metrics}");
+    eprintln!("[{TEST}] two skopeo pulls of a 32 MiB layer, byte-exact, over a 16 MiB disk that failed mid-download; {errors} store error(s) counted");
 }
 
 // ------------------------------------------- 4. Redis killed (fleet)

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use common::clients::{self, Containerd};
 use common::content::{self, sha256_digest, PushedImage, PushedIndex};
 use common::http;
+use common::nginx::Nginx;
 use common::redis::Redis;
 use common::registry::Registry;
 use common::trust::{self, KeyPair, ATTESTOR};
@@ -590,7 +591,7 @@ fn skopeo_and_ctr_pull_through_a_round_robin_of_two_replicas() {
     let up = Upstream::start();
     let redis = Redis::start();
     let fleet = replicas(&up, &redis, &["a", "b"]);
-    let lb = Nginx::round_robin(&[&fleet[0], &fleet[1]]);
+    let lb = round_robin(&[&fleet[0], &fleet[1]]);
     let host = lb.host();
 
     // skopeo: every blob of the image, through alternating replicas.
@@ -619,69 +620,9 @@ fn skopeo_and_ctr_pull_through_a_round_robin_of_two_replicas() {
 }
 
 /// nginx on a free port, balancing requests round-robin over replicas.
-struct Nginx {
-    port: u16,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn round_robin(replicas: &[&Replica]) -> Nginx {
-        clients::require_tool("/usr/sbin/nginx", "nginx");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = common::free_port();
-        let servers: String = replicas
-            .iter()
-            .map(|p| format!("    server {};\n", p.host()))
-            .collect();
-        let d = dir.path().display();
-        let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
-               fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
-               upstream fleet {{\n{servers}    keepalive 8;\n  }}\n\
-               server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 0;\n\
-                 location / {{\n      proxy_pass http://fleet;\n      proxy_http_version 1.1;\n\
-                   proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n\
-                   proxy_buffering off;\n    }}\n  }}\n}}\n"
-        );
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).expect("write nginx.conf");
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-c")
-            .arg(&path)
-            .arg("-p")
-            .arg(dir.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        let nginx = Nginx {
-            port,
-            child,
-            _dir: dir,
-        };
-        assert!(
-            trust::wait_until(Duration::from_secs(10), || {
-                http::get(&format!("http://127.0.0.1:{port}/v2/")).is_ok_and(|r| r.status == 200)
-            }),
-            "nginx did not come up"
-        );
-        nginx
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn round_robin(replicas: &[&Replica]) -> Nginx {
+    let servers: Vec<String> = replicas.iter().map(|p| p.host()).collect();
+    Nginx::proxy(&servers, "")
 }
 
 /// The value of an unlabelled counter in a text exposition.

@@ -74,6 +74,10 @@ pub enum State {
     Verified,
     /// The download failed (the reason); nothing will be stored.
     Failed(Arc<str>),
+    /// The disk failed during the download, which went on for the leading
+    /// request alone: every byte it was handed hashed to the digest, and
+    /// nothing is stored. Readers of the file fail, as with `Failed`.
+    Passed,
 }
 
 /// A download in flight, as its readers see it.
@@ -99,6 +103,21 @@ impl Download {
 
     pub(super) fn file(&self) -> Arc<std::fs::File> {
         Arc::clone(&self.file)
+    }
+
+    /// Whether nothing will be stored: the download failed, or goes on
+    /// for its leading request alone.
+    pub(super) fn failed(&self) -> bool {
+        matches!(
+            self.progress.borrow().state,
+            State::Failed(_) | State::Passed
+        )
+    }
+
+    /// Whether the download went on without the disk and the bytes handed
+    /// to the leading request matched the digest ([`State::Passed`]).
+    pub(super) fn passed(&self) -> bool {
+        matches!(self.progress.borrow().state, State::Passed)
     }
 
     /// The size, once every byte is written and matched the digest.
@@ -261,12 +280,24 @@ pub struct Tee {
     pub(super) frames: mpsc::Receiver<Bytes>,
 }
 
+/// How a download that did not fail ended.
+enum Copied {
+    /// In the file, flushed, matched the digest: its size.
+    Stored(u64),
+    /// The disk failed; the leading request got every byte, which matched
+    /// the digest; nothing to store.
+    Passed,
+}
+
 /// Why a download failed.
 enum Failure {
     /// The upstream body (its error, a wrong length, a wrong digest).
     Upstream(String),
     /// The disk.
     Disk(std::io::Error),
+    /// The disk failed (already counted), and the leading request, for
+    /// which the download went on, went away.
+    Abandoned(std::io::Error),
 }
 
 /// Frames from the upstream, to be written together.
@@ -370,14 +401,25 @@ impl Writer {
             )),
         };
         match copied {
-            Ok(size) => {
+            Ok(Copied::Stored(size)) => {
                 self.progress.send_modify(|p| p.state = State::Verified);
                 self.commit(size).await;
+            }
+            // Already said (before the leader's frames ended); counted as
+            // a disk error when it happened.
+            Ok(Copied::Passed) => {
+                tracing::warn!(%digest, "the content store's disk failed during a download; the leading request got the upstream's verified bytes, nothing stored");
+                let _ = tokio::fs::remove_file(&self.tmp).await;
+                self.store.unreserve(self.reserved);
             }
             Err(failure) => {
                 let reason: Arc<str> = match &failure {
                     Failure::Upstream(reason) => reason.as_str().into(),
                     Failure::Disk(e) => format!("writing the content store failed: {e}").into(),
+                    Failure::Abandoned(e) => format!(
+                        "writing the content store failed ({e}), and the request leading the download went away"
+                    )
+                    .into(),
                 };
                 tracing::warn!(%digest, reason = %reason, "download into the content store failed; nothing stored");
                 self.progress
@@ -393,8 +435,17 @@ impl Writer {
     }
 
     /// Copies the body into the file, hashing it, and hands each frame to
-    /// the leading request first; the size on a match.
-    async fn copy<B>(&self, mut body: B, tee: mpsc::Sender<Bytes>) -> Result<u64, Failure>
+    /// the leading request first.
+    ///
+    /// When the disk fails (a write or a flush), the download goes on for
+    /// the leading request alone, as a pull without a store would: the
+    /// frames still reach it, hashed, now waiting for it however slow it
+    /// is (it can no longer be let go to the file, within
+    /// `timeouts.download` still), and its last byte is released only if
+    /// the digest matched ([`Copied::Passed`]). Requests following the
+    /// file are told the download failed. Without a leading request the
+    /// disk error ends the download.
+    async fn copy<B>(&self, mut body: B, tee: mpsc::Sender<Bytes>) -> Result<Copied, Failure>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display,
@@ -409,6 +460,8 @@ impl Writer {
         let mut received = 0u64;
         let mut offset = 0u64;
         let mut flusher = Flusher::default();
+        // Set once the disk failed: nothing is written from then on.
+        let mut disk: Option<std::io::Error> = None;
         loop {
             let frame = match body.frame().await {
                 None => break,
@@ -440,31 +493,60 @@ impl Writer {
             }
             hasher.update(&data);
             if let Some(sender) = tee.take() {
-                tee = pass_on(sender, data.clone()).await;
+                tee = match disk {
+                    None => pass_on(sender, data.clone()).await,
+                    Some(_) => sender.send(data.clone()).await.ok().map(|()| sender),
+                };
+            }
+            if let Some(e) = disk.take() {
+                match tee {
+                    Some(_) => disk = Some(e),
+                    None => return Err(Failure::Abandoned(e)),
+                }
+                continue;
             }
             chunk.push(data);
             if chunk.len >= WRITE_CHUNK as u64 {
-                self.written(writing.take()).await?;
-                flusher.maybe_start(&self.download, offset).await?;
-                let full = std::mem::take(&mut chunk);
-                let len = full.len;
-                writing = Some(self.write(full, offset));
-                offset += len;
+                let step = async {
+                    self.written(writing.take()).await?;
+                    flusher.maybe_start(&self.download, offset).await
+                };
+                match step.await {
+                    Ok(()) => {
+                        let full = std::mem::take(&mut chunk);
+                        let len = full.len;
+                        writing = Some(self.write(full, offset));
+                        offset += len;
+                    }
+                    Err(Failure::Disk(e)) => {
+                        disk = Some(self.degrade(e, tee.is_some())?);
+                        chunk = Chunk::default();
+                    }
+                    Err(other) => return Err(other),
+                }
             }
         }
-        drop(tee);
-        self.written(writing.take()).await?;
-        if chunk.len > 0 {
-            let len = chunk.len;
-            let handle = self.write(chunk, offset);
-            self.written(Some(handle)).await?;
-            offset += len;
+        if disk.is_none() {
+            let rest = async {
+                self.written(writing.take()).await?;
+                if chunk.len > 0 {
+                    let len = chunk.len;
+                    let handle = self.write(std::mem::take(&mut chunk), offset);
+                    self.written(Some(handle)).await?;
+                    offset += len;
+                }
+                flusher.finish().await
+            };
+            match rest.await {
+                Ok(()) => {}
+                Err(Failure::Disk(e)) => disk = Some(self.degrade(e, tee.is_some())?),
+                Err(other) => return Err(other),
+            }
         }
-        flusher.finish().await?;
         if let Some(length) = download.length {
-            if offset != length {
+            if received != length {
                 return Err(Failure::Upstream(format!(
-                    "the upstream sent {offset} bytes, its Content-Length said {length}"
+                    "the upstream sent {received} bytes, its Content-Length said {length}"
                 )));
             }
         }
@@ -476,7 +558,35 @@ impl Writer {
                 download.digest
             )));
         }
-        Ok(offset)
+        match disk {
+            None => Ok(Copied::Stored(offset)),
+            // Said before the leader's frames end: it then releases the
+            // frame it holds back.
+            Some(_) => {
+                self.progress.send_modify(|p| p.state = State::Passed);
+                drop(tee);
+                Ok(Copied::Passed)
+            }
+        }
+    }
+
+    /// The disk failed (`e`) during the download. With the request leading
+    /// it still on the frames (`leading`), the download goes on for it
+    /// alone: the error is counted, requests following the file are told
+    /// it failed, and it is given back to be kept. Otherwise it ends the
+    /// download.
+    fn degrade(&self, e: std::io::Error, leading: bool) -> Result<std::io::Error, Failure> {
+        if !leading {
+            return Err(Failure::Disk(e));
+        }
+        self.store.disk_error(
+            "writing a download failed; it goes on for the request leading it, nothing stored",
+            &e,
+        );
+        let reason: Arc<str> = format!("writing the content store failed: {e}").into();
+        self.progress
+            .send_modify(|p| p.state = State::Failed(reason));
+        Ok(e)
     }
 
     /// Starts writing `chunk` at `offset` on a blocking thread.

@@ -110,8 +110,9 @@ impl Waiter {
             .ok()?
             .clone();
         match phase {
-            Phase::Started(download) => Some(download),
-            Phase::Fetching | Phase::Abandoned => None,
+            // A download whose disk failed goes on for its leader alone.
+            Phase::Started(download) if !download.failed() => Some(download),
+            Phase::Started(_) | Phase::Fetching | Phase::Abandoned => None,
         }
     }
 }

@@ -251,6 +251,16 @@ async fn send_following(download: Arc<Download>, tx: Sender, mut at: u64) {
         let limit = match &state {
             State::Verified => written,
             State::Writing => written.saturating_sub(1),
+            // Nothing stored: only the leading request had the bytes.
+            State::Passed => {
+                let _ = tx
+                    .send(Err(ReadError::DownloadFailed {
+                        digest: download.digest().clone(),
+                        reason: "the content store's disk failed during the download".into(),
+                    }))
+                    .await;
+                return;
+            }
             State::Failed(reason) => {
                 let _ = tx
                     .send(Err(ReadError::DownloadFailed {
@@ -306,6 +316,8 @@ enum Source {
         /// Bytes sent so far.
         sent: u64,
     },
+    /// Every byte was sent.
+    Ended,
 }
 
 /// A response body fed from the store.
@@ -335,6 +347,7 @@ impl StoreBody {
         loop {
             match &mut self.source {
                 Source::File(rx) => return rx.poll_recv(cx),
+                Source::Ended => return Poll::Ready(None),
                 Source::Tee {
                     download,
                     frames,
@@ -349,6 +362,16 @@ impl StoreBody {
                         if let Some(ready) = held.replace(frame) {
                             *sent += ready.len() as u64;
                             return Poll::Ready(Some(Ok(ready)));
+                        }
+                    }
+                    // The disk failed and the download went on for this
+                    // request alone: it got every frame, and they matched
+                    // the digest, so the held one is the last.
+                    Poll::Ready(None) if download.passed() => {
+                        let last = held.take();
+                        self.source = Source::Ended;
+                        if let Some(last) = last {
+                            return Poll::Ready(Some(Ok(last)));
                         }
                     }
                     // The held frame is read again from the file, once the

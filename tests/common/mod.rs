@@ -12,6 +12,7 @@ pub mod fake;
 pub mod fixture_dir;
 pub mod fixtures;
 pub mod http;
+pub mod nginx;
 pub mod proxy;
 pub mod redis;
 pub mod registry;
