@@ -65,6 +65,10 @@ pub struct Progress {
     /// Bytes in the file so far.
     pub written: u64,
     pub state: State,
+    /// Every frame reached the leading request, and together they hashed
+    /// to the digest: it may send the frame it holds back, without
+    /// waiting for the file.
+    pub leader_checked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -114,10 +118,10 @@ impl Download {
         )
     }
 
-    /// Whether the download went on without the disk and the bytes handed
-    /// to the leading request matched the digest ([`State::Passed`]).
-    pub(super) fn passed(&self) -> bool {
-        matches!(self.progress.borrow().state, State::Passed)
+    /// Whether every frame reached the leading request and they hashed
+    /// to the digest ([`Progress::leader_checked`]).
+    pub(super) fn leader_checked(&self) -> bool {
+        self.progress.borrow().leader_checked
     }
 
     /// The size, once every byte is written and matched the digest.
@@ -203,6 +207,7 @@ impl Lead {
         let (progress_tx, progress_rx) = watch::channel(Progress {
             written: 0,
             state: State::Writing,
+            leader_checked: false,
         });
         let download = Arc::new(Download {
             digest: self.digest.clone(),
@@ -526,23 +531,6 @@ impl Writer {
                 }
             }
         }
-        if disk.is_none() {
-            let rest = async {
-                self.written(writing.take()).await?;
-                if chunk.len > 0 {
-                    let len = chunk.len;
-                    let handle = self.write(std::mem::take(&mut chunk), offset);
-                    self.written(Some(handle)).await?;
-                    offset += len;
-                }
-                flusher.finish().await
-            };
-            match rest.await {
-                Ok(()) => {}
-                Err(Failure::Disk(e)) => disk = Some(self.degrade(e, tee.is_some())?),
-                Err(other) => return Err(other),
-            }
-        }
         if let Some(length) = download.length {
             if received != length {
                 return Err(Failure::Upstream(format!(
@@ -558,13 +546,33 @@ impl Writer {
                 download.digest
             )));
         }
+        // Every frame reached the leading request and they hashed to the
+        // digest: it sends its last one now, as a pull without a store
+        // would, not after the rest is written and flushed (said before
+        // its frames end, so it sees it then).
+        if let Some(sender) = tee.take() {
+            self.progress.send_modify(|p| p.leader_checked = true);
+            drop(sender);
+        }
+        if disk.is_none() {
+            let rest = async {
+                self.written(writing.take()).await?;
+                if chunk.len > 0 {
+                    let len = chunk.len;
+                    let handle = self.write(std::mem::take(&mut chunk), offset);
+                    self.written(Some(handle)).await?;
+                    offset += len;
+                }
+                flusher.finish().await
+            };
+            // The leading request is served: a disk error now only means
+            // nothing is stored.
+            rest.await?;
+        }
         match disk {
             None => Ok(Copied::Stored(offset)),
-            // Said before the leader's frames end: it then releases the
-            // frame it holds back.
             Some(_) => {
                 self.progress.send_modify(|p| p.state = State::Passed);
-                drop(tee);
                 Ok(Copied::Passed)
             }
         }

@@ -364,10 +364,10 @@ impl StoreBody {
                             return Poll::Ready(Some(Ok(ready)));
                         }
                     }
-                    // The disk failed and the download went on for this
-                    // request alone: it got every frame, and they matched
-                    // the digest, so the held one is the last.
-                    Poll::Ready(None) if download.passed() => {
+                    // This request got every frame, and they matched the
+                    // digest: the held one is the last (also when the disk
+                    // failed and the download went on for it alone).
+                    Poll::Ready(None) if download.leader_checked() => {
                         let last = held.take();
                         self.source = Source::Ended;
                         if let Some(last) = last {
