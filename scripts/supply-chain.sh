@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The supply chain of Portcullis itself: `cargo deny check` with deny.toml
 # (RustSec advisories: vulnerable, unmaintained, unsound and yanked crates;
-# licences; duplicate and banned crates; sources). Exits non-zero on any
-# finding.
+# licences; duplicate and banned crates; sources), and `cargo audit` on the
+# same advisories when it is installed. Exits non-zero on any finding.
 #
 #   scripts/supply-chain.sh                    the check (CI runs this)
 #   scripts/supply-chain.sh --refresh-snapshot DB
@@ -61,6 +61,9 @@ cargo deny --log-level warn --offline check licenses bans sources
 if timeout 20 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
     echo "supply-chain.sh: advisories from the live RustSec database"
     cargo deny --log-level warn check advisories
+    if command -v cargo-audit >/dev/null 2>&1; then
+        cargo audit --deny warnings
+    fi
     exit 0
 fi
 
@@ -92,3 +95,12 @@ GIT_COMMITTER_DATE="${taken}T00:00:00Z" GIT_AUTHOR_DATE="${taken}T00:00:00Z" \
     git -C "$db" -c user.name=portcullis -c user.email=portcullis@localhost commit -q -m "RustSec advisory-db snapshot of $taken"
 sed "s|^\[advisories\]|[advisories]\ndb-path = \"$work/dbs\"\ndb-urls = [\"https://github.com/rustsec/advisory-db\"]\nmaximum-db-staleness = \"P365D\"|" deny.toml >"$work/deny.toml"
 cargo deny --log-level warn --config "$work/deny.toml" --offline check advisories
+
+# `cargo audit` reads the same database (RustSec's own tool): run when it
+# is installed, on the same copy. CI does not install it (minutes of build
+# for the check cargo deny's advisories already made above); the last run
+# is recorded in docs/reliability.md.
+if command -v cargo-audit >/dev/null 2>&1; then
+    echo "supply-chain.sh: cargo audit on the same snapshot"
+    cargo audit --db "$db" --no-fetch --stale --deny warnings
+fi
