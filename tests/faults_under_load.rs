@@ -936,6 +936,17 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
+    /// A new temporary directory with a `size` tmpfs mounted at its
+    /// `disk/`. Bound as `let (dir, disk) = …`, the tmpfs is dropped
+    /// (unmounted) before the directory is removed.
+    fn in_tempdir(size: &str) -> (tempfile::TempDir, Tmpfs) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mount = dir.path().join("disk");
+        std::fs::create_dir(&mount).expect("mkdir");
+        let disk = Tmpfs::mount(&mount, size);
+        (dir, disk)
+    }
+
     fn mount(dir: &Path, size: &str) -> Tmpfs {
         let uid = Command::new("id").arg("-u").output().expect("run id -u");
         let uid = String::from_utf8_lossy(&uid.stdout).trim().to_owned();
@@ -998,10 +1009,8 @@ fn used_bytes(dir: &Path) -> u64 {
 fn the_content_stores_disk_filling_up_under_load_degrades_to_proxying_and_stores_nothing_partial() {
     const TEST: &str = "disk full";
     const TMPFS: u64 = 64 * 1024 * 1024;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mount = dir.path().join("disk");
-    std::fs::create_dir(&mount).expect("mkdir");
-    let _disk = Tmpfs::mount(&mount, "64m");
+    let (dir, disk) = Tmpfs::in_tempdir("64m");
+    let mount = disk.dir.clone();
     let store = mount.join("content");
     let reg = Registry::start();
     let key = trust::keygen(dir.path(), "ci");
@@ -1124,11 +1133,8 @@ fn the_content_stores_disk_filling_up_under_load_degrades_to_proxying_and_stores
 fn a_disk_failing_mid_download_still_gives_the_leading_pull_every_byte_and_stores_nothing() {
     const TEST: &str = "disk failing mid-download";
     const LAYER: u64 = 32 << 20;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mount = dir.path().join("disk");
-    std::fs::create_dir(&mount).expect("mkdir");
-    let _disk = Tmpfs::mount(&mount, "16m");
-    let store = mount.join("content");
+    let (dir, disk) = Tmpfs::in_tempdir("16m");
+    let store = disk.dir.join("content");
     let reg = Registry::start();
     let key = trust::keygen(dir.path(), "ci");
     let image = push(&reg, &key, "team/big", 470, &[LAYER], true);

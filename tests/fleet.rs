@@ -89,6 +89,16 @@ impl Upstream {
         }
     }
 
+    /// The CI key pair `start` made.
+    fn key(&self) -> KeyPair {
+        let public = self.dir.path().join("ci.pub");
+        KeyPair {
+            key: self.dir.path().join("ci.key"),
+            pem: std::fs::read_to_string(&public).expect("ci.pub"),
+            public,
+        }
+    }
+
     fn policy_path(&self) -> std::path::PathBuf {
         self.dir.path().join("policy.yaml")
     }
@@ -336,11 +346,7 @@ fn a_reload_on_one_replica_changes_the_verdict_on_the_other_within_a_second() {
     // replica's file watcher can tell, only a SIGHUP (on A) reloads.
     let path = up.policy_path();
     let before = std::fs::metadata(&path).expect("stat policy");
-    let key = KeyPair {
-        key: up.dir.path().join("ci.key"),
-        public: up.dir.path().join("ci.pub"),
-        pem: std::fs::read_to_string(up.dir.path().join("ci.pub")).expect("ci.pub"),
-    };
+    let key = up.key();
     write_policy(&path, &key, "ALWAYS_DENY");
     let mtime = before
         .modified()
@@ -411,11 +417,7 @@ fn a_split_pull_across_a_reload_gets_its_blobs_while_the_new_policy_admits_the_i
     let redis = Redis::start();
     let fleet = replicas(&up, &redis, &["a", "b"]);
     let (a, b) = (&fleet[0], &fleet[1]);
-    let key = KeyPair {
-        key: up.dir.path().join("ci.key"),
-        public: up.dir.path().join("ci.pub"),
-        pem: std::fs::read_to_string(up.dir.path().join("ci.pub")).expect("ci.pub"),
-    };
+    let key = up.key();
     let child = &up.multi.images[0];
     let pull_manifests = || {
         for (repo, reference) in [

@@ -253,23 +253,10 @@ async fn send_following(download: Arc<Download>, tx: Sender, mut at: u64) {
             State::Writing => written.saturating_sub(1),
             // Nothing stored: only the leading request had the bytes.
             State::Passed => {
-                let _ = tx
-                    .send(Err(ReadError::DownloadFailed {
-                        digest: download.digest().clone(),
-                        reason: "the content store's disk failed during the download".into(),
-                    }))
-                    .await;
-                return;
+                let reason = "the content store's disk failed during the download";
+                return failed(&download, &tx, reason.into()).await;
             }
-            State::Failed(reason) => {
-                let _ = tx
-                    .send(Err(ReadError::DownloadFailed {
-                        digest: download.digest().clone(),
-                        reason: Arc::clone(reason),
-                    }))
-                    .await;
-                return;
-            }
+            State::Failed(reason) => return failed(&download, &tx, Arc::clone(reason)).await,
         };
         if at < limit {
             let len = (limit - at).min(READ_CHUNK as u64) as usize;
@@ -291,15 +278,17 @@ async fn send_following(download: Arc<Download>, tx: Sender, mut at: u64) {
             return;
         }
         if progress.changed().await.is_err() && matches!(progress.borrow().state, State::Writing) {
-            let _ = tx
-                .send(Err(ReadError::DownloadFailed {
-                    digest: download.digest().clone(),
-                    reason: "the download stopped".into(),
-                }))
-                .await;
-            return;
+            return failed(&download, &tx, "the download stopped".into()).await;
         }
     }
+}
+
+/// Tells a reader of `download` that it failed, and why.
+async fn failed(download: &Download, tx: &Sender, reason: Arc<str>) {
+    let digest = download.digest().clone();
+    let _ = tx
+        .send(Err(ReadError::DownloadFailed { digest, reason }))
+        .await;
 }
 
 /// Where a [`StoreBody`]'s bytes come from.
