@@ -124,25 +124,8 @@ stop_bg() { # stop_bg PID: stops one process started by start_bg (and forgets it
     PIDS=("${keep[@]}")
 }
 
-free_ports() { # free_ports N: N distinct free loopback ports
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-
-wait_http() { # wait_http URL PID NAME
-    local i
-    for i in $(seq 1 200); do
-        curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || die "$3 exited during startup"
-        sleep 0.1
-    done
-    die "$3 did not answer on $1"
-}
+# free_ports, wait_http
+. "$ROOT/scripts/lib/loopback.sh"
 
 # ---------------------------------------------------------------- setup --
 if [ "$INSTALL" = 1 ]; then
