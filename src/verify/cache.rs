@@ -5,8 +5,9 @@
 //! Sized for millions of entries (issue 6: 1,000,000 cached verdicts in
 //! ≤ 300 MiB). A verdict costs one 56-byte slot in a hash table (a 32-byte
 //! key, a shared `Arc<Decision>`, expiry, recency and the content epoch),
-//! an admitted blob one 32-byte key: no per-entry heap allocation, no
-//! per-entry strings, and no per-entry timers or list nodes. moka, which
+//! an admitted blob a 32-byte key and the 4-byte number of the manifest
+//! that admitted it (32 bytes a manifest): no per-entry heap allocation,
+//! no per-entry strings, and no per-entry timers or list nodes. moka, which
 //! this replaces for verdicts, costs ~340 MiB per million entries by
 //! itself even with a 36-byte `Copy` key and one shared value
 //! (`PORTCULLIS_BENCH_MOKA=1000000 PORTCULLIS_BENCH_MOKA_KEY=compact cargo
@@ -467,50 +468,29 @@ impl Retired {
     }
 }
 
+/// One segment's content: 36 bytes a blob or child, 32 bytes an admitted
+/// SHA-256 manifest, 16 an admitted index.
 #[derive(Default)]
 struct Segment {
-    /// Blob → the manifest that admitted it (in `admitted`).
+    /// Blob → the number of the manifest that admitted it
+    /// ([`Segment::manifest`]).
     blobs: HashMap<Id, u32>,
-    /// Child manifest → the index listing it (in `admitted`).
+    /// Child manifest → the admitted index listing it (in `indexes`).
     children: HashMap<Id, u32>,
-    /// The manifests whose content was registered in this segment.
-    admitted: Vec<Admitted>,
+    /// The SHA-256 manifests registered here, numbered from 0.
+    sha256: Vec<[u8; 32]>,
+    /// Manifests of another algorithm (SHA-512: rare), numbered from
+    /// [`OTHER`].
+    other: Vec<Digest>,
+    /// Admitted indexes: the index's number, and the decision admitting
+    /// its children ("listed by admitted index …"), one `Arc` shared by
+    /// them all.
+    indexes: Vec<(u32, Arc<Decision>)>,
 }
 
-/// A registered manifest: 48 bytes, one per admitted image in a segment
-/// (blobs and children cost 36 bytes each).
-struct Admitted {
-    /// `None` when its replica did not say (content adopted from the
-    /// fleet without its manifest).
-    digest: Option<Origin>,
-    /// For an index, the decision admitting its children ("listed by
-    /// admitted index …"), one `Arc` shared by them all.
-    listed: Option<Arc<Decision>>,
-}
-
-/// A manifest's digest, in 32 bytes when it is SHA-256.
-enum Origin {
-    Sha256([u8; 32]),
-    Other(Box<Digest>),
-}
-
-impl Origin {
-    fn of(digest: &Digest) -> Origin {
-        match digest.sha256_bytes() {
-            Some(bytes) => Origin::Sha256(bytes),
-            None => Origin::Other(Box::new(digest.clone())),
-        }
-    }
-
-    fn digest(&self) -> Digest {
-        match self {
-            Origin::Sha256(bytes) => Digest::from_sha256_bytes(bytes),
-            Origin::Other(digest) => (**digest).clone(),
-        }
-    }
-}
-
-/// No manifest recorded for a blob or child (index into `admitted`).
+/// The first number of a manifest in [`Segment::other`].
+const OTHER: u32 = 1 << 31;
+/// No manifest recorded (content adopted from the fleet without one).
 const UNKNOWN: u32 = u32::MAX;
 
 impl Segment {
@@ -521,7 +501,9 @@ impl Segment {
     fn clear(&mut self) {
         self.blobs.clear();
         self.children.clear();
-        self.admitted.clear();
+        self.sha256.clear();
+        self.other.clear();
+        self.indexes.clear();
     }
 
     fn add(
@@ -532,43 +514,70 @@ impl Segment {
         listed: Option<&Arc<Decision>>,
     ) {
         let children = if listed.is_some() { children } else { &[] };
-        let index = match manifest {
-            None if listed.is_none() => UNKNOWN,
-            _ if blobs.is_empty() && children.is_empty() => return,
-            _ => {
-                let index = u32::try_from(self.admitted.len()).unwrap_or(UNKNOWN);
-                if index != UNKNOWN {
-                    self.admitted.push(Admitted {
-                        digest: manifest.map(Origin::of),
-                        listed: listed.cloned(),
-                    });
-                }
-                index
+        if blobs.is_empty() && children.is_empty() {
+            return;
+        }
+        let number = manifest.map_or(UNKNOWN, |m| self.number(m));
+        self.blobs.extend(blobs.iter().map(|b| (*b, number)));
+        if let (Some(decision), false) = (listed, children.is_empty()) {
+            let index = u32::try_from(self.indexes.len()).unwrap_or(UNKNOWN);
+            if index != UNKNOWN {
+                self.indexes.push((number, Arc::clone(decision)));
             }
-        };
-        self.blobs.extend(blobs.iter().map(|b| (*b, index)));
-        self.children.extend(children.iter().map(|c| (*c, index)));
+            self.children.extend(children.iter().map(|c| (*c, index)));
+        }
     }
 
-    fn admitted(&self, index: u32) -> Option<&Admitted> {
-        self.admitted.get(usize::try_from(index).ok()?)
+    /// Records `manifest`; its number.
+    fn number(&mut self, manifest: &Digest) -> u32 {
+        let below_other = |n: usize| u32::try_from(n).ok().filter(|n| *n < OTHER);
+        match manifest.sha256_bytes() {
+            Some(bytes) => match below_other(self.sha256.len()) {
+                Some(n) => {
+                    self.sha256.push(bytes);
+                    n
+                }
+                None => UNKNOWN,
+            },
+            None => match below_other(self.other.len()) {
+                Some(n) => {
+                    self.other.push(manifest.clone());
+                    n | OTHER
+                }
+                None => UNKNOWN,
+            },
+        }
+    }
+
+    /// The manifest numbered `number`.
+    fn manifest(&self, number: u32) -> Option<Digest> {
+        match number {
+            UNKNOWN => None,
+            n if n & OTHER == 0 => self
+                .sha256
+                .get(usize::try_from(n).ok()?)
+                .map(Digest::from_sha256_bytes),
+            n => self.other.get(usize::try_from(n & !OTHER).ok()?).cloned(),
+        }
+    }
+
+    fn index(&self, child: &Id) -> Option<&(u32, Arc<Decision>)> {
+        self.indexes
+            .get(usize::try_from(*self.children.get(child)?).ok()?)
     }
 
     /// The manifest that admitted blob `id`, if it is here and recorded.
     fn blob_origin(&self, id: &Id) -> Option<Digest> {
-        let index = *self.blobs.get(id)?;
-        self.admitted(index)?.digest.as_ref().map(Origin::digest)
+        self.manifest(*self.blobs.get(id)?)
     }
 
     /// The index listing child `id`, if it is here and recorded.
     fn child_origin(&self, id: &Id) -> Option<Digest> {
-        let index = *self.children.get(id)?;
-        self.admitted(index)?.digest.as_ref().map(Origin::digest)
+        self.manifest(self.index(id)?.0)
     }
 
     fn child_decision(&self, id: &Id) -> Option<Arc<Decision>> {
-        let index = *self.children.get(id)?;
-        self.admitted(index)?.listed.clone()
+        self.index(id).map(|(_, decision)| Arc::clone(decision))
     }
 }
 

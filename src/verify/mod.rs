@@ -72,11 +72,13 @@ pub use admission::{Admission, BlobPermit, Denial, Failed, Outcome};
 pub use artifact::{config_is_inert, content_is, relation};
 pub use sources::{Collected, Wants};
 
-/// Admitted child manifests and blobs remembered, at most (32 bytes
-/// each). Each admitted image adds its config and layers; this bounds
-/// memory whatever is pulled. Twice 7/8 of 2^20: each of the two segments
-/// of [`cache::Content`] then fills a 2^20-bucket table exactly (~33 MiB)
-/// instead of growing a 2^21 one for a few more entries.
+/// Admitted child manifests and blobs remembered, at most (36 bytes
+/// each, and 32 per admitted manifest). Each admitted image adds its
+/// config and layers; this bounds memory whatever is pulled. Twice 7/8 of
+/// 2^20: each of the two segments of [`cache::Content`] then fills a
+/// 2^20-bucket table exactly (~37 MiB) instead of growing a 2^21 one for a
+/// few more entries. After a generation change the previous generation's
+/// segments are kept, retired, for one allow TTL at most.
 pub const MAX_ADMITTED_CONTENT: u64 = 2 * (7 << 17);
 /// Blobs and children of break-glass admissions remembered, at most: break
 /// glass is rare and audited, a few thousand images' worth is plenty.
