@@ -253,6 +253,7 @@ pub struct Metrics {
     rule_info: Family<RuleInfoLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     last_reload_success: Gauge,
+    readmissions: Family<ResultLabels, Counter>,
     /// Read from other components at scrape time.
     scraped: ScrapedFamilies,
 }
@@ -411,7 +412,11 @@ struct PolicyFamilies {
     rule_info: Family<RuleInfoLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     last_reload_success: Gauge,
+    readmissions: Family<ResultLabels, Counter>,
 }
+
+/// The results of a re-admission ([`Metrics::readmission`]).
+const READMISSION_RESULTS: [&str; 3] = ["admitted", "denied", "failed"];
 
 impl PolicyFamilies {
     fn register(r: &mut Registry) -> PolicyFamilies {
@@ -440,12 +445,23 @@ impl PolicyFamilies {
                 "1 if the last policy reload succeeded (or none was attempted), 0 if it failed",
                 Gauge::default(),
             ),
+            readmissions: register(
+                r,
+                "blob_readmissions",
+                "Blobs of pulls begun before a policy or evidence change whose image was verified again, by result (admitted: the blob was served; denied: the image is denied now; failed: it could not be checked again)",
+                Family::default(),
+            ),
         };
         families.last_reload_success.set(1);
         // Both results exist from the start at 0, so that the first
         // failure is an increase a rule can see.
         for result in ["success", "failure"] {
             let _series = families.reloads.get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            });
+        }
+        for result in READMISSION_RESULTS {
+            let _series = families.readmissions.get_or_create(&ResultLabels {
                 result: result.to_owned(),
             });
         }
@@ -661,6 +677,7 @@ impl Metrics {
             rule_info,
             reloads,
             last_reload_success,
+            readmissions,
         } = PolicyFamilies::register(&mut registry);
         let scraped = ScrapedFamilies::register(&mut registry);
         Metrics {
@@ -679,6 +696,7 @@ impl Metrics {
             rule_info,
             reloads,
             last_reload_success,
+            readmissions,
             scraped,
         }
     }
@@ -815,6 +833,17 @@ impl Metrics {
             })
             .inc();
         self.last_reload_success.set(i64::from(ok));
+    }
+
+    /// One blob of a pull begun before a policy or evidence change whose
+    /// image was verified again: `admitted`, `denied` or `failed`.
+    pub fn readmission(&self, result: &'static str) {
+        debug_assert!(READMISSION_RESULTS.contains(&result));
+        self.readmissions
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition, with `snapshot` copied in first.

@@ -474,6 +474,18 @@ fn a_split_pull_across_a_reload_gets_its_blobs_while_the_new_policy_admits_the_i
             "blob of the index's child through B after the reload",
         );
     }
+    let readmitted = |result: &str| {
+        let metrics = b.admin_get("/metrics").text();
+        counter(
+            &metrics,
+            &format!("portcullis_blob_readmissions_total{{result=\"{result}\"}}"),
+        )
+    };
+    // One an image: its first blob admits it again, and then its other
+    // blobs are admitted already.
+    let images = 2.0;
+    assert_eq!(readmitted("admitted"), images, "B's re-admissions, counted");
+    assert_eq!(readmitted("denied"), 0.0);
 
     // Now a policy that denies everything: the same split pull is refused.
     pull_manifests();
@@ -492,6 +504,17 @@ fn a_split_pull_across_a_reload_gets_its_blobs_while_the_new_policy_admits_the_i
         MULTI,
         &blobs_of(child)[0],
         "blob of the child under ALWAYS_DENY",
+    );
+    // A denied image admits nothing: each of its blobs asks again.
+    assert_eq!(
+        readmitted("denied"),
+        (blobs_of(&up.signed).len() + 1) as f64,
+        "B's refused re-admissions, counted"
+    );
+    assert_eq!(
+        readmitted("admitted"),
+        images,
+        "nothing admitted under ALWAYS_DENY"
     );
 }
 

@@ -418,6 +418,7 @@ impl App {
             match admitted {
                 Ok(Outcome::Admitted(_)) => {}
                 Ok(Outcome::Denied(denial)) => {
+                    self.observer.metrics.readmission("denied");
                     let denied = denial.decision();
                     return Err(Arc::new(Decision {
                         reason: format!(
@@ -428,19 +429,22 @@ impl App {
                     }));
                 }
                 Err(Failed::Fetch(e)) => {
+                    self.observer.metrics.readmission("failed");
                     return Err(because(
                         manifest,
                         format!("and it could not be fetched to check it again: {e}"),
-                    ))
+                    ));
                 }
                 Err(Failed::Verify { error, .. }) => {
+                    self.observer.metrics.readmission("failed");
                     return Err(because(
                         manifest,
                         format!("and it could not be checked again: {error}"),
-                    ))
+                    ));
                 }
             }
         }
+        self.observer.metrics.readmission("admitted");
         ctx.log.in_scope(|| {
             tracing::info!(
                 blob = %digest,
